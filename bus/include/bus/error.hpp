@@ -1,0 +1,52 @@
+// How bus reports failure.
+//
+// - Ordinary events of a non-blocking loop (EAGAIN, a peer hanging up, bad input from a
+//   peer) are values, not exceptions: a std::error_code passed first to a completion handler
+//   (Node's error-first callback), or a Result<T> from a factory function.
+// - A failed syscall keeps its errno: std::error_code(errno, std::system_category()).
+// - Conditions that are bus's own (a frame over the limit, fds that don't match a frame)
+//   are bus::errc values in the "bus" category.
+// - Exceptions are kept for programming errors and for Result::value() on an error.
+// - The library never logs; the programs decide what to print.
+#pragma once
+
+#include <boost/outcome/std_result.hpp>
+#include <system_error>
+
+namespace bus {
+
+enum class errc {
+    // framing and decoding (a broken or malicious peer)
+    frame_too_large = 1, // a length prefix or JSON line over the configured limit
+    bad_frame,           // a complete frame whose Envelope does not parse
+    truncated_frame,     // the peer closed in the middle of a frame
+    fd_mismatch,         // a frame claims more fds than arrived with it
+    unexpected_fds,      // fds arrived that no frame claims
+    too_many_fds,        // a message carries more fds than the limit
+    control_truncated,   // MSG_CTRUNC: the kernel dropped some of the fds sent to us
+    bad_json,            // Node mode: a line that is not one JSON text
+    // use
+    channel_closed,            // send() on a channel that is closed or closing
+    fds_not_supported,         // this link or mode cannot carry these fds
+    handle_not_delivered,      // Node mode: the peer NACKed a handle past the retries
+    no_parent_channel,         // from_parent() in a process started without a channel
+    unsupported_serialization, // NODE_CHANNEL_SERIALIZATION_MODE=advanced
+    wrong_type,                // payload is not of the requested type
+};
+
+const std::error_category& bus_category() noexcept;
+
+inline std::error_code make_error_code(errc e) noexcept {
+    return {static_cast<int>(e), bus_category()};
+}
+
+// The current errno as an error_code.
+std::error_code last_error() noexcept;
+
+template <class T>
+using Result = boost::outcome_v2::std_result<T>;
+
+} // namespace bus
+
+template <>
+struct std::is_error_code_enum<bus::errc> : std::true_type {};

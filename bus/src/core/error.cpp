@@ -1,0 +1,59 @@
+#include "bus/error.hpp"
+
+#include <cerrno>
+#include <string>
+
+namespace bus {
+namespace {
+
+class Category final : public std::error_category {
+public:
+    const char* name() const noexcept override { return "bus"; }
+    std::string message(int value) const override {
+        switch (static_cast<errc>(value)) {
+        case errc::frame_too_large:
+            return "frame longer than the limit";
+        case errc::bad_frame:
+            return "frame does not hold a valid envelope";
+        case errc::truncated_frame:
+            return "peer closed in the middle of a frame";
+        case errc::fd_mismatch:
+            return "frame claims more file descriptors than arrived with it";
+        case errc::unexpected_fds:
+            return "file descriptors arrived that no frame claims";
+        case errc::too_many_fds:
+            return "too many file descriptors for one message";
+        case errc::control_truncated:
+            return "file descriptors were dropped by the kernel (MSG_CTRUNC)";
+        case errc::bad_json:
+            return "line is not valid JSON";
+        case errc::channel_closed:
+            return "channel closed";
+        case errc::fds_not_supported:
+            return "file descriptors cannot travel this way";
+        case errc::handle_not_delivered:
+            return "peer did not receive the handle (NODE_HANDLE_NACK)";
+        case errc::no_parent_channel:
+            return "process was not started with a channel (no BUS_CHANNEL_FD or "
+                   "NODE_CHANNEL_FD)";
+        case errc::unsupported_serialization:
+            return "unsupported IPC serialization (only 'json' is spoken with Node)";
+        case errc::wrong_type:
+            return "payload is not of the requested type";
+        }
+        return "unknown bus error " + std::to_string(value);
+    }
+};
+
+} // namespace
+
+const std::error_category& bus_category() noexcept {
+    static const Category category;
+    return category;
+}
+
+std::error_code last_error() noexcept {
+    return {errno, std::system_category()};
+}
+
+} // namespace bus

@@ -1,0 +1,197 @@
+#include "bus/frame.hpp"
+
+#include "bus/v1/envelope.pb.h"
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/wire_format_lite.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstring>
+
+namespace bus::frame {
+namespace {
+
+using google::protobuf::io::CodedOutputStream;
+using WFL = google::protobuf::internal::WireFormatLite;
+
+void write_header(char* out, std::uint32_t n) noexcept {
+    out[0] = static_cast<char>(n & 0xff);
+    out[1] = static_cast<char>((n >> 8) & 0xff);
+    out[2] = static_cast<char>((n >> 16) & 0xff);
+    out[3] = static_cast<char>((n >> 24) & 0xff);
+}
+
+std::uint32_t read_header(const char* in) noexcept {
+    auto b = [in](int i) { return static_cast<std::uint32_t>(static_cast<unsigned char>(in[i])); };
+    return b(0) | (b(1) << 8) | (b(2) << 16) | (b(3) << 24);
+}
+
+std::size_t delimited_size(std::size_t n) {
+    return 1 + CodedOutputStream::VarintSize32(static_cast<std::uint32_t>(n)) + n;
+}
+
+std::uint8_t* write_delimited_header(int field, std::size_t n, std::uint8_t* p) {
+    p = WFL::WriteTagToArray(field, WFL::WIRETYPE_LENGTH_DELIMITED, p);
+    return CodedOutputStream::WriteVarint32ToArray(static_cast<std::uint32_t>(n), p);
+}
+
+// Writes the fields of a DATA envelope around a payload of `payload_size` bytes that the
+// caller serializes at the returned pointer; `type_name` (may be empty) is written after the
+// type URL prefix. Fields in field-number order, as protobuf itself writes them.
+template <class WritePayload>
+void append_data(std::string& out, std::string_view type_name, std::size_t payload_size,
+                 std::uint32_t fd_count, WritePayload write_payload) {
+    const std::size_t url_size = type_name.empty() ? 0 : type_url_prefix.size() + type_name.size();
+    std::size_t body = 2; // kind = DATA: tag 1, varint 1
+    if (url_size)
+        body += delimited_size(url_size);
+    if (payload_size)
+        body += delimited_size(payload_size);
+    if (fd_count)
+        body += 1 + CodedOutputStream::VarintSize32(fd_count);
+
+    const std::size_t start = out.size();
+    out.resize(start + header_size + body);
+    char* base = out.data() + start;
+    write_header(base, static_cast<std::uint32_t>(body));
+    auto* p = reinterpret_cast<std::uint8_t*>(base + header_size);
+    p = WFL::WriteEnumToArray(1, v1::KIND_DATA, p);
+    if (url_size) {
+        p = write_delimited_header(3, url_size, p);
+        std::memcpy(p, type_url_prefix.data(), type_url_prefix.size());
+        p += type_url_prefix.size();
+        std::memcpy(p, type_name.data(), type_name.size());
+        p += type_name.size();
+    }
+    if (payload_size) {
+        p = write_delimited_header(4, payload_size, p);
+        p = write_payload(p);
+    }
+    if (fd_count)
+        p = WFL::WriteUInt32ToArray(11, fd_count, p);
+}
+
+} // namespace
+
+std::string type_url_of(const google::protobuf::Message& message) {
+    std::string url(type_url_prefix);
+    url += message.GetDescriptor()->full_name();
+    return url;
+}
+
+void append(std::string& out, const v1::Envelope& envelope) {
+    const std::size_t body = envelope.ByteSizeLong();
+    const std::size_t start = out.size();
+    out.resize(start + header_size + body);
+    write_header(out.data() + start, static_cast<std::uint32_t>(body));
+    envelope.SerializeWithCachedSizesToArray(
+        reinterpret_cast<std::uint8_t*>(out.data() + start + header_size));
+}
+
+void append_message(std::string& out, const google::protobuf::Message& payload,
+                    std::uint32_t fd_count) {
+    const std::size_t size = payload.ByteSizeLong();
+    append_data(out, payload.GetDescriptor()->full_name(), size, fd_count,
+                [&](std::uint8_t* p) { return payload.SerializeWithCachedSizesToArray(p); });
+}
+
+void append_bytes(std::string& out, std::string_view bytes, std::uint32_t fd_count) {
+    append_data(out, {}, bytes.size(), fd_count, [&](std::uint8_t* p) {
+        std::memcpy(p, bytes.data(), bytes.size());
+        return p + bytes.size();
+    });
+}
+
+std::span<char> ReadBuffer::prepare(std::size_t min_free) {
+    if (begin_ == end_)
+        begin_ = end_ = 0;
+    if (buf_.size() - end_ < min_free) {
+        // Compact first; grow only if the pending bytes plus the request do not fit.
+        if (begin_ > 0) {
+            std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
+            end_ -= begin_;
+            begin_ = 0;
+        }
+        if (buf_.size() - end_ < min_free)
+            buf_.resize(std::max(end_ + min_free, buf_.size() * 2));
+    }
+    return {buf_.data() + end_, buf_.size() - end_};
+}
+
+void ReadBuffer::consume(std::size_t n) noexcept {
+    begin_ += n;
+    if (begin_ == end_)
+        begin_ = end_ = 0;
+}
+
+std::span<char> Decoder::prepare(std::size_t hint) {
+    const auto pending = buf_.data();
+    std::size_t want = hint;
+    if (pending.size() >= header_size) {
+        const std::size_t frame = header_size + read_header(pending.data());
+        if (frame <= header_size + max_frame_ && frame > pending.size())
+            want = std::max(hint, frame - pending.size());
+    }
+    return buf_.prepare(want);
+}
+
+Result<std::optional<std::string_view>> Decoder::next() {
+    const auto pending = buf_.data();
+    if (pending.size() < header_size)
+        return std::optional<std::string_view>{};
+    const std::uint32_t n = read_header(pending.data());
+    if (n > max_frame_)
+        return errc::frame_too_large;
+    if (pending.size() - header_size < n)
+        return std::optional<std::string_view>{};
+    buf_.consume(header_size + n);
+    // consume() only moves offsets: the bytes stay put until the next prepare().
+    return std::optional<std::string_view>{pending.substr(header_size, n)};
+}
+
+Result<std::optional<std::string_view>> LineDecoder::next() {
+    const auto pending = buf_.data();
+    const auto nl = pending.find('\n', scanned_);
+    if (nl == std::string_view::npos) {
+        scanned_ = pending.size();
+        if (pending.size() > max_line_)
+            return errc::frame_too_large;
+        return std::optional<std::string_view>{};
+    }
+    if (nl > max_line_)
+        return errc::frame_too_large;
+    scanned_ = 0;
+    buf_.consume(nl + 1);
+    return std::optional<std::string_view>{pending.substr(0, nl)};
+}
+
+Result<NodeLine> parse_node_line(std::string_view line) {
+    constexpr std::string_view prefix = "NODE_";
+    auto json = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (json.is_discarded())
+        return errc::bad_json;
+    NodeLine out;
+    const auto cmd = json.is_object() ? json.find("cmd") : json.end();
+    if (json.is_object() && cmd != json.end() && cmd->is_string()) {
+        const auto& name = cmd->get_ref<const std::string&>();
+        if (name.size() > prefix.size() && name.starts_with(prefix)) {
+            if (name == "NODE_HANDLE") {
+                out.kind = NodeLine::Kind::handle;
+                const auto msg = json.find("msg");
+                out.payload = msg == json.end() ? "null" : msg->dump();
+            } else if (name == "NODE_HANDLE_ACK") {
+                out.kind = NodeLine::Kind::handle_ack;
+            } else if (name == "NODE_HANDLE_NACK") {
+                out.kind = NodeLine::Kind::handle_nack;
+            } else {
+                out.kind = NodeLine::Kind::internal;
+            }
+            return out;
+        }
+    }
+    out.payload.assign(line);
+    return out;
+}
+
+} // namespace bus::frame

@@ -1,0 +1,678 @@
+#include "bus/channel.hpp"
+
+#include <boost/asio/post.hpp>
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/dynamic_message.h>
+#include <google/protobuf/util/json_util.h>
+#include <nlohmann/json.hpp>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace bus {
+namespace {
+
+// The kernel's SCM_MAX_FD: the most descriptors one sendmsg/recvmsg can carry.
+constexpr std::size_t max_fds_per_syscall = 253;
+// Reads per wake-up before yielding to other handlers on the loop.
+constexpr int max_reads_per_wakeup = 16;
+// Fds received ahead of the frames that claim them. They can only run ahead by one read's
+// worth (one sendmsg's fds); the bound stops a peer from parking descriptors here.
+constexpr std::size_t max_received_fds = 2 * max_fds_per_syscall;
+
+constexpr int node_max_retransmissions = 3; // as Node's MAX_HANDLE_RETRANSMISSIONS
+
+} // namespace
+
+// --- construction ---------------------------------------------------------------------------
+
+Channel::Channel(asio::io_context& io, int fd, ChannelOptions options)
+    : socket_(io, fd), options_(options), frames_(options.max_message_size),
+      lines_(options.max_message_size) {}
+
+// Dropping the last reference is a disconnect(): the socket closes, and sends still queued fail
+// with errc::channel_closed. Only close() keeps the channel alive until its queue is flushed.
+Channel::~Channel() {
+    if (state_ == State::closed)
+        return;
+    std::vector<SendHandler> failed;
+    for (auto& c : completions_)
+        failed.push_back(std::move(c.handler));
+    if (unacked_ && unacked_->handler)
+        failed.push_back(std::move(unacked_->handler));
+    for (auto& h : held_)
+        if (h.handler)
+            failed.push_back(std::move(h.handler));
+    if (!failed.empty())
+        asio::post(socket_.get_executor(), [failed = std::move(failed)] {
+            for (auto& handler : failed)
+                handler(errc::channel_closed);
+        });
+}
+
+Result<std::shared_ptr<Channel>> Channel::adopt(asio::io_context& io, UniqueFd socket,
+                                                ChannelOptions options) {
+    if (!socket)
+        return std::make_error_code(std::errc::bad_file_descriptor);
+    if (options.max_fds_per_message > max_fds_per_syscall)
+        options.max_fds_per_message = max_fds_per_syscall;
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (::getsockopt(socket.get(), SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return last_error();
+    if (type != SOCK_STREAM)
+        return std::make_error_code(std::errc::not_supported);
+    const int flags = ::fcntl(socket.get(), F_GETFL);
+    if (flags < 0 || ::fcntl(socket.get(), F_SETFL, flags | O_NONBLOCK) < 0)
+        return last_error();
+    std::shared_ptr<Channel> channel(new Channel(io, socket.release(), options));
+    // Reading starts on the loop, so handlers set right after adopt() see every message.
+    asio::post(io, [weak = channel->weak_from_this()] {
+        if (auto self = weak.lock(); self && self->state_ != State::closed)
+            self->start_read();
+    });
+    return channel;
+}
+
+Result<std::pair<std::shared_ptr<Channel>, std::shared_ptr<Channel>>>
+Channel::pair(asio::io_context& io, ChannelOptions options) {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        return last_error();
+    UniqueFd a(sv[0]), b(sv[1]);
+    auto first = adopt(io, std::move(a), options);
+    if (!first)
+        return first.error();
+    auto second = adopt(io, std::move(b), options);
+    if (!second)
+        return second.error();
+    return std::pair{std::move(first).value(), std::move(second).value()};
+}
+
+Result<std::shared_ptr<Channel>> Channel::from_parent(asio::io_context& io,
+                                                      ChannelOptions options) {
+    const char* variable = "BUS_CHANNEL_FD";
+    const char* value = std::getenv(variable);
+    if (value) {
+        options.serialization = Serialization::bus;
+    } else if ((value = std::getenv(variable = "NODE_CHANNEL_FD"))) {
+        const char* mode = std::getenv("NODE_CHANNEL_SERIALIZATION_MODE");
+        if (mode && std::string_view(mode) != "json")
+            return errc::unsupported_serialization;
+        options.serialization = Serialization::node_json;
+    } else {
+        return errc::no_parent_channel;
+    }
+    char* end = nullptr;
+    errno = 0;
+    const long fd = std::strtol(value, &end, 10);
+    const bool valid = errno == 0 && end != value && *end == '\0' && fd >= 0 && fd < (1 << 20);
+    ::unsetenv(variable);
+    ::unsetenv("NODE_CHANNEL_SERIALIZATION_MODE");
+    if (!valid)
+        return std::make_error_code(std::errc::bad_file_descriptor);
+    if (::fcntl(static_cast<int>(fd), F_SETFD, FD_CLOEXEC) < 0)
+        return last_error();
+    return adopt(io, UniqueFd(static_cast<int>(fd)), options);
+}
+
+// --- sending --------------------------------------------------------------------------------
+
+std::size_t Channel::queued_bytes() const noexcept {
+    return out_.size() - out_begin_ + held_bytes_ + (unacked_ ? unacked_->line.size() : 0);
+}
+
+bool Channel::send(const google::protobuf::Message& message, Fds fds, SendHandler done) {
+    if (options_.serialization == Serialization::node_json)
+        return node_send(node_line(message), std::move(fds), std::move(done));
+    if (state_ != State::open)
+        return enqueue(out_.size(), std::move(fds), std::move(done));
+    const std::size_t start = out_.size();
+    frame::append_message(out_, message, static_cast<std::uint32_t>(fds.size()));
+    return enqueue(start, std::move(fds), std::move(done));
+}
+
+bool Channel::send(const v1::Envelope& envelope, Fds fds, SendHandler done) {
+    if (options_.serialization == Serialization::node_json) {
+        // A Node peer sees the payload only: JSON as it is, a protobuf payload through its
+        // JSON mapping when the type is linked into this program.
+        const auto& url = envelope.type_url();
+        if (url.empty() || url == json_type_url)
+            return node_send(node_line(envelope.payload()), std::move(fds), std::move(done));
+        const auto* pool = google::protobuf::DescriptorPool::generated_pool();
+        const auto* type =
+            url.starts_with(frame::type_url_prefix)
+                ? pool->FindMessageTypeByName(url.substr(frame::type_url_prefix.size()))
+                : nullptr;
+        if (!type)
+            throw std::invalid_argument("bus::Channel: cannot send type '" + url +
+                                        "' to a Node peer: its descriptor is not linked in");
+        google::protobuf::DynamicMessageFactory factory(pool);
+        std::unique_ptr<google::protobuf::Message> decoded(factory.GetPrototype(type)->New());
+        if (!decoded->ParseFromString(envelope.payload()))
+            throw std::invalid_argument("bus::Channel: payload does not parse as " + url);
+        return node_send(node_line(*decoded), std::move(fds), std::move(done));
+    }
+    if (fds.size() != envelope.fd_count()) {
+        v1::Envelope copy = envelope;
+        copy.set_fd_count(static_cast<std::uint32_t>(fds.size()));
+        return send(copy, std::move(fds), std::move(done));
+    }
+    const std::size_t start = out_.size();
+    if (state_ == State::open)
+        frame::append(out_, envelope);
+    return enqueue(start, std::move(fds), std::move(done));
+}
+
+bool Channel::send_bytes(std::string_view payload, Fds fds, SendHandler done) {
+    if (options_.serialization == Serialization::node_json)
+        return node_send(node_line(payload), std::move(fds), std::move(done));
+    const std::size_t start = out_.size();
+    if (state_ == State::open)
+        frame::append_bytes(out_, payload, static_cast<std::uint32_t>(fds.size()));
+    return enqueue(start, std::move(fds), std::move(done));
+}
+
+// The frame that starts at out_[frame_start] has been appended (unless the channel is closed).
+bool Channel::enqueue(std::size_t frame_start, Fds fds, SendHandler done) {
+    if (fds.size() > options_.max_fds_per_message) {
+        out_.resize(frame_start);
+        throw std::invalid_argument("bus::Channel: " + std::to_string(fds.size()) +
+                                    " fds in one message, over the limit of " +
+                                    std::to_string(options_.max_fds_per_message));
+    }
+    if (state_ != State::open) {
+        if (done)
+            asio::post(socket_.get_executor(),
+                       [done = std::move(done)] { done(errc::channel_closed); });
+        return false;
+    }
+    const std::uint64_t position = written_ + (frame_start - out_begin_);
+    if (done)
+        completions_.push_back({written_ + (out_.size() - out_begin_), std::move(done)});
+    if (!fds.empty()) {
+        fd_batches_.push_back({position, std::move(fds.owned_), fds.borrowed_});
+        if (!fds.borrowed_.empty()) {
+            // Borrowed fds are only valid during this call: write now (their frame starts a
+            // sendmsg of its own anyway), and dup them only if the socket cannot take them.
+            if (!waiting_writable_) {
+                if (auto ec = write_some()) {
+                    fail(ec);
+                    return false;
+                }
+            }
+            for (auto& batch : fd_batches_) {
+                for (int fd : batch.borrowed) {
+                    UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+                    if (!copy) {
+                        fail(last_error());
+                        return false;
+                    }
+                    batch.owned.push_back(std::move(copy));
+                }
+                batch.borrowed = {};
+            }
+        }
+    }
+    schedule_flush();
+    if (queued_bytes() >= options_.high_water_mark) {
+        above_hwm_ = true;
+        return false;
+    }
+    return true;
+}
+
+void Channel::schedule_flush() {
+    if (flush_scheduled_ || waiting_writable_)
+        return;
+    flush_scheduled_ = true;
+    asio::post(socket_.get_executor(), [weak = weak_from_this()] {
+        if (auto self = weak.lock()) {
+            self->flush_scheduled_ = false;
+            self->flush();
+        }
+    });
+}
+
+// Writes until done or EAGAIN. Never calls user code.
+std::error_code Channel::write_some() {
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_syscall)];
+    while (out_begin_ < out_.size()) {
+        std::size_t len = out_.size() - out_begin_;
+        msghdr msg{};
+        iovec iov{out_.data() + out_begin_, len};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        FdBatch* batch = nullptr;
+        if (!fd_batches_.empty()) {
+            auto& front = fd_batches_.front();
+            if (front.position == written_) {
+                batch = &front;
+                // This frame's fds ride this sendmsg; the next fd-carrying frame starts the
+                // next one.
+                if (fd_batches_.size() > 1)
+                    len = std::min<std::size_t>(len, fd_batches_[1].position - written_);
+                const std::size_t n = front.owned.size() + front.borrowed.size();
+                msg.msg_control = control;
+                msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+                cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+                cmsg->cmsg_level = SOL_SOCKET;
+                cmsg->cmsg_type = SCM_RIGHTS;
+                cmsg->cmsg_len = CMSG_LEN(sizeof(int) * n);
+                int* out = reinterpret_cast<int*>(CMSG_DATA(cmsg));
+                for (const auto& fd : front.owned)
+                    *out++ = fd.get();
+                for (int fd : front.borrowed)
+                    *out++ = fd;
+            } else {
+                len = std::min<std::size_t>(len, front.position - written_);
+            }
+            iov.iov_len = len;
+        }
+        const ssize_t n = ::sendmsg(socket_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return {};
+            return last_error();
+        }
+        if (batch)
+            fd_batches_.pop_front(); // the kernel holds its own references now
+        written_ += static_cast<std::uint64_t>(n);
+        out_begin_ += static_cast<std::size_t>(n);
+    }
+    out_.clear();
+    out_begin_ = 0;
+    return {};
+}
+
+void Channel::flush() {
+    if (state_ == State::closed)
+        return;
+    auto guard = shared_from_this(); // a completion handler may drop the last reference
+    if (auto ec = write_some())
+        return fail(ec);
+    if (out_begin_ > 0 && out_begin_ >= out_.size() / 2) {
+        out_.erase(0, out_begin_); // keep the pending tail at the front, amortized
+        out_begin_ = 0;
+    }
+    while (!completions_.empty() && completions_.front().end <= written_) {
+        auto handler = std::move(completions_.front().handler);
+        completions_.pop_front();
+        handler({});
+        if (state_ == State::closed)
+            return;
+    }
+    if (out_begin_ < out_.size()) {
+        if (!waiting_writable_) {
+            waiting_writable_ = true;
+            socket_.async_wait(asio::posix::stream_descriptor::wait_write,
+                               [weak = weak_from_this()](boost::system::error_code ec) {
+                                   auto self = weak.lock();
+                                   if (!self)
+                                       return;
+                                   self->waiting_writable_ = false;
+                                   if (!ec)
+                                       self->flush();
+                               });
+        }
+        return;
+    }
+    if (above_hwm_ && queued_bytes() < options_.high_water_mark) {
+        above_hwm_ = false;
+        if (on_drain_)
+            on_drain_();
+    }
+    if (state_ == State::closing && !unacked_ && held_.empty())
+        finish({});
+}
+
+// --- Node's 'json' serialization ------------------------------------------------------------
+
+std::string Channel::node_line(const google::protobuf::Message& message) const {
+    std::string line;
+    const auto status = google::protobuf::util::MessageToJsonString(message, &line);
+    if (!status.ok())
+        throw std::invalid_argument("bus::Channel: cannot map " +
+                                    message.GetDescriptor()->full_name() +
+                                    " to JSON: " + std::string(status.message()));
+    line += '\n';
+    return line;
+}
+
+std::string Channel::node_line(std::string_view json) const {
+    // Node's JSON.parse() on a bad line throws in the peer's read callback and kills it, so
+    // nothing that is not one JSON text leaves here; a newline inside would split it.
+    if (!nlohmann::json::accept(json))
+        throw std::invalid_argument("bus::Channel: a Node peer needs one JSON text per message");
+    std::string line = json.find('\n') == std::string_view::npos
+                           ? std::string(json)
+                           : nlohmann::json::parse(json).dump();
+    line += '\n';
+    return line;
+}
+
+bool Channel::node_send(std::string line, Fds fds, SendHandler done) {
+    if (fds.size() > 1)
+        throw std::invalid_argument("bus::Channel: a Node peer takes one handle per message");
+    if (state_ != State::open)
+        return enqueue(out_.size(), {}, std::move(done));
+    UniqueFd fd;
+    if (!fds.owned_.empty()) {
+        fd = std::move(fds.owned_.front());
+    } else if (!fds.borrowed_.empty()) {
+        // Kept until the peer acknowledges it, for retransmission.
+        fd = UniqueFd(::fcntl(fds.borrowed_.front(), F_DUPFD_CLOEXEC, 0));
+        if (!fd) {
+            auto ec = last_error();
+            if (done)
+                asio::post(socket_.get_executor(), [done = std::move(done), ec] { done(ec); });
+            return false;
+        }
+    }
+    if (fd) {
+        // Wrapped as Node's child_process does; the peer answers NODE_HANDLE_ACK or _NACK.
+        line.pop_back();
+        line = R"({"cmd":"NODE_HANDLE","type":"net.Socket","msg":)" + line + "}\n";
+    }
+    if (unacked_) {
+        // Like Node: once a handle is in flight, everything after it waits for the ack, so
+        // the peer sees messages in the order they were sent.
+        held_bytes_ += line.size();
+        held_.push_back({std::move(line), std::move(fd), std::move(done)});
+    } else if (fd) {
+        node_write(line, fd.dup());
+        unacked_.emplace(Held{std::move(line), std::move(fd), std::move(done)});
+        retransmissions_ = 0;
+    } else {
+        node_write(line, {});
+        if (done)
+            completions_.push_back({written_ + (out_.size() - out_begin_), std::move(done)});
+    }
+    schedule_flush();
+    if (queued_bytes() >= options_.high_water_mark) {
+        above_hwm_ = true;
+        return false;
+    }
+    return true;
+}
+
+void Channel::node_write(std::string_view line, UniqueFd fd) {
+    const std::uint64_t position = written_ + (out_.size() - out_begin_);
+    out_ += line;
+    if (fd) {
+        std::vector<UniqueFd> owned;
+        owned.push_back(std::move(fd));
+        fd_batches_.push_back({position, std::move(owned), {}});
+    }
+}
+
+// After an ack: send what waited, up to and including the next handle.
+void Channel::node_release_held() {
+    while (!held_.empty() && !unacked_) {
+        Held next = std::move(held_.front());
+        held_.pop_front();
+        held_bytes_ -= next.line.size();
+        if (next.fd) {
+            node_write(next.line, next.fd.dup());
+            unacked_.emplace(std::move(next));
+            retransmissions_ = 0;
+        } else {
+            node_write(next.line, {});
+            if (next.handler)
+                completions_.push_back(
+                    {written_ + (out_.size() - out_begin_), std::move(next.handler)});
+        }
+    }
+    schedule_flush();
+}
+
+// --- receiving ------------------------------------------------------------------------------
+
+void Channel::start_read() {
+    socket_.async_wait(asio::posix::stream_descriptor::wait_read,
+                       [weak = weak_from_this()](boost::system::error_code ec) {
+                           auto self = weak.lock();
+                           if (self && !ec)
+                               self->on_readable();
+                       });
+}
+
+void Channel::on_readable() {
+    auto guard = shared_from_this(); // a handler may drop the last reference
+    const bool node = options_.serialization == Serialization::node_json;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_syscall)];
+    for (int reads = 0; reads < max_reads_per_wakeup; ++reads) {
+        // A closing channel keeps reading (and discarding) so that a peer blocked on writing
+        // to us can drain what we still flush to it, and so Node acks still arrive.
+        if (state_ == State::closed)
+            return;
+        const auto space = node ? lines_.prepare() : frames_.prepare();
+        iovec iov{space.data(), space.size()};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        const ssize_t n = ::recvmsg(socket_.native_handle(), &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return start_read(); // drained: wait for the next edge
+            return fail(last_error());
+        }
+        // Take ownership of every fd that arrived before looking at anything else, so each
+        // error path below closes them.
+        for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+                continue;
+            const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            const auto* data = CMSG_DATA(c);
+            for (std::size_t i = 0; i < count; ++i) {
+                int fd;
+                std::memcpy(&fd, data + i * sizeof(int), sizeof fd);
+                received_fds_.emplace_back(fd);
+            }
+        }
+        if (msg.msg_flags & MSG_CTRUNC)
+            return fail(errc::control_truncated);
+        if (received_fds_.size() > max_received_fds)
+            return fail(errc::too_many_fds);
+        if (n == 0) {
+            if (node ? lines_.mid_frame() : frames_.mid_frame())
+                return fail(errc::truncated_frame);
+            if (!received_fds_.empty())
+                return fail(errc::unexpected_fds);
+            return finish({});
+        }
+        if (node) {
+            lines_.commit(static_cast<std::size_t>(n));
+        } else {
+            frames_.commit(static_cast<std::size_t>(n));
+        }
+        if (auto ec = node ? deliver_lines() : deliver_frames())
+            return fail(ec);
+        if (state_ == State::closed)
+            return;
+        // Every frame that began in this read has claimed its fds; any left have no frame.
+        if (!received_fds_.empty() && !(node ? lines_.mid_frame() : frames_.mid_frame()))
+            return fail(errc::unexpected_fds);
+    }
+    // Still readable: let other handlers run, then continue.
+    asio::post(socket_.get_executor(), [weak = weak_from_this()] {
+        auto self = weak.lock();
+        if (self && self->state_ != State::closed)
+            self->on_readable();
+    });
+}
+
+std::error_code Channel::deliver_frames() {
+    while (state_ != State::closed) {
+        auto body = frames_.next();
+        if (!body)
+            return body.error();
+        if (!body.value())
+            return {};
+        if (auto ec = deliver(*body.value()))
+            return ec;
+    }
+    return {};
+}
+
+std::error_code Channel::deliver(std::string_view body) {
+    auto& envelope = message_.envelope;
+    if (!envelope.ParseFromArray(body.data(), static_cast<int>(body.size())))
+        return errc::bad_frame;
+    const std::size_t count = envelope.fd_count();
+    if (count > options_.max_fds_per_message)
+        return errc::too_many_fds;
+    if (count > received_fds_.size())
+        return errc::fd_mismatch;
+    message_.fds.clear();
+    for (std::size_t i = 0; i < count; ++i) {
+        message_.fds.push_back(std::move(received_fds_.front()));
+        received_fds_.pop_front();
+    }
+    if (on_message_ && state_ == State::open)
+        on_message_(message_);
+    message_.fds.clear(); // what the handler did not take is closed
+    return {};
+}
+
+std::error_code Channel::deliver_lines() {
+    while (state_ != State::closed) {
+        auto line = lines_.next();
+        if (!line)
+            return line.error();
+        if (!line.value())
+            return {};
+        if (auto ec = deliver_node(*line.value()))
+            return ec;
+    }
+    return {};
+}
+
+std::error_code Channel::deliver_node(std::string_view text) {
+    using Kind = frame::NodeLine::Kind;
+    auto line = frame::parse_node_line(text);
+    if (!line)
+        return line.error();
+    message_.fds.clear();
+    switch (line.value().kind) {
+    case Kind::handle_ack:
+    case Kind::handle_nack: {
+        if (!unacked_)
+            return {}; // as Node: an ack for nothing is ignored
+        const bool ack = line.value().kind == Kind::handle_ack;
+        if (!ack && retransmissions_++ < node_max_retransmissions) {
+            node_write(unacked_->line, unacked_->fd.dup());
+            schedule_flush();
+            return {};
+        }
+        auto handler = std::move(unacked_->handler);
+        unacked_.reset();
+        node_release_held();
+        if (handler)
+            handler(ack ? std::error_code{} : make_error_code(errc::handle_not_delivered));
+        return {};
+    }
+    case Kind::internal:
+        return {}; // Node's other internal messages (cluster's) are not for the user
+    case Kind::handle:
+        // The fd came with this line's first byte; none means the kernel or the peer lost it.
+        if (received_fds_.empty()) {
+            node_write(R"({"cmd":"NODE_HANDLE_NACK"})"
+                       "\n",
+                       {});
+            schedule_flush();
+            return {};
+        }
+        node_write(R"({"cmd":"NODE_HANDLE_ACK"})"
+                   "\n",
+                   {});
+        schedule_flush();
+        message_.fds.push_back(std::move(received_fds_.front()));
+        received_fds_.pop_front();
+        break;
+    case Kind::user:
+        break;
+    }
+    auto& envelope = message_.envelope;
+    envelope.Clear();
+    envelope.set_kind(v1::KIND_DATA);
+    envelope.set_type_url(std::string(json_type_url));
+    envelope.set_payload(std::move(line.value().payload));
+    envelope.set_fd_count(static_cast<std::uint32_t>(message_.fds.size()));
+    if (on_message_ && state_ == State::open)
+        on_message_(message_);
+    message_.fds.clear();
+    return {};
+}
+
+// --- closing --------------------------------------------------------------------------------
+
+void Channel::close() {
+    if (state_ != State::open)
+        return;
+    state_ = State::closing;
+    keep_alive_ = shared_from_this(); // until flushed, even if the caller lets go
+    flush();
+}
+
+void Channel::disconnect() {
+    finish({});
+}
+
+void Channel::fail(std::error_code ec) {
+    finish(ec);
+}
+
+void Channel::finish(std::error_code ec) {
+    if (state_ == State::closed)
+        return;
+    state_ = State::closed;
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+    received_fds_.clear();
+    fd_batches_.clear();
+    out_.clear();
+    out_begin_ = 0;
+    std::vector<SendHandler> written, failed;
+    for (auto& c : completions_)
+        (c.end <= written_ ? written : failed).push_back(std::move(c.handler));
+    completions_.clear();
+    if (unacked_ && unacked_->handler)
+        failed.push_back(std::move(unacked_->handler));
+    unacked_.reset();
+    for (auto& h : held_)
+        if (h.handler)
+            failed.push_back(std::move(h.handler));
+    held_.clear();
+    held_bytes_ = 0;
+    auto self = std::move(keep_alive_);
+    // Like Node's 'disconnect', reported from the loop, never from inside the call that
+    // caused it.
+    asio::post(socket_.get_executor(), [self = shared_from_this(), ec, written = std::move(written),
+                                        failed = std::move(failed)]() mutable {
+        for (auto& handler : written)
+            handler({});
+        for (auto& handler : failed)
+            handler(errc::channel_closed);
+        if (auto handler = std::move(self->on_disconnect_))
+            handler(ec);
+        self->on_message_ = nullptr;
+        self->on_drain_ = nullptr;
+    });
+}
+
+} // namespace bus

@@ -1,0 +1,65 @@
+// Helpers shared by the test executables: running a loop until something happened, counting
+// open descriptors, and raw socket writes for playing a broken peer.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace bus::test {
+
+// Runs `io` until `done()` holds or `timeout` passes; returns done().
+inline bool run_until(boost::asio::io_context& io, const std::function<bool()>& done,
+                      std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!done() && std::chrono::steady_clock::now() < deadline) {
+        io.restart();
+        io.run_for(std::chrono::milliseconds(5));
+    }
+    return done();
+}
+
+inline std::size_t open_fd_count() {
+    std::size_t n = 0;
+    for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd"))
+        ++n;
+    return n - 1; // the directory iterator's own descriptor
+}
+
+// Writes `bytes` with `fds` attached (SCM_RIGHTS) in one sendmsg; returns sendmsg's result.
+inline ssize_t send_with_fds(int socket, std::string_view bytes, const std::vector<int>& fds) {
+    msghdr msg{};
+    iovec iov{const_cast<char*>(bytes.data()), bytes.size()};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+    if (!fds.empty()) {
+        msg.msg_control = control.data();
+        msg.msg_controllen = control.size();
+        cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+        std::copy(fds.begin(), fds.end(), reinterpret_cast<int*>(CMSG_DATA(cmsg)));
+    }
+    return ::sendmsg(socket, &msg, MSG_NOSIGNAL);
+}
+
+// A u32 little-endian length prefix followed by `body`.
+inline std::string raw_frame(std::string_view body) {
+    const auto n = static_cast<std::uint32_t>(body.size());
+    std::string out{static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
+                    static_cast<char>((n >> 16) & 0xff), static_cast<char>(n >> 24)};
+    out += body;
+    return out;
+}
+
+} // namespace bus::test

@@ -1,0 +1,178 @@
+#include <bus/frame.hpp>
+#include <bus/v1/cluster.pb.h>
+#include <bus/v1/envelope.pb.h>
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+using bus::frame::Decoder;
+using bus::frame::LineDecoder;
+
+// Feeds `bytes` to the decoder in chunks of `chunk` bytes and collects every frame body.
+std::vector<std::string> decode_in_chunks(Decoder& decoder, const std::string& bytes,
+                                          std::size_t chunk, std::error_code* error = nullptr) {
+    std::vector<std::string> frames;
+    for (std::size_t at = 0; at < bytes.size(); at += chunk) {
+        const std::size_t n = std::min(chunk, bytes.size() - at);
+        auto space = decoder.prepare(n);
+        std::memcpy(space.data(), bytes.data() + at, n);
+        decoder.commit(n);
+        for (;;) {
+            auto next = decoder.next();
+            if (!next) {
+                if (error)
+                    *error = next.error();
+                return frames;
+            }
+            if (!next.value())
+                break;
+            frames.emplace_back(*next.value());
+        }
+    }
+    return frames;
+}
+
+TEST(Frame, AppendWritesLittleEndianLengthThenEnvelope) {
+    bus::v1::Envelope envelope;
+    envelope.set_subject("orders.created");
+    envelope.set_payload("hello");
+    std::string out;
+    bus::frame::append(out, envelope);
+    const std::string body = envelope.SerializeAsString();
+    ASSERT_EQ(out.size(), 4 + body.size());
+    EXPECT_EQ(static_cast<unsigned char>(out[0]), body.size() & 0xff);
+    EXPECT_EQ(out[1], 0);
+    EXPECT_EQ(out.substr(4), body);
+}
+
+TEST(Frame, AppendMessageSerializesPayloadInPlace) {
+    bus::v1::NewConn conn;
+    conn.set_id(42);
+    conn.set_peer_address("127.0.0.1:5555");
+    std::string out;
+    bus::frame::append_message(out, conn, 1);
+    bus::v1::Envelope envelope;
+    ASSERT_TRUE(envelope.ParseFromArray(out.data() + 4, static_cast<int>(out.size() - 4)));
+    EXPECT_EQ(envelope.kind(), bus::v1::KIND_DATA);
+    EXPECT_EQ(envelope.type_url(), "type.googleapis.com/bus.v1.NewConn");
+    EXPECT_EQ(envelope.fd_count(), 1u);
+    bus::v1::NewConn back;
+    ASSERT_TRUE(back.ParseFromString(envelope.payload()));
+    EXPECT_EQ(back.id(), 42u);
+    EXPECT_EQ(back.peer_address(), "127.0.0.1:5555");
+    // Same bytes as protobuf's own serialization of the equivalent envelope.
+    bus::v1::Envelope expected;
+    expected.set_kind(bus::v1::KIND_DATA);
+    expected.set_type_url("type.googleapis.com/bus.v1.NewConn");
+    expected.set_payload(conn.SerializeAsString());
+    expected.set_fd_count(1);
+    EXPECT_EQ(out.substr(4), expected.SerializeAsString());
+}
+
+TEST(Frame, AppendBytesOfEmptyPayloadIsAValidEnvelope) {
+    std::string out;
+    bus::frame::append_bytes(out, "", 0);
+    bus::v1::Envelope envelope;
+    ASSERT_TRUE(envelope.ParseFromArray(out.data() + 4, static_cast<int>(out.size() - 4)));
+    EXPECT_EQ(envelope.kind(), bus::v1::KIND_DATA);
+    EXPECT_TRUE(envelope.payload().empty());
+}
+
+TEST(Frame, DecodesEveryFrameWhateverTheChunking) {
+    std::string stream;
+    std::vector<std::string> payloads;
+    for (int i = 0; i < 50; ++i) {
+        payloads.push_back(
+            std::string(static_cast<std::size_t>(i * 37), static_cast<char>('a' + i % 26)));
+        bus::frame::append_bytes(stream, payloads.back(), 0);
+    }
+    for (std::size_t chunk : {1u, 3u, 4u, 7u, 64u, 1000u, 100000u}) {
+        Decoder decoder;
+        auto frames = decode_in_chunks(decoder, stream, chunk);
+        ASSERT_EQ(frames.size(), payloads.size()) << "chunk " << chunk;
+        for (std::size_t i = 0; i < frames.size(); ++i) {
+            bus::v1::Envelope envelope;
+            ASSERT_TRUE(envelope.ParseFromString(frames[i]));
+            EXPECT_EQ(envelope.payload(), payloads[i]);
+        }
+        EXPECT_FALSE(decoder.mid_frame());
+    }
+}
+
+TEST(Frame, PartialFrameIsReportedAsMidFrame) {
+    std::string stream;
+    bus::frame::append_bytes(stream, "abcdef", 0);
+    Decoder decoder;
+    auto frames = decode_in_chunks(decoder, stream.substr(0, stream.size() - 1), 4);
+    EXPECT_TRUE(frames.empty());
+    EXPECT_TRUE(decoder.mid_frame());
+}
+
+TEST(Frame, LengthOverTheLimitIsAnError) {
+    Decoder decoder(1024);
+    std::string stream("\x01\x04\x00\x00", 4); // 1025
+    std::error_code error;
+    auto frames = decode_in_chunks(decoder, stream, 4, &error);
+    EXPECT_TRUE(frames.empty());
+    EXPECT_EQ(error, bus::errc::frame_too_large);
+}
+
+TEST(Frame, FrameAtTheLimitIsAccepted) {
+    Decoder decoder(1024);
+    std::string stream("\x00\x04\x00\x00", 4);
+    stream.append(1024, 'x');
+    std::error_code error;
+    auto frames = decode_in_chunks(decoder, stream, 100, &error);
+    EXPECT_FALSE(error);
+    ASSERT_EQ(frames.size(), 1u);
+    EXPECT_EQ(frames[0].size(), 1024u);
+}
+
+TEST(Frame, HugeLengthDoesNotAllocate) {
+    Decoder decoder; // 16 MiB limit
+    std::string stream("\xff\xff\xff\xff", 4);
+    std::error_code error;
+    decode_in_chunks(decoder, stream, 4, &error);
+    EXPECT_EQ(error, bus::errc::frame_too_large);
+    EXPECT_LT(decoder.prepare(1).size(), 1u << 20);
+}
+
+TEST(LineDecoder, SplitsLinesAcrossChunks) {
+    const std::string text = "{\"a\":1}\n[2]\n\"three\"\n{\"partial\":";
+    for (std::size_t chunk : {1u, 2u, 5u, 100u}) {
+        LineDecoder decoder;
+        std::vector<std::string> lines;
+        for (std::size_t at = 0; at < text.size(); at += chunk) {
+            const std::size_t n = std::min(chunk, text.size() - at);
+            auto space = decoder.prepare(n);
+            std::memcpy(space.data(), text.data() + at, n);
+            decoder.commit(n);
+            while (true) {
+                auto next = decoder.next();
+                ASSERT_TRUE(next);
+                if (!next.value())
+                    break;
+                lines.emplace_back(*next.value());
+            }
+        }
+        EXPECT_EQ(lines, (std::vector<std::string>{"{\"a\":1}", "[2]", "\"three\""}));
+        EXPECT_TRUE(decoder.mid_frame());
+    }
+}
+
+TEST(LineDecoder, LineOverTheLimitIsAnError) {
+    LineDecoder decoder(8);
+    auto space = decoder.prepare(16);
+    std::memcpy(space.data(), "123456789", 9);
+    decoder.commit(9);
+    auto next = decoder.next();
+    ASSERT_FALSE(next);
+    EXPECT_EQ(next.error(), bus::errc::frame_too_large);
+}
+
+} // namespace

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -122,12 +123,22 @@ void ChildProcess::on_exit(ExitHandler handler) {
 }
 
 bool ChildProcess::reap(bool block) noexcept {
+    const int fd = pidfd_.native_handle();
+    if (block) {
+        // Asio may have made the pidfd non-blocking, and waitid() on a non-blocking pidfd
+        // never waits (EAGAIN): wait for it to become readable (the process exited) first.
+        pollfd exited{fd, POLLIN, 0};
+        while (::poll(&exited, 1, -1) < 0 && errno == EINTR) {
+        }
+    }
     siginfo_t info{};
     int r;
     do {
-        r = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.native_handle()),
-                     &info, WEXITED | (block ? 0 : WNOHANG));
+        r = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(fd), &info,
+                     WEXITED | WNOHANG);
     } while (r < 0 && errno == EINTR);
+    if (r < 0 && errno == EAGAIN)
+        return false;
     if (r < 0) {
         // ECHILD: somebody else reaped it (SIGCHLD ignored, or a waitpid(-1) elsewhere).
         running_ = false;

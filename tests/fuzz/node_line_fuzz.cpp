@@ -1,33 +1,20 @@
 // Node's 'json' IPC: line splitting and the classification of each line.
-#include <bus/frame.hpp>
+#include "../support/feed.hpp"
 
-#include <cstring>
+#include <bus/frame.hpp>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size < 1)
         return 0;
-    const std::size_t chunk = 1 + data[0] % 64;
-    ++data;
-    --size;
+    const std::string_view bytes(reinterpret_cast<const char*>(data) + 1, size - 1);
     bus::frame::LineDecoder decoder(4096);
-    for (std::size_t at = 0; at < size; at += chunk) {
-        const std::size_t n = std::min(chunk, size - at);
-        auto space = decoder.prepare(n);
-        std::memcpy(space.data(), data + at, n);
-        decoder.commit(n);
-        for (;;) {
-            auto line = decoder.next();
-            if (!line)
-                return 0;
-            if (!line.value())
-                break;
-            if (line.value()->find('\n') != std::string_view::npos)
-                __builtin_trap();
-            auto parsed = bus::frame::parse_node_line(*line.value());
-            if (parsed && parsed.value().kind == bus::frame::NodeLine::Kind::user &&
-                parsed.value().payload != *line.value())
-                __builtin_trap();
-        }
-    }
+    bus::test::feed_in_chunks(decoder, bytes, 1 + data[0] % 64, [](std::string_view line) {
+        if (line.find('\n') != std::string_view::npos)
+            __builtin_trap();
+        auto parsed = bus::frame::parse_node_line(line);
+        if (parsed && parsed.value().kind == bus::frame::NodeLine::Kind::user &&
+            parsed.value().payload != line)
+            __builtin_trap();
+    });
     return 0;
 }

@@ -28,13 +28,13 @@ protected:
         ASSERT_TRUE(process) << process.error().message();
         child_ = std::move(process).value();
         child_->on_exit([this](int code, int signal) { exit_ = std::pair{code, signal}; });
-        child_->channel()->on_message([this](bus::Message& m) {
-            messages_.push_back(std::move(m));
-        });
+        child_->channel()->on_message(
+            [this](bus::Message& m) { messages_.push_back(std::move(m)); });
     }
     void stop_and_expect_clean_exit() {
         child_->channel()->close();
-        ASSERT_TRUE(run_until(io_, [&] { return exit_.has_value(); }, 20s));
+        ASSERT_TRUE(run_until(
+            io_, [&] { return exit_.has_value(); }, 20s));
         EXPECT_EQ(*exit_, (std::pair{0, 0})) << "node exits 0 when its parent disconnects";
     }
 
@@ -51,7 +51,8 @@ TEST_F(NodeChildTest, TypedMessagesTravelAsProto3Json) {
     conn.set_peer_address("127.0.0.1:4000");
     child_->channel()->send(conn);
     child_->channel()->send_bytes(R"({"plain":["json",1,null]})");
-    ASSERT_TRUE(run_until(io_, [&] { return messages_.size() == 2; }, 20s));
+    ASSERT_TRUE(run_until(
+        io_, [&] { return messages_.size() == 2; }, 20s));
     EXPECT_EQ(messages_[0].payload(), R"({"got":{"id":"5","peerAddress":"127.0.0.1:4000"}})");
     EXPECT_EQ(messages_[1].payload(), R"({"got":{"plain":["json",1,null]}})");
     EXPECT_TRUE(messages_[0].is_json());
@@ -60,7 +61,8 @@ TEST_F(NodeChildTest, TypedMessagesTravelAsProto3Json) {
 
 TEST_F(NodeChildTest, ManyMessagesFromNodeArriveInOrder) {
     start({"flood", "20000"});
-    ASSERT_TRUE(run_until(io_, [&] { return messages_.size() == 20000; }, 30s));
+    ASSERT_TRUE(run_until(
+        io_, [&] { return messages_.size() == 20000; }, 30s));
     for (std::size_t i = 0; i < messages_.size(); ++i)
         ASSERT_EQ(messages_[i].payload(), R"({"seq":)" + std::to_string(i) + "}");
     stop_and_expect_clean_exit();
@@ -77,7 +79,8 @@ TEST_F(NodeChildTest, PassedSocketBecomesANetSocketAndComesBack) {
     child_->channel()->send_bytes(R"({"take":"socket"})", {s[0]},
                                   [&](std::error_code ec) { acked = ec; });
     ::close(s[0]);
-    ASSERT_TRUE(run_until(io_, [&] { return messages_.size() == 1 && acked; }, 20s));
+    ASSERT_TRUE(run_until(
+        io_, [&] { return messages_.size() == 1 && acked; }, 20s));
     EXPECT_FALSE(*acked) << acked->message();
     EXPECT_EQ(messages_[0].payload(), R"({"got":{"take":"socket"},"socket":true})");
     ASSERT_EQ(messages_[0].fds.size(), 1u);
@@ -85,7 +88,8 @@ TEST_F(NodeChildTest, PassedSocketBecomesANetSocketAndComesBack) {
     ASSERT_EQ(::fstat(messages_[0].fds[0].get(), &back), 0);
     EXPECT_EQ(back.st_ino, sent.st_ino);
     char buf[64] = {};
-    ASSERT_TRUE(run_until(io_, [&] { return ::recv(ours.get(), buf, sizeof buf - 1, MSG_DONTWAIT | MSG_PEEK) > 0; }));
+    ASSERT_TRUE(run_until(
+        io_, [&] { return ::recv(ours.get(), buf, sizeof buf - 1, MSG_DONTWAIT | MSG_PEEK) > 0; }));
     ASSERT_EQ(::recv(ours.get(), buf, sizeof buf - 1, 0), 15);
     EXPECT_STREQ(buf, "hello from node");
     messages_.clear();
@@ -101,7 +105,8 @@ TEST_F(NodeChildTest, MessagesAfterAHandleWaitForItsAck) {
     child_->channel()->send_bytes("2", {s[0]});
     ::close(s[0]);
     child_->channel()->send_bytes("3");
-    ASSERT_TRUE(run_until(io_, [&] { return messages_.size() == 3; }, 20s));
+    ASSERT_TRUE(run_until(
+        io_, [&] { return messages_.size() == 3; }, 20s));
     EXPECT_EQ(messages_[0].payload(), R"({"got":1})");
     EXPECT_EQ(messages_[1].payload(), R"({"got":2,"socket":true})");
     EXPECT_EQ(messages_[2].payload(), R"({"got":3})");

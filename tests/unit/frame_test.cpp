@@ -1,3 +1,5 @@
+#include "../support/feed.hpp"
+
 #include <bus/frame.hpp>
 #include <bus/v1/cluster.pb.h>
 #include <bus/v1/envelope.pb.h>
@@ -13,27 +15,13 @@ namespace {
 using bus::frame::Decoder;
 using bus::frame::LineDecoder;
 
-// Feeds `bytes` to the decoder in chunks of `chunk` bytes and collects every frame body.
 std::vector<std::string> decode_in_chunks(Decoder& decoder, const std::string& bytes,
                                           std::size_t chunk, std::error_code* error = nullptr) {
     std::vector<std::string> frames;
-    for (std::size_t at = 0; at < bytes.size(); at += chunk) {
-        const std::size_t n = std::min(chunk, bytes.size() - at);
-        auto space = decoder.prepare(n);
-        std::memcpy(space.data(), bytes.data() + at, n);
-        decoder.commit(n);
-        for (;;) {
-            auto next = decoder.next();
-            if (!next) {
-                if (error)
-                    *error = next.error();
-                return frames;
-            }
-            if (!next.value())
-                break;
-            frames.emplace_back(*next.value());
-        }
-    }
+    auto ec = bus::test::feed_in_chunks(
+        decoder, bytes, chunk, [&](std::string_view frame) { frames.emplace_back(frame); });
+    if (error)
+        *error = ec;
     return frames;
 }
 
@@ -147,19 +135,9 @@ TEST(LineDecoder, SplitsLinesAcrossChunks) {
     for (std::size_t chunk : {1u, 2u, 5u, 100u}) {
         LineDecoder decoder;
         std::vector<std::string> lines;
-        for (std::size_t at = 0; at < text.size(); at += chunk) {
-            const std::size_t n = std::min(chunk, text.size() - at);
-            auto space = decoder.prepare(n);
-            std::memcpy(space.data(), text.data() + at, n);
-            decoder.commit(n);
-            while (true) {
-                auto next = decoder.next();
-                ASSERT_TRUE(next);
-                if (!next.value())
-                    break;
-                lines.emplace_back(*next.value());
-            }
-        }
+        auto ec = bus::test::feed_in_chunks(
+            decoder, text, chunk, [&](std::string_view line) { lines.emplace_back(line); });
+        EXPECT_FALSE(ec);
         EXPECT_EQ(lines, (std::vector<std::string>{"{\"a\":1}", "[2]", "\"three\""}));
         EXPECT_TRUE(decoder.mid_frame());
     }

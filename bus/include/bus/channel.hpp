@@ -164,9 +164,9 @@ private:
     std::error_code write_some();
     void start_read();
     void on_readable();
-    std::error_code deliver_frames();
-    std::error_code deliver_lines();
-    std::error_code deliver(std::string_view body);
+    template <class Decoder, class Deliver>
+    std::error_code drain(Decoder& decoder, Deliver handle);
+    std::error_code deliver_frame(std::string_view body);
     std::error_code deliver_node(std::string_view line);
     void fail(std::error_code ec);
     void finish(std::error_code ec);

@@ -500,7 +500,8 @@ void Channel::on_readable() {
         } else {
             frames_.commit(static_cast<std::size_t>(n));
         }
-        if (auto ec = node ? deliver_lines() : deliver_frames())
+        if (auto ec = node ? drain(lines_, &Channel::deliver_node)
+                           : drain(frames_, &Channel::deliver_frame))
             return fail(ec);
         if (state_ == State::closed)
             return;
@@ -516,20 +517,23 @@ void Channel::on_readable() {
     });
 }
 
-std::error_code Channel::deliver_frames() {
+// Hands every complete frame (or line) the decoder holds to `handle`, until one fails or the
+// channel closes.
+template <class Decoder, class Deliver>
+std::error_code Channel::drain(Decoder& decoder, Deliver handle) {
     while (state_ != State::closed) {
-        auto body = frames_.next();
-        if (!body)
-            return body.error();
-        if (!body.value())
+        auto next = decoder.next();
+        if (!next)
+            return next.error();
+        if (!next.value())
             return {};
-        if (auto ec = deliver(*body.value()))
+        if (auto ec = (this->*handle)(*next.value()))
             return ec;
     }
     return {};
 }
 
-std::error_code Channel::deliver(std::string_view body) {
+std::error_code Channel::deliver_frame(std::string_view body) {
     auto& envelope = message_.envelope;
     if (!envelope.ParseFromArray(body.data(), static_cast<int>(body.size())))
         return errc::bad_frame;
@@ -546,19 +550,6 @@ std::error_code Channel::deliver(std::string_view body) {
     if (on_message_ && state_ == State::open)
         on_message_(message_);
     message_.fds.clear(); // what the handler did not take is closed
-    return {};
-}
-
-std::error_code Channel::deliver_lines() {
-    while (state_ != State::closed) {
-        auto line = lines_.next();
-        if (!line)
-            return line.error();
-        if (!line.value())
-            return {};
-        if (auto ec = deliver_node(*line.value()))
-            return ec;
-    }
     return {};
 }
 

@@ -53,13 +53,63 @@ TEST(Frame, AppendMessageSerializesPayloadInPlace) {
     ASSERT_TRUE(back.ParseFromString(envelope.payload()));
     EXPECT_EQ(back.id(), 42u);
     EXPECT_EQ(back.peer_address(), "127.0.0.1:5555");
-    // Same bytes as protobuf's own serialization of the equivalent envelope.
+    // The same fields as protobuf's own serialization of the equivalent envelope, with the
+    // payload last.
     bus::v1::Envelope expected;
     expected.set_kind(bus::v1::KIND_DATA);
     expected.set_type_url("type.googleapis.com/bus.v1.NewConn");
     expected.set_payload(conn.SerializeAsString());
     expected.set_fd_count(1);
-    EXPECT_EQ(out.substr(4), expected.SerializeAsString());
+    EXPECT_EQ(out.size() - 4, expected.ByteSizeLong());
+    EXPECT_EQ(envelope.SerializeAsString(), expected.SerializeAsString());
+    EXPECT_TRUE(std::string_view(out).ends_with(conn.SerializeAsString()));
+}
+
+TEST(Frame, SplitReturnsThePayloadInPlaceAndTheRestAsHeader) {
+    bus::v1::Envelope full;
+    full.set_kind(bus::v1::KIND_PUBLISH);
+    full.set_subject("orders.eu");
+    full.set_payload("the payload");
+    full.set_id(77); // after the payload in field order: protobuf writes it after field 4
+    auto* kv = full.add_headers();
+    kv->set_key("k");
+    kv->set_value("v");
+    const std::string body = full.SerializeAsString();
+    bus::v1::Envelope header;
+    auto payload = bus::frame::split(body, header);
+    ASSERT_TRUE(payload);
+    EXPECT_EQ(payload.value(), "the payload");
+    EXPECT_GE(payload.value().data(), body.data()); // a view into the body, not a copy
+    EXPECT_LT(payload.value().data(), body.data() + body.size());
+    EXPECT_TRUE(header.payload().empty());
+    EXPECT_EQ(header.subject(), "orders.eu");
+    EXPECT_EQ(header.id(), 77u);
+    ASSERT_EQ(header.headers_size(), 1);
+    EXPECT_EQ(header.headers(0).value(), "v");
+
+    std::string forwarded;
+    bus::frame::append_split(forwarded, header, payload.value());
+    bus::v1::Envelope back;
+    ASSERT_TRUE(back.ParseFromArray(forwarded.data() + 4, static_cast<int>(forwarded.size() - 4)));
+    EXPECT_EQ(back.SerializeAsString(), full.SerializeAsString());
+}
+
+TEST(Frame, SplitRejectsMalformedBodies) {
+    bus::v1::Envelope header;
+    for (std::string bad : {std::string("\x22\x05"
+                                        "ab",
+                                        4), // payload longer than the body
+                            std::string("\x22\x01"
+                                        "a"
+                                        "\x22\x01"
+                                        "b",
+                                        6),                // two payloads
+                            std::string("\x21\x01", 2),    // field 4 with a fixed64 type
+                            std::string("\x0a", 1),        // truncated tag's field
+                            std::string("\x00\x01", 2)}) { // tag 0
+        EXPECT_FALSE(bus::frame::split(bad, header)) << testing::PrintToString(bad);
+    }
+    EXPECT_TRUE(bus::frame::split("", header)); // the empty envelope
 }
 
 TEST(Frame, AppendBytesOfEmptyPayloadIsAValidEnvelope) {

@@ -85,6 +85,10 @@ public:
     // Once per channel: an empty code for close()/disconnect() or a clean end of stream, else
     // what went wrong (a protocol error, ECONNRESET, ...).
     using DisconnectHandler = std::function<void(std::error_code)>;
+    // For routers (busd): the envelope without its payload, the payload bytes in place, and the
+    // fds; all valid during the call. Replaces on_message; bus serialization only.
+    using EnvelopeHandler = std::function<void(v1::Envelope& header, std::string_view payload,
+                                               std::vector<UniqueFd>& fds)>;
     // Once per send: empty when the message was handed to the kernel (in node_json mode with
     // a handle: when the peer acknowledged it), errc::channel_closed when it never will be.
     using SendHandler = std::function<void(std::error_code)>;
@@ -108,6 +112,7 @@ public:
     Channel& operator=(const Channel&) = delete;
 
     void on_message(MessageHandler handler) { on_message_ = std::move(handler); }
+    void on_envelope(EnvelopeHandler handler) { on_envelope_ = std::move(handler); }
     void on_disconnect(DisconnectHandler handler) { on_disconnect_ = std::move(handler); }
     // After send() returned false, once the queue is back under the high-water mark.
     void on_drain(std::function<void()> handler) { on_drain_ = std::move(handler); }
@@ -120,6 +125,10 @@ public:
     bool send(const google::protobuf::Message& message, Fds fds = {}, SendHandler done = {});
     bool send(const v1::Envelope& envelope, Fds fds = {}, SendHandler done = {});
     bool send_bytes(std::string_view payload, Fds fds = {}, SendHandler done = {});
+    // `header` (payload empty) with `payload` as its payload, copied once, into the write
+    // buffer: how a router forwards what it never parsed. Bus serialization only.
+    bool send_split(const v1::Envelope& header, std::string_view payload, Fds fds = {},
+                    SendHandler done = {});
 
     // Stops delivering, writes what is queued, then closes. The channel stays alive for that
     // even if the caller drops it; dropping it without close() is a disconnect().
@@ -200,6 +209,7 @@ private:
     std::shared_ptr<Channel> keep_alive_; // set by close() until the queue is flushed
 
     MessageHandler on_message_;
+    EnvelopeHandler on_envelope_;
     DisconnectHandler on_disconnect_;
     std::function<void()> on_drain_;
 };

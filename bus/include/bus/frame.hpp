@@ -38,12 +38,22 @@ std::string type_url_of(const google::protobuf::Message& message);
 void append(std::string& out, const v1::Envelope& envelope);
 
 // Appends one frame holding an envelope of kind DATA whose payload is `payload` serialized in
-// place (no intermediate copy) and whose type_url names its type.
+// place (no intermediate copy) and whose type_url names its type. The payload is written last
+// (see split()).
 void append_message(std::string& out, const google::protobuf::Message& payload,
                     std::uint32_t fd_count);
 
 // Appends one frame holding an envelope of kind DATA whose payload is `bytes`.
 void append_bytes(std::string& out, std::string_view bytes, std::uint32_t fd_count);
+
+// Appends one frame holding `header` (whose own payload must be empty) with `payload` as its
+// payload field, written last: how a router forwards a payload it never parsed.
+void append_split(std::string& out, const v1::Envelope& header, std::string_view payload);
+
+// Parses a frame body into `header` without its payload field, and returns the payload's bytes
+// in place (a view into `body`). errc::bad_frame when the body is not a valid Envelope.
+// Frames written here put the payload last, which makes this a parse of the bytes before it.
+Result<std::string_view> split(std::string_view body, v1::Envelope& header);
 
 // A growable read buffer that a reader fills in place (recvmsg straight into prepare()) and
 // a decoder consumes from the front. Compacts lazily, so a read that brought many frames

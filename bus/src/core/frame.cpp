@@ -64,12 +64,12 @@ void append_data(std::string& out, std::string_view type_name, std::size_t paylo
         std::memcpy(p, type_name.data(), type_name.size());
         p += type_name.size();
     }
-    if (payload_size) {
-        p = write_delimited_header(4, payload_size, p);
-        p = write_payload(p);
-    }
     if (fd_count)
         p = WFL::WriteUInt32ToArray(11, fd_count, p);
+    if (payload_size) {
+        p = write_delimited_header(4, payload_size, p);
+        write_payload(p);
+    }
 }
 
 } // namespace
@@ -101,6 +101,65 @@ void append_bytes(std::string& out, std::string_view bytes, std::uint32_t fd_cou
         std::memcpy(p, bytes.data(), bytes.size());
         return p + bytes.size();
     });
+}
+
+void append_split(std::string& out, const v1::Envelope& header, std::string_view payload) {
+    const std::size_t head = header.ByteSizeLong();
+    const std::size_t body = head + (payload.empty() ? 0 : delimited_size(payload.size()));
+    const std::size_t start = out.size();
+    out.resize(start + header_size + body);
+    write_header(out.data() + start, static_cast<std::uint32_t>(body));
+    auto* p = header.SerializeWithCachedSizesToArray(
+        reinterpret_cast<std::uint8_t*>(out.data() + start + header_size));
+    if (!payload.empty()) {
+        p = write_delimited_header(4, payload.size(), p);
+        std::memcpy(p, payload.data(), payload.size());
+    }
+}
+
+Result<std::string_view> split(std::string_view body, v1::Envelope& header) {
+    using google::protobuf::io::CodedInputStream;
+    constexpr std::uint32_t payload_tag = (4 << 3) | WFL::WIRETYPE_LENGTH_DELIMITED;
+    CodedInputStream in(reinterpret_cast<const std::uint8_t*>(body.data()),
+                        static_cast<int>(body.size()));
+    std::size_t field_begin = body.size(), field_end = body.size();
+    std::string_view payload;
+    bool seen = false;
+    while (true) {
+        const auto at = static_cast<std::size_t>(in.CurrentPosition());
+        const std::uint32_t tag = in.ReadTag();
+        if (tag == 0) {
+            if (at != body.size())
+                return errc::bad_frame; // a zero tag or a truncated one
+            break;
+        }
+        if ((tag >> 3) == 4) {
+            std::uint32_t length;
+            if (tag != payload_tag || seen || !in.ReadVarint32(&length))
+                return errc::bad_frame;
+            const auto data = static_cast<std::size_t>(in.CurrentPosition());
+            if (length > body.size() - data || !in.Skip(static_cast<int>(length)))
+                return errc::bad_frame;
+            seen = true;
+            field_begin = at;
+            field_end = data + length;
+            payload = body.substr(data, length);
+        } else if (!WFL::SkipField(&in, tag)) {
+            return errc::bad_frame;
+        }
+    }
+    bool parsed;
+    if (field_end == body.size()) {
+        parsed = header.ParseFromArray(body.data(), static_cast<int>(field_begin));
+    } else {
+        // The payload sits between header fields: parse the bytes around it.
+        std::string rest(body.substr(0, field_begin));
+        rest.append(body.substr(field_end));
+        parsed = header.ParseFromString(rest);
+    }
+    if (!parsed)
+        return errc::bad_frame;
+    return payload;
 }
 
 std::span<char> ReadBuffer::prepare(std::size_t min_free) {

@@ -181,6 +181,23 @@ bool Channel::send_bytes(std::string_view payload, Fds fds, SendHandler done) {
     return enqueue(start, std::move(fds), std::move(done));
 }
 
+bool Channel::send_split(const v1::Envelope& header, std::string_view payload, Fds fds,
+                         SendHandler done) {
+    if (options_.serialization == Serialization::node_json)
+        throw std::invalid_argument("bus::Channel: send_split needs bus serialization");
+    const std::size_t start = out_.size();
+    if (state_ == State::open) {
+        if (header.fd_count() != fds.size()) {
+            v1::Envelope copy = header;
+            copy.set_fd_count(static_cast<std::uint32_t>(fds.size()));
+            frame::append_split(out_, copy, payload);
+        } else {
+            frame::append_split(out_, header, payload);
+        }
+    }
+    return enqueue(start, std::move(fds), std::move(done));
+}
+
 // The frame that starts at out_[frame_start] has been appended (unless the channel is closed).
 bool Channel::enqueue(std::size_t frame_start, Fds fds, SendHandler done) {
     if (fds.size() > options_.max_fds_per_message) {
@@ -535,8 +552,9 @@ std::error_code Channel::drain(Decoder& decoder, Deliver handle) {
 
 std::error_code Channel::deliver_frame(std::string_view body) {
     auto& envelope = message_.envelope;
-    if (!envelope.ParseFromArray(body.data(), static_cast<int>(body.size())))
-        return errc::bad_frame;
+    auto payload = frame::split(body, envelope);
+    if (!payload)
+        return payload.error();
     const std::size_t count = envelope.fd_count();
     if (count > options_.max_fds_per_message)
         return errc::too_many_fds;
@@ -547,8 +565,14 @@ std::error_code Channel::deliver_frame(std::string_view body) {
         message_.fds.push_back(std::move(received_fds_.front()));
         received_fds_.pop_front();
     }
-    if (on_message_ && state_ == State::open)
-        on_message_(message_);
+    if (state_ == State::open) {
+        if (on_envelope_) {
+            on_envelope_(envelope, payload.value(), message_.fds);
+        } else if (on_message_) {
+            envelope.set_payload(payload.value().data(), payload.value().size());
+            on_message_(message_);
+        }
+    }
     message_.fds.clear(); // what the handler did not take is closed
     return {};
 }

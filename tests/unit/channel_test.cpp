@@ -280,6 +280,49 @@ TEST_F(ChannelTest, SendReportsBackpressureAndDrains) {
     EXPECT_EQ(a->queued_bytes(), 0u);
 }
 
+TEST_F(ChannelTest, QueuedFdsCountTowardsBackpressure) {
+    bus::ChannelOptions options;
+    options.high_water_mark = 64u << 20;
+    options.high_water_fds = 4;
+    auto [a, b] = make_pair(options);
+    for (int i = 0; i < 8; ++i) // fill the socket so that fd messages must queue
+        a->send_bytes(std::string(1 << 20, 'x'));
+    io_.poll();
+    auto fds = make_pipes(1);
+    std::vector<bool> accepted;
+    for (int i = 0; i < 5; ++i)
+        accepted.push_back(a->send_bytes("fd", {fds[0]}));
+    ::close(fds[0]);
+    EXPECT_EQ(accepted, (std::vector<bool>{true, true, true, false, false}));
+    bool drained = false;
+    a->on_drain([&] { drained = true; });
+    int with_fd = 0;
+    b->on_message([&](bus::Message& m) { with_fd += m.fds.size() == 1; });
+    ASSERT_TRUE(run_until(io_, [&] { return drained && with_fd == 5; }));
+}
+
+TEST_F(ChannelTest, CloseFromOnDrainStillDeliversEverything) {
+    bus::ChannelOptions options;
+    options.high_water_mark = 16 * 1024;
+    auto [a, b] = make_pair(options);
+    int sent = 0;
+    while (a->send_bytes(std::string(1000, 'd')))
+        ++sent;
+    ++sent;
+    a->on_drain([&, a = a.get()] {
+        for (int i = 0; i < 5000; ++i, ++sent)
+            a->send_bytes(std::string(1000, 'e'));
+        a->close();
+    });
+    int got = 0;
+    std::optional<std::error_code> closed;
+    b->on_message([&](bus::Message&) { ++got; });
+    b->on_disconnect([&](std::error_code ec) { closed = ec; });
+    ASSERT_TRUE(run_until(io_, [&] { return closed.has_value(); }));
+    EXPECT_FALSE(*closed) << closed->message();
+    EXPECT_EQ(got, sent);
+}
+
 TEST_F(ChannelTest, CompletionHandlersReportSuccessInOrder) {
     auto [a, b] = make_pair();
     std::vector<int> done;

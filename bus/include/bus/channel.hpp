@@ -57,6 +57,8 @@ struct ChannelOptions {
     std::size_t max_fds_per_message = 64;
     // send() returns false once this many bytes wait to be written (Node: 2 x 64 KiB).
     std::size_t high_water_mark = 128 * 1024;
+    // ... or once this many fds wait: each queued fd is an open descriptor of this process.
+    std::size_t high_water_fds = 128;
 };
 
 // The descriptors to send with one message: borrowed (the caller keeps them; the channel dups
@@ -117,7 +119,7 @@ public:
     // After send() returned false, once the queue is back under the high-water mark.
     void on_drain(std::function<void()> handler) { on_drain_ = std::move(handler); }
 
-    // Each returns false when the queue is at or past the high-water mark (the message is
+    // Each returns false when the queue is at or past a high-water mark (the message is
     // still queued: stop sending until on_drain). On a Node channel, payloads travel as JSON:
     // a protobuf message through protobuf's JSON mapping, bytes and envelope payloads must be
     // one JSON text. Throws std::invalid_argument for more fds than the limit (one, on a Node
@@ -169,6 +171,8 @@ private:
     void node_write(std::string_view line, UniqueFd fd);
 
     void schedule_flush();
+    bool over_high_water();
+    void wait_writable();
     void flush();
     std::error_code write_some();
     void start_read();
@@ -190,7 +194,10 @@ private:
     std::uint64_t written_ = 0; // stream offset of out_[out_begin_]
     std::deque<FdBatch> fd_batches_;
     std::deque<Completion> completions_;
+    std::size_t queued_fds_ = 0;
     bool flush_scheduled_ = false;
+    bool delivering_ = false;           // inside on_readable's delivery of one read
+    bool flush_after_delivery_ = false; // a send happened during it
     bool waiting_writable_ = false;
     bool above_hwm_ = false;
 

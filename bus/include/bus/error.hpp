@@ -32,6 +32,16 @@ enum class errc {
     no_parent_channel,         // from_parent() in a process started without a channel
     unsupported_serialization, // NODE_CHANNEL_SERIALIZATION_MODE=advanced
     wrong_type,                // payload is not of the requested type
+    // the bus (broker and client)
+    no_responders,      // a request for a service nobody serves
+    timeout,            // no reply before the deadline
+    service_lost,       // the instance handling a request went away
+    broker_unavailable, // no broker on the endpoint, or it went away mid-request
+    no_such_client,     // a direct message to a client that is not connected
+    invalid_subject,    // not a valid subject or pattern
+    forbidden,          // not allowed by the broker's access rules ($sys is the broker's)
+    message_too_large,  // over the broker's limit
+    bad_endpoint,       // an endpoint that is not ipc://, unix:// or tcp://
 };
 
 const std::error_category& bus_category() noexcept;

@@ -40,6 +40,24 @@ public:
             return "unsupported IPC serialization (only 'json' is spoken with Node)";
         case errc::wrong_type:
             return "payload is not of the requested type";
+        case errc::no_responders:
+            return "no responders: nobody serves this service";
+        case errc::timeout:
+            return "timed out waiting for a reply";
+        case errc::service_lost:
+            return "service lost: the instance handling the request went away";
+        case errc::broker_unavailable:
+            return "broker unavailable";
+        case errc::no_such_client:
+            return "no such client";
+        case errc::invalid_subject:
+            return "invalid subject or pattern";
+        case errc::forbidden:
+            return "forbidden by the broker's access rules";
+        case errc::message_too_large:
+            return "message over the broker's size limit";
+        case errc::bad_endpoint:
+            return "endpoint must be ipc://PATH, unix://PATH or tcp://HOST:PORT";
         }
         return "unknown bus error " + std::to_string(value);
     }

@@ -216,6 +216,7 @@ bool Channel::enqueue(std::size_t frame_start, Fds fds, SendHandler done) {
     if (done)
         completions_.push_back({written_ + (out_.size() - out_begin_), std::move(done)});
     if (!fds.empty()) {
+        queued_fds_ += fds.size();
         fd_batches_.push_back({position, std::move(fds.owned_), fds.borrowed_});
         if (!fds.borrowed_.empty()) {
             // Borrowed fds are only valid during this call: write now (their frame starts a
@@ -225,8 +226,13 @@ bool Channel::enqueue(std::size_t frame_start, Fds fds, SendHandler done) {
                     fail(ec);
                     return false;
                 }
+                if (out_begin_ < out_.size())
+                    wait_writable(); // full: later sends queue without retrying sendmsg
             }
-            for (auto& batch : fd_batches_) {
+            // Only the batch just added can hold borrowed fds; if it is still queued, it
+            // needs copies that outlive this call.
+            if (!fd_batches_.empty() && !fd_batches_.back().borrowed.empty()) {
+                auto& batch = fd_batches_.back();
                 for (int fd : batch.borrowed) {
                     UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
                     if (!copy) {
@@ -240,15 +246,26 @@ bool Channel::enqueue(std::size_t frame_start, Fds fds, SendHandler done) {
         }
     }
     schedule_flush();
-    if (queued_bytes() >= options_.high_water_mark) {
+    return !over_high_water();
+}
+
+bool Channel::over_high_water() {
+    if (queued_bytes() >= options_.high_water_mark || queued_fds_ >= options_.high_water_fds)
         above_hwm_ = true;
-        return false;
-    }
-    return true;
+    return above_hwm_;
 }
 
 void Channel::schedule_flush() {
-    if (flush_scheduled_ || waiting_writable_)
+    if (waiting_writable_)
+        return;
+    if (delivering_) {
+        // on_readable() flushes right after the messages of this read are delivered: a reply
+        // leaves without another trip through the loop, and all replies to one read share a
+        // sendmsg.
+        flush_after_delivery_ = true;
+        return;
+    }
+    if (flush_scheduled_)
         return;
     flush_scheduled_ = true;
     asio::post(socket_.get_executor(), [weak = weak_from_this()] {
@@ -302,8 +319,10 @@ std::error_code Channel::write_some() {
                 return {};
             return last_error();
         }
-        if (batch)
+        if (batch) {
+            queued_fds_ -= batch->owned.size() + batch->borrowed.size();
             fd_batches_.pop_front(); // the kernel holds its own references now
+        }
         written_ += static_cast<std::uint64_t>(n);
         out_begin_ += static_cast<std::size_t>(n);
     }
@@ -329,28 +348,32 @@ void Channel::flush() {
         if (state_ == State::closed)
             return;
     }
-    if (out_begin_ < out_.size()) {
-        if (!waiting_writable_) {
-            waiting_writable_ = true;
-            socket_.async_wait(asio::posix::stream_descriptor::wait_write,
-                               [weak = weak_from_this()](boost::system::error_code ec) {
-                                   auto self = weak.lock();
-                                   if (!self)
-                                       return;
-                                   self->waiting_writable_ = false;
-                                   if (!ec)
-                                       self->flush();
-                               });
-        }
-        return;
-    }
-    if (above_hwm_ && queued_bytes() < options_.high_water_mark) {
+    if (out_begin_ < out_.size())
+        return wait_writable();
+    if (above_hwm_ && queued_bytes() < options_.high_water_mark &&
+        queued_fds_ < options_.high_water_fds) {
         above_hwm_ = false;
-        if (on_drain_)
-            on_drain_();
+        if (on_drain_ && state_ == State::open)
+            on_drain_(); // may send more, or close(): checked below
     }
-    if (state_ == State::closing && !unacked_ && held_.empty())
+    // Finish a close() only once everything it promised to deliver is written.
+    if (state_ == State::closing && out_begin_ == out_.size() && !unacked_ && held_.empty())
         finish({});
+}
+
+void Channel::wait_writable() {
+    if (waiting_writable_)
+        return;
+    waiting_writable_ = true;
+    socket_.async_wait(asio::posix::stream_descriptor::wait_write,
+                       [weak = weak_from_this()](boost::system::error_code ec) {
+                           auto self = weak.lock();
+                           if (!self)
+                               return;
+                           self->waiting_writable_ = false;
+                           if (!ec)
+                               self->flush();
+                       });
 }
 
 // --- Node's 'json' serialization ------------------------------------------------------------
@@ -405,6 +428,7 @@ bool Channel::node_send(std::string line, Fds fds, SendHandler done) {
         // Like Node: once a handle is in flight, everything after it waits for the ack, so
         // the peer sees messages in the order they were sent.
         held_bytes_ += line.size();
+        queued_fds_ += fd ? 1 : 0;
         held_.push_back({std::move(line), std::move(fd), std::move(done)});
     } else if (fd) {
         node_write(line, fd.dup());
@@ -416,17 +440,14 @@ bool Channel::node_send(std::string line, Fds fds, SendHandler done) {
             completions_.push_back({written_ + (out_.size() - out_begin_), std::move(done)});
     }
     schedule_flush();
-    if (queued_bytes() >= options_.high_water_mark) {
-        above_hwm_ = true;
-        return false;
-    }
-    return true;
+    return !over_high_water();
 }
 
 void Channel::node_write(std::string_view line, UniqueFd fd) {
     const std::uint64_t position = written_ + (out_.size() - out_begin_);
     out_ += line;
     if (fd) {
+        ++queued_fds_;
         std::vector<UniqueFd> owned;
         owned.push_back(std::move(fd));
         fd_batches_.push_back({position, std::move(owned), {}});
@@ -439,6 +460,7 @@ void Channel::node_release_held() {
         Held next = std::move(held_.front());
         held_.pop_front();
         held_bytes_ -= next.line.size();
+        queued_fds_ -= next.fd ? 1 : 0;
         if (next.fd) {
             node_write(next.line, next.fd.dup());
             unacked_.emplace(std::move(next));
@@ -525,6 +547,11 @@ void Channel::on_readable() {
         // Every frame that began in this read has claimed its fds; any left have no frame.
         if (!received_fds_.empty() && !(node ? lines_.mid_frame() : frames_.mid_frame()))
             return fail(errc::unexpected_fds);
+        // A short read without fds emptied the socket (the kernel ends a stream read early only
+        // after an skb that carried fds), and data arriving from now on raises a new edge: wait
+        // for it rather than pay a recvmsg that returns EAGAIN.
+        if (static_cast<std::size_t>(n) < space.size() && msg.msg_controllen == 0)
+            return start_read();
     }
     // Still readable: let other handlers run, then continue.
     asio::post(socket_.get_executor(), [weak = weak_from_this()] {
@@ -660,6 +687,7 @@ void Channel::finish(std::error_code ec) {
     socket_.close(ignored);
     received_fds_.clear();
     fd_batches_.clear();
+    queued_fds_ = 0;
     out_.clear();
     out_begin_ = 0;
     std::vector<SendHandler> written, failed;

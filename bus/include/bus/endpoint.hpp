@@ -1,0 +1,34 @@
+// Where busd listens and clients connect (DESIGN.md "Security model"): a per-user runtime
+// directory only its user can enter, $XDG_RUNTIME_DIR/bus or else /tmp/bus-$UID (mode 0700),
+// holding `busd.zmq` (ZeroMQ ipc://) and `busd.sock` (unix://, the channel framing).
+// BUS_ENDPOINT overrides the default endpoint for every program.
+#pragma once
+
+#include "bus/error.hpp"
+
+#include <string>
+#include <string_view>
+
+namespace bus {
+
+struct Endpoint {
+    enum class Scheme { ipc, unix, tcp };
+    Scheme scheme;
+    std::string address; // the path (ipc, unix) or host:port (tcp)
+
+    std::string str() const;
+};
+
+// Parses "ipc://PATH", "unix://PATH" or "tcp://HOST:PORT".
+Result<Endpoint> parse_endpoint(std::string_view text);
+
+// The runtime directory, created 0700 if missing; an error if it exists with a wider mode or
+// another owner (a socket in it would then not be private).
+Result<std::string> runtime_dir();
+
+// BUS_ENDPOINT, else ipc://<runtime_dir>/busd.zmq.
+Result<std::string> default_endpoint();
+// unix://<runtime_dir>/busd.sock
+Result<std::string> default_unix_endpoint();
+
+} // namespace bus

@@ -1,0 +1,73 @@
+#include "bus/endpoint.hpp"
+
+#include <cerrno>
+#include <cstdlib>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace bus {
+
+std::string Endpoint::str() const {
+    switch (scheme) {
+    case Scheme::ipc:
+        return "ipc://" + address;
+    case Scheme::unix:
+        return "unix://" + address;
+    case Scheme::tcp:
+        return "tcp://" + address;
+    }
+    return address;
+}
+
+Result<Endpoint> parse_endpoint(std::string_view text) {
+    const auto sep = text.find("://");
+    if (sep == std::string_view::npos || sep + 3 == text.size())
+        return errc::bad_endpoint;
+    const auto scheme = text.substr(0, sep);
+    std::string address(text.substr(sep + 3));
+    if (address.find('\0') != std::string::npos)
+        return errc::bad_endpoint;
+    if (scheme == "ipc")
+        return Endpoint{Endpoint::Scheme::ipc, std::move(address)};
+    if (scheme == "unix")
+        return Endpoint{Endpoint::Scheme::unix, std::move(address)};
+    if (scheme == "tcp" && address.find(':') != std::string::npos)
+        return Endpoint{Endpoint::Scheme::tcp, std::move(address)};
+    return errc::bad_endpoint;
+}
+
+Result<std::string> runtime_dir() {
+    std::string dir;
+    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg)
+        dir = std::string(xdg) + "/bus";
+    else
+        dir = "/tmp/bus-" + std::to_string(::getuid());
+    if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST)
+        return last_error();
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) < 0)
+        return last_error();
+    // Refuse a directory someone else made or opened up: the sockets in it would be theirs.
+    if (!S_ISDIR(st.st_mode) || st.st_uid != ::getuid() || (st.st_mode & 0077) != 0)
+        return std::make_error_code(std::errc::permission_denied);
+    return dir;
+}
+
+Result<std::string> default_endpoint() {
+    if (const char* env = std::getenv("BUS_ENDPOINT"); env && *env)
+        return std::string(env);
+    auto dir = runtime_dir();
+    if (!dir)
+        return dir.error();
+    return "ipc://" + dir.value() + "/busd.zmq";
+}
+
+Result<std::string> default_unix_endpoint() {
+    auto dir = runtime_dir();
+    if (!dir)
+        return dir.error();
+    return "unix://" + dir.value() + "/busd.sock";
+}
+
+} // namespace bus

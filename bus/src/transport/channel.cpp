@@ -579,9 +579,17 @@ std::error_code Channel::drain(Decoder& decoder, Deliver handle) {
 
 std::error_code Channel::deliver_frame(std::string_view body) {
     auto& envelope = message_.envelope;
-    auto payload = frame::split(body, envelope);
-    if (!payload)
-        return payload.error();
+    // A router takes the payload in place (split); everyone else gets the whole envelope,
+    // parsed in one pass.
+    std::string_view payload;
+    if (on_envelope_) {
+        auto split = frame::split(body, envelope);
+        if (!split)
+            return split.error();
+        payload = split.value();
+    } else if (!envelope.ParseFromArray(body.data(), static_cast<int>(body.size()))) {
+        return errc::bad_frame;
+    }
     const std::size_t count = envelope.fd_count();
     if (count > options_.max_fds_per_message)
         return errc::too_many_fds;
@@ -593,12 +601,10 @@ std::error_code Channel::deliver_frame(std::string_view body) {
         received_fds_.pop_front();
     }
     if (state_ == State::open) {
-        if (on_envelope_) {
-            on_envelope_(envelope, payload.value(), message_.fds);
-        } else if (on_message_) {
-            envelope.set_payload(payload.value().data(), payload.value().size());
+        if (on_envelope_)
+            on_envelope_(envelope, payload, message_.fds);
+        else if (on_message_)
             on_message_(message_);
-        }
     }
     message_.fds.clear(); // what the handler did not take is closed
     return {};

@@ -1,0 +1,81 @@
+#include "report.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <stdexcept>
+
+namespace bench {
+
+void Table::add_row(std::vector<std::string> cells) {
+    if (cells.size() > columns_.size())
+        throw std::invalid_argument("bench::Table: more cells than columns");
+    cells.resize(columns_.size());
+    rows_.push_back(std::move(cells));
+}
+
+void Table::print(std::FILE* out) const {
+    std::vector<std::size_t> widths(columns_.size());
+    for (std::size_t c = 0; c < columns_.size(); ++c) {
+        widths[c] = columns_[c].title.size();
+        for (const auto& row : rows_)
+            widths[c] = std::max(widths[c], row[c].size());
+    }
+    auto print_line = [&](auto cell_of) {
+        std::string line;
+        for (std::size_t c = 0; c < columns_.size(); ++c) {
+            const std::string& text = cell_of(c);
+            const std::string pad(widths[c] - text.size(), ' ');
+            if (c > 0)
+                line += "  ";
+            line += columns_[c].align == Align::left ? text + pad : pad + text;
+        }
+        while (!line.empty() && line.back() == ' ')
+            line.pop_back();
+        std::fprintf(out, "%s\n", line.c_str());
+    };
+    print_line([&](std::size_t c) -> const std::string& { return columns_[c].title; });
+    std::size_t total = 2 * (columns_.size() - 1);
+    for (auto w : widths)
+        total += w;
+    std::fprintf(out, "%s\n", std::string(total, '-').c_str());
+    for (const auto& row : rows_)
+        print_line([&](std::size_t c) -> const std::string& { return row[c]; });
+}
+
+std::string thousands(double value) {
+    if (!std::isfinite(value))
+        return "-";
+    const auto whole = static_cast<long long>(std::llround(value));
+    std::string digits = std::to_string(std::llabs(whole));
+    std::string out;
+    for (std::size_t i = 0; i < digits.size(); ++i) {
+        if (i > 0 && (digits.size() - i) % 3 == 0)
+            out += ',';
+        out += digits[i];
+    }
+    return whole < 0 ? "-" + out : out;
+}
+
+std::string fixed(double value, int decimals) {
+    if (!std::isfinite(value))
+        return "-";
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
+    return buf;
+}
+
+// Judged on the value as printed (two decimals), so that a line never reads
+// "measured=0.70 target=0.70 short".
+bool Bar::ok() const {
+    const double shown = std::round(measured * 100) / 100;
+    const double limit = std::strtod(target.c_str(), nullptr);
+    return at_most ? shown <= limit : shown >= limit;
+}
+
+void print_bar(std::FILE* out, const Bar& bar) {
+    std::fprintf(out, "bar: %s measured=%s target=%s %s\n", bar.name.c_str(),
+                 fixed(bar.measured, 2).c_str(), bar.target.c_str(), bar.ok() ? "ok" : "short");
+}
+
+} // namespace bench

@@ -42,6 +42,7 @@ enum class errc {
     forbidden,          // not allowed by the broker's access rules ($sys is the broker's)
     message_too_large,  // over the broker's limit
     bad_endpoint,       // an endpoint that is not ipc://, unix:// or tcp://
+    request_failed,     // the service answered the request with an error
 };
 
 const std::error_category& bus_category() noexcept;

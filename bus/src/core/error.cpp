@@ -56,6 +56,8 @@ public:
             return "forbidden by the broker's access rules";
         case errc::message_too_large:
             return "message over the broker's size limit";
+        case errc::request_failed:
+            return "the service answered with an error";
         case errc::bad_endpoint:
             return "endpoint must be ipc://PATH, unix://PATH or tcp://HOST:PORT";
         }

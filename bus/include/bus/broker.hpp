@@ -1,0 +1,68 @@
+// The broker (busd's core, as a library so tests can run it in-process).
+//
+// It serves ZeroMQ (ipc://, a ROUTER) and unix:// (a stream socket speaking the channel
+// framing, which carries fds and gives the kernel's peer credentials), and routes envelopes by
+// their header only: payloads are forwarded untouched. Protocol: docs/protocol.md.
+//
+// Delivery promises (DESIGN.md): publishes reach subscribers at most once, in order per
+// publisher; a subscriber whose bounded queue is full loses messages alone (counted, and told
+// with a "slow_consumer" control message) and never blocks a publisher. A request gets exactly
+// one of: a reply, no_responders at once, or service_lost when its instance goes away (the
+// requester's own deadline gives timeout).
+#pragma once
+
+#include "bus/error.hpp"
+#include "bus/v1/broker.pb.h"
+
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace bus::broker {
+
+struct Limits {
+    std::size_t max_message_size = 8u << 20;
+    // Per client: messages queued by ZeroMQ (its SNDHWM), bytes queued on a unix:// link.
+    int client_queue_messages = 10000;
+    std::size_t client_queue_bytes = 8u << 20;
+    std::size_t max_subscriptions = 10000; // per client
+    std::size_t max_services = 1000;       // per client
+};
+
+struct Options {
+    // "ipc://PATH" and/or "unix://PATH"; empty: both, in the per-user runtime directory.
+    std::vector<std::string> endpoints;
+    Limits limits;
+    // Who may connect besides the broker's own uid (peer credentials from the kernel).
+    std::vector<uid_t> allowed_uids;
+    std::vector<gid_t> allowed_gids;
+    // Pings both ways; a ZeroMQ client silent for 3 intervals is dropped.
+    std::chrono::milliseconds heartbeat{1000};
+};
+
+class Broker {
+public:
+    // Binds every endpoint and starts serving on `io`. On failure `failed_endpoint` (if given)
+    // names the endpoint; std::errc::address_in_use means another broker serves it.
+    static Result<std::unique_ptr<Broker>> start(boost::asio::io_context& io, Options options,
+                                                 std::string* failed_endpoint = nullptr);
+    ~Broker();
+    Broker(const Broker&) = delete;
+    Broker& operator=(const Broker&) = delete;
+
+    const std::vector<std::string>& endpoints() const noexcept;
+    v1::BrokerStats stats() const;
+
+    struct Impl;
+
+private:
+    explicit Broker(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace bus::broker

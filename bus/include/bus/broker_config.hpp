@@ -1,0 +1,35 @@
+// busd's configuration file (TOML). Every key is optional; unknown keys and values out of range
+// are refused with a message that names the key, because a typo that silently falls back to a
+// default is worse than a refusal to start.
+//
+//   [broker]
+//   endpoints = ["ipc:///run/user/1000/bus/busd.zmq", "unix:///run/user/1000/bus/busd.sock"]
+//   heartbeat_ms = 1000
+//
+//   [limits]
+//   max_message_size = 8388608      # bytes
+//   client_queue_messages = 10000   # per ZeroMQ client
+//   client_queue_bytes = 8388608    # per unix:// client
+//   max_subscriptions = 10000       # per client
+//   max_services = 1000             # per client
+//
+//   [access]
+//   allow_uids = [1001]             # besides busd's own uid
+//   allow_gids = [100]
+#pragma once
+
+#include "bus/broker.hpp"
+
+#include <stdexcept>
+#include <string>
+
+namespace bus::broker {
+
+struct ConfigError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Throws ConfigError ("FILE: key 'limits.max_message_size': must be between ...").
+Options load_config(const std::string& path);
+
+} // namespace bus::broker

@@ -1,0 +1,203 @@
+// Client: the one API an application uses to talk to the bus (publish / subscribe, request /
+// serve, direct messages), whatever the link underneath: a ZeroMQ connection to busd
+// (ipc://), a unix:// connection speaking the channel framing (carries fds), or the channel
+// inherited from a parent busd (from_parent).
+//
+// Handlers run on the caller's io_context, error first, as Channel's do. The client reconnects
+// by itself (unix://, with backoff; ZeroMQ reconnects on its own) and re-establishes its
+// subscriptions and services when it finds a new broker. Pings both ways bound how long a dead
+// broker goes unnoticed: requests in flight then fail with errc::broker_unavailable.
+#pragma once
+
+#include "bus/channel.hpp"
+#include "bus/error.hpp"
+#include "bus/message.hpp"
+
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace bus {
+
+struct ClientOptions {
+    std::string name;                            // shown by `bus ls clients`
+    std::chrono::milliseconds heartbeat{1000};   // pings; 3 missed mean the broker is gone
+    std::chrono::milliseconds reconnect_min{50}; // unix:// reconnect backoff
+    std::chrono::milliseconds reconnect_max{2000};
+    std::size_t max_message_size = 8u << 20;
+};
+
+// Something the client wants its user to know that is not a reply to a call.
+struct ClientEvent {
+    enum class Kind {
+        connected,     // welcomed by a broker (again, after a restart)
+        disconnected,  // the link went down; the client is reconnecting
+        slow_consumer, // the broker dropped `dropped` messages for us
+        error,         // the broker refused something we sent (`error`, `detail`)
+    };
+    Kind kind;
+    std::uint64_t dropped = 0;
+    std::error_code error;
+    std::string detail;
+};
+
+class Client;
+
+// Given to a serve() handler: answer the request once (or not at all, and the requester's
+// deadline answers for you).
+class Responder {
+public:
+    void reply(const google::protobuf::Message& message, Fds fds = {});
+    void reply_bytes(std::string_view payload, Fds fds = {});
+    // The requester gets an error named `name` (shown to it as errc::service_lost-like text).
+    void fail(std::string_view name, std::string_view detail = {});
+    std::string_view requester() const noexcept { return requester_; }
+
+private:
+    friend class Client;
+    std::weak_ptr<Client> client_;
+    std::uint64_t id_ = 0;
+    std::string requester_;
+    bool done_ = false;
+};
+
+class Client : public std::enable_shared_from_this<Client> {
+public:
+    using MessageHandler = std::function<void(Message&)>;
+    using ReplyHandler = std::function<void(std::error_code, Message&)>;
+    using ServeHandler = std::function<void(Message& request, Responder& responder)>;
+    using EventHandler = std::function<void(const ClientEvent&)>;
+
+    // endpoint: "ipc://PATH", "unix://PATH", or empty for default_endpoint(). Connecting is
+    // asynchronous for ZeroMQ; a unix:// endpoint with nobody listening is an error here.
+    static Result<std::shared_ptr<Client>> connect(boost::asio::io_context& io,
+                                                   std::string_view endpoint = {},
+                                                   ClientOptions options = {});
+    // In a process busd started: the bus over the inherited channel.
+    static Result<std::shared_ptr<Client>> from_parent(boost::asio::io_context& io,
+                                                       ClientOptions options = {});
+    ~Client();
+
+    void publish(std::string_view subject, const google::protobuf::Message& message);
+    void publish_bytes(std::string_view subject, std::string_view payload);
+
+    // `*` matches one token, `>` the rest. With a queue group, each message goes to one
+    // member of the group. Returns the subscription's id, for unsubscribe().
+    std::uint64_t subscribe(std::string_view pattern, MessageHandler handler,
+                            std::string_view queue_group = {});
+    // Typed: the handler gets the decoded message, or errc::wrong_type (never a crash).
+    template <class T>
+    std::uint64_t subscribe(std::string_view pattern,
+                            std::function<void(std::error_code, const T&, Message&)> handler,
+                            std::string_view queue_group = {}) {
+        return subscribe(
+            pattern,
+            [handler = std::move(handler)](Message& m) {
+                T value;
+                auto ec = m.parse(value);
+                handler(ec, value, m);
+            },
+            queue_group);
+    }
+    void unsubscribe(std::uint64_t sid);
+
+    // Exactly one call of `handler`: the reply, or no_responders, timeout, service_lost,
+    // broker_unavailable, or the error the service answered with.
+    void request(std::string_view service, const google::protobuf::Message& message,
+                 std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds = {});
+    void request_bytes(std::string_view service, std::string_view payload,
+                       std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds = {});
+
+    // The same with an Asio completion token (use_awaitable, use_future, a callback):
+    // completes with (error_code, Message).
+    template <class Token>
+    auto async_request(std::string_view service, const google::protobuf::Message& message,
+                       std::chrono::milliseconds timeout, Token&& token) {
+        return boost::asio::async_initiate<Token, void(std::error_code, Message)>(
+            [this, service = std::string(service), &message, timeout](auto handler) {
+                auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+                request(service, message, timeout,
+                        [shared](std::error_code ec, Message& m) { (*shared)(ec, std::move(m)); });
+            },
+            token);
+    }
+
+    void serve(std::string_view service, ServeHandler handler);
+    void unserve(std::string_view service);
+
+    // To one client, by the id the broker gave it (Message::envelope.source()).
+    void send_to(std::string_view client_id, const google::protobuf::Message& message,
+                 Fds fds = {});
+    void send_bytes_to(std::string_view client_id, std::string_view payload, Fds fds = {});
+    void on_direct(MessageHandler handler) { on_direct_ = std::move(handler); }
+
+    void on_event(EventHandler handler) { on_event_ = std::move(handler); }
+
+    // Completes once the broker has processed everything sent before it (NATS's flush):
+    // after it, this client's subscriptions and services are in place.
+    void flush(std::function<void(std::error_code)> handler,
+               std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+    // The id the broker gave this client; empty until welcomed.
+    const std::string& id() const noexcept { return id_; }
+    bool connected() const noexcept { return welcomed_; }
+    void close();
+
+    struct Link;
+    struct Pending;
+
+private:
+    Client(boost::asio::io_context& io, ClientOptions options);
+    void start();
+    void send(v1::Envelope& header, std::string_view payload, Fds fds,
+              std::uint64_t request_id = 0);
+    void send_control(std::string_view op, const google::protobuf::Message* body,
+                      std::uint64_t id = 0);
+    void send_request(std::string_view service, std::string_view type_url, std::string_view payload,
+                      std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds);
+    void receive(v1::Envelope& header, std::string_view payload, std::vector<UniqueFd>& fds);
+    void handle_control(const v1::Envelope& header, std::string_view payload);
+    void link_up();
+    void link_down(std::error_code ec);
+    void register_everything();
+    void fail_pending(std::error_code ec);
+    void complete(std::uint64_t id, std::error_code ec, Message& message);
+    void heartbeat();
+    void emit(ClientEvent event);
+    void respond(std::uint64_t id, v1::Kind kind, std::string_view subject,
+                 std::string_view type_url, std::string_view payload, Fds fds);
+    friend class Responder;
+
+    boost::asio::io_context& io_;
+    ClientOptions options_;
+    std::unique_ptr<Link> link_;
+    std::string id_;
+    std::string broker_id_;
+    bool welcomed_ = false;
+    bool closed_ = false;
+    std::uint64_t next_id_ = 1;
+    std::chrono::steady_clock::time_point last_heard_;
+
+    struct Subscription {
+        std::string pattern, queue;
+        MessageHandler handler;
+    };
+    std::unordered_map<std::uint64_t, Subscription> subscriptions_;
+    std::unordered_map<std::string, ServeHandler> services_;
+    std::unordered_map<std::uint64_t, std::unique_ptr<Pending>> pending_;
+    MessageHandler on_direct_;
+    EventHandler on_event_;
+    Message message_; // reused for deliveries
+    std::unique_ptr<boost::asio::steady_timer> heartbeat_timer_;
+};
+
+} // namespace bus

@@ -1,0 +1,996 @@
+// The broker: client registry, subscription trie, services, requests in flight, and the two
+// transports (ZeroMQ ROUTER, unix:// channels) that feed them.
+//
+// Everything runs on one io_context thread. Inbound envelopes from either transport reach
+// Impl::handle() as a parsed header plus the payload bytes in place; outbound, the header is
+// written anew for each recipient (the broker stamps `source`, never trusting the client's)
+// and the payload is forwarded as it came: a ZeroMQ frame is shared by reference count, bytes
+// from a channel are copied once into the recipient's write buffer.
+//
+// A recipient that cannot take a message now (ZeroMQ's per-peer queue at its SNDHWM, or a
+// channel over its byte bound) loses that message alone: it is counted and the client is told
+// by a "slow_consumer" control message once it can take one again. The broker never waits for
+// a client, so a stalled subscriber costs a publisher nothing.
+#include "bus/broker.hpp"
+
+#include "../transport/zmq_watch.hpp"
+#include "bus/channel.hpp"
+#include "bus/endpoint.hpp"
+#include "bus/frame.hpp"
+#include "bus/subject.hpp"
+
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <algorithm>
+#include <charconv>
+#include <random>
+#include <set>
+#include <unordered_map>
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace bus::broker {
+namespace {
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* version = "0.1.0";
+constexpr std::size_t max_subject_stats = 4096;
+constexpr int zmq_batch = 256; // messages received per wake-up before yielding
+
+std::int64_t now_unix_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+std::string random_id() {
+    std::random_device rd;
+    std::uniform_int_distribution<std::uint64_t> dist;
+    char buf[17];
+    auto v = dist(rd);
+    for (int i = 15; i >= 0; --i, v >>= 4)
+        buf[i] = "0123456789abcdef"[v & 0xf];
+    buf[16] = 0;
+    return buf;
+}
+
+// A client-chosen name or queue group: printable ASCII, bounded.
+bool clean_label(std::string_view s, std::size_t max) {
+    if (s.size() > max)
+        return false;
+    return std::all_of(s.begin(), s.end(), [](char c) { return c > ' ' && c < 0x7f; });
+}
+
+bool is_sys(std::string_view subject) {
+    return subject == "$sys" || subject.starts_with("$sys.");
+}
+
+std::string error_name(errc e) {
+    switch (e) {
+    case errc::no_responders:
+        return "no_responders";
+    case errc::service_lost:
+        return "service_lost";
+    case errc::no_such_client:
+        return "no_such_client";
+    case errc::invalid_subject:
+        return "invalid_subject";
+    case errc::forbidden:
+        return "forbidden";
+    case errc::message_too_large:
+        return "message_too_large";
+    case errc::fds_not_supported:
+        return "fds_not_supported";
+    case errc::timeout:
+        return "timeout";
+    default:
+        return "bad_request";
+    }
+}
+
+// The payload of an inbound message: its bytes, and the ZeroMQ frame they live in if any (so
+// a ZeroMQ recipient shares the frame instead of copying it).
+struct Payload {
+    std::string_view bytes;
+    zmq::message_t* frame = nullptr;
+};
+
+} // namespace
+
+struct Broker::Impl {
+    struct Client {
+        std::uint64_t num = 0;
+        std::string id;
+        bool zmq = false;
+        std::string routing_id;           // zmq
+        std::shared_ptr<Channel> channel; // unix
+        std::string name;
+        std::uint32_t pid = 0, uid = 0, gid = 0;
+        std::int64_t connected_ns = 0;
+        Clock::time_point last_seen;
+        bool allowed = true;
+        bool announced = false;
+        std::uint64_t msgs_in = 0, msgs_out = 0, bytes_in = 0, bytes_out = 0, dropped = 0;
+        std::uint64_t unreported_drops = 0; // told with the next message it can take
+        struct Sub {
+            std::string pattern, queue;
+        };
+        std::unordered_map<std::uint64_t, Sub> subs;
+        std::set<std::string> services;
+        std::set<std::uint64_t> serving; // broker request ids this client must answer
+        std::set<std::uint64_t> waiting; // broker request ids this client waits for
+    };
+    struct SubRef {
+        std::uint64_t client;
+        std::uint64_t sid;
+        std::string queue;
+        bool operator==(const SubRef& o) const { return client == o.client && sid == o.sid; }
+    };
+    struct Service {
+        std::vector<std::uint64_t> instances;
+        std::size_t next = 0;
+        std::uint64_t requests = 0;
+    };
+    struct InFlight {
+        std::uint64_t requester, server, client_request_id;
+        std::int64_t deadline_ns;
+    };
+
+    Impl(asio::io_context& io_, Options options_)
+        : io(io_), options(std::move(options_)), heartbeat_timer(io_), broker_id(random_id()),
+          started_ns(now_unix_ns()) {}
+
+    asio::io_context& io;
+    Options options;
+    std::vector<std::string> endpoints;
+    asio::steady_timer heartbeat_timer;
+    std::string broker_id;
+    std::int64_t started_ns;
+
+    // transports
+    zmq::context_t zmq_context{1};
+    std::unique_ptr<zmq::socket_t> router;
+    std::unique_ptr<detail::ZmqWatch> router_watch;
+    std::unique_ptr<zmq::socket_t> monitor;
+    std::unique_ptr<detail::ZmqWatch> monitor_watch;
+    std::unique_ptr<asio::local::stream_protocol::acceptor> acceptor;
+    std::vector<std::string> unlink_on_exit;
+
+    // state
+    std::uint64_t next_client = 1;
+    std::uint64_t next_request = 1;
+    std::unordered_map<std::uint64_t, std::unique_ptr<Client>> clients;
+    std::unordered_map<std::string, std::uint64_t> by_routing_id;
+    SubjectTrie<SubRef> subscriptions;
+    std::unordered_map<std::string, std::uint64_t> queue_turns; // round-robin per queue group
+    std::unordered_map<std::string, Service> services;
+    std::unordered_map<std::uint64_t, InFlight> in_flight;
+    std::unordered_map<std::string, v1::SubjectStats> subject_stats;
+    std::uint64_t msgs_routed = 0, dropped_total = 0;
+    v1::Envelope out; // reused outbound header
+
+    // --- set-up -------------------------------------------------------------------------
+
+    std::error_code bind_all(std::string* failed) {
+        if (options.endpoints.empty()) {
+            auto ipc = default_endpoint();
+            if (!ipc)
+                return ipc.error();
+            auto unix = default_unix_endpoint();
+            if (!unix)
+                return unix.error();
+            options.endpoints = {ipc.value(), unix.value()};
+        }
+        for (const auto& text : options.endpoints) {
+            if (failed)
+                *failed = text;
+            auto endpoint = parse_endpoint(text);
+            if (!endpoint)
+                return endpoint.error();
+            std::error_code ec;
+            switch (endpoint.value().scheme) {
+            case Endpoint::Scheme::ipc:
+                ec = bind_zmq(endpoint.value());
+                break;
+            case Endpoint::Scheme::unix:
+                ec = bind_unix(endpoint.value().address);
+                break;
+            case Endpoint::Scheme::tcp:
+                ec = make_error_code(errc::bad_endpoint); // CURVE-secured tcp is not built yet
+                break;
+            }
+            if (ec)
+                return ec;
+            endpoints.push_back(text);
+        }
+        return {};
+    }
+
+    // A socket file that answers belongs to a running broker; one that refuses is stale.
+    static std::error_code claim_socket_path(const std::string& path) {
+        if (path.size() >= sizeof(sockaddr_un::sun_path))
+            return std::make_error_code(std::errc::filename_too_long);
+        struct stat st {};
+        if (::lstat(path.c_str(), &st) < 0)
+            return {};
+        if (!S_ISSOCK(st.st_mode))
+            return std::make_error_code(std::errc::file_exists);
+        UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        path.copy(addr.sun_path, sizeof addr.sun_path - 1);
+        if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0)
+            return std::make_error_code(std::errc::address_in_use);
+        ::unlink(path.c_str());
+        return {};
+    }
+
+    std::error_code bind_zmq(const Endpoint& endpoint) {
+        if (router)
+            return make_error_code(errc::bad_endpoint); // one ZeroMQ endpoint
+        if (auto ec = claim_socket_path(endpoint.address))
+            return ec;
+        try {
+            router = std::make_unique<zmq::socket_t>(zmq_context, zmq::socket_type::router);
+            router->set(zmq::sockopt::router_mandatory, 1);
+            router->set(zmq::sockopt::sndhwm, options.limits.client_queue_messages);
+            router->set(zmq::sockopt::rcvhwm, options.limits.client_queue_messages);
+            router->set(zmq::sockopt::maxmsgsize,
+                        static_cast<int64_t>(options.limits.max_message_size + 64 * 1024));
+            router->set(zmq::sockopt::linger, 0);
+            const mode_t old = ::umask(0177); // the socket file is created 0600
+            try {
+                router->bind(endpoint.str());
+            } catch (...) {
+                ::umask(old);
+                throw;
+            }
+            ::umask(old);
+            unlink_on_exit.push_back(endpoint.address);
+            // Disconnections, to find ZeroMQ clients that went away without a word.
+            const std::string monitor_address = "inproc://busd-monitor-" + broker_id;
+            if (zmq_socket_monitor(router->handle(), monitor_address.c_str(),
+                                   ZMQ_EVENT_DISCONNECTED) != 0)
+                return last_error();
+            monitor = std::make_unique<zmq::socket_t>(zmq_context, zmq::socket_type::pair);
+            monitor->connect(monitor_address);
+        } catch (const zmq::error_t& e) {
+            return {e.num(), std::system_category()};
+        }
+        router_watch = std::make_unique<detail::ZmqWatch>(io, *router, [this] { read_zmq(); });
+        monitor_watch =
+            std::make_unique<detail::ZmqWatch>(io, *monitor, [this] { read_monitor(); });
+        router_watch->start();
+        monitor_watch->start();
+        return {};
+    }
+
+    std::error_code bind_unix(const std::string& path) {
+        if (acceptor)
+            return make_error_code(errc::bad_endpoint);
+        if (auto ec = claim_socket_path(path))
+            return ec;
+        boost::system::error_code ec;
+        acceptor = std::make_unique<asio::local::stream_protocol::acceptor>(io);
+        acceptor->open(asio::local::stream_protocol(), ec);
+        const mode_t old = ::umask(0177);
+        if (!ec)
+            acceptor->bind(asio::local::stream_protocol::endpoint(path), ec);
+        ::umask(old);
+        if (!ec)
+            acceptor->listen(asio::socket_base::max_listen_connections, ec);
+        if (ec)
+            return {ec.value(), std::system_category()};
+        unlink_on_exit.push_back(path);
+        accept();
+        return {};
+    }
+
+    void accept() {
+        acceptor->async_accept(
+            [this](boost::system::error_code ec, asio::local::stream_protocol::socket socket) {
+                if (ec == asio::error::operation_aborted)
+                    return;
+                if (!ec)
+                    adopt_unix(UniqueFd(socket.release()));
+                accept();
+            });
+    }
+
+    bool allowed(std::uint32_t uid, std::uint32_t gid) const {
+        if (uid == ::getuid())
+            return true;
+        const auto& u = options.allowed_uids;
+        const auto& g = options.allowed_gids;
+        return std::find(u.begin(), u.end(), uid) != u.end() ||
+               std::find(g.begin(), g.end(), gid) != g.end();
+    }
+
+    void adopt_unix(UniqueFd fd) {
+        ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+            !allowed(cred.uid, cred.gid))
+            return; // closed: not ours to serve
+        ChannelOptions channel_options;
+        channel_options.max_message_size = options.limits.max_message_size;
+        channel_options.high_water_mark = options.limits.client_queue_bytes;
+        auto channel = Channel::adopt(io, std::move(fd), channel_options);
+        if (!channel)
+            return;
+        auto& c = add_client(false);
+        c.pid = static_cast<std::uint32_t>(cred.pid);
+        c.uid = cred.uid;
+        c.gid = cred.gid;
+        c.channel = std::move(channel).value();
+        const auto num = c.num;
+        c.channel->on_envelope([this, num](v1::Envelope& header, std::string_view payload,
+                                           std::vector<UniqueFd>& fds) {
+            if (auto* client = find(num))
+                handle(*client, header, Payload{payload}, fds);
+        });
+        c.channel->on_disconnect([this, num](std::error_code) { remove_client(num); });
+    }
+
+    Client& add_client(bool zmq) {
+        auto c = std::make_unique<Client>();
+        c->num = next_client++;
+        c->id = "c" + std::to_string(c->num);
+        c->zmq = zmq;
+        c->connected_ns = now_unix_ns();
+        c->last_seen = Clock::now();
+        auto& ref = *c;
+        clients.emplace(ref.num, std::move(c));
+        return ref;
+    }
+
+    Client* find(std::uint64_t num) {
+        auto it = clients.find(num);
+        return it == clients.end() ? nullptr : it->second.get();
+    }
+
+    Client* find_by_id(std::string_view id) {
+        std::uint64_t num = 0;
+        if (id.size() < 2 || id[0] != 'c')
+            return nullptr;
+        auto [end, ec] = std::from_chars(id.data() + 1, id.data() + id.size(), num);
+        if (ec != std::errc() || end != id.data() + id.size())
+            return nullptr;
+        return find(num);
+    }
+
+    // --- ZeroMQ input -------------------------------------------------------------------
+
+    void read_zmq() {
+        for (int i = 0; i < zmq_batch; ++i) {
+            zmq::message_t identity, header, payload;
+            try {
+                if (!router->recv(identity, zmq::recv_flags::dontwait))
+                    return;
+                // Expected: [identity][header][payload]. Anything else is malformed; the rest of
+                // it is drained so the next message starts clean.
+                bool ok = identity.more() && router->recv(header, zmq::recv_flags::dontwait) &&
+                          header.more() && router->recv(payload, zmq::recv_flags::dontwait);
+                if (ok && payload.more()) {
+                    ok = false;
+                    zmq::message_t extra;
+                    while (router->get(zmq::sockopt::rcvmore) &&
+                           router->recv(extra, zmq::recv_flags::dontwait)) {
+                    }
+                }
+                Client& c = zmq_client(identity, header);
+                c.last_seen = Clock::now();
+                if (!c.allowed)
+                    continue;
+                v1::Envelope env;
+                if (!ok || !env.ParseFromArray(header.data(), static_cast<int>(header.size())) ||
+                    !env.payload().empty()) {
+                    send_error(c, 0, errc::bad_frame, "malformed message");
+                    continue;
+                }
+                std::vector<UniqueFd> no_fds;
+                if (env.fd_count() != 0) {
+                    send_error(c, env.id(), errc::fds_not_supported,
+                               "file descriptors need a unix:// link");
+                    continue;
+                }
+                handle(c, env, Payload{payload.to_string_view(), &payload}, no_fds);
+            } catch (const zmq::error_t&) {
+                return;
+            }
+        }
+    }
+
+    // `first` is a frame that came from the peer: its metadata holds the peer's credentials
+    // (the identity frame is made by the ROUTER and carries none).
+    Client& zmq_client(const zmq::message_t& identity, const zmq::message_t& first) {
+        std::string key(identity.to_string_view());
+        if (auto it = by_routing_id.find(key); it != by_routing_id.end())
+            return *clients.at(it->second);
+        auto& c = add_client(true);
+        c.routing_id = key;
+        by_routing_id.emplace(std::move(key), c.num);
+        // libzmq reports an ipc peer's kernel credentials as "localhost:uid:gid:pid". Without
+        // them (a malformed first message) the peer is not let in.
+        bool credentials = false;
+        if (const char* peer = zmq_msg_gets(first.handle(), "Peer-Address")) {
+            std::string_view p(peer);
+            std::uint32_t fields[3] = {};
+            for (int f = 2; f >= 0; --f) {
+                const auto colon = p.rfind(':');
+                if (colon == std::string_view::npos)
+                    break;
+                std::from_chars(p.data() + colon + 1, p.data() + p.size(), fields[f]);
+                p = p.substr(0, colon);
+            }
+            c.uid = fields[0];
+            c.gid = fields[1];
+            c.pid = fields[2];
+            credentials = p.size() > 0 || fields[2] != 0;
+        }
+        c.allowed = credentials && allowed(c.uid, c.gid);
+        return c;
+    }
+
+    void read_monitor() {
+        // Some ZeroMQ peer disconnected; ROUTER does not say which. Ping every ZeroMQ client:
+        // with ROUTER_MANDATORY, a send to a gone peer fails with EHOSTUNREACH at once.
+        zmq::message_t event;
+        bool any = false;
+        while (monitor->recv(event, zmq::recv_flags::dontwait)) {
+            if (!event.more())
+                any = true;
+        }
+        if (!any)
+            return;
+        std::vector<std::uint64_t> zmq_clients;
+        for (auto& [num, c] : clients)
+            if (c->zmq)
+                zmq_clients.push_back(num);
+        for (auto num : zmq_clients)
+            if (auto* c = find(num))
+                send_control(*c, "ping", nullptr, 0);
+    }
+
+    // --- routing ------------------------------------------------------------------------
+
+    void handle(Client& c, v1::Envelope& in, const Payload& payload, std::vector<UniqueFd>& fds) {
+        ++c.msgs_in;
+        c.bytes_in += payload.bytes.size();
+        if (payload.bytes.size() > options.limits.max_message_size)
+            return send_error(c, in.id(), errc::message_too_large, "");
+        switch (in.kind()) {
+        case v1::KIND_CONTROL:
+            return handle_control(c, in, payload.bytes);
+        case v1::KIND_PUBLISH:
+            return publish(c, in, payload, fds);
+        case v1::KIND_REQUEST:
+            return request(c, in, payload, fds);
+        case v1::KIND_REPLY:
+        case v1::KIND_ERROR:
+            return reply(c, in, payload, fds);
+        case v1::KIND_DIRECT:
+            return direct(c, in, payload, fds);
+        default:
+            return send_error(c, in.id(), errc::bad_frame, "unknown kind");
+        }
+    }
+
+    void handle_control(Client& c, const v1::Envelope& in, std::string_view body) {
+        const auto& op = in.subject();
+        if (op == "ping" || op == "hello") {
+            if (op == "hello") {
+                v1::Hello hello;
+                if (!hello.ParseFromArray(body.data(), static_cast<int>(body.size())) ||
+                    !clean_label(hello.name(), 128))
+                    return send_error(c, in.id(), errc::bad_frame, "bad hello");
+                c.name = hello.name();
+                if (!c.announced) {
+                    c.announced = true; // once it has a name
+                    announce(c, "$sys.client.connected");
+                }
+            }
+            v1::Welcome welcome;
+            welcome.set_client_id(c.id);
+            welcome.set_broker_id(broker_id);
+            welcome.set_version(version);
+            welcome.set_heartbeat_ms(static_cast<std::uint32_t>(options.heartbeat.count()));
+            return send_control(c, op == "hello" ? "welcome" : "pong", &welcome, in.id());
+        }
+        if (op == "pong")
+            return;
+        if (op == "sub") {
+            v1::Subscribe sub;
+            if (!sub.ParseFromArray(body.data(), static_cast<int>(body.size())))
+                return send_error(c, in.id(), errc::bad_frame, "bad subscribe");
+            if (!valid_pattern(sub.pattern()) || !clean_label(sub.queue_group(), 128))
+                return send_error(c, sub.sid(), errc::invalid_subject, sub.pattern());
+            if (c.subs.size() >= options.limits.max_subscriptions || c.subs.count(sub.sid()))
+                return send_error(c, sub.sid(), errc::forbidden, "subscription limit or id reused");
+            subscriptions.insert(sub.pattern(), SubRef{c.num, sub.sid(), sub.queue_group()});
+            c.subs.emplace(sub.sid(), Client::Sub{sub.pattern(), sub.queue_group()});
+            return;
+        }
+        if (op == "unsub") {
+            v1::Unsubscribe unsub;
+            if (!unsub.ParseFromArray(body.data(), static_cast<int>(body.size())))
+                return send_error(c, in.id(), errc::bad_frame, "bad unsubscribe");
+            if (auto it = c.subs.find(unsub.sid()); it != c.subs.end()) {
+                subscriptions.erase(it->second.pattern, SubRef{c.num, unsub.sid(), {}});
+                c.subs.erase(it);
+            }
+            return;
+        }
+        if (op == "serve" || op == "unserve") {
+            v1::Serve serve;
+            if (!serve.ParseFromArray(body.data(), static_cast<int>(body.size())))
+                return send_error(c, in.id(), errc::bad_frame, "bad serve");
+            const std::string& name = serve.service();
+            if (!valid_subject(name) || is_sys(name))
+                return send_error(c, in.id(), errc::invalid_subject, name);
+            if (op == "serve") {
+                if (c.services.size() >= options.limits.max_services)
+                    return send_error(c, in.id(), errc::forbidden, "service limit");
+                if (c.services.insert(name).second)
+                    services[name].instances.push_back(c.num);
+            } else if (c.services.erase(name)) {
+                drop_instance(name, c.num);
+            }
+            return;
+        }
+        send_error(c, in.id(), errc::bad_frame, "unknown control operation");
+    }
+
+    // The header every delivery starts from: what the recipient may see of the sender's.
+    v1::Envelope& outbound(const Client& from, const v1::Envelope& in, v1::Kind kind) {
+        out.Clear();
+        out.set_kind(kind);
+        out.set_subject(in.subject());
+        out.set_type_url(in.type_url());
+        out.set_source(from.id);
+        out.set_deadline_unix_ns(in.deadline_unix_ns());
+        *out.mutable_headers() = in.headers();
+        return out;
+    }
+
+    void count_subject(const std::string& subject, std::size_t bytes, bool dropped) {
+        auto it = subject_stats.find(subject);
+        if (it == subject_stats.end()) {
+            if (subject_stats.size() >= max_subject_stats)
+                it = subject_stats.try_emplace("(other)").first;
+            else
+                it = subject_stats.try_emplace(subject).first;
+            it->second.set_subject(it->first);
+        }
+        auto& s = it->second;
+        if (dropped) {
+            s.set_dropped(s.dropped() + 1);
+        } else {
+            s.set_msgs(s.msgs() + 1);
+            s.set_bytes(s.bytes() + bytes);
+        }
+    }
+
+    void publish(Client& c, const v1::Envelope& in, const Payload& payload,
+                 std::vector<UniqueFd>& fds) {
+        if (!valid_subject(in.subject()))
+            return send_error(c, in.id(), errc::invalid_subject, in.subject());
+        if (is_sys(in.subject()))
+            return send_error(c, in.id(), errc::forbidden, "$sys is the broker's");
+        if (!fds.empty())
+            return send_error(c, in.id(), errc::fds_not_supported,
+                              "file descriptors go to one receiver: use a request or send_to");
+        fan_out(c, in, payload);
+    }
+
+    void fan_out(const Client& from, const v1::Envelope& in, const Payload& payload) {
+        // Plain subscriptions all get it; each queue group gets it once, round-robin.
+        std::vector<const SubRef*> matches;
+        subscriptions.match(in.subject(), [&](const SubRef& s) { matches.push_back(&s); });
+        std::unordered_map<std::string_view, std::vector<const SubRef*>> groups;
+        v1::Envelope& header = outbound(from, in, v1::KIND_PUBLISH);
+        auto deliver_to = [&](const SubRef& s) {
+            if (auto* to = find(s.client)) {
+                header.set_subscription_id(s.sid);
+                const bool sent = deliver(*to, header, payload, {});
+                count_subject(in.subject(), payload.bytes.size(), !sent);
+            }
+        };
+        for (const SubRef* s : matches) {
+            if (s->queue.empty())
+                deliver_to(*s);
+            else
+                groups[s->queue].push_back(s);
+        }
+        for (auto& [group, members] : groups) {
+            auto& turn = queue_turns[std::string(group)];
+            deliver_to(*members[turn++ % members.size()]);
+        }
+        ++msgs_routed;
+    }
+
+    void request(Client& c, const v1::Envelope& in, const Payload& payload,
+                 std::vector<UniqueFd>& fds) {
+        if (is_sys(in.subject()))
+            return sys_request(c, in);
+        if (!valid_subject(in.subject()))
+            return send_error(c, in.id(), errc::invalid_subject, in.subject());
+        auto it = services.find(in.subject());
+        if (it == services.end() || it->second.instances.empty())
+            return send_error(c, in.id(), errc::no_responders, in.subject());
+        auto& service = it->second;
+        Client* server = find(service.instances[service.next++ % service.instances.size()]);
+        if (!server)
+            return send_error(c, in.id(), errc::no_responders, in.subject());
+        if (!fds.empty() && server->zmq)
+            return send_error(c, in.id(), errc::fds_not_supported,
+                              "the serving instance has no unix:// link");
+        const std::uint64_t id = next_request++;
+        auto& header = outbound(c, in, v1::KIND_REQUEST);
+        header.set_id(id);
+        if (!deliver(*server, header, payload, std::move(fds)))
+            return send_error(c, in.id(), errc::service_lost, "instance overloaded");
+        ++service.requests;
+        in_flight.emplace(id, InFlight{c.num, server->num, in.id(), in.deadline_unix_ns()});
+        server->serving.insert(id);
+        c.waiting.insert(id);
+        ++msgs_routed;
+    }
+
+    void reply(Client& c, const v1::Envelope& in, const Payload& payload,
+               std::vector<UniqueFd>& fds) {
+        auto it = in_flight.find(in.correlation_id());
+        if (it == in_flight.end() || it->second.server != c.num)
+            return; // late (the requester is gone or timed out) or not this client's to answer
+        const InFlight f = it->second;
+        in_flight.erase(it);
+        c.serving.erase(in.correlation_id());
+        Client* requester = find(f.requester);
+        if (!requester)
+            return;
+        requester->waiting.erase(in.correlation_id());
+        if (!fds.empty() && requester->zmq)
+            return send_error(*requester, f.client_request_id, errc::fds_not_supported,
+                              "the reply carried file descriptors");
+        auto& header = outbound(c, in, in.kind());
+        header.set_correlation_id(f.client_request_id);
+        deliver(*requester, header, payload, std::move(fds));
+        ++msgs_routed;
+    }
+
+    void direct(Client& c, const v1::Envelope& in, const Payload& payload,
+                std::vector<UniqueFd>& fds) {
+        Client* to = find_by_id(in.subject());
+        if (!to || !to->allowed)
+            return send_error(c, in.id(), errc::no_such_client, in.subject());
+        if (!fds.empty() && to->zmq)
+            return send_error(c, in.id(), errc::fds_not_supported,
+                              "the receiver has no unix:// link");
+        auto& header = outbound(c, in, v1::KIND_DIRECT);
+        header.set_id(in.id());
+        deliver(*to, header, payload, std::move(fds));
+        ++msgs_routed;
+    }
+
+    // --- $sys ---------------------------------------------------------------------------
+
+    v1::ClientInfo info(const Client& c) const {
+        v1::ClientInfo i;
+        i.set_id(c.id);
+        i.set_name(c.name);
+        i.set_pid(c.pid);
+        i.set_uid(c.uid);
+        i.set_gid(c.gid);
+        i.set_transport(c.zmq ? "ipc" : "unix");
+        i.set_msgs_in(c.msgs_in);
+        i.set_msgs_out(c.msgs_out);
+        i.set_bytes_in(c.bytes_in);
+        i.set_bytes_out(c.bytes_out);
+        i.set_dropped(c.dropped);
+        i.set_subscriptions(static_cast<std::uint32_t>(c.subs.size()));
+        i.set_connected_unix_ns(c.connected_ns);
+        if (c.channel)
+            i.set_queued(c.channel->queued_bytes());
+        return i;
+    }
+
+    v1::BrokerStats make_stats() const {
+        v1::BrokerStats s;
+        s.set_version(version);
+        s.set_broker_id(broker_id);
+        s.set_started_unix_ns(started_ns);
+        for (const auto& e : endpoints)
+            s.add_endpoints(e);
+        s.set_clients(static_cast<std::uint32_t>(clients.size()));
+        s.set_msgs_routed(msgs_routed);
+        s.set_dropped(dropped_total);
+        for (const auto& [name, stats] : subject_stats)
+            *s.add_subjects() = stats;
+        return s;
+    }
+
+    void sys_request(Client& c, const v1::Envelope& in) {
+        const auto& what = in.subject();
+        std::unique_ptr<google::protobuf::Message> answer;
+        if (what == "$sys.clients") {
+            auto list = std::make_unique<v1::ClientList>();
+            for (const auto& [num, client] : clients)
+                if (client->allowed)
+                    *list->add_clients() = info(*client);
+            answer = std::move(list);
+        } else if (what == "$sys.subscriptions") {
+            auto list = std::make_unique<v1::SubscriptionList>();
+            for (const auto& [num, client] : clients)
+                for (const auto& [sid, sub] : client->subs) {
+                    auto* s = list->add_subscriptions();
+                    s->set_client_id(client->id);
+                    s->set_sid(sid);
+                    s->set_pattern(sub.pattern);
+                    s->set_queue_group(sub.queue);
+                }
+            answer = std::move(list);
+        } else if (what == "$sys.services") {
+            auto list = std::make_unique<v1::ServiceList>();
+            for (const auto& [name, service] : services) {
+                auto* s = list->add_services();
+                s->set_name(name);
+                s->set_requests(service.requests);
+                for (auto num : service.instances)
+                    if (auto* instance = find(num))
+                        s->add_instances(instance->id);
+            }
+            answer = std::move(list);
+        } else if (what == "$sys.stats") {
+            answer = std::make_unique<v1::BrokerStats>(make_stats());
+        } else {
+            return send_error(c, in.id(), errc::no_responders, what);
+        }
+        v1::Envelope& header = out;
+        header.Clear();
+        header.set_kind(v1::KIND_REPLY);
+        header.set_subject(what);
+        header.set_type_url(frame::type_url_of(*answer));
+        header.set_source("busd");
+        header.set_correlation_id(in.id());
+        const std::string body = answer->SerializeAsString();
+        deliver(c, header, Payload{body}, {});
+    }
+
+    // Broker events go to whoever subscribed to them, like any publish.
+    void announce(const Client& c, const char* subject) {
+        if (subscriptions.size() == 0)
+            return;
+        v1::Envelope in;
+        in.set_subject(subject);
+        const auto event = info(c);
+        in.set_type_url(frame::type_url_of(event));
+        const std::string body = event.SerializeAsString();
+        Client broker_self;
+        broker_self.id = "busd";
+        fan_out(broker_self, in, Payload{body});
+    }
+
+    // --- output -------------------------------------------------------------------------
+
+    // Sends to one client without ever waiting; false when its queue is full (the message is
+    // dropped for it alone and counted) or it is gone.
+    bool deliver(Client& to, const v1::Envelope& header, const Payload& payload,
+                 std::vector<UniqueFd> fds) {
+        if (to.unreported_drops && !report_drops(to))
+            return drop(to);
+        if (!send_raw(to, header, payload, std::move(fds)))
+            return drop(to);
+        ++to.msgs_out;
+        to.bytes_out += payload.bytes.size();
+        return true;
+    }
+
+    bool drop(Client& to) {
+        ++to.dropped;
+        ++to.unreported_drops;
+        ++dropped_total;
+        return false;
+    }
+
+    bool report_drops(Client& to) {
+        v1::SlowConsumer notice;
+        notice.set_dropped(to.unreported_drops);
+        v1::Envelope header;
+        header.set_kind(v1::KIND_CONTROL);
+        header.set_subject("slow_consumer");
+        header.set_source("busd");
+        const std::string body = notice.SerializeAsString();
+        if (!send_raw(to, header, Payload{body}, {}))
+            return false;
+        to.unreported_drops = 0;
+        return true;
+    }
+
+    bool send_raw(Client& to, const v1::Envelope& header, const Payload& payload,
+                  std::vector<UniqueFd> fds) {
+        if (!to.zmq) {
+            if (!to.channel->connected() ||
+                to.channel->queued_bytes() >= options.limits.client_queue_bytes)
+                return false;
+            to.channel->send_split(header, payload.bytes, std::move(fds));
+            return true;
+        }
+        try {
+            zmq::message_t head(header.ByteSizeLong());
+            header.SerializeWithCachedSizesToArray(static_cast<std::uint8_t*>(head.data()));
+            zmq::message_t body;
+            if (payload.frame)
+                body.copy(*payload.frame); // shares the frame's buffer, no byte copy
+            else
+                body.rebuild(payload.bytes.data(), payload.bytes.size());
+            // ROUTER checks the peer's queue on the first frame only: if that is accepted,
+            // the others are too.
+            if (!router->send(zmq::buffer(to.routing_id),
+                              zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+                return false;
+            router->send(head, zmq::send_flags::sndmore);
+            router->send(body, zmq::send_flags::none);
+            router_watch->kick();
+            return true;
+        } catch (const zmq::error_t& e) {
+            if (e.num() == EHOSTUNREACH) {
+                // Gone. Removing it here would pull the client out from under the caller.
+                asio::post(io, [this, num = to.num] { remove_client(num); });
+            }
+            return false;
+        }
+    }
+
+    void send_control(Client& to, const char* op, const google::protobuf::Message* body,
+                      std::uint64_t id) {
+        v1::Envelope header;
+        header.set_kind(v1::KIND_CONTROL);
+        header.set_subject(op);
+        header.set_source("busd");
+        header.set_correlation_id(id);
+        const std::string bytes = body ? body->SerializeAsString() : std::string();
+        send_raw(to, header, Payload{bytes}, {});
+    }
+
+    void send_error(Client& to, std::uint64_t correlation_id, errc code, std::string_view detail) {
+        v1::Envelope header;
+        header.set_kind(v1::KIND_ERROR);
+        header.set_subject(error_name(code));
+        header.set_source("busd");
+        header.set_correlation_id(correlation_id);
+        auto* h = header.add_headers();
+        h->set_key("detail");
+        h->set_value(std::string(detail.substr(0, 256)));
+        deliver(to, header, Payload{}, {});
+    }
+
+    // --- leaving ------------------------------------------------------------------------
+
+    void drop_instance(const std::string& name, std::uint64_t num) {
+        auto it = services.find(name);
+        if (it == services.end())
+            return;
+        auto& v = it->second.instances;
+        v.erase(std::remove(v.begin(), v.end(), num), v.end());
+        if (v.empty())
+            services.erase(it);
+    }
+
+    void remove_client(std::uint64_t num) {
+        auto it = clients.find(num);
+        if (it == clients.end())
+            return;
+        std::unique_ptr<Client> c = std::move(it->second);
+        clients.erase(it);
+        if (c->zmq)
+            by_routing_id.erase(c->routing_id);
+        for (const auto& [sid, sub] : c->subs)
+            subscriptions.erase(sub.pattern, SubRef{num, sid, {}});
+        for (const auto& name : c->services)
+            drop_instance(name, num);
+        // Requests it was serving: their requesters learn now, not at their deadline.
+        for (auto id : c->serving) {
+            auto f = in_flight.find(id);
+            if (f == in_flight.end())
+                continue;
+            if (auto* requester = find(f->second.requester)) {
+                requester->waiting.erase(id);
+                send_error(*requester, f->second.client_request_id, errc::service_lost,
+                           c->id + " went away");
+            }
+            in_flight.erase(f);
+        }
+        for (auto id : c->waiting) {
+            auto f = in_flight.find(id);
+            if (f == in_flight.end())
+                continue;
+            if (auto* server = find(f->second.server))
+                server->serving.erase(id);
+            in_flight.erase(f);
+        }
+        if (c->channel)
+            c->channel->disconnect();
+        if (c->announced)
+            announce(*c, "$sys.client.disconnected");
+    }
+
+    // --- heartbeat ----------------------------------------------------------------------
+
+    void tick() {
+        heartbeat_timer.expires_after(options.heartbeat);
+        heartbeat_timer.async_wait([this](boost::system::error_code ec) {
+            if (ec)
+                return;
+            const auto now = Clock::now();
+            const auto now_ns = now_unix_ns();
+            std::vector<std::uint64_t> silent;
+            for (auto& [num, c] : clients) {
+                if (c->zmq && now - c->last_seen > 3 * options.heartbeat)
+                    silent.push_back(num);
+                else
+                    send_control(*c, "ping", nullptr, 0);
+                if (c->unreported_drops)
+                    report_drops(*c);
+            }
+            for (auto num : silent)
+                remove_client(num);
+            // Requests past their deadline: the requester has given up; forget them.
+            for (auto it = in_flight.begin(); it != in_flight.end();) {
+                const auto deadline = it->second.deadline_ns;
+                if (deadline != 0 && deadline < now_ns) {
+                    if (auto* s = find(it->second.server))
+                        s->serving.erase(it->first);
+                    if (auto* r = find(it->second.requester))
+                        r->waiting.erase(it->first);
+                    it = in_flight.erase(it);
+                } else {
+                    ++it;
+                }
+            }
+            tick();
+        });
+    }
+
+    ~Impl() {
+        heartbeat_timer.cancel();
+        for (auto& [num, c] : clients)
+            if (c->channel)
+                c->channel->disconnect();
+        router_watch.reset();
+        monitor_watch.reset();
+        if (monitor)
+            monitor->close();
+        if (router)
+            router->close();
+        for (const auto& path : unlink_on_exit)
+            ::unlink(path.c_str());
+    }
+};
+
+Broker::Broker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Broker::~Broker() = default;
+
+Result<std::unique_ptr<Broker>> Broker::start(boost::asio::io_context& io, Options options,
+                                              std::string* failed_endpoint) {
+    auto impl = std::make_unique<Impl>(io, std::move(options));
+    if (auto ec = impl->bind_all(failed_endpoint))
+        return ec;
+    impl->tick();
+    return std::unique_ptr<Broker>(new Broker(std::move(impl)));
+}
+
+const std::vector<std::string>& Broker::endpoints() const noexcept {
+    return impl_->endpoints;
+}
+
+v1::BrokerStats Broker::stats() const {
+    return impl_->make_stats();
+}
+
+} // namespace bus::broker

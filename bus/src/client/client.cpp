@@ -1,0 +1,685 @@
+#include "bus/client.hpp"
+
+#include "../transport/zmq_watch.hpp"
+#include "bus/endpoint.hpp"
+#include "bus/frame.hpp"
+#include "bus/v1/broker.pb.h"
+
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
+
+#include <sys/socket.h>
+#include <sys/un.h>
+
+namespace bus {
+namespace {
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+std::int64_t deadline_after(std::chrono::milliseconds timeout) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               (std::chrono::system_clock::now() + timeout).time_since_epoch())
+        .count();
+}
+
+// The broker names its errors by their errc spelling (broker.cpp error_name()).
+std::error_code error_from_name(std::string_view name) {
+    static const std::pair<std::string_view, errc> names[] = {
+        {"no_responders", errc::no_responders},
+        {"service_lost", errc::service_lost},
+        {"timeout", errc::timeout},
+        {"no_such_client", errc::no_such_client},
+        {"invalid_subject", errc::invalid_subject},
+        {"forbidden", errc::forbidden},
+        {"message_too_large", errc::message_too_large},
+        {"fds_not_supported", errc::fds_not_supported},
+        {"bad_request", errc::bad_frame},
+    };
+    for (const auto& [n, e] : names)
+        if (n == name)
+            return e;
+    return errc::request_failed;
+}
+
+std::string header_value(const v1::Envelope& e, std::string_view key) {
+    for (const auto& h : e.headers())
+        if (h.key() == key)
+            return h.value();
+    return {};
+}
+
+Result<UniqueFd> connect_unix(const std::string& path) {
+    if (path.size() >= sizeof(sockaddr_un::sun_path))
+        return std::make_error_code(std::errc::filename_too_long);
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd)
+        return last_error();
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    path.copy(addr.sun_path, sizeof addr.sun_path - 1);
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0)
+        return last_error();
+    return fd;
+}
+
+} // namespace
+
+// --- links ------------------------------------------------------------------------------------
+
+struct Client::Link {
+    virtual ~Link() = default;
+    virtual bool carries_fds() const = 0;
+    // False when the message could not be queued (link down, or its queue full).
+    virtual bool send(const v1::Envelope& header, std::string_view payload, Fds fds) = 0;
+    // ZeroMQ hides its connection: only heartbeats tell that the broker went away.
+    virtual bool needs_heartbeat_timeout() const = 0;
+};
+
+namespace {
+
+class ChannelLink final : public Client::Link {
+public:
+    ChannelLink(asio::io_context& io, std::weak_ptr<Client> client, std::string path,
+                std::shared_ptr<Channel> channel, ClientOptions options,
+                std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx,
+                std::function<void()> up, std::function<void(std::error_code)> down)
+        : io_(io), client_(std::move(client)), path_(std::move(path)), options_(options),
+          rx_(std::move(rx)), up_(std::move(up)), down_(std::move(down)), timer_(io) {
+        attach(std::move(channel));
+    }
+    ~ChannelLink() override {
+        timer_.cancel();
+        if (channel_) {
+            // Its handlers point here: the channel outlives this link for one more loop turn.
+            channel_->on_envelope(nullptr);
+            channel_->on_disconnect(nullptr);
+            channel_->disconnect();
+        }
+    }
+
+    bool carries_fds() const override { return true; }
+    bool needs_heartbeat_timeout() const override { return false; }
+    bool send(const v1::Envelope& header, std::string_view payload, Fds fds) override {
+        if (!channel_ || !channel_->connected())
+            return false;
+        channel_->send_split(header, payload, std::move(fds));
+        return true;
+    }
+
+private:
+    void attach(std::shared_ptr<Channel> channel) {
+        channel_ = std::move(channel);
+        channel_->on_envelope([this](v1::Envelope& h, std::string_view p,
+                                     std::vector<UniqueFd>& fds) { rx_(h, p, fds); });
+        channel_->on_disconnect([this, c = channel_.get()](std::error_code ec) {
+            if (c != channel_.get())
+                return;
+            channel_.reset();
+            down_(ec ? ec : make_error_code(errc::broker_unavailable));
+            if (!path_.empty())
+                reconnect(options_.reconnect_min);
+        });
+    }
+
+    void reconnect(std::chrono::milliseconds delay) {
+        timer_.expires_after(delay);
+        timer_.async_wait([this, delay](boost::system::error_code ec) {
+            if (ec || client_.expired())
+                return;
+            auto fd = connect_unix(path_);
+            ChannelOptions co;
+            co.max_message_size = options_.max_message_size;
+            auto channel = fd ? Channel::adopt(io_, std::move(fd).value(), co)
+                              : Result<std::shared_ptr<Channel>>(fd.error());
+            if (!channel)
+                return reconnect(std::min(delay * 2, options_.reconnect_max));
+            attach(std::move(channel).value());
+            up_();
+        });
+    }
+
+    asio::io_context& io_;
+    std::weak_ptr<Client> client_;
+    std::string path_; // empty: the parent's channel, not reconnectable
+    ClientOptions options_;
+    std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx_;
+    std::function<void()> up_;
+    std::function<void(std::error_code)> down_;
+    asio::steady_timer timer_;
+    std::shared_ptr<Channel> channel_;
+};
+
+class ZmqLink final : public Client::Link {
+public:
+    ZmqLink(asio::io_context& io, const std::string& endpoint, std::size_t max_message_size,
+            std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx)
+        : socket_(context_, zmq::socket_type::dealer), rx_(std::move(rx)) {
+        socket_.set(zmq::sockopt::linger, 0);
+        socket_.set(zmq::sockopt::sndhwm, 100000);
+        // What the broker cannot hand over waits in its own bounded queue and is dropped there,
+        // counted and reported; a deep queue here would only hide a slow consumer.
+        socket_.set(zmq::sockopt::rcvhwm, 1000);
+        socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(max_message_size + 65536));
+        socket_.set(zmq::sockopt::reconnect_ivl, 50);
+        socket_.set(zmq::sockopt::reconnect_ivl_max, 1000);
+        socket_.connect(endpoint);
+        watch_ = std::make_unique<detail::ZmqWatch>(io, socket_, [this] { read(); });
+        watch_->start();
+    }
+    ~ZmqLink() override { watch_.reset(); }
+
+    bool carries_fds() const override { return false; }
+    bool needs_heartbeat_timeout() const override { return true; }
+    bool send(const v1::Envelope& header, std::string_view payload, Fds) override {
+        zmq::message_t head(header.ByteSizeLong());
+        header.SerializeWithCachedSizesToArray(static_cast<std::uint8_t*>(head.data()));
+        try {
+            if (!socket_.send(head, zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+                return false;
+            socket_.send(zmq::buffer(payload.data(), payload.size()), zmq::send_flags::none);
+        } catch (const zmq::error_t&) {
+            return false;
+        }
+        watch_->kick();
+        return true;
+    }
+
+private:
+    void read() {
+        std::vector<UniqueFd> no_fds;
+        for (int i = 0; i < 256; ++i) {
+            zmq::message_t head, body;
+            try {
+                if (!socket_.recv(head, zmq::recv_flags::dontwait))
+                    return;
+                if (!head.more() || !socket_.recv(body, zmq::recv_flags::dontwait) || body.more())
+                    continue; // not from a broker: ignore
+            } catch (const zmq::error_t&) {
+                return;
+            }
+            if (!header_.ParseFromArray(head.data(), static_cast<int>(head.size())))
+                continue;
+            rx_(header_, body.to_string_view(), no_fds);
+        }
+    }
+
+    zmq::context_t context_{1};
+    zmq::socket_t socket_;
+    std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx_;
+    std::unique_ptr<detail::ZmqWatch> watch_;
+    v1::Envelope header_;
+};
+
+} // namespace
+
+// --- requests ----------------------------------------------------------------------------------
+
+struct Client::Pending {
+    ReplyHandler handler;
+    asio::steady_timer timer;
+    Pending(asio::io_context& io, ReplyHandler h) : handler(std::move(h)), timer(io) {}
+};
+
+void Responder::reply(const google::protobuf::Message& message, Fds fds) {
+    if (auto c = client_.lock(); c && !done_) {
+        done_ = true;
+        c->respond(id_, v1::KIND_REPLY, {}, frame::type_url_of(message),
+                   message.SerializeAsString(), std::move(fds));
+    }
+}
+
+void Responder::reply_bytes(std::string_view payload, Fds fds) {
+    if (auto c = client_.lock(); c && !done_) {
+        done_ = true;
+        c->respond(id_, v1::KIND_REPLY, {}, {}, payload, std::move(fds));
+    }
+}
+
+void Responder::fail(std::string_view name, std::string_view detail) {
+    if (auto c = client_.lock(); c && !done_) {
+        done_ = true;
+        c->respond(id_, v1::KIND_ERROR, name, {}, detail, {});
+    }
+}
+
+// --- construction ------------------------------------------------------------------------------
+
+Client::Client(asio::io_context& io, ClientOptions options) : io_(io), options_(options) {}
+
+Client::~Client() {
+    closed_ = true;
+    if (heartbeat_timer_)
+        heartbeat_timer_->cancel();
+    link_.reset();
+}
+
+Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::string_view endpoint,
+                                                ClientOptions options) {
+    std::string text(endpoint);
+    if (text.empty()) {
+        auto def = default_endpoint();
+        if (!def)
+            return def.error();
+        text = def.value();
+    }
+    auto parsed = parse_endpoint(text);
+    if (!parsed)
+        return parsed.error();
+    std::shared_ptr<Client> client(new Client(io, options));
+    std::weak_ptr<Client> weak = client;
+    auto rx = [weak](v1::Envelope& h, std::string_view p, std::vector<UniqueFd>& fds) {
+        if (auto c = weak.lock())
+            c->receive(h, p, fds);
+    };
+    switch (parsed.value().scheme) {
+    case Endpoint::Scheme::ipc:
+        try {
+            client->link_ = std::make_unique<ZmqLink>(io, text, options.max_message_size, rx);
+        } catch (const zmq::error_t& e) {
+            return std::error_code(e.num(), std::system_category());
+        }
+        break;
+    case Endpoint::Scheme::unix: {
+        auto fd = connect_unix(parsed.value().address);
+        if (!fd)
+            return fd.error();
+        ChannelOptions co;
+        co.max_message_size = options.max_message_size;
+        auto channel = Channel::adopt(io, std::move(fd).value(), co);
+        if (!channel)
+            return channel.error();
+        client->link_ = std::make_unique<ChannelLink>(
+            io, weak, parsed.value().address, std::move(channel).value(), options, rx,
+            [weak] {
+                if (auto c = weak.lock())
+                    c->link_up();
+            },
+            [weak](std::error_code ec) {
+                if (auto c = weak.lock())
+                    c->link_down(ec);
+            });
+        break;
+    }
+    case Endpoint::Scheme::tcp:
+        return errc::bad_endpoint; // CURVE-secured tcp is not built yet
+    }
+    client->start();
+    return client;
+}
+
+Result<std::shared_ptr<Client>> Client::from_parent(asio::io_context& io, ClientOptions options) {
+    ChannelOptions co;
+    co.max_message_size = options.max_message_size;
+    auto channel = Channel::from_parent(io, co);
+    if (!channel)
+        return channel.error();
+    if (channel.value()->options().serialization != Serialization::bus)
+        return errc::unsupported_serialization;
+    std::shared_ptr<Client> client(new Client(io, options));
+    std::weak_ptr<Client> weak = client;
+    client->link_ = std::make_unique<ChannelLink>(
+        io, weak, std::string(), std::move(channel).value(), options,
+        [weak](v1::Envelope& h, std::string_view p, std::vector<UniqueFd>& fds) {
+            if (auto c = weak.lock())
+                c->receive(h, p, fds);
+        },
+        [] {},
+        [weak](std::error_code ec) {
+            if (auto c = weak.lock())
+                c->link_down(ec);
+        });
+    client->start();
+    return client;
+}
+
+void Client::start() {
+    last_heard_ = Clock::now();
+    v1::Hello hello;
+    hello.set_name(options_.name);
+    send_control("hello", &hello);
+    heartbeat_timer_ = std::make_unique<asio::steady_timer>(io_);
+    heartbeat();
+}
+
+void Client::close() {
+    if (closed_)
+        return;
+    closed_ = true;
+    fail_pending(errc::channel_closed);
+    if (heartbeat_timer_)
+        heartbeat_timer_->cancel();
+    link_.reset();
+}
+
+// --- sending -----------------------------------------------------------------------------------
+
+void Client::send(v1::Envelope& header, std::string_view payload, Fds fds,
+                  std::uint64_t request_id) {
+    if (!fds.empty() && (!link_ || !link_->carries_fds()))
+        throw std::invalid_argument(
+            "bus::Client: file descriptors need a unix:// link or the parent's channel");
+    header.set_fd_count(static_cast<std::uint32_t>(fds.size()));
+    if (closed_ || !link_ || !link_->send(header, payload, std::move(fds))) {
+        if (request_id) {
+            Message empty;
+            complete(request_id, errc::broker_unavailable, empty);
+        } else if (!closed_) {
+            emit({ClientEvent::Kind::error, 0, errc::broker_unavailable, "not sent"});
+        }
+    }
+}
+
+void Client::send_control(std::string_view op, const google::protobuf::Message* body,
+                          std::uint64_t id) {
+    v1::Envelope header;
+    header.set_kind(v1::KIND_CONTROL);
+    header.set_subject(std::string(op));
+    header.set_id(id);
+    send(header, body ? body->SerializeAsString() : std::string(), {});
+}
+
+void Client::publish(std::string_view subject, const google::protobuf::Message& message) {
+    v1::Envelope header;
+    header.set_kind(v1::KIND_PUBLISH);
+    header.set_subject(std::string(subject));
+    header.set_type_url(frame::type_url_of(message));
+    send(header, message.SerializeAsString(), {});
+}
+
+void Client::publish_bytes(std::string_view subject, std::string_view payload) {
+    v1::Envelope header;
+    header.set_kind(v1::KIND_PUBLISH);
+    header.set_subject(std::string(subject));
+    send(header, payload, {});
+}
+
+std::uint64_t Client::subscribe(std::string_view pattern, MessageHandler handler,
+                                std::string_view queue_group) {
+    const std::uint64_t sid = next_id_++;
+    subscriptions_.emplace(
+        sid, Subscription{std::string(pattern), std::string(queue_group), std::move(handler)});
+    v1::Subscribe sub;
+    sub.set_sid(sid);
+    sub.set_pattern(std::string(pattern));
+    sub.set_queue_group(std::string(queue_group));
+    send_control("sub", &sub);
+    return sid;
+}
+
+void Client::unsubscribe(std::uint64_t sid) {
+    if (!subscriptions_.erase(sid))
+        return;
+    v1::Unsubscribe unsub;
+    unsub.set_sid(sid);
+    send_control("unsub", &unsub);
+}
+
+void Client::serve(std::string_view service, ServeHandler handler) {
+    const bool is_new = services_.insert_or_assign(std::string(service), std::move(handler)).second;
+    if (!is_new)
+        return;
+    v1::Serve serve;
+    serve.set_service(std::string(service));
+    send_control("serve", &serve);
+}
+
+void Client::unserve(std::string_view service) {
+    if (!services_.erase(std::string(service)))
+        return;
+    v1::Serve serve;
+    serve.set_service(std::string(service));
+    send_control("unserve", &serve);
+}
+
+void Client::request(std::string_view service, const google::protobuf::Message& message,
+                     std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds) {
+    send_request(service, frame::type_url_of(message), message.SerializeAsString(), timeout,
+                 std::move(handler), std::move(fds));
+}
+
+void Client::request_bytes(std::string_view service, std::string_view payload,
+                           std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds) {
+    send_request(service, {}, payload, timeout, std::move(handler), std::move(fds));
+}
+
+void Client::send_request(std::string_view service, std::string_view type_url,
+                          std::string_view payload, std::chrono::milliseconds timeout,
+                          ReplyHandler handler, Fds fds) {
+    const std::uint64_t id = next_id_++;
+    auto pending = std::make_unique<Pending>(io_, std::move(handler));
+    pending->timer.expires_after(timeout);
+    pending->timer.async_wait([weak = weak_from_this(), id](boost::system::error_code ec) {
+        if (ec)
+            return;
+        if (auto c = weak.lock()) {
+            Message empty;
+            c->complete(id, errc::timeout, empty);
+        }
+    });
+    pending_.emplace(id, std::move(pending));
+    v1::Envelope header;
+    header.set_kind(v1::KIND_REQUEST);
+    header.set_subject(std::string(service));
+    header.set_type_url(std::string(type_url));
+    header.set_id(id);
+    header.set_deadline_unix_ns(deadline_after(timeout));
+    if (closed_) {
+        Message empty;
+        return complete(id, errc::channel_closed, empty);
+    }
+    send(header, payload, std::move(fds), id);
+}
+
+void Client::send_to(std::string_view client_id, const google::protobuf::Message& message,
+                     Fds fds) {
+    v1::Envelope header;
+    header.set_kind(v1::KIND_DIRECT);
+    header.set_subject(std::string(client_id));
+    header.set_type_url(frame::type_url_of(message));
+    header.set_id(next_id_++);
+    send(header, message.SerializeAsString(), std::move(fds));
+}
+
+void Client::send_bytes_to(std::string_view client_id, std::string_view payload, Fds fds) {
+    v1::Envelope header;
+    header.set_kind(v1::KIND_DIRECT);
+    header.set_subject(std::string(client_id));
+    header.set_id(next_id_++);
+    send(header, payload, std::move(fds));
+}
+
+void Client::respond(std::uint64_t id, v1::Kind kind, std::string_view subject,
+                     std::string_view type_url, std::string_view payload, Fds fds) {
+    v1::Envelope header;
+    header.set_kind(kind);
+    header.set_subject(std::string(subject));
+    header.set_type_url(std::string(type_url));
+    header.set_correlation_id(id);
+    send(header, payload, std::move(fds));
+}
+
+void Client::flush(std::function<void(std::error_code)> handler,
+                   std::chrono::milliseconds timeout) {
+    // A ping answered by a pong with the same id: the broker handles one client's messages in
+    // order, so everything sent before it has been processed.
+    const std::uint64_t id = next_id_++;
+    auto pending = std::make_unique<Pending>(
+        io_, [handler = std::move(handler)](std::error_code ec, Message&) { handler(ec); });
+    pending->timer.expires_after(timeout);
+    pending->timer.async_wait([weak = weak_from_this(), id](boost::system::error_code ec) {
+        if (ec)
+            return;
+        if (auto c = weak.lock()) {
+            Message empty;
+            c->complete(id, errc::timeout, empty);
+        }
+    });
+    pending_.emplace(id, std::move(pending));
+    send_control("ping", nullptr, id);
+}
+
+// --- receiving ---------------------------------------------------------------------------------
+
+void Client::complete(std::uint64_t id, std::error_code ec, Message& message) {
+    auto it = pending_.find(id);
+    if (it == pending_.end())
+        return; // already completed (timed out, then the reply came)
+    auto pending = std::move(it->second);
+    pending_.erase(it);
+    pending->timer.cancel();
+    pending->handler(ec, message);
+}
+
+void Client::receive(v1::Envelope& header, std::string_view payload, std::vector<UniqueFd>& fds) {
+    last_heard_ = Clock::now();
+    auto keep = shared_from_this(); // a handler may drop the last reference
+    if (header.kind() == v1::KIND_CONTROL)
+        return handle_control(header, payload);
+    message_.envelope.Swap(&header);
+    message_.envelope.set_payload(payload.data(), payload.size());
+    message_.fds = std::move(fds);
+    const auto& env = message_.envelope;
+    switch (env.kind()) {
+    case v1::KIND_PUBLISH:
+        if (auto it = subscriptions_.find(env.subscription_id()); it != subscriptions_.end()) {
+            auto handler = it->second.handler; // the handler may unsubscribe itself
+            handler(message_);
+        }
+        break;
+    case v1::KIND_REQUEST: {
+        Responder responder;
+        responder.client_ = weak_from_this();
+        responder.id_ = env.id();
+        responder.requester_ = env.source();
+        if (auto it = services_.find(env.subject()); it != services_.end()) {
+            auto handler = it->second;
+            handler(message_, responder);
+        } else {
+            responder.fail("no_responders", "not served here any more");
+        }
+        break;
+    }
+    case v1::KIND_REPLY:
+        complete(env.correlation_id(), {}, message_);
+        break;
+    case v1::KIND_ERROR: {
+        const auto ec = error_from_name(env.subject());
+        if (pending_.count(env.correlation_id())) {
+            complete(env.correlation_id(), ec, message_);
+        } else {
+            emit({ClientEvent::Kind::error, 0, ec, header_value(env, "detail")});
+        }
+        break;
+    }
+    case v1::KIND_DIRECT:
+        if (on_direct_)
+            on_direct_(message_);
+        break;
+    default:
+        break;
+    }
+    message_.fds.clear();
+}
+
+void Client::handle_control(const v1::Envelope& header, std::string_view payload) {
+    const auto& op = header.subject();
+    if (op == "welcome" || op == "pong") {
+        v1::Welcome welcome;
+        if (!welcome.ParseFromArray(payload.data(), static_cast<int>(payload.size())))
+            return;
+        const bool restarted = !broker_id_.empty() && broker_id_ != welcome.broker_id();
+        broker_id_ = welcome.broker_id();
+        id_ = welcome.client_id();
+        if (restarted) {
+            // A new broker knows nothing of us: introduce ourselves again.
+            v1::Hello hello;
+            hello.set_name(options_.name);
+            send_control("hello", &hello);
+            register_everything();
+        }
+        if (!welcomed_ || restarted) {
+            welcomed_ = true;
+            emit({ClientEvent::Kind::connected, 0, {}, {}});
+        }
+        if (op == "pong" && header.correlation_id()) {
+            Message empty;
+            complete(header.correlation_id(), {}, empty);
+        }
+        return;
+    }
+    if (op == "slow_consumer") {
+        v1::SlowConsumer notice;
+        if (notice.ParseFromArray(payload.data(), static_cast<int>(payload.size())))
+            emit({ClientEvent::Kind::slow_consumer, notice.dropped(), {}, {}});
+        return;
+    }
+    // "ping": hearing it is all it is for.
+}
+
+void Client::register_everything() {
+    for (const auto& [sid, sub] : subscriptions_) {
+        v1::Subscribe s;
+        s.set_sid(sid);
+        s.set_pattern(sub.pattern);
+        s.set_queue_group(sub.queue);
+        send_control("sub", &s);
+    }
+    for (const auto& [name, handler] : services_) {
+        v1::Serve s;
+        s.set_service(name);
+        send_control("serve", &s);
+    }
+}
+
+void Client::link_up() {
+    // A new connection is a new client to the broker, restarted or not.
+    broker_id_.clear();
+    last_heard_ = Clock::now();
+    v1::Hello hello;
+    hello.set_name(options_.name);
+    send_control("hello", &hello);
+    register_everything();
+}
+
+void Client::link_down(std::error_code ec) {
+    fail_pending(errc::broker_unavailable);
+    if (welcomed_) {
+        welcomed_ = false;
+        emit({ClientEvent::Kind::disconnected, 0, ec, {}});
+    }
+}
+
+void Client::fail_pending(std::error_code ec) {
+    auto pending = std::move(pending_);
+    pending_.clear();
+    Message empty;
+    for (auto& [id, p] : pending) {
+        p->timer.cancel();
+        p->handler(ec, empty);
+    }
+}
+
+void Client::heartbeat() {
+    heartbeat_timer_->expires_after(options_.heartbeat);
+    heartbeat_timer_->async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+        auto c = weak.lock();
+        if (ec || !c || c->closed_)
+            return;
+        if (c->link_ && c->link_->needs_heartbeat_timeout() && c->welcomed_ &&
+            Clock::now() - c->last_heard_ > 3 * c->options_.heartbeat) {
+            // Nothing from the broker for three beats: treat it as gone. Its replacement (if
+            // any) answers a later ping with a new broker id, and we register again.
+            c->link_down(errc::broker_unavailable);
+        }
+        c->send_control("ping", nullptr);
+        c->heartbeat();
+    });
+}
+
+void Client::emit(ClientEvent event) {
+    if (on_event_)
+        on_event_(event);
+}
+
+} // namespace bus

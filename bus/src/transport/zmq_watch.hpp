@@ -1,0 +1,82 @@
+// ZmqWatch: a ZeroMQ socket on an Asio loop.
+//
+// ZeroMQ exposes ZMQ_FD, which signals that the socket's state *may* have changed, edge-style:
+// it does not stay readable while messages wait. So after every wake-up the owner drains while
+// ZMQ_EVENTS says so, and after every send it must check again (a send can consume the edge
+// that announced incoming messages): kick() schedules that check on the loop.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <zmq.hpp>
+
+#include <functional>
+#include <memory>
+
+namespace bus::detail {
+
+class ZmqWatch {
+public:
+    // `on_readable` is called on the loop whenever ZMQ_EVENTS reports ZMQ_POLLIN; it should
+    // receive a bounded batch and return. It is called again while input remains.
+    ZmqWatch(boost::asio::io_context& io, zmq::socket_ref socket, std::function<void()> on_readable)
+        : state_(std::make_shared<State>(io, socket, std::move(on_readable))) {
+        state_->fd.assign(socket.get(zmq::sockopt::fd));
+    }
+    ~ZmqWatch() {
+        state_->alive = false;
+        boost::system::error_code ignored;
+        state_->fd.cancel(ignored);
+        (void)state_->fd.release(); // ZeroMQ owns the descriptor
+    }
+    ZmqWatch(const ZmqWatch&) = delete;
+    ZmqWatch& operator=(const ZmqWatch&) = delete;
+
+    void start() { check(state_); }
+    void kick() {
+        if (state_->kicked)
+            return;
+        state_->kicked = true;
+        boost::asio::post(state_->fd.get_executor(), [s = state_] {
+            s->kicked = false;
+            check(s);
+        });
+    }
+
+private:
+    struct State {
+        State(boost::asio::io_context& io, zmq::socket_ref s, std::function<void()> f)
+            : fd(io), socket(s), on_readable(std::move(f)) {}
+        boost::asio::posix::stream_descriptor fd;
+        zmq::socket_ref socket;
+        std::function<void()> on_readable;
+        bool alive = true;
+        bool waiting = false;
+        bool kicked = false;
+    };
+
+    static void check(const std::shared_ptr<State>& s) {
+        if (!s->alive)
+            return;
+        if (s->socket.get(zmq::sockopt::events) & ZMQ_POLLIN) {
+            s->on_readable();
+            if (s->alive) // more may wait: come back after other handlers ran
+                boost::asio::post(s->fd.get_executor(), [s] { check(s); });
+            return;
+        }
+        if (s->waiting)
+            return;
+        s->waiting = true;
+        s->fd.async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                         [s](boost::system::error_code ec) {
+                             s->waiting = false;
+                             if (!ec)
+                                 check(s);
+                         });
+    }
+
+    std::shared_ptr<State> state_;
+};
+
+} // namespace bus::detail

@@ -1,0 +1,147 @@
+// busd: the bus broker daemon. A thin main around bus::broker::Broker: options, config file,
+// signals, and (with --daemon) detaching as PM2's daemon does. Runs in the foreground by
+// default, which is what systemd wants (scripts/busd.service).
+#include <bus/broker.hpp>
+#include <bus/broker_config.hpp>
+#include <bus/endpoint.hpp>
+
+#include <boost/asio/signal_set.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace {
+
+// Detaches: fork, setsid, fork again; output goes to `log_file`. Returns in the daemon with
+// `ready` (a pipe) to write one byte to once it serves; the foreground process exits with 0
+// when that byte arrives and 1 when the daemon fails first.
+int daemonize(const std::string& log_file, int& ready) {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) < 0)
+        return -1;
+    const pid_t first = ::fork();
+    if (first < 0)
+        return -1;
+    if (first > 0) {
+        ::close(p[1]);
+        char ok = 0;
+        const ssize_t n = ::read(p[0], &ok, 1);
+        std::_Exit(n == 1 ? 0 : 1);
+    }
+    ::close(p[0]);
+    ::setsid();
+    if (::fork() != 0)
+        std::_Exit(0);
+    const int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    const int log = ::open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (null < 0 || log < 0) {
+        std::fprintf(stderr, "busd: cannot open log file %s: %s\n", log_file.c_str(),
+                     std::strerror(errno));
+        std::_Exit(1);
+    }
+    ::dup2(null, 0);
+    ::dup2(log, 1);
+    ::dup2(log, 2);
+    ::close(null);
+    ::close(log);
+    ready = p[1];
+    return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"busd: the bus broker. Routes typed messages between processes over ZeroMQ "
+                 "(ipc://) and unix:// sockets.\n\nWith no options it serves "
+                 "$XDG_RUNTIME_DIR/bus/busd.zmq and busd.sock (or /tmp/bus-$UID/...)."};
+    std::vector<std::string> endpoints;
+    std::string config_file, pid_file, log_file;
+    bool daemon = false;
+    app.add_option("-e,--endpoint", endpoints,
+                   "endpoint to serve: ipc://PATH or unix://PATH (repeatable; default: "
+                   "BUS_ENDPOINT, else both defaults)");
+    app.add_option("-c,--config", config_file, "TOML config file (see bus/broker_config.hpp)")
+        ->check(CLI::ExistingFile);
+    app.add_flag("-d,--daemon", daemon, "detach, with a pid file and a log file");
+    app.add_option("--pid-file", pid_file, "with --daemon (default: RUNTIME_DIR/busd.pid)");
+    app.add_option("--log-file", log_file, "with --daemon (default: RUNTIME_DIR/busd.log)");
+    CLI11_PARSE(app, argc, argv);
+
+    bus::broker::Options options;
+    if (!config_file.empty()) {
+        try {
+            options = bus::broker::load_config(config_file);
+        } catch (const bus::broker::ConfigError& e) {
+            std::fprintf(stderr, "busd: bad config: %s\n", e.what());
+            return 2;
+        }
+    }
+    if (!endpoints.empty()) {
+        options.endpoints = endpoints;
+    } else if (const char* env = std::getenv("BUS_ENDPOINT");
+               env && *env && options.endpoints.empty()) {
+        options.endpoints = {env};
+    }
+
+    int ready = -1;
+    if (daemon) {
+        auto dir = bus::runtime_dir();
+        if (!dir) {
+            std::fprintf(stderr, "busd: no runtime directory: %s\n", dir.error().message().c_str());
+            return 1;
+        }
+        if (pid_file.empty())
+            pid_file = dir.value() + "/busd.pid";
+        if (log_file.empty())
+            log_file = dir.value() + "/busd.log";
+        if (daemonize(log_file, ready) < 0) {
+            std::fprintf(stderr, "busd: cannot detach: %s\n", std::strerror(errno));
+            return 1;
+        }
+    }
+
+    boost::asio::io_context io;
+    std::string failed;
+    auto broker = bus::broker::Broker::start(io, options, &failed);
+    if (!broker) {
+        if (broker.error() == std::errc::address_in_use)
+            std::fprintf(stderr, "busd: another busd already serves %s\n", failed.c_str());
+        else
+            std::fprintf(stderr, "busd: cannot serve %s: %s\n", failed.c_str(),
+                         broker.error().message().c_str());
+        return 1;
+    }
+    std::string list;
+    for (const auto& e : broker.value()->endpoints())
+        list += (list.empty() ? "" : ", ") + e;
+    std::fprintf(stderr, "busd: serving %s (pid %d)\n", list.c_str(), static_cast<int>(::getpid()));
+    std::fflush(stderr);
+    if (daemon) {
+        std::ofstream(pid_file) << ::getpid() << "\n";
+        const char ok = 1;
+        (void)!::write(ready, &ok, 1);
+        ::close(ready);
+    }
+
+    boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+    signals.async_wait([&](boost::system::error_code ec, int signal) {
+        if (ec)
+            return;
+        std::fprintf(stderr, "busd: signal %d, stopping\n", signal);
+        broker.value().reset();
+        io.stop();
+    });
+    io.run();
+    if (daemon)
+        ::unlink(pid_file.c_str());
+    return 0;
+}

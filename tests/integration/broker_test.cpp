@@ -1,0 +1,595 @@
+// The real busd, as a separate process, with clients in this process and in child processes
+// (this binary re-run with `--child MODE`). Every promise test runs over both links: ZeroMQ
+// (ipc://) and the channel framing (unix://).
+#include "../support/test_support.hpp"
+
+#include <bus/child_process.hpp>
+#include <bus/client.hpp>
+#include <bus/v1/broker.pb.h>
+#include <bus/v1/cluster.pb.h>
+
+#include <gtest/gtest.h>
+#include <zmq.hpp>
+
+#include <boost/asio/post.hpp>
+
+#include <csignal>
+#include <cstdlib>
+#include <fstream>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+namespace {
+
+using bus::test::run_until;
+using namespace std::chrono_literals;
+
+std::string self_exe;
+const std::string busd_bin = std::string(BUS_BIN_DIR) + "/busd";
+
+// A private busd: its own runtime directory, started and stopped by the test.
+class Busd {
+public:
+    explicit Busd(boost::asio::io_context& io, std::vector<std::string> extra = {}) : io_(io) {
+        char tmpl[] = "/tmp/bus-test-XXXXXX";
+        dir_ = ::mkdtemp(tmpl);
+        start(std::move(extra));
+    }
+    ~Busd() {
+        stop();
+        std::filesystem::remove_all(dir_);
+    }
+    void start(std::vector<std::string> extra = {}) {
+        std::vector<std::string> argv = {busd_bin, "-e", ipc(), "-e", unix()};
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        auto p = bus::spawn(io_, argv);
+        EXPECT_TRUE(p) << p.error().message();
+        process_ = std::move(p).value();
+        exit_.reset();
+        process_->on_exit([this](int code, int) { exit_ = code; });
+        // Serving once both socket files exist.
+        EXPECT_TRUE(run_until(io_, [&] {
+            return std::filesystem::exists(dir_ + "/busd.zmq") &&
+                   std::filesystem::exists(dir_ + "/busd.sock");
+        }));
+    }
+    void stop() {
+        if (process_ && process_->running()) {
+            process_->kill(SIGTERM);
+            run_until(io_, [&] { return exit_.has_value(); });
+        }
+        process_.reset();
+    }
+    void kill() {
+        process_->kill(SIGKILL);
+        run_until(io_, [&] { return exit_.has_value(); });
+        process_.reset();
+    }
+    std::string ipc() const { return "ipc://" + dir_ + "/busd.zmq"; }
+    std::string unix() const { return "unix://" + dir_ + "/busd.sock"; }
+    const std::string& dir() const { return dir_; }
+    std::optional<int> exit_code() const { return exit_; }
+    pid_t pid() const { return process_->pid(); }
+
+private:
+    boost::asio::io_context& io_;
+    std::string dir_;
+    std::shared_ptr<bus::ChildProcess> process_;
+    std::optional<int> exit_;
+};
+
+class BrokerTest : public ::testing::TestWithParam<std::string> {
+protected:
+    void SetUp() override { busd_ = std::make_unique<Busd>(io_); }
+    void TearDown() override {
+        clients_.clear();
+        busd_.reset();
+    }
+    std::string endpoint() const { return GetParam() == "ipc" ? busd_->ipc() : busd_->unix(); }
+
+    std::shared_ptr<bus::Client> connect(std::string name = "test") {
+        bus::ClientOptions options;
+        options.name = name;
+        options.heartbeat = 200ms;
+        auto c = bus::Client::connect(io_, endpoint(), options);
+        EXPECT_TRUE(c) << c.error().message();
+        clients_.push_back(c.value());
+        EXPECT_TRUE(run_until(io_, [&] { return c.value()->connected(); }));
+        return c.value();
+    }
+    // Everything `c` sent so far has been processed by the broker.
+    void flush(const std::shared_ptr<bus::Client>& c) {
+        std::optional<std::error_code> done;
+        c->flush([&](std::error_code ec) { done = ec; });
+        ASSERT_TRUE(run_until(io_, [&] { return done.has_value(); }));
+        ASSERT_FALSE(*done) << done->message();
+    }
+    std::shared_ptr<bus::ChildProcess> child(const std::string& mode, const std::string& arg = {}) {
+        auto p = bus::spawn(io_, {self_exe, "--child", mode, endpoint(), arg});
+        EXPECT_TRUE(p);
+        return p.value();
+    }
+
+    boost::asio::io_context io_;
+    std::unique_ptr<Busd> busd_;
+    std::vector<std::shared_ptr<bus::Client>> clients_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Links, BrokerTest, ::testing::Values("ipc", "unix"),
+                         [](const auto& param_info) { return param_info.param; });
+
+bus::v1::Heartbeat beat(std::uint64_t seq) {
+    bus::v1::Heartbeat b;
+    b.set_seq(seq);
+    return b;
+}
+
+TEST_P(BrokerTest, WildcardSubscriptionsGetWhatMatchesStampedWithTheSource) {
+    auto pub = connect("pub");
+    auto sub = connect("sub");
+    std::vector<std::string> one_token, rest, metrics;
+    std::string source;
+    sub->subscribe("orders.*.created", [&](bus::Message& m) {
+        one_token.push_back(m.envelope.subject());
+        source = m.envelope.source();
+    });
+    sub->subscribe("orders.>", [&](bus::Message& m) { rest.push_back(m.envelope.subject()); });
+    sub->subscribe("metrics.>", [&](bus::Message& m) { metrics.push_back(m.envelope.subject()); });
+    flush(sub);
+    for (const char* subject : {"orders.eu.created", "orders.eu.deleted", "orders.eu.west.created",
+                                "metrics.cpu", "other"})
+        pub->publish(subject, beat(1));
+    ASSERT_TRUE(run_until(io_, [&] { return rest.size() == 3 && metrics.size() == 1; }));
+    flush(pub);
+    flush(sub);
+    EXPECT_EQ(one_token, (std::vector<std::string>{"orders.eu.created"}));
+    EXPECT_EQ(rest, (std::vector<std::string>{"orders.eu.created", "orders.eu.deleted",
+                                              "orders.eu.west.created"}));
+    EXPECT_EQ(source, pub->id());
+}
+
+TEST_P(BrokerTest, PublishesArriveInOrderPerPublisher) {
+    auto pub = connect();
+    auto sub = connect();
+    std::vector<std::uint64_t> got;
+    sub->subscribe<bus::v1::Heartbeat>(
+        "seq", [&](std::error_code ec, const bus::v1::Heartbeat& b, bus::Message&) {
+            ASSERT_FALSE(ec);
+            got.push_back(b.seq());
+        });
+    flush(sub);
+    // In windows: publisher and subscriber share this thread, and a subscriber that cannot
+    // read while 20000 messages go out would rightly lose some (its queue is bounded).
+    constexpr std::uint64_t n = 20000;
+    for (std::uint64_t i = 0; i < n; ++i) {
+        pub->publish("seq", beat(i));
+        if (i % 1000 == 999) {
+            ASSERT_TRUE(run_until(
+                io_, [&] { return got.size() == i + 1; }, 30s));
+        }
+    }
+    for (std::uint64_t i = 0; i < n; ++i)
+        ASSERT_EQ(got[i], i);
+}
+
+TEST_P(BrokerTest, TypedSubscriberReportsAWrongTypeInsteadOfCrashing) {
+    auto pub = connect();
+    auto sub = connect();
+    std::optional<std::error_code> result;
+    sub->subscribe<bus::v1::Shutdown>(
+        "typed", [&](std::error_code ec, const bus::v1::Shutdown&, bus::Message&) { result = ec; });
+    flush(sub);
+    pub->publish("typed", beat(5));
+    ASSERT_TRUE(run_until(io_, [&] { return result.has_value(); }));
+    EXPECT_EQ(*result, bus::errc::wrong_type);
+}
+
+TEST_P(BrokerTest, QueueGroupMembersShareMessagesAndPlainSubscribersGetAll) {
+    auto pub = connect();
+    auto w1 = connect(), w2 = connect(), all = connect();
+    int n1 = 0, n2 = 0, nall = 0;
+    w1->subscribe(
+        "jobs", [&](bus::Message&) { ++n1; }, "workers");
+    w2->subscribe(
+        "jobs", [&](bus::Message&) { ++n2; }, "workers");
+    all->subscribe("jobs", [&](bus::Message&) { ++nall; });
+    flush(w1);
+    flush(w2);
+    flush(all);
+    for (int i = 0; i < 100; ++i)
+        pub->publish_bytes("jobs", "job");
+    ASSERT_TRUE(run_until(io_, [&] { return nall == 100 && n1 + n2 == 100; }));
+    EXPECT_EQ(n1, 50);
+    EXPECT_EQ(n2, 50);
+}
+
+TEST_P(BrokerTest, UnsubscribeStopsDelivery) {
+    auto pub = connect();
+    auto sub = connect();
+    int got = 0;
+    const auto sid = sub->subscribe("x", [&](bus::Message&) { ++got; });
+    flush(sub);
+    pub->publish_bytes("x", "1");
+    ASSERT_TRUE(run_until(io_, [&] { return got == 1; }));
+    sub->unsubscribe(sid);
+    flush(sub);
+    pub->publish_bytes("x", "2");
+    flush(pub);
+    flush(sub);
+    EXPECT_EQ(got, 1);
+}
+
+TEST_P(BrokerTest, RequestsAreBalancedAcrossInstancesAndAnswered) {
+    auto a = connect("a"), b = connect("b"), caller = connect("caller");
+    int at_a = 0, at_b = 0;
+    a->serve("double", [&](bus::Message& m, bus::Responder& r) {
+        ++at_a;
+        r.reply(beat(m.as<bus::v1::Heartbeat>().value().seq() * 2));
+    });
+    b->serve("double", [&](bus::Message& m, bus::Responder& r) {
+        ++at_b;
+        r.reply(beat(m.as<bus::v1::Heartbeat>().value().seq() * 2));
+    });
+    flush(a);
+    flush(b);
+    std::vector<std::uint64_t> answers;
+    for (std::uint64_t i = 1; i <= 10; ++i)
+        caller->request("double", beat(i), 5s, [&](std::error_code ec, bus::Message& m) {
+            ASSERT_FALSE(ec) << ec.message();
+            answers.push_back(m.as<bus::v1::Heartbeat>().value().seq());
+        });
+    ASSERT_TRUE(run_until(io_, [&] { return answers.size() == 10; }));
+    std::sort(answers.begin(), answers.end());
+    EXPECT_EQ(answers, (std::vector<std::uint64_t>{2, 4, 6, 8, 10, 12, 14, 16, 18, 20}));
+    EXPECT_EQ(at_a, 5);
+    EXPECT_EQ(at_b, 5);
+}
+
+TEST_P(BrokerTest, RequestWithNobodyServingFailsAtOnce) {
+    auto caller = connect();
+    std::optional<std::error_code> result;
+    const auto start = std::chrono::steady_clock::now();
+    caller->request_bytes("nobody.home", "?", 10s,
+                          [&](std::error_code ec, bus::Message&) { result = ec; });
+    ASSERT_TRUE(run_until(io_, [&] { return result.has_value(); }));
+    EXPECT_EQ(*result, bus::errc::no_responders);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+}
+
+TEST_P(BrokerTest, RequestNobodyAnswersTimesOut) {
+    auto server = connect(), caller = connect();
+    server->serve("silent", [](bus::Message&, bus::Responder&) {});
+    flush(server);
+    std::optional<std::error_code> result;
+    caller->request_bytes("silent", "?", 300ms,
+                          [&](std::error_code ec, bus::Message&) { result = ec; });
+    ASSERT_TRUE(run_until(io_, [&] { return result.has_value(); }));
+    EXPECT_EQ(*result, bus::errc::timeout);
+}
+
+TEST_P(BrokerTest, ServiceKilledWhileHoldingARequestGivesServiceLost) {
+    auto caller = connect();
+    auto holder = child("serve-hold", "held");
+    // Wait until the child serves.
+    std::optional<std::error_code> first;
+    ASSERT_TRUE(run_until(
+        io_,
+        [&] {
+            std::optional<std::error_code> r;
+            caller->request_bytes("held.ready", "?", 1s,
+                                  [&](std::error_code ec, bus::Message&) { r = ec; });
+            run_until(io_, [&] { return r.has_value(); });
+            return r && !*r;
+        },
+        20s));
+    std::optional<std::error_code> result;
+    const auto start = std::chrono::steady_clock::now();
+    caller->request_bytes("held", "?", 30s,
+                          [&](std::error_code ec, bus::Message&) { result = ec; });
+    flush(caller);
+    run_until(
+        io_, [] { return false; }, 200ms); // the request reaches the child
+    holder->kill(SIGKILL);
+    ASSERT_TRUE(run_until(
+        io_, [&] { return result.has_value(); }, 20s));
+    EXPECT_EQ(*result, bus::errc::service_lost);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+}
+
+TEST_P(BrokerTest, DirectMessagesReachOneClientAndUnknownIdsAreReported) {
+    auto a = connect(), b = connect();
+    std::string got, from;
+    b->on_direct([&](bus::Message& m) {
+        got = m.payload();
+        from = m.envelope.source();
+    });
+    a->send_bytes_to(b->id(), "just for you");
+    ASSERT_TRUE(run_until(io_, [&] { return !got.empty(); }));
+    EXPECT_EQ(got, "just for you");
+    EXPECT_EQ(from, a->id());
+    std::optional<bus::ClientEvent> event;
+    a->on_event([&](const bus::ClientEvent& e) {
+        if (e.kind == bus::ClientEvent::Kind::error)
+            event = e;
+    });
+    a->send_bytes_to("c999999", "nobody");
+    ASSERT_TRUE(run_until(io_, [&] { return event.has_value(); }));
+    EXPECT_EQ(event->error, bus::errc::no_such_client);
+}
+
+TEST_P(BrokerTest, InvalidAndReservedSubjectsAreRefused) {
+    auto c = connect();
+    std::vector<std::error_code> errors;
+    c->on_event([&](const bus::ClientEvent& e) {
+        if (e.kind == bus::ClientEvent::Kind::error)
+            errors.push_back(e.error);
+    });
+    c->publish_bytes("bad..subject", "x");
+    c->publish_bytes("$sys.client.connected", "spoof");
+    c->subscribe("a.>.b", [](bus::Message&) {});
+    ASSERT_TRUE(run_until(io_, [&] { return errors.size() == 3; }));
+    EXPECT_EQ(errors[0], bus::errc::invalid_subject);
+    EXPECT_EQ(errors[1], bus::errc::forbidden);
+    EXPECT_EQ(errors[2], bus::errc::invalid_subject);
+    flush(c); // still served
+}
+
+TEST_P(BrokerTest, SysClientsListsClientsWithKernelCredentials) {
+    auto c = connect("lister");
+    std::optional<bus::v1::ClientList> list;
+    c->request("$sys.clients", bus::v1::Heartbeat(), 5s, [&](std::error_code ec, bus::Message& m) {
+        ASSERT_FALSE(ec) << ec.message();
+        list = m.as<bus::v1::ClientList>().value();
+    });
+    ASSERT_TRUE(run_until(io_, [&] { return list.has_value(); }));
+    bool found = false;
+    for (const auto& info : list->clients()) {
+        if (info.id() != c->id())
+            continue;
+        found = true;
+        EXPECT_EQ(info.name(), "lister");
+        EXPECT_EQ(info.pid(), static_cast<std::uint32_t>(::getpid()));
+        EXPECT_EQ(info.uid(), ::getuid());
+        EXPECT_EQ(info.transport(), GetParam());
+    }
+    EXPECT_TRUE(found);
+}
+
+TEST_P(BrokerTest, ConnectAndDisconnectAreAnnounced) {
+    auto watcher = connect();
+    std::vector<std::string> events;
+    watcher->subscribe("$sys.client.>", [&](bus::Message& m) {
+        auto info = m.as<bus::v1::ClientInfo>();
+        ASSERT_TRUE(info);
+        events.push_back(std::string(m.envelope.subject()) + " " + info.value().name());
+    });
+    flush(watcher);
+    {
+        auto other = connect("visitor");
+        flush(other);
+        other->close();
+        clients_.pop_back();
+    }
+    ASSERT_TRUE(run_until(
+        io_, [&] { return events.size() >= 2; }, 10s));
+    EXPECT_EQ(events[0], "$sys.client.connected visitor");
+    EXPECT_EQ(events[1], "$sys.client.disconnected visitor");
+}
+
+TEST_P(BrokerTest, StalledSubscriberLosesOnlyItsOwnMessagesAndHoldsNobodyBack) {
+    auto pub = connect("pub");
+    auto healthy = connect("healthy");
+    int healthy_got = 0;
+    healthy->subscribe("firehose", [&](bus::Message&) { ++healthy_got; });
+    flush(healthy);
+    // The stalled subscriber is another process that subscribes, then stops reading.
+    auto stalled = child("sub-stall", "firehose");
+    ASSERT_TRUE(run_until(
+        io_,
+        [&] {
+            std::optional<bus::v1::SubscriptionList> list;
+            pub->request("$sys.subscriptions", beat(0), 1s,
+                         [&](std::error_code ec, bus::Message& m) {
+                             if (!ec)
+                                 list = m.as<bus::v1::SubscriptionList>().value();
+                         });
+            run_until(io_, [&] { return list.has_value(); });
+            return list && list->subscriptions_size() == 2;
+        },
+        20s));
+    const std::string payload(1024, 'f');
+    constexpr int n = 40000; // 40 MB: far past both queue bounds of the stalled one
+    // The healthy subscriber keeps up (the publisher, in the same thread, stays within 1000
+    // messages of it); the stalled one reads nothing, so it overflows its bounds many times
+    // over. The publisher is never held back by it.
+    for (int published = 0; published < n; ++published) {
+        pub->publish_bytes("firehose", payload);
+        if (published % 500 == 499) {
+            ASSERT_TRUE(run_until(
+                io_, [&] { return healthy_got >= published - 500; }, 30s))
+                << healthy_got;
+        }
+    }
+    ASSERT_TRUE(run_until(
+        io_, [&] { return healthy_got == n; }, 30s))
+        << healthy_got;
+    // The broker counted drops for the stalled client only.
+    std::optional<bus::v1::ClientList> list;
+    pub->request("$sys.clients", beat(0), 5s, [&](std::error_code ec, bus::Message& m) {
+        ASSERT_FALSE(ec);
+        list = m.as<bus::v1::ClientList>().value();
+    });
+    ASSERT_TRUE(run_until(io_, [&] { return list.has_value(); }));
+    for (const auto& info : list->clients()) {
+        if (info.name() == "stalled")
+            EXPECT_GT(info.dropped(), 0u);
+        else
+            EXPECT_EQ(info.dropped(), 0u) << info.name();
+    }
+}
+
+TEST_P(BrokerTest, SubscriberThatFellBehindIsToldHowManyItLost) {
+    // The subscriber has a loop of its own, which does not run while the burst goes out.
+    boost::asio::io_context sub_io;
+    auto pub = connect();
+    bus::ClientOptions options;
+    options.heartbeat = 10s;
+    auto sub = bus::Client::connect(sub_io, endpoint(), options).value();
+    int got = 0;
+    std::uint64_t told = 0;
+    sub->subscribe("burst", [&](bus::Message&) { ++got; });
+    sub->on_event([&](const bus::ClientEvent& e) {
+        if (e.kind == bus::ClientEvent::Kind::slow_consumer)
+            told += e.dropped;
+    });
+    std::optional<std::error_code> subscribed;
+    sub->flush([&](std::error_code ec) { subscribed = ec; });
+    ASSERT_TRUE(run_until(sub_io, [&] { return subscribed.has_value(); }));
+    constexpr int n = 60000; // 30 MB: past every bound on the way to the subscriber
+    const std::string payload(512, 'b');
+    for (int i = 0; i < n; ++i)
+        pub->publish_bytes("burst", payload);
+    flush(pub);
+    ASSERT_TRUE(run_until(
+        sub_io, [&] { return told > 0 && got + static_cast<int>(told) == n; }, 30s))
+        << "got " << got << " told " << told;
+    EXPECT_GT(got, 0);
+}
+
+TEST_P(BrokerTest, GarbageFromOneClientCostsOnlyThatClient) {
+    auto good = connect();
+    // A raw connection that sends garbage.
+    if (GetParam() == "unix") {
+        int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        const std::string path = busd_->dir() + "/busd.sock";
+        path.copy(addr.sun_path, sizeof addr.sun_path - 1);
+        ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+        ASSERT_EQ(::write(fd, "\xff\xff\xff\xff garbage", 12), 12);
+        char buf[16];
+        EXPECT_EQ(::read(fd, buf, sizeof buf), 0); // the broker hung up on it
+        ::close(fd);
+    } else {
+        zmq::context_t ctx;
+        zmq::socket_t raw(ctx, zmq::socket_type::dealer);
+        raw.set(zmq::sockopt::linger, 0);
+        raw.connect(busd_->ipc());
+        raw.send(zmq::str_buffer("not an envelope"), zmq::send_flags::sndmore);
+        raw.send(zmq::str_buffer("x"), zmq::send_flags::sndmore);
+        raw.send(zmq::str_buffer("three frames"), zmq::send_flags::none);
+        raw.send(zmq::str_buffer("\xff\xff"), zmq::send_flags::sndmore);
+        raw.send(zmq::str_buffer(""), zmq::send_flags::none);
+        zmq::message_t reply;
+        raw.set(zmq::sockopt::rcvtimeo, 5000);
+        ASSERT_TRUE(raw.recv(reply)); // an error comes back, not silence
+    }
+    flush(good);
+    int got = 0;
+    good->subscribe("still", [&](bus::Message&) { ++got; });
+    flush(good);
+    good->publish_bytes("still", "works");
+    ASSERT_TRUE(run_until(io_, [&] { return got == 1; }));
+}
+
+TEST_P(BrokerTest, ClientReconnectsAfterABrokerRestartAndResubscribes) {
+    auto pub = connect("pub"), sub = connect("sub");
+    int got = 0;
+    sub->subscribe("after.restart", [&](bus::Message&) { ++got; });
+    flush(sub);
+    std::optional<std::error_code> in_flight;
+    pub->serve("slow", [](bus::Message&, bus::Responder&) {});
+    flush(pub);
+    sub->request_bytes("slow", "?", 30s,
+                       [&](std::error_code ec, bus::Message&) { in_flight = ec; });
+    flush(sub);
+    busd_->kill();
+    // The request in flight fails clearly (at once on unix://, after missed pings on ipc://).
+    ASSERT_TRUE(run_until(
+        io_, [&] { return in_flight.has_value(); }, 10s));
+    EXPECT_EQ(*in_flight, bus::errc::broker_unavailable);
+    busd_->start();
+    ASSERT_TRUE(run_until(
+        io_,
+        [&] {
+            pub->publish_bytes("after.restart", "hello again");
+            run_until(
+                io_, [&] { return got > 0; }, 200ms);
+            return got > 0;
+        },
+        20s));
+}
+
+// --- the daemon itself ---------------------------------------------------------------------
+
+TEST(Busd, SecondInstanceOnTheSameEndpointRefusesClearly) {
+    boost::asio::io_context io;
+    Busd first(io);
+    auto second = bus::spawn(io, {"/bin/sh", "-c", "\"$0\" -e " + first.ipc() + " 2>&1", busd_bin});
+    ASSERT_TRUE(second);
+    std::optional<int> code;
+    second.value()->on_exit([&](int c, int) { code = c; });
+    ASSERT_TRUE(run_until(io, [&] { return code.has_value(); }));
+    EXPECT_EQ(*code, 1);
+}
+
+TEST(Busd, SigtermStopsCleanlyAndRemovesItsSockets) {
+    boost::asio::io_context io;
+    Busd busd(io);
+    const std::string dir = busd.dir();
+    busd.stop();
+    EXPECT_EQ(busd.exit_code(), 0);
+    EXPECT_FALSE(std::filesystem::exists(dir + "/busd.zmq"));
+    EXPECT_FALSE(std::filesystem::exists(dir + "/busd.sock"));
+}
+
+TEST(Busd, BadConfigIsRefusedNamingTheKey) {
+    char tmpl[] = "/tmp/bus-config-XXXXXX";
+    const std::string dir = ::mkdtemp(tmpl);
+    std::ofstream(dir + "/busd.toml") << "[limits]\nmax_message_size = -5\n";
+    const std::string out = dir + "/out";
+    const int rc = std::system(
+        (busd_bin + " -c " + dir + "/busd.toml -e unix://" + dir + "/s 2> " + out).c_str());
+    std::ifstream in(out);
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    std::filesystem::remove_all(dir);
+    EXPECT_EQ(WEXITSTATUS(rc), 2);
+    EXPECT_NE(text.find("limits.max_message_size"), std::string::npos) << text;
+}
+
+// --- child modes ------------------------------------------------------------------------------
+
+int child_main(const std::string& mode, const std::string& endpoint, const std::string& arg) {
+    boost::asio::io_context io;
+    bus::ClientOptions options;
+    options.name = mode == "sub-stall" ? "stalled" : mode;
+    options.heartbeat = 200ms;
+    auto client = bus::Client::connect(io, endpoint, options);
+    if (!client)
+        return 2;
+    auto c = client.value();
+    if (mode == "serve-hold") {
+        // Answers "<arg>.ready" (so the test knows it serves) and holds every "<arg>" request.
+        c->serve(arg + ".ready", [](bus::Message&, bus::Responder& r) { r.reply_bytes("yes"); });
+        c->serve(arg, [](bus::Message&, bus::Responder&) {});
+        io.run();
+    } else if (mode == "sub-stall") {
+        c->subscribe(arg, [](bus::Message&) {});
+        bool flushed = false;
+        c->flush([&](std::error_code) { flushed = true; });
+        while (!flushed && io.run_one()) {
+        }
+        ::pause(); // never read again
+    }
+    return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    self_exe = std::filesystem::canonical("/proc/self/exe").string();
+    if (argc == 5 && std::string_view(argv[1]) == "--child")
+        return child_main(argv[2], argv[3], argv[4]);
+    ::testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+}

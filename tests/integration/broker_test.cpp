@@ -8,6 +8,9 @@
 #include <bus/v1/broker.pb.h>
 #include <bus/v1/cluster.pb.h>
 
+#include <google/protobuf/descriptor.pb.h>
+#include <google/protobuf/dynamic_message.h>
+#include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 #include <zmq.hpp>
 
@@ -353,6 +356,55 @@ TEST_P(BrokerTest, SysClientsListsClientsWithKernelCredentials) {
         EXPECT_EQ(info.transport(), GetParam());
     }
     EXPECT_TRUE(found);
+}
+
+TEST_P(BrokerTest, SentTypesAreRegisteredSoToolsCanDecodeThem) {
+    auto pub = connect("pub"), tool = connect("tool");
+    std::string payload;
+    tool->subscribe("conns", [&](bus::Message& m) { payload = m.payload(); });
+    flush(tool);
+    bus::v1::NewConn conn;
+    conn.set_id(7);
+    conn.set_peer_address("127.0.0.1:9");
+    pub->publish("conns", conn);
+    ASSERT_TRUE(run_until(io_, [&] { return !payload.empty(); }));
+
+    std::optional<bus::v1::TypeList> list;
+    tool->request("$sys.types", bus::v1::Heartbeat(), 5s, [&](std::error_code ec, bus::Message& m) {
+        ASSERT_FALSE(ec) << ec.message();
+        list = m.as<bus::v1::TypeList>().value();
+    });
+    ASSERT_TRUE(run_until(io_, [&] { return list.has_value(); }));
+    bool listed = false;
+    for (const auto& t : list->types())
+        listed = listed || (t.name() == "bus.v1.NewConn" && t.registered_by() == pub->id());
+    EXPECT_TRUE(listed);
+
+    // Decode with nothing but what the broker hands out: a fresh pool, a dynamic message.
+    std::optional<google::protobuf::FileDescriptorSet> set;
+    tool->request_bytes("$sys.type", "bus.v1.NewConn", 5s,
+                        [&](std::error_code ec, bus::Message& m) {
+                            ASSERT_FALSE(ec) << ec.message();
+                            set = m.as<google::protobuf::FileDescriptorSet>().value();
+                        });
+    ASSERT_TRUE(run_until(io_, [&] { return set.has_value(); }));
+    google::protobuf::DescriptorPool pool;
+    for (const auto& file : set->file())
+        ASSERT_NE(pool.BuildFile(file), nullptr);
+    const auto* type = pool.FindMessageTypeByName("bus.v1.NewConn");
+    ASSERT_NE(type, nullptr);
+    google::protobuf::DynamicMessageFactory factory(&pool);
+    std::unique_ptr<google::protobuf::Message> decoded(factory.GetPrototype(type)->New());
+    ASSERT_TRUE(decoded->ParseFromString(payload));
+    std::string json;
+    ASSERT_TRUE(google::protobuf::util::MessageToJsonString(*decoded, &json).ok());
+    EXPECT_EQ(json, R"({"id":"7","peerAddress":"127.0.0.1:9"})");
+
+    std::optional<std::error_code> unknown;
+    tool->request_bytes("$sys.type", "no.such.Type", 5s,
+                        [&](std::error_code ec, bus::Message&) { unknown = ec; });
+    ASSERT_TRUE(run_until(io_, [&] { return unknown.has_value(); }));
+    EXPECT_EQ(*unknown, bus::errc::no_responders);
 }
 
 TEST_P(BrokerTest, ConnectAndDisconnectAreAnnounced) {

@@ -32,6 +32,8 @@ struct Limits {
     std::size_t client_queue_bytes = 8u << 20;
     std::size_t max_subscriptions = 10000; // per client
     std::size_t max_services = 1000;       // per client
+    std::size_t max_types = 10000;         // in the type registry, in all
+    std::size_t max_type_descriptor_size = 1u << 20;
 };
 
 struct Options {

@@ -23,8 +23,13 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
+
+namespace google::protobuf {
+class Descriptor;
+}
 
 namespace bus {
 
@@ -166,6 +171,7 @@ private:
                       std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds);
     void receive(v1::Envelope& header, std::string_view payload, std::vector<UniqueFd>& fds);
     void handle_control(const v1::Envelope& header, std::string_view payload);
+    void register_type(const google::protobuf::Descriptor* type);
     void link_up();
     void link_down(std::error_code ec);
     void register_everything();
@@ -193,6 +199,8 @@ private:
     };
     std::unordered_map<std::uint64_t, Subscription> subscriptions_;
     std::unordered_map<std::string, ServeHandler> services_;
+    // Types described to the current broker, so tools can decode what we send.
+    std::unordered_set<const google::protobuf::Descriptor*> registered_types_;
     std::unordered_map<std::uint64_t, std::unique_ptr<Pending>> pending_;
     MessageHandler on_direct_;
     EventHandler on_event_;

@@ -21,6 +21,8 @@
 
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/descriptor.pb.h>
 
 #include <algorithm>
 #include <charconv>
@@ -171,6 +173,11 @@ struct Broker::Impl {
     std::unordered_map<std::string, Service> services;
     std::unordered_map<std::uint64_t, InFlight> in_flight;
     std::unordered_map<std::string, v1::SubjectStats> subject_stats;
+    struct Type {
+        std::string descriptor_set; // serialized FileDescriptorSet
+        std::string registered_by;
+    };
+    std::unordered_map<std::string, Type> types;
     std::uint64_t msgs_routed = 0, dropped_total = 0;
     v1::Envelope out; // reused outbound header
 
@@ -527,6 +534,8 @@ struct Broker::Impl {
             }
             return;
         }
+        if (op == "register_type")
+            return register_type(c, in, body);
         if (op == "serve" || op == "unserve") {
             v1::Serve serve;
             if (!serve.ParseFromArray(body.data(), static_cast<int>(body.size())))
@@ -545,6 +554,28 @@ struct Broker::Impl {
             return;
         }
         send_error(c, in.id(), errc::bad_frame, "unknown control operation");
+    }
+
+    // A client's description of a type it sends: kept if it is a consistent set of files that
+    // defines the type it names. The newest registration of a name wins (types evolve).
+    void register_type(Client& c, const v1::Envelope& in, std::string_view body) {
+        const std::string_view url = in.type_url();
+        const std::string name(url.substr(
+            url.starts_with(frame::type_url_prefix) ? frame::type_url_prefix.size() : 0));
+        if (body.size() > options.limits.max_type_descriptor_size)
+            return send_error(c, in.id(), errc::message_too_large, "type descriptor");
+        if (!types.count(name) && types.size() >= options.limits.max_types)
+            return send_error(c, in.id(), errc::forbidden, "type registry full");
+        google::protobuf::FileDescriptorSet set;
+        if (!set.ParseFromArray(body.data(), static_cast<int>(body.size())))
+            return send_error(c, in.id(), errc::bad_frame, "not a FileDescriptorSet");
+        google::protobuf::DescriptorPool pool;
+        for (const auto& file : set.file())
+            if (!pool.BuildFile(file))
+                return send_error(c, in.id(), errc::bad_frame, "inconsistent descriptors");
+        if (!pool.FindMessageTypeByName(name))
+            return send_error(c, in.id(), errc::bad_frame, "the set does not define " + name);
+        types[name] = Type{std::string(body), c.id};
     }
 
     // The header every delivery starts from: what the recipient may see of the sender's.
@@ -618,7 +649,7 @@ struct Broker::Impl {
     void request(Client& c, const v1::Envelope& in, const Payload& payload,
                  std::vector<UniqueFd>& fds) {
         if (is_sys(in.subject()))
-            return sys_request(c, in);
+            return sys_request(c, in, payload.bytes);
         if (!valid_subject(in.subject()))
             return send_error(c, in.id(), errc::invalid_subject, in.subject());
         auto it = services.find(in.subject());
@@ -715,7 +746,7 @@ struct Broker::Impl {
         return s;
     }
 
-    void sys_request(Client& c, const v1::Envelope& in) {
+    void sys_request(Client& c, const v1::Envelope& in, std::string_view payload) {
         const auto& what = in.subject();
         std::unique_ptr<google::protobuf::Message> answer;
         if (what == "$sys.clients") {
@@ -746,6 +777,23 @@ struct Broker::Impl {
                         s->add_instances(instance->id);
             }
             answer = std::move(list);
+        } else if (what == "$sys.types") {
+            auto list = std::make_unique<v1::TypeList>();
+            for (const auto& [name, type] : types) {
+                auto* t = list->add_types();
+                t->set_name(name);
+                t->set_registered_by(type.registered_by);
+                t->set_descriptor_bytes(static_cast<std::uint32_t>(type.descriptor_set.size()));
+            }
+            answer = std::move(list);
+        } else if (what == "$sys.type") {
+            // The request's payload names the type; the answer is its FileDescriptorSet.
+            auto it = types.find(std::string(payload));
+            if (it == types.end())
+                return send_error(c, in.id(), errc::no_responders, "unknown type");
+            auto set = std::make_unique<google::protobuf::FileDescriptorSet>();
+            set->ParseFromString(it->second.descriptor_set);
+            answer = std::move(set);
         } else if (what == "$sys.stats") {
             answer = std::make_unique<v1::BrokerStats>(make_stats());
         } else {

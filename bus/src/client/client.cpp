@@ -7,6 +7,8 @@
 
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/descriptor.pb.h>
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -224,6 +226,7 @@ struct Client::Pending {
 void Responder::reply(const google::protobuf::Message& message, Fds fds) {
     if (auto c = client_.lock(); c && !done_) {
         done_ = true;
+        c->register_type(message.GetDescriptor());
         c->respond(id_, v1::KIND_REPLY, {}, frame::type_url_of(message),
                    message.SerializeAsString(), std::move(fds));
     }
@@ -379,7 +382,32 @@ void Client::send_control(std::string_view op, const google::protobuf::Message* 
     send(header, body ? body->SerializeAsString() : std::string(), {});
 }
 
+// The file that defines `type` and everything it imports, imports first.
+static void collect_files(const google::protobuf::FileDescriptor* file,
+                          std::unordered_set<const google::protobuf::FileDescriptor*>& seen,
+                          google::protobuf::FileDescriptorSet& set) {
+    if (!seen.insert(file).second)
+        return;
+    for (int i = 0; i < file->dependency_count(); ++i)
+        collect_files(file->dependency(i), seen, set);
+    file->CopyTo(set.add_file());
+}
+
+void Client::register_type(const google::protobuf::Descriptor* type) {
+    if (!registered_types_.insert(type).second)
+        return;
+    google::protobuf::FileDescriptorSet set;
+    std::unordered_set<const google::protobuf::FileDescriptor*> seen;
+    collect_files(type->file(), seen, set);
+    v1::Envelope header;
+    header.set_kind(v1::KIND_CONTROL);
+    header.set_subject("register_type");
+    header.set_type_url(std::string(frame::type_url_prefix) + type->full_name());
+    send(header, set.SerializeAsString(), {});
+}
+
 void Client::publish(std::string_view subject, const google::protobuf::Message& message) {
+    register_type(message.GetDescriptor());
     v1::Envelope header;
     header.set_kind(v1::KIND_PUBLISH);
     header.set_subject(std::string(subject));
@@ -434,6 +462,7 @@ void Client::unserve(std::string_view service) {
 
 void Client::request(std::string_view service, const google::protobuf::Message& message,
                      std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds) {
+    register_type(message.GetDescriptor());
     send_request(service, frame::type_url_of(message), message.SerializeAsString(), timeout,
                  std::move(handler), std::move(fds));
 }
@@ -473,6 +502,7 @@ void Client::send_request(std::string_view service, std::string_view type_url,
 
 void Client::send_to(std::string_view client_id, const google::protobuf::Message& message,
                      Fds fds) {
+    register_type(message.GetDescriptor());
     v1::Envelope header;
     header.set_kind(v1::KIND_DIRECT);
     header.set_subject(std::string(client_id));
@@ -593,6 +623,7 @@ void Client::handle_control(const v1::Envelope& header, std::string_view payload
         id_ = welcome.client_id();
         if (restarted) {
             // A new broker knows nothing of us: introduce ourselves again.
+            registered_types_.clear();
             v1::Hello hello;
             hello.set_name(options_.name);
             send_control("hello", &hello);
@@ -635,6 +666,7 @@ void Client::register_everything() {
 void Client::link_up() {
     // A new connection is a new client to the broker, restarted or not.
     broker_id_.clear();
+    registered_types_.clear();
     last_heard_ = Clock::now();
     v1::Hello hello;
     hello.set_name(options_.name);

@@ -3,6 +3,9 @@
 // (ipc://) and the channel framing (unix://).
 #include "../support/test_support.hpp"
 
+#include <utility> // before Asio's awaitable.hpp (Boost 1.74 misses it: DESIGN.md)
+
+#include <bus/broker.hpp>
 #include <bus/child_process.hpp>
 #include <bus/client.hpp>
 #include <bus/v1/broker.pb.h>
@@ -14,7 +17,10 @@
 #include <gtest/gtest.h>
 #include <zmq.hpp>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <csignal>
 #include <cstdlib>
@@ -572,6 +578,64 @@ TEST_P(BrokerTest, ClientReconnectsAfterABrokerRestartAndResubscribes) {
         20s));
 }
 
+// --- the broker as a library, and a child on the parent's channel -------------------------------
+
+TEST(BrokerLibrary, ChildOnItsParentsChannelUsesTheBusWithTheSameApi) {
+    boost::asio::io_context io;
+    char tmpl[] = "/tmp/bus-lib-XXXXXX";
+    const std::string dir = ::mkdtemp(tmpl);
+    bus::broker::Options options;
+    options.endpoints = {"unix://" + dir + "/busd.sock"};
+    auto broker = bus::broker::Broker::start(io, options);
+    ASSERT_TRUE(broker) << broker.error().message();
+    // A child whose only link to the bus is its channel to us (as busd's workers have).
+    auto child = bus::spawn(io, {self_exe, "--child", "from-parent", "-", "child.echo"});
+    ASSERT_TRUE(child);
+    broker.value()->adopt(child.value()->channel());
+
+    auto client = bus::Client::connect(io, options.endpoints[0]).value();
+    // Blocking convenience: retried until the child serves.
+    bus::v1::Heartbeat ping;
+    ping.set_seq(41);
+    bus::Result<bus::Message> reply = bus::errc::no_responders;
+    for (int i = 0; i < 200 && !reply; ++i) {
+        reply = client->request_wait("child.echo", ping, 1s);
+        if (!reply)
+            run_until(
+                io, [] { return false; }, 20ms);
+    }
+    ASSERT_TRUE(reply) << reply.error().message();
+    EXPECT_EQ(reply.value().as<bus::v1::Heartbeat>().value().seq(), 42u);
+    EXPECT_NE(reply.value().envelope.source(), client->id());
+
+    // Completion tokens: the same call as a C++20 coroutine.
+    std::optional<std::uint64_t> awaited;
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+            bus::v1::Heartbeat again;
+            again.set_seq(99);
+            // Error first, as everywhere: the coroutine gets (error_code, Message), no throw.
+            auto [ec, m] =
+                co_await client->async_request("child.echo", again, 5s, boost::asio::use_awaitable);
+            if (!ec)
+                awaited = m.as<bus::v1::Heartbeat>().value().seq();
+        },
+        boost::asio::detached);
+    ASSERT_TRUE(run_until(io, [&] { return awaited.has_value(); }));
+    EXPECT_EQ(*awaited, 100u);
+
+    // The child exits when its channel closes.
+    std::optional<int> code;
+    child.value()->on_exit([&](int c, int) { code = c; });
+    child.value()->channel()->close();
+    ASSERT_TRUE(run_until(io, [&] { return code.has_value(); }));
+    EXPECT_EQ(*code, 0);
+    client.reset();
+    broker.value().reset();
+    std::filesystem::remove_all(dir);
+}
+
 // --- the daemon itself ---------------------------------------------------------------------
 
 TEST(Busd, SecondInstanceOnTheSameEndpointRefusesClearly) {
@@ -616,6 +680,23 @@ int child_main(const std::string& mode, const std::string& endpoint, const std::
     bus::ClientOptions options;
     options.name = mode == "sub-stall" ? "stalled" : mode;
     options.heartbeat = 200ms;
+    if (mode == "from-parent") {
+        // Serves `arg`, answering seq + 1, over the channel it was started with.
+        auto parent = bus::Client::from_parent(io, options);
+        if (!parent)
+            return 3;
+        parent.value()->serve(arg, [](bus::Message& m, bus::Responder& r) {
+            bus::v1::Heartbeat b;
+            b.set_seq(m.as<bus::v1::Heartbeat>().value().seq() + 1);
+            r.reply(b);
+        });
+        parent.value()->on_event([&](const bus::ClientEvent& e) {
+            if (e.kind == bus::ClientEvent::Kind::disconnected)
+                io.stop();
+        });
+        io.run();
+        return 0;
+    }
     auto client = bus::Client::connect(io, endpoint, options);
     if (!client)
         return 2;

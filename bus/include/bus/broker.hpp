@@ -23,6 +23,10 @@
 
 #include <sys/types.h>
 
+namespace bus {
+class Channel;
+}
+
 namespace bus::broker {
 
 struct Limits {
@@ -56,6 +60,11 @@ public:
     ~Broker();
     Broker(const Broker&) = delete;
     Broker& operator=(const Broker&) = delete;
+
+    // Serves a client on an already connected channel (bus serialization): how busd talks to
+    // the workers it starts, which pick the channel up with Client::from_parent. The peer's
+    // credentials come from the kernel, as for unix:// clients.
+    void adopt(std::shared_ptr<Channel> channel);
 
     const std::vector<std::string>& endpoints() const noexcept;
     v1::BrokerStats stats() const;

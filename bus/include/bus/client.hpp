@@ -123,7 +123,8 @@ public:
                        std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds = {});
 
     // The same with an Asio completion token (use_awaitable, use_future, a callback):
-    // completes with (error_code, Message).
+    // completes with (std::error_code, Message); `co_await ... use_awaitable` yields them as a
+    // tuple (Asio 1.74 throws only for boost::system::error_code), so errors stay values.
     template <class Token>
     auto async_request(std::string_view service, const google::protobuf::Message& message,
                        std::chrono::milliseconds timeout, Token&& token) {
@@ -151,6 +152,12 @@ public:
     // after it, this client's subscriptions and services are in place.
     void flush(std::function<void(std::error_code)> handler,
                std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+    // Blocking conveniences for simple programs: they run the client's io_context until the
+    // call completes, so use them only where nothing else runs that loop.
+    Result<Message> request_wait(std::string_view service, const google::protobuf::Message& message,
+                                 std::chrono::milliseconds timeout);
+    std::error_code flush_wait(std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
     // The id the broker gave this client; empty until welcomed.
     const std::string& id() const noexcept { return id_; }

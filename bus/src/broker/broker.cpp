@@ -320,22 +320,27 @@ struct Broker::Impl {
 
     void adopt_unix(UniqueFd fd) {
         ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
-        ucred cred{};
-        socklen_t len = sizeof cred;
-        if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
-            !allowed(cred.uid, cred.gid))
-            return; // closed: not ours to serve
         ChannelOptions channel_options;
         channel_options.max_message_size = options.limits.max_message_size;
         channel_options.high_water_mark = options.limits.client_queue_bytes;
         auto channel = Channel::adopt(io, std::move(fd), channel_options);
-        if (!channel)
+        if (channel)
+            adopt_channel(std::move(channel).value());
+    }
+
+    void adopt_channel(std::shared_ptr<Channel> channel) {
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        if (::getsockopt(channel->native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+            !allowed(cred.uid, cred.gid)) {
+            channel->disconnect(); // not ours to serve
             return;
+        }
         auto& c = add_client(false);
         c.pid = static_cast<std::uint32_t>(cred.pid);
         c.uid = cred.uid;
         c.gid = cred.gid;
-        c.channel = std::move(channel).value();
+        c.channel = std::move(channel);
         const auto num = c.num;
         c.channel->on_envelope([this, num](v1::Envelope& header, std::string_view payload,
                                            std::vector<UniqueFd>& fds) {
@@ -874,8 +879,8 @@ struct Broker::Impl {
             header.SerializeWithCachedSizesToArray(static_cast<std::uint8_t*>(head.data()));
             zmq::message_t body;
             if (payload.frame)
-                body.copy(*payload.frame); // shares the frame's buffer, no byte copy
-            else
+                body.copy(*payload.frame);   // shares the frame's buffer, no byte copy
+            else if (!payload.bytes.empty()) // (a null pointer must not reach memcpy)
                 body.rebuild(payload.bytes.data(), payload.bytes.size());
             // ROUTER checks the peer's queue on the first frame only: if that is accepted,
             // the others are too.
@@ -1031,6 +1036,10 @@ Result<std::unique_ptr<Broker>> Broker::start(boost::asio::io_context& io, Optio
         return ec;
     impl->tick();
     return std::unique_ptr<Broker>(new Broker(std::move(impl)));
+}
+
+void Broker::adopt(std::shared_ptr<Channel> channel) {
+    impl_->adopt_channel(std::move(channel));
 }
 
 const std::vector<std::string>& Broker::endpoints() const noexcept {

@@ -179,7 +179,9 @@ public:
         try {
             if (!socket_.send(head, zmq::send_flags::sndmore | zmq::send_flags::dontwait))
                 return false;
-            socket_.send(zmq::buffer(payload.data(), payload.size()), zmq::send_flags::none);
+            static const char empty = 0; // an empty view's data() may be null
+            socket_.send(zmq::buffer(payload.empty() ? &empty : payload.data(), payload.size()),
+                         zmq::send_flags::none);
         } catch (const zmq::error_t&) {
             return false;
         }
@@ -547,6 +549,35 @@ void Client::flush(std::function<void(std::error_code)> handler,
     });
     pending_.emplace(id, std::move(pending));
     send_control("ping", nullptr, id);
+}
+
+// --- blocking conveniences ------
+
+Result<Message> Client::request_wait(std::string_view service,
+                                     const google::protobuf::Message& message,
+                                     std::chrono::milliseconds timeout) {
+    std::optional<std::error_code> result;
+    Message reply;
+    request(service, message, timeout, [&](std::error_code ec, Message& m) {
+        result = ec;
+        reply = std::move(m);
+    });
+    // The request's own timer bounds this loop.
+    while (!result && !io_.stopped())
+        io_.run_one();
+    if (!result)
+        return errc::channel_closed;
+    if (*result)
+        return *result;
+    return reply;
+}
+
+std::error_code Client::flush_wait(std::chrono::milliseconds timeout) {
+    std::optional<std::error_code> result;
+    flush([&](std::error_code ec) { result = ec; }, timeout);
+    while (!result && !io_.stopped())
+        io_.run_one();
+    return result ? *result : make_error_code(errc::channel_closed);
 }
 
 // --- receiving ---------------------------------------------------------------------------------

@@ -578,6 +578,41 @@ TEST_P(BrokerTest, ClientReconnectsAfterABrokerRestartAndResubscribes) {
         20s));
 }
 
+TEST(BusdAccess, RulesConfineAUidToItsSubjectsAndOthersAreRefused) {
+    if (::getuid() != 0)
+        GTEST_SKIP() << "needs root to run clients under other uids";
+    boost::asio::io_context io;
+    char tmpl[] = "/tmp/bus-acl-XXXXXX";
+    const std::string conf_dir = ::mkdtemp(tmpl);
+    const std::string conf = conf_dir + "/busd.toml";
+    std::ofstream(conf) << "[[access.rules]]\nuid = 65534\npublish = [\"allowed.>\"]\n"
+                           "subscribe = [\"allowed.>\"]\n";
+    Busd busd(io, {"-c", conf});
+    // Let other uids reach the socket; the broker's own check is what is under test.
+    ::chmod(busd.dir().c_str(), 0711);
+    ::chmod((busd.dir() + "/busd.sock").c_str(), 0666);
+    auto watcher = bus::Client::connect(io, busd.unix()).value();
+    std::vector<std::string> seen;
+    watcher->subscribe("*.x", [&](bus::Message& m) { seen.push_back(m.envelope.subject()); });
+    ASSERT_FALSE(watcher->flush_wait());
+
+    auto run_as = [&](const char* uid) {
+        auto p = bus::spawn(io, {"setpriv", "--reuid", uid, "--regid", uid, "--clear-groups",
+                                 self_exe, "--child", "restricted", busd.unix(), "-"});
+        EXPECT_TRUE(p);
+        std::optional<int> code;
+        p.value()->on_exit([&](int c, int) { code = c; });
+        EXPECT_TRUE(run_until(
+            io, [&] { return code.has_value(); }, 20s));
+        return code.value_or(-1);
+    };
+    EXPECT_EQ(run_as("65534"), 0); // exactly the two out-of-bounds calls were forbidden
+    ASSERT_FALSE(watcher->flush_wait());
+    EXPECT_EQ(seen, (std::vector<std::string>{"allowed.x"}));
+    EXPECT_EQ(run_as("65533"), 4); // no rule, not allowed: the broker hangs up
+    std::filesystem::remove_all(conf_dir);
+}
+
 // --- the broker as a library, and a child on the parent's channel -------------------------------
 
 TEST(BrokerLibrary, ChildOnItsParentsChannelUsesTheBusWithTheSameApi) {
@@ -701,6 +736,23 @@ int child_main(const std::string& mode, const std::string& endpoint, const std::
     if (!client)
         return 2;
     auto c = client.value();
+    if (mode == "restricted") {
+        // Two calls within its rule, two outside it: exit 0 if exactly the latter are refused,
+        // 4 if the broker does not serve it at all.
+        int forbidden = 0, other = 0;
+        c->on_event([&](const bus::ClientEvent& e) {
+            if (e.kind != bus::ClientEvent::Kind::error)
+                return;
+            (e.error == bus::errc::forbidden ? forbidden : other)++;
+        });
+        c->subscribe("allowed.>", [](bus::Message&) {});
+        c->subscribe("denied.>", [](bus::Message&) {});
+        c->publish_bytes("allowed.x", "ok");
+        c->publish_bytes("denied.x", "no");
+        if (c->flush_wait(3s))
+            return 4;
+        return forbidden == 2 && other == 0 ? 0 : 1;
+    }
     if (mode == "serve-hold") {
         // Answers "<arg>.ready" (so the test knows it serves) and holds every "<arg>" request.
         c->serve(arg + ".ready", [](bus::Message&, bus::Responder& r) { r.reply_bytes("yes"); });

@@ -40,6 +40,32 @@ TEST(Subject, Matching) {
     EXPECT_FALSE(bus::subject_matches("a.b.c", "a.b"));
 }
 
+TEST(Subject, Covers) {
+    EXPECT_TRUE(bus::pattern_covers("orders.>", "orders.*.created"));
+    EXPECT_TRUE(bus::pattern_covers("orders.>", "orders.>"));
+    EXPECT_TRUE(bus::pattern_covers("orders.*", "orders.eu"));
+    EXPECT_TRUE(bus::pattern_covers(">", "anything.>"));
+    EXPECT_FALSE(bus::pattern_covers("orders.*", "orders.>"));
+    EXPECT_FALSE(bus::pattern_covers("orders.eu", "orders.*"));
+    EXPECT_FALSE(bus::pattern_covers("orders.>", "orders"));
+    EXPECT_FALSE(bus::pattern_covers("orders.>", ">"));
+    // Against the reference: covers(a, p) means every subject p matches, a matches too.
+    const std::vector<std::string> pats = {"a", "a.b",   "a.*",   "*.b", "a.>",   ">",
+                                           "*", "a.*.c", "a.b.c", "*.*", "a.b.>", "*.>"};
+    const std::vector<std::string> subjects = {"a",     "b",     "a.b",     "a.c",  "b.b",
+                                               "a.b.c", "a.x.c", "a.b.c.d", "x.y.z"};
+    for (const auto& a : pats)
+        for (const auto& p : pats) {
+            bool implied = true;
+            for (const auto& s : subjects)
+                if (bus::subject_matches(p, s) && !bus::subject_matches(a, s))
+                    implied = false;
+            if (bus::pattern_covers(a, p)) {
+                EXPECT_TRUE(implied) << a << " claims to cover " << p;
+            }
+        }
+}
+
 TEST(SubjectTrie, FindsExactlyTheMatchingPatterns) {
     bus::SubjectTrie<int> trie;
     const std::vector<std::string> patterns = {

@@ -18,6 +18,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,15 @@ struct Limits {
     std::size_t max_type_descriptor_size = 1u << 20;
 };
 
+// Restricts the clients of one uid (or gid) to some subjects. A client no rule names is not
+// restricted; busd's own uid never is. A rule also lets its uid/gid connect.
+struct AccessRule {
+    std::optional<uid_t> uid;
+    std::optional<gid_t> gid;
+    std::vector<std::string> publish;   // patterns: what it may publish and request
+    std::vector<std::string> subscribe; // patterns: what it may subscribe to and serve
+};
+
 struct Options {
     // "ipc://PATH" and/or "unix://PATH"; empty: both, in the per-user runtime directory.
     std::vector<std::string> endpoints;
@@ -47,6 +57,7 @@ struct Options {
     // Who may connect besides the broker's own uid (peer credentials from the kernel).
     std::vector<uid_t> allowed_uids;
     std::vector<gid_t> allowed_gids;
+    std::vector<AccessRule> rules;
     // Pings both ways; a ZeroMQ client silent for 3 intervals is dropped.
     std::chrono::milliseconds heartbeat{1000};
 };

@@ -16,6 +16,11 @@
 //   [access]
 //   allow_uids = [1001]             # besides busd's own uid
 //   allow_gids = [100]
+//
+//   [[access.rules]]                # clients of uid 1001 are confined to these subjects
+//   uid = 1001                      # (or gid = ...)
+//   publish = ["orders.>"]          # publish and request
+//   subscribe = ["orders.>", "$sys.client.>"]   # subscribe and serve
 #pragma once
 
 #include "bus/broker.hpp"

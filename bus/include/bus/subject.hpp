@@ -26,6 +26,10 @@ bool valid_pattern(std::string_view pattern) noexcept;
 // Whether `pattern` matches `subject` (both assumed valid).
 bool subject_matches(std::string_view pattern, std::string_view subject) noexcept;
 
+// Whether every subject `pattern` matches is also matched by `allowed` (both valid patterns):
+// how access rules decide whether a subscription stays within what a client may see.
+bool pattern_covers(std::string_view allowed, std::string_view pattern) noexcept;
+
 // Splits on '.', without allocating for up to max_subject_tokens tokens.
 class SubjectTokens {
 public:

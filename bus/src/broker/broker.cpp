@@ -117,6 +117,7 @@ struct Broker::Impl {
         Clock::time_point last_seen;
         bool allowed = true;
         bool announced = false;
+        const AccessRule* rule = nullptr; // restrictions, if a rule names it
         std::uint64_t msgs_in = 0, msgs_out = 0, bytes_in = 0, bytes_out = 0, dropped = 0;
         std::uint64_t unreported_drops = 0; // told with the next message it can take
         struct Sub {
@@ -309,8 +310,33 @@ struct Broker::Impl {
             });
     }
 
-    bool allowed(std::uint32_t uid, std::uint32_t gid) const {
+    const AccessRule* rule_for(std::uint32_t uid, std::uint32_t gid) const {
         if (uid == ::getuid())
+            return nullptr;
+        for (const auto& rule : options.rules)
+            if ((rule.uid && *rule.uid == uid) || (rule.gid && *rule.gid == gid))
+                return &rule;
+        return nullptr;
+    }
+
+    // May publish (or request) `subject`.
+    static bool may_publish(const Client& c, std::string_view subject) {
+        if (!c.rule)
+            return true;
+        return std::any_of(c.rule->publish.begin(), c.rule->publish.end(),
+                           [&](const std::string& p) { return subject_matches(p, subject); });
+    }
+
+    // May subscribe to (or serve) everything `pattern` matches.
+    static bool may_subscribe(const Client& c, std::string_view pattern) {
+        if (!c.rule)
+            return true;
+        return std::any_of(c.rule->subscribe.begin(), c.rule->subscribe.end(),
+                           [&](const std::string& a) { return pattern_covers(a, pattern); });
+    }
+
+    bool allowed(std::uint32_t uid, std::uint32_t gid) const {
+        if (uid == ::getuid() || rule_for(uid, gid))
             return true;
         const auto& u = options.allowed_uids;
         const auto& g = options.allowed_gids;
@@ -340,6 +366,7 @@ struct Broker::Impl {
         c.pid = static_cast<std::uint32_t>(cred.pid);
         c.uid = cred.uid;
         c.gid = cred.gid;
+        c.rule = rule_for(c.uid, c.gid);
         c.channel = std::move(channel);
         const auto num = c.num;
         c.channel->on_envelope([this, num](v1::Envelope& header, std::string_view payload,
@@ -447,6 +474,7 @@ struct Broker::Impl {
             credentials = p.size() > 0 || fields[2] != 0;
         }
         c.allowed = credentials && allowed(c.uid, c.gid);
+        c.rule = rule_for(c.uid, c.gid);
         return c;
     }
 
@@ -523,6 +551,8 @@ struct Broker::Impl {
                 return send_error(c, in.id(), errc::bad_frame, "bad subscribe");
             if (!valid_pattern(sub.pattern()) || !clean_label(sub.queue_group(), 128))
                 return send_error(c, sub.sid(), errc::invalid_subject, sub.pattern());
+            if (!may_subscribe(c, sub.pattern()))
+                return send_error(c, sub.sid(), errc::forbidden, sub.pattern());
             if (c.subs.size() >= options.limits.max_subscriptions || c.subs.count(sub.sid()))
                 return send_error(c, sub.sid(), errc::forbidden, "subscription limit or id reused");
             subscriptions.insert(sub.pattern(), SubRef{c.num, sub.sid(), sub.queue_group()});
@@ -548,6 +578,8 @@ struct Broker::Impl {
             const std::string& name = serve.service();
             if (!valid_subject(name) || is_sys(name))
                 return send_error(c, in.id(), errc::invalid_subject, name);
+            if (!may_subscribe(c, name))
+                return send_error(c, in.id(), errc::forbidden, name);
             if (op == "serve") {
                 if (c.services.size() >= options.limits.max_services)
                     return send_error(c, in.id(), errc::forbidden, "service limit");
@@ -619,6 +651,8 @@ struct Broker::Impl {
             return send_error(c, in.id(), errc::invalid_subject, in.subject());
         if (is_sys(in.subject()))
             return send_error(c, in.id(), errc::forbidden, "$sys is the broker's");
+        if (!may_publish(c, in.subject()))
+            return send_error(c, in.id(), errc::forbidden, in.subject());
         if (!fds.empty())
             return send_error(c, in.id(), errc::fds_not_supported,
                               "file descriptors go to one receiver: use a request or send_to");
@@ -657,6 +691,8 @@ struct Broker::Impl {
             return sys_request(c, in, payload.bytes);
         if (!valid_subject(in.subject()))
             return send_error(c, in.id(), errc::invalid_subject, in.subject());
+        if (!may_publish(c, in.subject()))
+            return send_error(c, in.id(), errc::forbidden, in.subject());
         auto it = services.find(in.subject());
         if (it == services.end() || it->second.instances.empty())
             return send_error(c, in.id(), errc::no_responders, in.subject());

@@ -1,6 +1,7 @@
 #include "bus/broker_config.hpp"
 
 #include "bus/endpoint.hpp"
+#include "bus/subject.hpp"
 
 #include <toml++/toml.h>
 
@@ -73,6 +74,21 @@ public:
         }
     }
 
+    void patterns(const toml::table* t, const std::string& section, const char* key,
+                  std::vector<std::string>& out) const {
+        const auto* node = t->get(key);
+        if (!node)
+            return;
+        const std::string name = section + "." + key;
+        if (!node->is_array())
+            fail(name, "must be an array of subject patterns");
+        for (const auto& item : *node->as_array()) {
+            if (!item.is_string() || !valid_pattern(item.as_string()->get()))
+                fail(name, "must be an array of subject patterns (tokens, *, >)");
+            out.push_back(item.as_string()->get());
+        }
+    }
+
 private:
     std::string path_;
     toml::table& root_;
@@ -123,9 +139,33 @@ Options load_config(const std::string& path) {
         r.integer(limits, "limits", "max_services", l.max_services, 1, 100000);
     }
     if (const auto* access = r.section("access")) {
-        r.only(*access, "access", {"allow_uids", "allow_gids"});
+        r.only(*access, "access", {"allow_uids", "allow_gids", "rules"});
         r.id_list(access, "access", "allow_uids", options.allowed_uids);
         r.id_list(access, "access", "allow_gids", options.allowed_gids);
+        if (const auto* rules = access->get("rules")) {
+            if (!rules->is_array_of_tables())
+                r.fail("access.rules", "must be an array of tables ([[access.rules]])");
+            int index = 0;
+            for (const auto& node : *rules->as_array()) {
+                const std::string key = "access.rules[" + std::to_string(index++) + "]";
+                const auto& t = *node.as_table();
+                r.only(t, key, {"uid", "gid", "publish", "subscribe"});
+                AccessRule rule;
+                std::int64_t id = -1;
+                r.integer(&t, key, "uid", id, 0, 0xfffffffe);
+                if (id >= 0)
+                    rule.uid = static_cast<uid_t>(id);
+                id = -1;
+                r.integer(&t, key, "gid", id, 0, 0xfffffffe);
+                if (id >= 0)
+                    rule.gid = static_cast<gid_t>(id);
+                if (!rule.uid && !rule.gid)
+                    r.fail(key, "needs a uid or a gid");
+                r.patterns(&t, key, "publish", rule.publish);
+                r.patterns(&t, key, "subscribe", rule.subscribe);
+                options.rules.push_back(std::move(rule));
+            }
+        }
     }
     return options;
 }

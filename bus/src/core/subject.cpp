@@ -66,4 +66,19 @@ bool subject_matches(std::string_view pattern, std::string_view subject) noexcep
     return p.size() == s.size();
 }
 
+bool pattern_covers(std::string_view allowed, std::string_view pattern) noexcept {
+    const SubjectTokens a(allowed), p(pattern);
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        if (a[i] == ">")
+            return i < p.size(); // one or more tokens, whatever p has there
+        if (i >= p.size() || p[i] == ">")
+            return false; // p reaches deeper than a fixed-length a
+        if (a[i] == "*")
+            continue; // p's token is one token, literal or *
+        if (p[i] == "*" || a[i] != p[i])
+            return false;
+    }
+    return a.size() == p.size();
+}
+
 } // namespace bus

@@ -27,6 +27,7 @@
 #include <fstream>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <thread>
 
 namespace {
 
@@ -514,6 +515,69 @@ TEST_P(BrokerTest, SubscriberThatFellBehindIsToldHowManyItLost) {
     EXPECT_GT(got, 0);
 }
 
+TEST_P(BrokerTest, RequesterKilledMidRequestCostsTheServiceNothing) {
+    auto server = connect("server");
+    std::vector<bus::Responder> held;
+    int answered = 0;
+    server->serve("hold", [&](bus::Message& m, bus::Responder& r) {
+        if (m.payload() == "hold") {
+            held.push_back(r);
+        } else {
+            r.reply_bytes("now");
+            ++answered;
+        }
+    });
+    flush(server);
+    auto requester = child("request-hold", "hold");
+    ASSERT_TRUE(run_until(
+        io_, [&] { return !held.empty(); }, 20s));
+    requester->kill(SIGKILL);
+    run_until(
+        io_, [] { return false; }, 300ms);
+    held.front().reply_bytes("too late"); // dropped by the broker: nobody waits for it
+    flush(server);
+    auto caller = connect();
+    std::optional<std::error_code> result;
+    caller->request_bytes("hold", "answer", 5s,
+                          [&](std::error_code ec, bus::Message&) { result = ec; });
+    ASSERT_TRUE(run_until(io_, [&] { return result.has_value(); }));
+    EXPECT_FALSE(*result);
+    EXPECT_EQ(answered, 1);
+}
+
+TEST_P(BrokerTest, PublishReportsBackpressureBeforeMemoryRunsAway) {
+    auto pub = connect();
+    const std::string payload(1024, 'p');
+    int accepted = 0;
+    // The loop does not run here, so nothing leaves this process's queue: publish() must say
+    // "slow down" after a bounded amount (unix:// channel high-water mark; ZeroMQ's SNDHWM).
+    while (pub->publish_bytes("nowhere", payload) && accepted < 1000000)
+        ++accepted;
+    EXPECT_LT(accepted, 1000000);
+    flush(pub); // and everything queued still goes out
+}
+
+TEST_P(BrokerTest, AFloodingClientDoesNotStarveOthers) {
+    auto server = connect("server"), caller = connect("caller");
+    server->serve("quick", [](bus::Message&, bus::Responder& r) { r.reply_bytes("ok"); });
+    flush(server);
+    auto flooder = child("flood", "flood.subject");
+    // While it publishes as fast as it can, requests between two other clients still go
+    // through promptly.
+    run_until(
+        io_, [] { return false; }, 300ms);
+    for (int i = 0; i < 20; ++i) {
+        std::optional<std::error_code> result;
+        const auto start = std::chrono::steady_clock::now();
+        caller->request_bytes("quick", "?", 5s,
+                              [&](std::error_code ec, bus::Message&) { result = ec; });
+        ASSERT_TRUE(run_until(io_, [&] { return result.has_value(); }));
+        EXPECT_FALSE(*result) << result->message();
+        EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+    }
+    EXPECT_TRUE(flooder->running());
+}
+
 TEST_P(BrokerTest, GarbageFromOneClientCostsOnlyThatClient) {
     auto good = connect();
     // A raw connection that sends garbage.
@@ -694,6 +758,32 @@ TEST(Busd, SigtermStopsCleanlyAndRemovesItsSockets) {
     EXPECT_FALSE(std::filesystem::exists(dir + "/busd.sock"));
 }
 
+TEST(Busd, DaemonModeDetachesWritesItsPidAndServes) {
+    char tmpl[] = "/tmp/bus-daemon-XXXXXX";
+    const std::string dir = ::mkdtemp(tmpl);
+    const std::string pid_file = dir + "/busd.pid";
+    const int rc = std::system((busd_bin + " --daemon --pid-file " + pid_file + " --log-file " +
+                                dir + "/busd.log -e unix://" + dir + "/busd.sock")
+                                   .c_str());
+    ASSERT_EQ(WEXITSTATUS(rc), 0); // returns once the daemon serves
+    pid_t pid = 0;
+    std::ifstream(pid_file) >> pid;
+    ASSERT_GT(pid, 0);
+    EXPECT_EQ(::kill(pid, 0), 0);
+    boost::asio::io_context io;
+    auto client = bus::Client::connect(io, "unix://" + dir + "/busd.sock");
+    ASSERT_TRUE(client) << client.error().message();
+    EXPECT_FALSE(client.value()->flush_wait());
+    ::kill(pid, SIGTERM);
+    for (int i = 0; i < 100 && ::kill(pid, 0) == 0; ++i)
+        std::this_thread::sleep_for(20ms);
+    EXPECT_NE(::kill(pid, 0), 0);
+    std::ifstream log(dir + "/busd.log");
+    std::string text((std::istreambuf_iterator<char>(log)), {});
+    EXPECT_NE(text.find("busd: serving"), std::string::npos) << text;
+    std::filesystem::remove_all(dir);
+}
+
 TEST(Busd, BadConfigIsRefusedNamingTheKey) {
     char tmpl[] = "/tmp/bus-config-XXXXXX";
     const std::string dir = ::mkdtemp(tmpl);
@@ -752,6 +842,22 @@ int child_main(const std::string& mode, const std::string& endpoint, const std::
         if (c->flush_wait(3s))
             return 4;
         return forbidden == 2 && other == 0 ? 0 : 1;
+    }
+    if (mode == "request-hold") {
+        c->request_bytes(arg, "hold", 60s, [](std::error_code, bus::Message&) {});
+        io.run();
+        return 0;
+    }
+    if (mode == "flood") {
+        const std::string payload(256, 'f');
+        std::function<void()> burst = [&] {
+            for (int i = 0; i < 1000; ++i)
+                c->publish_bytes(arg, payload);
+            boost::asio::post(io, burst);
+        };
+        burst();
+        io.run();
+        return 0;
     }
     if (mode == "serve-hold") {
         // Answers "<arg>.ready" (so the test knows it serves) and holds every "<arg>" request.

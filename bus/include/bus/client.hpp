@@ -92,8 +92,10 @@ public:
                                                        ClientOptions options = {});
     ~Client();
 
-    void publish(std::string_view subject, const google::protobuf::Message& message);
-    void publish_bytes(std::string_view subject, std::string_view payload);
+    // False when the link's queue is past its high-water mark (the message is still queued:
+    // slow down) or the message could not be queued at all (an error event says why).
+    bool publish(std::string_view subject, const google::protobuf::Message& message);
+    bool publish_bytes(std::string_view subject, std::string_view payload);
 
     // `*` matches one token, `>` the rest. With a queue group, each message goes to one
     // member of the group. Returns the subscription's id, for unsubscribe().
@@ -170,7 +172,7 @@ public:
 private:
     Client(boost::asio::io_context& io, ClientOptions options);
     void start();
-    void send(v1::Envelope& header, std::string_view payload, Fds fds,
+    bool send(v1::Envelope& header, std::string_view payload, Fds fds,
               std::uint64_t request_id = 0);
     void send_control(std::string_view op, const google::protobuf::Message* body,
                       std::uint64_t id = 0);

@@ -10,6 +10,9 @@
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor.pb.h>
 
+#include <cstring>
+#include <deque>
+
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -72,8 +75,10 @@ Result<UniqueFd> connect_unix(const std::string& path) {
 struct Client::Link {
     virtual ~Link() = default;
     virtual bool carries_fds() const = 0;
-    // False when the message could not be queued (link down, or its queue full).
-    virtual bool send(const v1::Envelope& header, std::string_view payload, Fds fds) = 0;
+    enum class Sent { ok, ok_but_full, failed };
+    // failed: not queued (link down, or its queue full); ok_but_full: queued, past the
+    // high-water mark.
+    virtual Sent send(const v1::Envelope& header, std::string_view payload, Fds fds) = 0;
     // ZeroMQ hides its connection: only heartbeats tell that the broker went away.
     virtual bool needs_heartbeat_timeout() const = 0;
 };
@@ -102,11 +107,10 @@ public:
 
     bool carries_fds() const override { return true; }
     bool needs_heartbeat_timeout() const override { return false; }
-    bool send(const v1::Envelope& header, std::string_view payload, Fds fds) override {
+    Sent send(const v1::Envelope& header, std::string_view payload, Fds fds) override {
         if (!channel_ || !channel_->connected())
-            return false;
-        channel_->send_split(header, payload, std::move(fds));
-        return true;
+            return Sent::failed;
+        return channel_->send_split(header, payload, std::move(fds)) ? Sent::ok : Sent::ok_but_full;
     }
 
 private:
@@ -158,7 +162,7 @@ public:
             std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx)
         : socket_(context_, zmq::socket_type::dealer), rx_(std::move(rx)) {
         socket_.set(zmq::sockopt::linger, 0);
-        socket_.set(zmq::sockopt::sndhwm, 100000);
+        socket_.set(zmq::sockopt::sndhwm, 10000);
         // What the broker cannot hand over waits in its own bounded queue and is dropped there,
         // counted and reported; a deep queue here would only hide a slow consumer.
         socket_.set(zmq::sockopt::rcvhwm, 1000);
@@ -166,30 +170,51 @@ public:
         socket_.set(zmq::sockopt::reconnect_ivl, 50);
         socket_.set(zmq::sockopt::reconnect_ivl_max, 1000);
         socket_.connect(endpoint);
-        watch_ = std::make_unique<detail::ZmqWatch>(io, socket_, [this] { read(); });
+        watch_ = std::make_unique<detail::ZmqWatch>(
+            io, socket_, [this] { read(); }, [this] { write_pending(); });
         watch_->start();
     }
     ~ZmqLink() override { watch_.reset(); }
 
     bool carries_fds() const override { return false; }
     bool needs_heartbeat_timeout() const override { return true; }
-    bool send(const v1::Envelope& header, std::string_view payload, Fds) override {
+    // ZeroMQ's own queue (SNDHWM) is the bound; when it is full, messages wait here, in
+    // order, and send() says so, as a channel does past its high-water mark.
+    Sent send(const v1::Envelope& header, std::string_view payload, Fds) override {
         zmq::message_t head(header.ByteSizeLong());
         header.SerializeWithCachedSizesToArray(static_cast<std::uint8_t*>(head.data()));
-        try {
-            if (!socket_.send(head, zmq::send_flags::sndmore | zmq::send_flags::dontwait))
-                return false;
-            static const char empty = 0; // an empty view's data() may be null
-            socket_.send(zmq::buffer(payload.empty() ? &empty : payload.data(), payload.size()),
-                         zmq::send_flags::none);
-        } catch (const zmq::error_t&) {
-            return false;
+        zmq::message_t body(payload.size());
+        if (!payload.empty())
+            std::memcpy(body.data(), payload.data(), payload.size());
+        if (pending_.empty() && try_send(head, body)) {
+            watch_->kick();
+            return Sent::ok;
         }
-        watch_->kick();
-        return true;
+        pending_.emplace_back(std::move(head), std::move(body));
+        watch_->want_write(true);
+        return Sent::ok_but_full;
     }
 
 private:
+    bool try_send(zmq::message_t& head, zmq::message_t& body) {
+        try {
+            // A DEALER takes all parts of a message or none.
+            if (!socket_.send(head, zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+                return false;
+            socket_.send(body, zmq::send_flags::none);
+            return true;
+        } catch (const zmq::error_t&) {
+            return false;
+        }
+    }
+
+    void write_pending() {
+        while (!pending_.empty() && try_send(pending_.front().first, pending_.front().second))
+            pending_.pop_front();
+        if (pending_.empty())
+            watch_->want_write(false);
+    }
+
     void read() {
         std::vector<UniqueFd> no_fds;
         for (int i = 0; i < 256; ++i) {
@@ -212,6 +237,7 @@ private:
     zmq::socket_t socket_;
     std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx_;
     std::unique_ptr<detail::ZmqWatch> watch_;
+    std::deque<std::pair<zmq::message_t, zmq::message_t>> pending_;
     v1::Envelope header_;
 };
 
@@ -359,13 +385,15 @@ void Client::close() {
 
 // --- sending -----------------------------------------------------------------------------------
 
-void Client::send(v1::Envelope& header, std::string_view payload, Fds fds,
+bool Client::send(v1::Envelope& header, std::string_view payload, Fds fds,
                   std::uint64_t request_id) {
     if (!fds.empty() && (!link_ || !link_->carries_fds()))
         throw std::invalid_argument(
             "bus::Client: file descriptors need a unix:// link or the parent's channel");
     header.set_fd_count(static_cast<std::uint32_t>(fds.size()));
-    if (closed_ || !link_ || !link_->send(header, payload, std::move(fds))) {
+    const auto sent =
+        closed_ || !link_ ? Link::Sent::failed : link_->send(header, payload, std::move(fds));
+    if (sent == Link::Sent::failed) {
         if (request_id) {
             Message empty;
             complete(request_id, errc::broker_unavailable, empty);
@@ -373,6 +401,7 @@ void Client::send(v1::Envelope& header, std::string_view payload, Fds fds,
             emit({ClientEvent::Kind::error, 0, errc::broker_unavailable, "not sent"});
         }
     }
+    return sent == Link::Sent::ok;
 }
 
 void Client::send_control(std::string_view op, const google::protobuf::Message* body,
@@ -408,20 +437,20 @@ void Client::register_type(const google::protobuf::Descriptor* type) {
     send(header, set.SerializeAsString(), {});
 }
 
-void Client::publish(std::string_view subject, const google::protobuf::Message& message) {
+bool Client::publish(std::string_view subject, const google::protobuf::Message& message) {
     register_type(message.GetDescriptor());
     v1::Envelope header;
     header.set_kind(v1::KIND_PUBLISH);
     header.set_subject(std::string(subject));
     header.set_type_url(frame::type_url_of(message));
-    send(header, message.SerializeAsString(), {});
+    return send(header, message.SerializeAsString(), {});
 }
 
-void Client::publish_bytes(std::string_view subject, std::string_view payload) {
+bool Client::publish_bytes(std::string_view subject, std::string_view payload) {
     v1::Envelope header;
     header.set_kind(v1::KIND_PUBLISH);
     header.set_subject(std::string(subject));
-    send(header, payload, {});
+    return send(header, payload, {});
 }
 
 std::uint64_t Client::subscribe(std::string_view pattern, MessageHandler handler,

@@ -19,9 +19,12 @@ namespace bus::detail {
 class ZmqWatch {
 public:
     // `on_readable` is called on the loop whenever ZMQ_EVENTS reports ZMQ_POLLIN; it should
-    // receive a bounded batch and return. It is called again while input remains.
-    ZmqWatch(boost::asio::io_context& io, zmq::socket_ref socket, std::function<void()> on_readable)
+    // receive a bounded batch and return. It is called again while input remains. Likewise
+    // `on_writable` for ZMQ_POLLOUT, while want_write(true).
+    ZmqWatch(boost::asio::io_context& io, zmq::socket_ref socket, std::function<void()> on_readable,
+             std::function<void()> on_writable = {})
         : state_(std::make_shared<State>(io, socket, std::move(on_readable))) {
+        state_->on_writable = std::move(on_writable);
         state_->fd.assign(socket.get(zmq::sockopt::fd));
     }
     ~ZmqWatch() {
@@ -34,6 +37,11 @@ public:
     ZmqWatch& operator=(const ZmqWatch&) = delete;
 
     void start() { check(state_); }
+    void want_write(bool want) {
+        state_->want_write = want;
+        if (want)
+            kick();
+    }
     void kick() {
         if (state_->kicked)
             return;
@@ -51,6 +59,8 @@ private:
         boost::asio::posix::stream_descriptor fd;
         zmq::socket_ref socket;
         std::function<void()> on_readable;
+        std::function<void()> on_writable;
+        bool want_write = false;
         bool alive = true;
         bool waiting = false;
         bool kicked = false;
@@ -59,8 +69,14 @@ private:
     static void check(const std::shared_ptr<State>& s) {
         if (!s->alive)
             return;
-        if (s->socket.get(zmq::sockopt::events) & ZMQ_POLLIN) {
-            s->on_readable();
+        const int events = s->socket.get(zmq::sockopt::events);
+        const bool readable = events & ZMQ_POLLIN;
+        const bool writable = s->want_write && (events & ZMQ_POLLOUT);
+        if (readable || writable) {
+            if (readable)
+                s->on_readable();
+            if (writable && s->alive)
+                s->on_writable();
             if (s->alive) // more may wait: come back after other handlers ran
                 boost::asio::post(s->fd.get_executor(), [s] { check(s); });
             return;

@@ -8,6 +8,8 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <CLI/CLI.hpp>
+#include <toml++/toml.h>
+#include <zmq.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -63,18 +65,47 @@ int main(int argc, char** argv) {
     CLI::App app{"busd: the bus broker. Routes typed messages between processes over ZeroMQ "
                  "(ipc://) and unix:// sockets.\n\nWith no options it serves "
                  "$XDG_RUNTIME_DIR/bus/busd.zmq and busd.sock (or /tmp/bus-$UID/...)."};
-    std::vector<std::string> endpoints;
-    std::string config_file, pid_file, log_file;
+    std::vector<std::string> endpoints, listen;
+    std::string config_file, pid_file, log_file, keys_file, generate_keys;
     bool daemon = false;
     app.add_option("-e,--endpoint", endpoints,
                    "endpoint to serve: ipc://PATH or unix://PATH (repeatable; default: "
                    "BUS_ENDPOINT, else both defaults)");
     app.add_option("-c,--config", config_file, "TOML config file (see bus/broker_config.hpp)")
         ->check(CLI::ExistingFile);
+    app.add_option("--listen", listen, "tcp://HOST:PORT for other hosts (requires --curve-keys)");
+    app.add_option("--curve-keys", keys_file,
+                   "CURVE key pair for tcp:// (a file with public = \"...\" and secret = "
+                   "\"...\", Z85)")
+        ->check(CLI::ExistingFile);
+    app.add_option("--generate-keys", generate_keys,
+                   "write a new CURVE key pair to FILE (mode 0600), print its public key, exit");
     app.add_flag("-d,--daemon", daemon, "detach, with a pid file and a log file");
     app.add_option("--pid-file", pid_file, "with --daemon (default: RUNTIME_DIR/busd.pid)");
     app.add_option("--log-file", log_file, "with --daemon (default: RUNTIME_DIR/busd.log)");
     CLI11_PARSE(app, argc, argv);
+
+    if (!generate_keys.empty()) {
+        char public_key[41], secret_key[41];
+        if (zmq_curve_keypair(public_key, secret_key) != 0) {
+            std::fprintf(stderr, "busd: this libzmq has no CURVE support\n");
+            return 1;
+        }
+        const int fd = ::open(generate_keys.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            std::fprintf(stderr, "busd: cannot create %s: %s\n", generate_keys.c_str(),
+                         std::strerror(errno));
+            return 1;
+        }
+        const std::string text =
+            std::string("public = \"") + public_key + "\"\nsecret = \"" + secret_key + "\"\n";
+        const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+        ::close(fd);
+        if (!ok)
+            return 1;
+        std::printf("%s\n", public_key);
+        return 0;
+    }
 
     bus::broker::Options options;
     if (!config_file.empty()) {
@@ -85,11 +116,31 @@ int main(int argc, char** argv) {
             return 2;
         }
     }
-    if (!endpoints.empty()) {
+    if (!endpoints.empty() || !listen.empty()) {
         options.endpoints = endpoints;
+        options.endpoints.insert(options.endpoints.end(), listen.begin(), listen.end());
     } else if (const char* env = std::getenv("BUS_ENDPOINT");
                env && *env && options.endpoints.empty()) {
         options.endpoints = {env};
+    }
+
+    if (!keys_file.empty()) {
+        try {
+            auto keys = toml::parse_file(keys_file);
+            options.curve_public_key = keys["public"].value_or(std::string());
+            options.curve_secret_key = keys["secret"].value_or(std::string());
+        } catch (const toml::parse_error& e) {
+            std::fprintf(stderr, "busd: bad key file %s: %s\n", keys_file.c_str(),
+                         std::string(e.description()).c_str());
+            return 2;
+        }
+        if (options.curve_public_key.size() != 40 || options.curve_secret_key.size() != 40) {
+            std::fprintf(stderr,
+                         "busd: key file %s needs public and secret keys (Z85, 40 "
+                         "characters each)\n",
+                         keys_file.c_str());
+            return 2;
+        }
     }
 
     int ready = -1;
@@ -115,6 +166,11 @@ int main(int argc, char** argv) {
     if (!broker) {
         if (broker.error() == std::errc::address_in_use)
             std::fprintf(stderr, "busd: another busd already serves %s\n", failed.c_str());
+        else if (broker.error() == bus::errc::forbidden)
+            std::fprintf(stderr,
+                         "busd: %s needs --curve-keys (busd --generate-keys FILE makes "
+                         "a pair)\n",
+                         failed.c_str());
         else
             std::fprintf(stderr, "busd: cannot serve %s: %s\n", failed.c_str(),
                          broker.error().message().c_str());

@@ -22,9 +22,11 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <arpa/inet.h>
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
+#include <netinet/in.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <thread>
@@ -675,6 +677,71 @@ TEST(BusdAccess, RulesConfineAUidToItsSubjectsAndOthersAreRefused) {
     EXPECT_EQ(seen, (std::vector<std::string>{"allowed.x"}));
     EXPECT_EQ(run_as("65533"), 4); // no rule, not allowed: the broker hangs up
     std::filesystem::remove_all(conf_dir);
+}
+
+std::string run_and_read(const std::string& command) {
+    std::string out;
+    FILE* p = ::popen(command.c_str(), "r");
+    char buf[256];
+    while (p && std::fgets(buf, sizeof buf, p))
+        out += buf;
+    if (p)
+        ::pclose(p);
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
+        out.pop_back();
+    return out;
+}
+
+int free_tcp_port() {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    socklen_t len = sizeof addr;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    ::close(fd);
+    return ntohs(addr.sin_port);
+}
+
+TEST(BusdTcp, OnlyClientsWithTheServersCurveKeyGetIn) {
+    boost::asio::io_context io;
+    char tmpl[] = "/tmp/bus-tcp-XXXXXX";
+    const std::string keys_dir = ::mkdtemp(tmpl);
+    const std::string server_key = run_and_read(busd_bin + " --generate-keys " + keys_dir + "/k");
+    const std::string other_key = run_and_read(busd_bin + " --generate-keys " + keys_dir + "/o");
+    ASSERT_EQ(server_key.size(), 40u) << server_key;
+    struct stat st {};
+    ASSERT_EQ(::stat((keys_dir + "/k").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    const std::string tcp = "tcp://127.0.0.1:" + std::to_string(free_tcp_port());
+
+    // Without keys, busd refuses to listen on tcp://.
+    const int rc = std::system((busd_bin + " --listen " + tcp + " 2>/dev/null").c_str());
+    EXPECT_EQ(WEXITSTATUS(rc), 1);
+
+    Busd busd(io, {"--listen", tcp, "--curve-keys", keys_dir + "/k"});
+    bus::ClientOptions good;
+    good.server_key = server_key;
+    auto client = bus::Client::connect(io, tcp, good);
+    ASSERT_TRUE(client) << client.error().message();
+    int got = 0;
+    client.value()->subscribe("over.tcp", [&](bus::Message&) { ++got; });
+    ASSERT_FALSE(client.value()->flush_wait());
+    client.value()->publish_bytes("over.tcp", "encrypted");
+    ASSERT_TRUE(run_until(io, [&] { return got == 1; }));
+
+    bus::ClientOptions wrong;
+    wrong.server_key = other_key;
+    auto intruder = bus::Client::connect(io, tcp, wrong);
+    ASSERT_TRUE(intruder); // ZeroMQ connects in the background; the handshake fails
+    EXPECT_EQ(intruder.value()->flush_wait(1s), bus::errc::timeout);
+
+    ::unsetenv("BUS_SERVER_KEY");
+    auto keyless = bus::Client::connect(io, tcp);
+    ASSERT_FALSE(keyless);
+    EXPECT_EQ(keyless.error(), bus::errc::no_server_key);
+    std::filesystem::remove_all(keys_dir);
 }
 
 // --- the broker as a library, and a child on the parent's channel -------------------------------

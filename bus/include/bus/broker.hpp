@@ -51,8 +51,13 @@ struct AccessRule {
 };
 
 struct Options {
-    // "ipc://PATH" and/or "unix://PATH"; empty: both, in the per-user runtime directory.
+    // "ipc://PATH", "unix://PATH", "tcp://HOST:PORT" (one of each at most); empty: ipc and
+    // unix in the per-user runtime directory.
     std::vector<std::string> endpoints;
+    // A tcp:// endpoint requires a CURVE key pair (Z85, 40 characters each); a client must
+    // know the public key to connect.
+    std::string curve_public_key;
+    std::string curve_secret_key;
     Limits limits;
     // Who may connect besides the broker's own uid (peer credentials from the kernel).
     std::vector<uid_t> allowed_uids;

@@ -39,6 +39,8 @@ struct ClientOptions {
     std::chrono::milliseconds reconnect_min{50}; // unix:// reconnect backoff
     std::chrono::milliseconds reconnect_max{2000};
     std::size_t max_message_size = 8u << 20;
+    // For tcp://: the broker's CURVE public key (Z85); empty means BUS_SERVER_KEY.
+    std::string server_key;
 };
 
 // Something the client wants its user to know that is not a reply to a call.

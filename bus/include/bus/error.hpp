@@ -43,6 +43,7 @@ enum class errc {
     message_too_large,  // over the broker's limit
     bad_endpoint,       // an endpoint that is not ipc://, unix:// or tcp://
     request_failed,     // the service answered the request with an error
+    no_server_key,      // a tcp:// endpoint without the broker's CURVE public key
 };
 
 const std::error_category& bus_category() noexcept;

@@ -105,11 +105,21 @@ struct Payload {
 } // namespace
 
 struct Broker::Impl {
+    // One ROUTER per ZeroMQ transport: ipc:// (peers known by kernel credentials) and tcp://
+    // (peers known by CURVE: a socket is a CURVE server for all its connections or none).
+    struct ZmqServer {
+        bool tcp = false;
+        std::unique_ptr<zmq::socket_t> router;
+        std::unique_ptr<detail::ZmqWatch> watch;
+        std::unique_ptr<zmq::socket_t> monitor;
+        std::unique_ptr<detail::ZmqWatch> monitor_watch;
+    };
     struct Client {
         std::uint64_t num = 0;
         std::string id;
         bool zmq = false;
         std::string routing_id;           // zmq
+        ZmqServer* server = nullptr;      // zmq: which ROUTER it came through
         std::shared_ptr<Channel> channel; // unix
         std::string name;
         std::uint32_t pid = 0, uid = 0, gid = 0;
@@ -157,10 +167,7 @@ struct Broker::Impl {
 
     // transports
     zmq::context_t zmq_context{1};
-    std::unique_ptr<zmq::socket_t> router;
-    std::unique_ptr<detail::ZmqWatch> router_watch;
-    std::unique_ptr<zmq::socket_t> monitor;
-    std::unique_ptr<detail::ZmqWatch> monitor_watch;
+    std::unique_ptr<ZmqServer> ipc_server, tcp_server;
     std::unique_ptr<asio::local::stream_protocol::acceptor> acceptor;
     std::vector<std::string> unlink_on_exit;
 
@@ -209,7 +216,7 @@ struct Broker::Impl {
                 ec = bind_unix(endpoint.value().address);
                 break;
             case Endpoint::Scheme::tcp:
-                ec = make_error_code(errc::bad_endpoint); // CURVE-secured tcp is not built yet
+                ec = bind_zmq(endpoint.value());
                 break;
             }
             if (ec)
@@ -239,11 +246,20 @@ struct Broker::Impl {
     }
 
     std::error_code bind_zmq(const Endpoint& endpoint) {
-        if (router)
-            return make_error_code(errc::bad_endpoint); // one ZeroMQ endpoint
-        if (auto ec = claim_socket_path(endpoint.address))
-            return ec;
+        const bool tcp = endpoint.scheme == Endpoint::Scheme::tcp;
+        auto& server = tcp ? tcp_server : ipc_server;
+        if (server)
+            return make_error_code(errc::bad_endpoint); // one endpoint per transport
+        if (tcp && (options.curve_secret_key.size() != 40 || options.curve_public_key.size() != 40))
+            return make_error_code(errc::forbidden); // tcp:// only with CURVE keys
+        if (!tcp) {
+            if (auto ec = claim_socket_path(endpoint.address))
+                return ec;
+        }
+        server = std::make_unique<ZmqServer>();
+        server->tcp = tcp;
         try {
+            auto& router = server->router;
             router = std::make_unique<zmq::socket_t>(zmq_context, zmq::socket_type::router);
             router->set(zmq::sockopt::router_mandatory, 1);
             router->set(zmq::sockopt::sndhwm, options.limits.client_queue_messages);
@@ -251,30 +267,41 @@ struct Broker::Impl {
             router->set(zmq::sockopt::maxmsgsize,
                         static_cast<int64_t>(options.limits.max_message_size + 64 * 1024));
             router->set(zmq::sockopt::linger, 0);
-            const mode_t old = ::umask(0177); // the socket file is created 0600
-            try {
+            if (tcp) {
+                // Clients must know the server's public key; without it the handshake fails.
+                router->set(zmq::sockopt::curve_server, 1);
+                router->set(zmq::sockopt::curve_secretkey, options.curve_secret_key);
+                router->set(zmq::sockopt::curve_publickey, options.curve_public_key);
                 router->bind(endpoint.str());
-            } catch (...) {
+            } else {
+                const mode_t old = ::umask(0177); // the socket file is created 0600
+                try {
+                    router->bind(endpoint.str());
+                } catch (...) {
+                    ::umask(old);
+                    throw;
+                }
                 ::umask(old);
-                throw;
+                unlink_on_exit.push_back(endpoint.address);
             }
-            ::umask(old);
-            unlink_on_exit.push_back(endpoint.address);
             // Disconnections, to find ZeroMQ clients that went away without a word.
-            const std::string monitor_address = "inproc://busd-monitor-" + broker_id;
+            const std::string monitor_address =
+                "inproc://busd-monitor-" + broker_id + (tcp ? "-tcp" : "-ipc");
             if (zmq_socket_monitor(router->handle(), monitor_address.c_str(),
                                    ZMQ_EVENT_DISCONNECTED) != 0)
                 return last_error();
-            monitor = std::make_unique<zmq::socket_t>(zmq_context, zmq::socket_type::pair);
-            monitor->connect(monitor_address);
+            server->monitor = std::make_unique<zmq::socket_t>(zmq_context, zmq::socket_type::pair);
+            server->monitor->connect(monitor_address);
         } catch (const zmq::error_t& e) {
+            server.reset();
             return {e.num(), std::system_category()};
         }
-        router_watch = std::make_unique<detail::ZmqWatch>(io, *router, [this] { read_zmq(); });
-        monitor_watch =
-            std::make_unique<detail::ZmqWatch>(io, *monitor, [this] { read_monitor(); });
-        router_watch->start();
-        monitor_watch->start();
+        ZmqServer* z = server.get();
+        z->watch = std::make_unique<detail::ZmqWatch>(io, *z->router, [this, z] { read_zmq(*z); });
+        z->monitor_watch =
+            std::make_unique<detail::ZmqWatch>(io, *z->monitor, [this, z] { read_monitor(*z); });
+        z->watch->start();
+        z->monitor_watch->start();
         return {};
     }
 
@@ -406,7 +433,8 @@ struct Broker::Impl {
 
     // --- ZeroMQ input -------------------------------------------------------------------
 
-    void read_zmq() {
+    void read_zmq(ZmqServer& server) {
+        auto& router = server.router;
         for (int i = 0; i < zmq_batch; ++i) {
             zmq::message_t identity, header, payload;
             try {
@@ -423,7 +451,7 @@ struct Broker::Impl {
                            router->recv(extra, zmq::recv_flags::dontwait)) {
                     }
                 }
-                Client& c = zmq_client(identity, header);
+                Client& c = zmq_client(server, identity, header);
                 c.last_seen = Clock::now();
                 if (!c.allowed)
                     continue;
@@ -448,13 +476,21 @@ struct Broker::Impl {
 
     // `first` is a frame that came from the peer: its metadata holds the peer's credentials
     // (the identity frame is made by the ROUTER and carries none).
-    Client& zmq_client(const zmq::message_t& identity, const zmq::message_t& first) {
-        std::string key(identity.to_string_view());
+    Client& zmq_client(ZmqServer& server, const zmq::message_t& identity,
+                       const zmq::message_t& first) {
+        std::string key = (server.tcp ? "t" : "i") + std::string(identity.to_string_view());
         if (auto it = by_routing_id.find(key); it != by_routing_id.end())
             return *clients.at(it->second);
         auto& c = add_client(true);
-        c.routing_id = key;
+        c.server = &server;
+        c.routing_id = std::string(identity.to_string_view());
         by_routing_id.emplace(std::move(key), c.num);
+        if (server.tcp) {
+            // Authenticated by CURVE (it knew the server's key); there is no uid to check.
+            c.uid = c.gid = ~0u;
+            c.allowed = true;
+            return c;
+        }
         // libzmq reports an ipc peer's kernel credentials as "localhost:uid:gid:pid". Without
         // them (a malformed first message) the peer is not let in.
         bool credentials = false;
@@ -478,7 +514,8 @@ struct Broker::Impl {
         return c;
     }
 
-    void read_monitor() {
+    void read_monitor(ZmqServer& server) {
+        auto& monitor = server.monitor;
         // Some ZeroMQ peer disconnected; ROUTER does not say which. Ping every ZeroMQ client:
         // with ROUTER_MANDATORY, a send to a gone peer fails with EHOSTUNREACH at once.
         zmq::message_t event;
@@ -491,7 +528,7 @@ struct Broker::Impl {
             return;
         std::vector<std::uint64_t> zmq_clients;
         for (auto& [num, c] : clients)
-            if (c->zmq)
+            if (c->zmq && c->server == &server)
                 zmq_clients.push_back(num);
         for (auto num : zmq_clients)
             if (auto* c = find(num))
@@ -759,7 +796,7 @@ struct Broker::Impl {
         i.set_pid(c.pid);
         i.set_uid(c.uid);
         i.set_gid(c.gid);
-        i.set_transport(c.zmq ? "ipc" : "unix");
+        i.set_transport(!c.zmq ? "unix" : c.server->tcp ? "tcp" : "ipc");
         i.set_msgs_in(c.msgs_in);
         i.set_msgs_out(c.msgs_out);
         i.set_bytes_in(c.bytes_in);
@@ -920,12 +957,13 @@ struct Broker::Impl {
                 body.rebuild(payload.bytes.data(), payload.bytes.size());
             // ROUTER checks the peer's queue on the first frame only: if that is accepted,
             // the others are too.
-            if (!router->send(zmq::buffer(to.routing_id),
-                              zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+            auto& router = *to.server->router;
+            if (!router.send(zmq::buffer(to.routing_id),
+                             zmq::send_flags::sndmore | zmq::send_flags::dontwait))
                 return false;
-            router->send(head, zmq::send_flags::sndmore);
-            router->send(body, zmq::send_flags::none);
-            router_watch->kick();
+            router.send(head, zmq::send_flags::sndmore);
+            router.send(body, zmq::send_flags::none);
+            to.server->watch->kick();
             return true;
         } catch (const zmq::error_t& e) {
             if (e.num() == EHOSTUNREACH) {
@@ -978,7 +1016,7 @@ struct Broker::Impl {
         std::unique_ptr<Client> c = std::move(it->second);
         clients.erase(it);
         if (c->zmq)
-            by_routing_id.erase(c->routing_id);
+            by_routing_id.erase((c->server->tcp ? "t" : "i") + c->routing_id);
         for (const auto& [sid, sub] : c->subs)
             subscriptions.erase(sub.pattern, SubRef{num, sid, {}});
         for (const auto& name : c->services)
@@ -1051,12 +1089,14 @@ struct Broker::Impl {
         for (auto& [num, c] : clients)
             if (c->channel)
                 c->channel->disconnect();
-        router_watch.reset();
-        monitor_watch.reset();
-        if (monitor)
-            monitor->close();
-        if (router)
-            router->close();
+        for (auto* server : {ipc_server.get(), tcp_server.get()}) {
+            if (!server)
+                continue;
+            server->watch.reset();
+            server->monitor_watch.reset();
+            server->monitor->close();
+            server->router->close();
+        }
         for (const auto& path : unlink_on_exit)
             ::unlink(path.c_str());
     }

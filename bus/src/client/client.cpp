@@ -10,6 +10,7 @@
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor.pb.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 
@@ -159,8 +160,19 @@ private:
 class ZmqLink final : public Client::Link {
 public:
     ZmqLink(asio::io_context& io, const std::string& endpoint, std::size_t max_message_size,
+            const std::string& server_key,
             std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx)
         : socket_(context_, zmq::socket_type::dealer), rx_(std::move(rx)) {
+        if (!server_key.empty()) {
+            // CURVE with a fresh key pair of our own: the broker authenticates itself to us by
+            // its key, and the link is encrypted.
+            char public_key[41], secret_key[41];
+            if (zmq_curve_keypair(public_key, secret_key) != 0)
+                throw zmq::error_t();
+            socket_.set(zmq::sockopt::curve_serverkey, server_key);
+            socket_.set(zmq::sockopt::curve_publickey, std::string(public_key, 40));
+            socket_.set(zmq::sockopt::curve_secretkey, std::string(secret_key, 40));
+        }
         socket_.set(zmq::sockopt::linger, 0);
         socket_.set(zmq::sockopt::sndhwm, 10000);
         // What the broker cannot hand over waits in its own bounded queue and is dropped there,
@@ -305,12 +317,22 @@ Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::strin
     };
     switch (parsed.value().scheme) {
     case Endpoint::Scheme::ipc:
+    case Endpoint::Scheme::tcp: {
+        std::string key;
+        if (parsed.value().scheme == Endpoint::Scheme::tcp) {
+            key = options.server_key;
+            if (const char* env = std::getenv("BUS_SERVER_KEY"); key.empty() && env)
+                key = env;
+            if (key.size() != 40)
+                return errc::no_server_key;
+        }
         try {
-            client->link_ = std::make_unique<ZmqLink>(io, text, options.max_message_size, rx);
+            client->link_ = std::make_unique<ZmqLink>(io, text, options.max_message_size, key, rx);
         } catch (const zmq::error_t& e) {
             return std::error_code(e.num(), std::system_category());
         }
         break;
+    }
     case Endpoint::Scheme::unix: {
         auto fd = connect_unix(parsed.value().address);
         if (!fd)
@@ -332,8 +354,6 @@ Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::strin
             });
         break;
     }
-    case Endpoint::Scheme::tcp:
-        return errc::bad_endpoint; // CURVE-secured tcp is not built yet
     }
     client->start();
     return client;

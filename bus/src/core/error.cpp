@@ -56,6 +56,9 @@ public:
             return "forbidden by the broker's access rules";
         case errc::message_too_large:
             return "message over the broker's size limit";
+        case errc::no_server_key:
+            return "tcp:// needs the broker's CURVE public key (ClientOptions::server_key or "
+                   "BUS_SERVER_KEY)";
         case errc::request_failed:
             return "the service answered with an error";
         case errc::bad_endpoint:

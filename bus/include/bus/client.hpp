@@ -187,6 +187,7 @@ private:
     void link_down(std::error_code ec);
     void register_everything();
     void fail_pending(std::error_code ec);
+    std::uint64_t add_pending(ReplyHandler handler, std::chrono::milliseconds timeout);
     void complete(std::uint64_t id, std::error_code ec, Message& message);
     void heartbeat();
     void emit(ClientEvent event);

@@ -38,12 +38,15 @@ public:
         return node->as_table();
     }
 
+    // The value of `section.key`, or null when the key (or the section) is absent.
+    static const toml::node* find(const toml::table* t, const char* key) {
+        return t ? t->get(key) : nullptr;
+    }
+
     template <class T>
     void integer(const toml::table* t, const std::string& section, const char* key, T& out,
                  std::int64_t min, std::int64_t max) const {
-        if (!t)
-            return;
-        const auto* node = t->get(key);
+        const auto* node = find(t, key);
         if (!node)
             return;
         const std::string name = section + "." + key;
@@ -58,9 +61,7 @@ public:
     template <class T>
     void id_list(const toml::table* t, const std::string& section, const char* key,
                  std::vector<T>& out) const {
-        if (!t)
-            return;
-        const auto* node = t->get(key);
+        const auto* node = find(t, key);
         if (!node)
             return;
         const std::string name = section + "." + key;
@@ -76,7 +77,7 @@ public:
 
     void patterns(const toml::table* t, const std::string& section, const char* key,
                   std::vector<std::string>& out) const {
-        const auto* node = t->get(key);
+        const auto* node = find(t, key);
         if (!node)
             return;
         const std::string name = section + "." + key;

@@ -523,9 +523,9 @@ void Client::request_bytes(std::string_view service, std::string_view payload,
     send_request(service, {}, payload, timeout, std::move(handler), std::move(fds));
 }
 
-void Client::send_request(std::string_view service, std::string_view type_url,
-                          std::string_view payload, std::chrono::milliseconds timeout,
-                          ReplyHandler handler, Fds fds) {
+// A call awaiting its answer, completed by complete(): with the answer, with an error, or
+// with errc::timeout when its timer fires first.
+std::uint64_t Client::add_pending(ReplyHandler handler, std::chrono::milliseconds timeout) {
     const std::uint64_t id = next_id_++;
     auto pending = std::make_unique<Pending>(io_, std::move(handler));
     pending->timer.expires_after(timeout);
@@ -538,6 +538,13 @@ void Client::send_request(std::string_view service, std::string_view type_url,
         }
     });
     pending_.emplace(id, std::move(pending));
+    return id;
+}
+
+void Client::send_request(std::string_view service, std::string_view type_url,
+                          std::string_view payload, std::chrono::milliseconds timeout,
+                          ReplyHandler handler, Fds fds) {
+    const std::uint64_t id = add_pending(std::move(handler), timeout);
     v1::Envelope header;
     header.set_kind(v1::KIND_REQUEST);
     header.set_subject(std::string(service));
@@ -584,19 +591,8 @@ void Client::flush(std::function<void(std::error_code)> handler,
                    std::chrono::milliseconds timeout) {
     // A ping answered by a pong with the same id: the broker handles one client's messages in
     // order, so everything sent before it has been processed.
-    const std::uint64_t id = next_id_++;
-    auto pending = std::make_unique<Pending>(
-        io_, [handler = std::move(handler)](std::error_code ec, Message&) { handler(ec); });
-    pending->timer.expires_after(timeout);
-    pending->timer.async_wait([weak = weak_from_this(), id](boost::system::error_code ec) {
-        if (ec)
-            return;
-        if (auto c = weak.lock()) {
-            Message empty;
-            c->complete(id, errc::timeout, empty);
-        }
-    });
-    pending_.emplace(id, std::move(pending));
+    const std::uint64_t id = add_pending(
+        [handler = std::move(handler)](std::error_code ec, Message&) { handler(ec); }, timeout);
     send_control("ping", nullptr, id);
 }
 

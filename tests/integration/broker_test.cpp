@@ -59,10 +59,16 @@ public:
         process_ = std::move(p).value();
         exit_.reset();
         process_->on_exit([this](int code, int) { exit_ = code; });
-        // Serving once both socket files exist.
+        // Serving once the unix:// socket accepts (it is bound after ipc://; its file
+        // appears a moment before it listens, so existing is not enough).
         EXPECT_TRUE(run_until(io_, [&] {
-            return std::filesystem::exists(dir_ + "/busd.zmq") &&
-                   std::filesystem::exists(dir_ + "/busd.sock");
+            if (!std::filesystem::exists(dir_ + "/busd.zmq"))
+                return false;
+            bus::UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+            sockaddr_un addr{};
+            addr.sun_family = AF_UNIX;
+            (dir_ + "/busd.sock").copy(addr.sun_path, sizeof addr.sun_path - 1);
+            return ::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
         }));
     }
     void stop() {

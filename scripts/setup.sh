@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
 # Installs what bus needs to build, test and benchmark on Debian 12. Idempotent: installs only
 # the packages that are missing, and runs apt-get update only when it has to install.
+#
+#   scripts/setup.sh           # build and test
+#   scripts/setup.sh --bench   # also what bench/run needs: the brokers bus is compared with
 set -euo pipefail
+
+bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) bench=1 ;;
+    *) echo "usage: scripts/setup.sh [--bench]" >&2; exit 2 ;;
+  esac
+done
 
 packages=(
   build-essential cmake ninja-build pkg-config git
@@ -11,6 +22,11 @@ packages=(
   clang libclang-rt-dev clang-format
   nodejs npm
 )
+# bench/run broker: nats-server, dbus-daemon and dbus-broker (run outside systemd through
+# systemd-socket-activate, from the systemd package), sd-bus for the D-Bus clients.
+if [ "$bench" -eq 1 ]; then
+  packages+=(nats-server dbus dbus-broker systemd libsystemd-dev)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,688 @@
+// broker-bench: busd beside other brokers, in one run on one machine (issue 3).
+//
+// The peers (bench/broker/peer_*.cpp say exactly what each sends and how):
+//   bus-ipc      the real busd (build-bench/bin/busd), clients are bus::Client over ipc://
+//   bus-unix     the same busd, clients over unix://
+//   zmq-direct   ZeroMQ with no broker: DEALER -> DEALER (PUB/SUB-style XPUB -> SUB to fan out)
+//   zmq_proxy    a zmq_proxy in its own process: XSUB/XPUB for pub/sub, ROUTER/DEALER for
+//                requests; a broker that routes nothing
+//   nats         nats-server on 127.0.0.1, a small C++ client of the text protocol
+//   dbus-broker  dbus-broker (via systemd-socket-activate + dbus-broker-launch), sd-bus clients
+//   dbus-daemon  the reference dbus-daemon, sd-bus clients
+// Every server is started for one case and stopped after it, in a private temporary directory
+// (unix sockets) or on 127.0.0.1; every process the bench starts is stopped when it ends, even
+// when it fails or is killed (harness.hpp: the janitor).
+//
+// The cases, each in every round (default 3 rounds; the tables show the median):
+//   pubsub64, pubsub1KiB  one publisher as fast as its transport lets it, one subscriber. The
+//            subscriber's rate is what arrived from its first to its last message; "loss" is
+//            what was sent and never arrived. When a run loses messages (bus drops for a
+//            subscriber that does not keep up, by design), the same round paces the publisher
+//            at 0.9, 0.72, 0.58 of what arrived until a run loses nothing: "lossless" is what
+//            arrived in the first run that lost nothing, and what pub/sub ratios compare.
+//   fanout4, fanout16     the same with 4 / 16 subscribers, 64 B; rates are totals.
+//   reqrep_serial, reqrep_64  request/reply round trips, 64 B, one at a time and 64 in flight.
+//   stall    a publisher as fast as it can, a healthy subscriber, and a subscriber that
+//            subscribes and never reads again: the healthy one's longest gap between messages,
+//            the publisher's longest single send call, and the broker's RSS before vs its peak
+//            (VmHWM) at the end.
+//
+// Ends with one `bar:` line per target. Exits 0 whether or not the bars are met; non-zero only
+// when a case broke.
+//
+//   broker-bench [--seconds S] [--stall-seconds S] [--rounds R] [--only NAME[,NAME...]]
+//                [--search-steps N] [--busd PATH] [--keep]
+// --only keeps the cases whose name (CASE.PEER, e.g. pubsub64.bus-unix, reqrep_64.nats,
+// stall.bus-ipc) contains one of the NAMEs.
+#include "broker/harness.hpp"
+#include "broker/peers.hpp"
+#include "report.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef BUS_BENCH_BUSD
+#define BUS_BENCH_BUSD ""
+#endif
+
+namespace {
+
+using namespace bench::broker;
+
+struct Options {
+    double seconds = 1.0;
+    double stall_seconds = 2.0;
+    int rounds = 3;
+    int search_steps = 3;
+    std::vector<std::string> only;
+    std::string busd = BUS_BENCH_BUSD;
+    bool keep = false;
+};
+
+const char* current_case = "";
+
+void on_watchdog(int) {
+    const char prefix[] = "broker-bench: timed out in case ";
+    (void)!::write(2, prefix, sizeof prefix - 1);
+    (void)!::write(2, current_case, std::strlen(current_case));
+    (void)!::write(2, "\n", 1);
+    ::_exit(3); // the janitor stops what is left
+}
+
+std::string find_program(const std::string& name) {
+    std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
+    path += ":/usr/sbin:/sbin:/usr/bin:/bin";
+    std::size_t pos = 0;
+    while (pos <= path.size()) {
+        const std::size_t colon = std::min(path.find(':', pos), path.size());
+        const std::string candidate = path.substr(pos, colon - pos) + "/" + name;
+        if (colon > pos && ::access(candidate.c_str(), X_OK) == 0)
+            return candidate;
+        pos = colon + 1;
+    }
+    return {};
+}
+
+// --- samples ----------------------------------------------------------------------------------
+
+struct Samples {
+    std::vector<double> values;
+    double median() const {
+        auto sorted = values;
+        std::sort(sorted.begin(), sorted.end());
+        const std::size_t n = sorted.size();
+        return n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+    }
+    std::string spread() const {
+        if (values.size() < 2)
+            return "-";
+        const auto [min, max] = std::minmax_element(values.begin(), values.end());
+        const double m = median();
+        return m > 0 ? bench::fixed(100 * (*max - *min) / m, 0) + "%" : "-";
+    }
+};
+
+// By "CASE|PEER|METRIC".
+std::map<std::string, Samples> results;
+
+void record(const std::string& key, double value) {
+    results[key].values.push_back(value);
+}
+
+std::optional<double> median_of(const std::string& key) {
+    const auto it = results.find(key);
+    if (it == results.end() || it->second.values.empty())
+        return std::nullopt;
+    return it->second.median();
+}
+
+std::string spread_of(const std::string& key) {
+    const auto it = results.find(key);
+    return it == results.end() ? "-" : it->second.spread();
+}
+
+std::string key(const std::string& c, const std::string& peer, const std::string& metric) {
+    return c + "|" + peer + "|" + metric;
+}
+
+// --- running a case ---------------------------------------------------------------------------
+
+class Runs {
+public:
+    explicit Runs(std::string base) : base_(std::move(base)) {}
+    // A fresh directory for one server.
+    std::string next_dir() {
+        const std::string dir = base_ + "/run-" + std::to_string(++count_);
+        if (::mkdir(dir.c_str(), 0700) < 0)
+            throw_errno("mkdir " + dir);
+        return dir;
+    }
+
+private:
+    std::string base_;
+    int count_ = 0;
+};
+
+// Stops the peer's server and removes its directory however the case ends.
+struct Started {
+    Peer& peer;
+    std::string dir;
+    bool keep;
+    ~Started() {
+        try {
+            peer.stop();
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "broker-bench: stopping %s: %s\n", peer.name().c_str(), e.what());
+        }
+        if (!keep)
+            remove_tree(dir);
+    }
+};
+
+struct PubSubOutcome {
+    PubResult pub;
+    std::vector<SubResult> healthy;
+    std::uint64_t delivered = 0;
+    double sent_rate = 0, delivered_rate = 0, loss = 0;
+    Memory before, after;
+};
+
+PubSubOutcome run_pubsub(Peer& peer, Runs& runs, const Options& options, std::size_t size,
+                         int healthy, int stalled, double seconds, double rate, bool time_sends) {
+    const std::string dir = runs.next_dir();
+    peer.start(Pattern::pubsub, dir);
+    Started started{peer, dir, options.keep};
+    const int total = healthy + stalled;
+    std::vector<Child> subs;
+    for (int i = 0; i < total; ++i) {
+        SubSpec spec{size, i, total, i >= healthy};
+        subs.push_back(fork_role(peer.name() + (spec.stalled ? " stalled" : " subscriber ") +
+                                     std::to_string(i),
+                                 [&peer, spec](RoleIo& io) { peer.subscriber(spec, io); }));
+    }
+    for (auto& s : subs)
+        s.read(20); // ready
+    PubSubOutcome out;
+    const pid_t broker = peer.broker_pid();
+    if (broker)
+        out.before = memory_of(broker);
+    PubSpec spec{size, seconds, rate, total, time_sends};
+    Child pub = fork_role(peer.name() + " publisher",
+                          [&peer, spec](RoleIo& io) { peer.publisher(spec, io); });
+    out.pub = pub_result(pub.read(seconds + 40));
+    for (auto& s : subs)
+        s.send("done " + std::to_string(out.pub.sent));
+    double first = 0, last = 0;
+    for (int i = 0; i < total; ++i) {
+        const SubResult r = sub_result(subs[i].read(SubscriberCounter::cap + 10));
+        if (i >= healthy)
+            continue;
+        out.healthy.push_back(r);
+        if (r.malformed)
+            throw std::runtime_error(peer.name() + ": " + std::to_string(r.malformed) +
+                                     " malformed messages");
+        if (r.count > out.pub.sent)
+            throw std::runtime_error(peer.name() + ": more messages arrived than were sent");
+        out.delivered += r.count;
+        if (r.count) {
+            first = first == 0 ? r.first : std::min(first, r.first);
+            last = std::max(last, r.last);
+        }
+    }
+    if (broker)
+        out.after = memory_of(broker);
+    for (auto& s : subs)
+        s.wait(10);
+    pub.send("close");
+    pub.wait(20);
+    const double pub_seconds = out.pub.end - out.pub.start;
+    out.sent_rate = pub_seconds > 0 ? static_cast<double>(out.pub.sent) / pub_seconds : 0;
+    out.delivered_rate = last > first ? static_cast<double>(out.delivered) / (last - first) : 0;
+    const double expected = static_cast<double>(out.pub.sent) * healthy;
+    out.loss = expected > 0 ? 1 - static_cast<double>(out.delivered) / expected : 1;
+    return out;
+}
+
+ReqResult run_reqrep(Peer& peer, Runs& runs, const Options& options, int in_flight) {
+    const std::string dir = runs.next_dir();
+    peer.start(Pattern::reqrep, dir);
+    Started started{peer, dir, options.keep};
+    Child responder =
+        fork_role(peer.name() + " responder", [&peer](RoleIo& io) { peer.responder(io); });
+    responder.read(20);
+    ReqSpec spec;
+    spec.seconds = options.seconds;
+    spec.in_flight = in_flight;
+    Child requester = fork_role(peer.name() + " requester",
+                                [&peer, spec](RoleIo& io) { peer.requester(spec, io); });
+    const ReqResult r = req_result(requester.read(spec.warmup + spec.seconds + 30));
+    requester.wait(10);
+    responder.kill_now();
+    if (r.count == 0 || r.seconds <= 0)
+        throw std::runtime_error(peer.name() + ": no round trip completed");
+    return r;
+}
+
+// --- the cases --------------------------------------------------------------------------------
+
+struct PubSubCase {
+    std::string name;
+    std::size_t size;
+    int subscribers;
+};
+
+const std::vector<PubSubCase> pubsub_cases{
+    {"pubsub64", 64, 1},
+    {"pubsub1KiB", 1024, 1},
+    {"fanout4", 64, 4},
+    {"fanout16", 64, 16},
+};
+
+struct ReqCase {
+    std::string name;
+    int in_flight;
+};
+const std::vector<ReqCase> req_cases{{"reqrep_serial", 1}, {"reqrep_64", 64}};
+
+bool selected(const Options& options, const std::string& name) {
+    if (options.only.empty())
+        return true;
+    return std::any_of(options.only.begin(), options.only.end(),
+                       [&](const std::string& o) { return name.find(o) != std::string::npos; });
+}
+
+std::string rate_text(double v) {
+    return v >= 1e6 ? bench::fixed(v / 1e6, 2) + "M" : bench::fixed(v / 1e3, 1) + "k";
+}
+
+void pubsub_round(Peer& peer, Runs& runs, const Options& options, const PubSubCase& c) {
+    const std::string name = c.name + "." + peer.name();
+    current_case = name.c_str();
+    auto out = run_pubsub(peer, runs, options, c.size, c.subscribers, 0, options.seconds, 0, false);
+    record(key(c.name, peer.name(), "sent"), out.sent_rate);
+    record(key(c.name, peer.name(), "delivered"), out.delivered_rate);
+    record(key(c.name, peer.name(), "loss"), out.loss);
+    std::fprintf(stderr, "  %-24s sent %8s/s  delivered %8s/s  loss %6.3f%%", name.c_str(),
+                 rate_text(out.sent_rate).c_str(), rate_text(out.delivered_rate).c_str(),
+                 100 * out.loss);
+    const auto cut = std::count_if(out.healthy.begin(), out.healthy.end(),
+                                   [](const SubResult& r) { return r.disconnected; });
+    if (cut)
+        std::fprintf(stderr, " (%d cut off by the broker)", static_cast<int>(cut));
+    std::optional<double> lossless;
+    if (out.loss == 0) {
+        lossless = out.delivered_rate;
+    } else {
+        // Paced below what the subscribers managed, in steps, until nothing is lost.
+        double per_sub = out.delivered_rate / c.subscribers;
+        for (int step = 0; step < options.search_steps && !lossless; ++step) {
+            per_sub *= step == 0 ? 0.9 : 0.8;
+            auto paced = run_pubsub(peer, runs, options, c.size, c.subscribers, 0, options.seconds,
+                                    per_sub, false);
+            std::fprintf(stderr, " | paced %s/s: loss %.3f%%", rate_text(per_sub).c_str(),
+                         100 * paced.loss);
+            if (paced.loss == 0)
+                lossless = paced.delivered_rate;
+        }
+    }
+    // 0: nothing tried was lossless.
+    record(key(c.name, peer.name(), "lossless"), lossless.value_or(0));
+    std::fprintf(stderr, "\n");
+}
+
+void reqrep_round(Peer& peer, Runs& runs, const Options& options, const ReqCase& c) {
+    const std::string name = c.name + "." + peer.name();
+    current_case = name.c_str();
+    const ReqResult r = run_reqrep(peer, runs, options, c.in_flight);
+    const double rate = static_cast<double>(r.count) / r.seconds;
+    record(key(c.name, peer.name(), "rate"), rate);
+    record(key(c.name, peer.name(), "p50"), r.p50_us);
+    record(key(c.name, peer.name(), "p99"), r.p99_us);
+    std::fprintf(stderr, "  %-24s %8s/s  p50 %6.1f us  p99 %7.1f us\n", name.c_str(),
+                 rate_text(rate).c_str(), r.p50_us, r.p99_us);
+}
+
+void stall_round(Peer& peer, Runs& runs, const Options& options) {
+    const std::string name = "stall." + peer.name();
+    current_case = name.c_str();
+    auto out = run_pubsub(peer, runs, options, 64, 1, 1, options.stall_seconds, 0, true);
+    const SubResult& h = out.healthy.at(0);
+    // The longest time the healthy subscriber heard nothing while the publisher was sending,
+    // counting from the first send and up to the last.
+    double gap = h.count ? std::max(h.max_gap_ms, (h.first - out.pub.start) * 1000)
+                         : (out.pub.end - out.pub.start) * 1000;
+    const bool to_the_end =
+        h.count && out.pub.end - h.last > 0 && (out.pub.end - h.last) * 1000 > gap;
+    if (to_the_end)
+        gap = (out.pub.end - h.last) * 1000;
+    record(key("stall", peer.name(), "gap"), gap);
+    record(key("stall", peer.name(), "gap_to_end"), to_the_end ? 1 : 0);
+    record(key("stall", peer.name(), "delivered"), out.delivered_rate);
+    record(key("stall", peer.name(), "sent"), out.sent_rate);
+    record(key("stall", peer.name(), "send_ms"), out.pub.max_send_ms);
+    record(key("stall", peer.name(), "blocked_ms"), out.pub.max_blocked_ms);
+    record(key("stall", peer.name(), "cut"), h.disconnected ? 1 : 0);
+    record(key("stall", peer.name(), "wait_ms"), out.pub.max_wait_ms);
+    record(key("stall", peer.name(), "rss_before"), out.before.rss_mb);
+    record(key("stall", peer.name(), "rss_peak"), out.after.hwm_mb);
+    const double growth = out.before.rss_mb > 0 ? out.after.hwm_mb / out.before.rss_mb : 0;
+    record(key("stall", peer.name(), "growth"), growth);
+    std::fprintf(stderr,
+                 "  %-24s healthy gap %7.1f ms%s%s  got %8s/s  send %7.2f ms (blocked %7.2f ms)"
+                 "  wait %7.1f ms  rss %.1f -> %.1f MB\n",
+                 name.c_str(), gap, to_the_end ? " (to the end)" : "",
+                 h.disconnected ? " (cut off)" : "", rate_text(out.delivered_rate).c_str(),
+                 out.pub.max_send_ms, out.pub.max_blocked_ms, out.pub.max_wait_ms,
+                 out.before.rss_mb, out.after.hwm_mb);
+}
+
+// --- the report -------------------------------------------------------------------------------
+
+const std::vector<std::string> all_peers{"bus-unix", "bus-ipc",     "zmq-direct", "zmq_proxy",
+                                         "nats",     "dbus-broker", "dbus-daemon"};
+const std::vector<std::string> stall_peers{"bus-unix", "bus-ipc", "nats", "zmq_proxy",
+                                           "dbus-broker"};
+
+// The rate a pub/sub case is compared by: per round, what arrived when nothing was lost, else
+// the highest paced rate that lost nothing (0 if none of those tried did).
+std::optional<double> effective(const std::string& c, const std::string& peer) {
+    return median_of(key(c, peer, "lossless"));
+}
+
+std::string ratio(std::optional<double> a, std::optional<double> b) {
+    return a && b && *a > 0 && *b > 0 ? bench::fixed(*a / *b, 2) : "-";
+}
+
+std::string opt_thousands(std::optional<double> v) {
+    return v ? bench::thousands(*v) : "-";
+}
+
+void print_report(const Options& options) {
+    std::printf(
+        "broker benchmark: busd (ipc:// and unix://) beside a direct ZeroMQ link, a zmq_proxy "
+        "hop,\nnats-server, dbus-broker and dbus-daemon; all local, %.1f s per case, stall "
+        "%.1f s;\neach figure is the median of %d rounds (spread = (max - min) / median of the "
+        "compared figure).\nRatios are bus-unix/peer and bus-ipc/peer.\n\n",
+        options.seconds, options.stall_seconds, options.rounds);
+
+    for (const auto& c : pubsub_cases) {
+        bool any = false;
+        for (const auto& p : all_peers)
+            any = any || median_of(key(c.name, p, "sent"));
+        if (!any)
+            continue;
+        if (c.subscribers == 1)
+            std::printf("%s. pub -> sub, %zu B, one publisher, one subscriber (msgs/s)\n",
+                        c.name.c_str(), c.size);
+        else
+            std::printf("%s. pub -> %d subscribers, %zu B (delivered = total over the "
+                        "subscribers, msgs/s)\n",
+                        c.name.c_str(), c.subscribers, c.size);
+        bench::Table table({{"peer", bench::Align::left},
+                            {"sent/s"},
+                            {"delivered/s"},
+                            {"loss"},
+                            {"lossless/s"},
+                            {"MB/s"},
+                            {"spread"},
+                            {"unix/peer"},
+                            {"ipc/peer"}});
+        const auto unix = effective(c.name, "bus-unix"), ipc = effective(c.name, "bus-ipc");
+        for (const auto& p : all_peers) {
+            const auto sent = median_of(key(c.name, p, "sent"));
+            if (!sent)
+                continue;
+            const auto delivered = median_of(key(c.name, p, "delivered"));
+            const auto loss = median_of(key(c.name, p, "loss"));
+            const auto eff = effective(c.name, p);
+            table.add_row({p, bench::thousands(*sent), opt_thousands(delivered),
+                           bench::fixed(100 * *loss, 2) + "%", opt_thousands(eff),
+                           eff ? bench::fixed(*eff * static_cast<double>(c.size) / 1e6, 1) : "-",
+                           spread_of(key(c.name, p, "lossless")), ratio(unix, eff),
+                           ratio(ipc, eff)});
+        }
+        table.print(stdout);
+        std::printf("\n");
+    }
+
+    for (const auto& c : req_cases) {
+        bool any = false;
+        for (const auto& p : all_peers)
+            any = any || median_of(key(c.name, p, "rate"));
+        if (!any)
+            continue;
+        std::printf("%s. request/reply, 64 B, %s (round trips/s)\n", c.name.c_str(),
+                    c.in_flight == 1 ? "one at a time"
+                                     : (std::to_string(c.in_flight) + " in flight").c_str());
+        bench::Table table({{"peer", bench::Align::left},
+                            {"round trips/s"},
+                            {"p50 us"},
+                            {"p99 us"},
+                            {"spread"},
+                            {"unix/peer"},
+                            {"ipc/peer"}});
+        const auto unix = median_of(key(c.name, "bus-unix", "rate"));
+        const auto ipc = median_of(key(c.name, "bus-ipc", "rate"));
+        for (const auto& p : all_peers) {
+            const auto rate = median_of(key(c.name, p, "rate"));
+            if (!rate)
+                continue;
+            table.add_row({p, bench::thousands(*rate),
+                           bench::fixed(*median_of(key(c.name, p, "p50")), 1),
+                           bench::fixed(*median_of(key(c.name, p, "p99")), 1),
+                           spread_of(key(c.name, p, "rate")), ratio(unix, rate), ratio(ipc, rate)});
+        }
+        table.print(stdout);
+        std::printf("\n");
+    }
+
+    bool any_stall = false;
+    for (const auto& p : stall_peers)
+        any_stall = any_stall || median_of(key("stall", p, "gap"));
+    if (any_stall) {
+        std::printf(
+            "stall. a publisher as fast as it can, 64 B, a healthy subscriber and one that never "
+            "reads\n"
+            "  gap      the healthy subscriber's longest silence while the publisher sent ('+': "
+            "it lasted\n           to the end, so the real gap is longer; 'cut': the broker "
+            "disconnected it)\n"
+            "  send     the publisher's longest single send call, preemption included\n"
+            "  blocked  the longest send call during which the publisher slept (the transport "
+            "made it wait)\n"
+            "  wait     the longest the transport held the publisher up (bus: waiting for its "
+            "flush() window)\n"
+            "  RSS      the broker's before the publisher started, and its peak (VmHWM) at the "
+            "end\n");
+        bench::Table table({{"peer", bench::Align::left},
+                            {"gap ms"},
+                            {"spread"},
+                            {"healthy got/s"},
+                            {"sent/s"},
+                            {"send ms"},
+                            {"blocked ms"},
+                            {"wait ms"},
+                            {"RSS MB"},
+                            {"peak MB"},
+                            {"growth"}});
+        for (const auto& p : stall_peers) {
+            const auto gap = median_of(key("stall", p, "gap"));
+            if (!gap)
+                continue;
+            const bool to_end = *median_of(key("stall", p, "gap_to_end")) >= 0.5;
+            const bool cut = *median_of(key("stall", p, "cut")) >= 0.5;
+            table.add_row({p, bench::fixed(*gap, 1) + (to_end ? "+" : "") + (cut ? " cut" : ""),
+                           spread_of(key("stall", p, "gap")),
+                           bench::thousands(*median_of(key("stall", p, "delivered"))),
+                           bench::thousands(*median_of(key("stall", p, "sent"))),
+                           bench::fixed(*median_of(key("stall", p, "send_ms")), 2),
+                           bench::fixed(*median_of(key("stall", p, "blocked_ms")), 2),
+                           bench::fixed(*median_of(key("stall", p, "wait_ms")), 1),
+                           bench::fixed(*median_of(key("stall", p, "rss_before")), 1),
+                           bench::fixed(*median_of(key("stall", p, "rss_peak")), 1),
+                           bench::fixed(*median_of(key("stall", p, "growth")), 2)});
+        }
+        table.print(stdout);
+        std::printf("\n");
+    }
+
+    // A bar prints only when both of its measurements ran.
+    auto bar = [](const std::string& name, std::optional<double> a, std::optional<double> b,
+                  const std::string& target) {
+        if (a && b && *b > 0)
+            bench::print_bar(stdout, {name, *a / *b, target, false});
+    };
+    bar("broker.pubsub64.unix.vs_nats", effective("pubsub64", "bus-unix"),
+        effective("pubsub64", "nats"), "1.0");
+    bar("broker.pubsub64.ipc.vs_zmq_proxy", effective("pubsub64", "bus-ipc"),
+        effective("pubsub64", "zmq_proxy"), "1.0");
+    bar("broker.fanout4.vs_nats", effective("fanout4", "bus-unix"), effective("fanout4", "nats"),
+        "1.0");
+    bar("broker.reqrep_serial.unix.vs_dbus_broker",
+        median_of(key("reqrep_serial", "bus-unix", "rate")),
+        median_of(key("reqrep_serial", "dbus-broker", "rate")), "2.0");
+    bar("broker.reqrep_64.unix.vs_nats", median_of(key("reqrep_64", "bus-unix", "rate")),
+        median_of(key("reqrep_64", "nats", "rate")), "1.0");
+    // The stall bars take the worse of bus's two transports.
+    auto worst = [](const std::string& metric) -> std::optional<double> {
+        std::optional<double> w;
+        for (const char* p : {"bus-unix", "bus-ipc"})
+            if (const auto v = median_of(key("stall", p, metric)))
+                w = w ? std::max(*w, *v) : *v;
+        return w;
+    };
+    if (const auto gap = worst("gap"))
+        bench::print_bar(stdout, {"broker.stall.healthy_gap_ms", *gap, "100", true});
+    if (const auto blocked = worst("blocked_ms"))
+        // Target 0: no send blocks. A send that returns within 1 ms does not count as blocked.
+        std::printf("bar: broker.stall.publisher_blocked_ms measured=%s target=0 %s\n",
+                    bench::fixed(*blocked, 2).c_str(), *blocked <= 1.0 ? "ok" : "short");
+    if (const auto growth = worst("growth"))
+        bench::print_bar(stdout, {"broker.stall.rss_growth", *growth, "1.5", true});
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    Options options;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) {
+                std::fprintf(stderr, "broker-bench: %s needs a value\n", arg.c_str());
+                std::exit(2);
+            }
+            return argv[++i];
+        };
+        if (arg == "--seconds")
+            options.seconds = std::stod(value());
+        else if (arg == "--stall-seconds")
+            options.stall_seconds = std::stod(value());
+        else if (arg == "--rounds")
+            options.rounds = std::stoi(value());
+        else if (arg == "--search-steps")
+            options.search_steps = std::stoi(value());
+        else if (arg == "--busd")
+            options.busd = value();
+        else if (arg == "--keep")
+            options.keep = true;
+        else if (arg == "--only") {
+            const std::string list = value();
+            std::size_t pos = 0;
+            while (pos <= list.size()) {
+                const std::size_t comma = std::min(list.find(',', pos), list.size());
+                if (comma > pos)
+                    options.only.push_back(list.substr(pos, comma - pos));
+                pos = comma + 1;
+            }
+        } else {
+            std::fprintf(stderr,
+                         "usage: broker-bench [--seconds S] [--stall-seconds S] [--rounds R] "
+                         "[--only NAME[,NAME...]] [--search-steps N] [--busd PATH] [--keep]\n");
+            return 2;
+        }
+    }
+    if (options.busd.empty()) {
+        char self[PATH_MAX] = {};
+        if (::readlink("/proc/self/exe", self, sizeof self - 1) > 0) {
+            std::string dir(self);
+            options.busd = dir.substr(0, dir.rfind('/')) + "/busd";
+        }
+    }
+
+    // Orphans of the servers (dbus-broker once its launcher is gone) come back to us.
+    ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+    std::signal(SIGPIPE, SIG_IGN);
+    janitor::start();
+    std::signal(SIGALRM, on_watchdog);
+    ::alarm(static_cast<unsigned>(600 +
+                                  options.rounds * 60 * (options.seconds + options.stall_seconds)));
+
+    Paths paths;
+    paths.busd = options.busd;
+    paths.nats_server = find_program("nats-server");
+    paths.dbus_daemon = find_program("dbus-daemon");
+    paths.dbus_launch = find_program("dbus-broker-launch");
+    paths.socket_activate = find_program("systemd-socket-activate");
+
+    bool broke = false;
+    std::vector<std::unique_ptr<Peer>> peers;
+    auto add = [&](std::unique_ptr<Peer> peer, const std::vector<std::string>& needs) {
+        for (const auto& n : needs)
+            if (n.empty() || ::access(n.c_str(), X_OK) != 0) {
+                std::fprintf(stderr,
+                             "broker-bench: %s is not installed (scripts/setup.sh --bench), "
+                             "skipping %s\n",
+                             n.empty() ? "a program" : n.c_str(), peer->name().c_str());
+                broke = true;
+                return;
+            }
+        peers.push_back(std::move(peer));
+    };
+    add(make_bus_peer(paths, "unix"), {paths.busd});
+    add(make_bus_peer(paths, "ipc"), {paths.busd});
+    add(make_zmq_direct_peer(), {});
+    add(make_zmq_proxy_peer(), {});
+    add(make_nats_peer(paths), {paths.nats_server});
+    add(make_dbus_peer(paths, "dbus-broker"), {paths.dbus_launch, paths.socket_activate});
+    add(make_dbus_peer(paths, "dbus-daemon"), {paths.dbus_daemon});
+
+    const std::string base = make_temp_dir("broker-bench");
+    if (options.keep)
+        std::fprintf(stderr, "broker-bench: keeping %s\n", base.c_str());
+    else
+        janitor::track_path(base);
+    Runs runs(base);
+    const double t0 = now_s();
+
+    auto attempt = [&](const std::string& name, auto&& body) {
+        if (!selected(options, name))
+            return;
+        try {
+            body();
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "broker-bench: %s broke: %s\n", name.c_str(), e.what());
+            broke = true;
+        }
+    };
+    for (int round = 1; round <= options.rounds; ++round) {
+        std::fprintf(stderr, "broker-bench: round %d of %d\n", round, options.rounds);
+        for (const auto& c : pubsub_cases)
+            for (auto& peer : peers)
+                attempt(c.name + "." + peer->name(),
+                        [&] { pubsub_round(*peer, runs, options, c); });
+        for (const auto& c : req_cases)
+            for (auto& peer : peers)
+                attempt(c.name + "." + peer->name(),
+                        [&] { reqrep_round(*peer, runs, options, c); });
+        for (auto& peer : peers)
+            if (std::find(stall_peers.begin(), stall_peers.end(), peer->name()) !=
+                stall_peers.end())
+                attempt("stall." + peer->name(), [&] { stall_round(*peer, runs, options); });
+    }
+    ::alarm(0);
+    std::fprintf(stderr, "broker-bench: %.0f s\n", now_s() - t0);
+
+    print_report(options);
+    if (!options.keep) {
+        remove_tree(base);
+        janitor::untrack_path(base);
+    }
+    janitor::stop();
+    if (broke)
+        std::fprintf(stderr, "broker-bench: some cases broke (see above)\n");
+    return broke ? 1 : 0;
+}

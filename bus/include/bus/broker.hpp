@@ -34,7 +34,7 @@ struct Limits {
     std::size_t max_message_size = 8u << 20;
     // Per client: messages queued by ZeroMQ (its SNDHWM), bytes queued on a unix:// link.
     int client_queue_messages = 10000;
-    std::size_t client_queue_bytes = 8u << 20;
+    std::size_t client_queue_bytes = 2u << 20;
     std::size_t max_subscriptions = 10000; // per client
     std::size_t max_services = 1000;       // per client
     std::size_t max_types = 10000;         // in the type registry, in all

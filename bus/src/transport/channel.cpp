@@ -29,6 +29,8 @@ constexpr int max_reads_per_wakeup = 16;
 constexpr std::size_t max_received_fds = 2 * max_fds_per_syscall;
 
 constexpr int node_max_retransmissions = 3; // as Node's MAX_HANDLE_RETRANSMISSIONS
+// Write buffer capacity kept once everything is written; more is freed.
+constexpr std::size_t retained_write_buffer = 256 * 1024;
 
 } // namespace
 
@@ -326,7 +328,12 @@ std::error_code Channel::write_some() {
         written_ += static_cast<std::uint64_t>(n);
         out_begin_ += static_cast<std::size_t>(n);
     }
-    out_.clear();
+    // All written. A burst (a peer that stalled for a while) may have grown the buffer to its
+    // high-water mark; give that memory back rather than keep it for the channel's lifetime.
+    if (out_.capacity() > retained_write_buffer)
+        std::string().swap(out_);
+    else
+        out_.clear();
     out_begin_ = 0;
     return {};
 }

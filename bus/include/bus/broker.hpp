@@ -33,7 +33,7 @@ namespace bus::broker {
 struct Limits {
     std::size_t max_message_size = 8u << 20;
     // Per client: messages queued by ZeroMQ (its SNDHWM), bytes queued on a unix:// link.
-    int client_queue_messages = 10000;
+    int client_queue_messages = 2000;
     std::size_t client_queue_bytes = 2u << 20;
     std::size_t max_subscriptions = 10000; // per client
     std::size_t max_services = 1000;       // per client

@@ -8,7 +8,7 @@
 //
 //   [limits]
 //   max_message_size = 8388608      # bytes
-//   client_queue_messages = 10000   # per ZeroMQ client
+//   client_queue_messages = 2000    # per ZeroMQ client
 //   client_queue_bytes = 2097152    # per unix:// client
 //   max_subscriptions = 10000       # per client
 //   max_services = 1000             # per client

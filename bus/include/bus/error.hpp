@@ -32,6 +32,15 @@ enum class errc {
     no_parent_channel,         // from_parent() in a process started without a channel
     unsupported_serialization, // NODE_CHANNEL_SERIALIZATION_MODE=advanced
     wrong_type,                // payload is not of the requested type
+    // shared-memory queues (bus::shm)
+    full,             // no room for the record now (never overwrites)
+    empty,            // no record to read now
+    timeout,          // a wait reached its deadline
+    peer_dead,        // the other side of the queue died and nobody live replaced it
+    layout_mismatch,  // the segment is not a queue of this build's version and layout
+    record_too_large, // the record could never fit in the ring
+    queue_in_use,     // that end of the queue is held by a live process (or all slots are)
+    bad_record,       // a record header in the ring is invalid: a peer corrupted the queue
 };
 
 const std::error_category& bus_category() noexcept;

@@ -40,6 +40,22 @@ public:
             return "unsupported IPC serialization (only 'json' is spoken with Node)";
         case errc::wrong_type:
             return "payload is not of the requested type";
+        case errc::full:
+            return "queue is full";
+        case errc::empty:
+            return "queue is empty";
+        case errc::timeout:
+            return "timed out";
+        case errc::peer_dead:
+            return "the process on the other side of the queue died";
+        case errc::layout_mismatch:
+            return "shared-memory segment is not a queue of this version and layout";
+        case errc::record_too_large:
+            return "record larger than the queue can ever hold";
+        case errc::queue_in_use:
+            return "that end of the queue is held by another live process";
+        case errc::bad_record:
+            return "invalid record header in the queue (corrupted by a peer)";
         }
         return "unknown bus error " + std::to_string(value);
     }

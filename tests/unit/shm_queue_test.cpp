@@ -3,6 +3,9 @@
 // the tests the ThreadSanitizer stage runs; tests/integration/shm_test.cpp does real processes,
 // deaths included.
 #include "../support/shm_records.hpp"
+// White-box: one test plays a producer that died inside the reservation lock.
+#include "../../bus/src/shm/layout.hpp"
+#include "../../bus/src/shm/segment.hpp"
 
 #include <bus/shm_queue.hpp>
 #include <bus/v1/cluster.pb.h>
@@ -315,6 +318,36 @@ TEST_F(ShmQueue, MpscRecordWaitsForTheOneClaimedBeforeIt) {
     EXPECT_EQ(text(c.try_front().value()), "b");
 }
 
+TEST_F(ShmQueue, ReservationLockOfADeadHolderIsTakenOver) {
+    auto p = create(4096, mpsc());
+    auto c = open(shm::Role::consumer);
+    // A producer in slot 63, generation 7, died holding the lock: its slot says attached, but
+    // nobody holds the slot's byte lock.
+    const int fd = ::shm_open(("/bus." + name_).c_str(), O_RDWR | O_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    const std::size_t size = bus::shm::detail::control_size();
+    void* map = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    ASSERT_NE(map, MAP_FAILED);
+    auto* ctrl = static_cast<bus::shm::detail::Control*>(map);
+    auto& ghost = ctrl->slots[63];
+    ghost.generation.store(7);
+    ghost.role.store(static_cast<std::uint32_t>(shm::Role::producer));
+    ghost.state.store(static_cast<std::uint32_t>(bus::shm::detail::SlotState::attached));
+    ctrl->reserve_lock.store(64 | 7 << 8);
+
+    const auto start = Clock::now();
+    auto slot = p.try_reserve(5); // waits for the lock, finds its owner dead, takes it over
+    const auto waited = Clock::now() - start;
+    ASSERT_TRUE(slot) << slot.error().message();
+    std::memcpy(slot.value().data(), "taken", 5);
+    p.commit();
+    EXPECT_GE(waited, 10ms);
+    EXPECT_LT(waited, 2s);
+    EXPECT_EQ(text(c.try_front().value()), "taken");
+    ::munmap(map, size);
+}
+
 // --- the segment ----------------------------------------------------------------------------
 
 TEST_F(ShmQueue, SegmentIs0600ByDefaultAnd0660ForAGroup) {
@@ -556,9 +589,9 @@ TEST_F(ShmQueue, SleepingProducerWakesForRoom) {
 // --- asynchronous waiting -------------------------------------------------------------------
 
 TEST_F(ShmQueue, AsyncWaitCompletesWhenARecordArrives) {
+    boost::asio::io_context io; // outlives the queues, as an io object's loop must
     auto p = create();
     auto c = open(shm::Role::consumer);
-    boost::asio::io_context io;
     std::optional<std::error_code> result;
     c.async_wait(io, [&](std::error_code ec) { result = ec; });
     io.run_for(30ms);
@@ -584,11 +617,11 @@ TEST_F(ShmQueue, AsyncWaitCompletesWhenARecordArrives) {
 }
 
 TEST_F(ShmQueue, AsyncWaitForRoom) {
+    boost::asio::io_context io;
     auto p = create(4096);
     auto c = open(shm::Role::consumer);
     while (!p.try_push(bytes(std::string(200, 'f')))) {
     }
-    boost::asio::io_context io;
     std::optional<std::error_code> result;
     p.async_wait(
         io, [&](std::error_code ec) { result = ec; }, 200);
@@ -608,8 +641,8 @@ TEST_F(ShmQueue, AsyncWaitForRoom) {
 }
 
 TEST_F(ShmQueue, AsyncWaitIsCanceledByCancelAndByDestruction) {
-    auto p = create();
     boost::asio::io_context io;
+    auto p = create();
     std::optional<std::error_code> result;
     {
         auto c = open(shm::Role::consumer);

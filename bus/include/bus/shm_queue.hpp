@@ -158,8 +158,9 @@ public:
 
     // Calls `handler` on `io` once a record can be read (consumer) or a record of
     // `record_size` bytes can be reserved (producer); with errc::peer_dead when the other side
-    // died; with asio::error::operation_aborted after cancel() or when the queue is destroyed.
-    // One wait at a time; no spinning. `io` must outlive this queue's asynchronous use.
+    // died; with std::errc::operation_canceled after cancel() or when the queue is destroyed.
+    // One wait at a time; no spinning. The queue keeps a socket registered with `io` from the
+    // first call on: as for any Asio I/O object, `io` must outlive the queue.
     void async_wait(boost::asio::io_context& io, WaitHandler handler, std::size_t record_size = 0);
     void cancel();
 

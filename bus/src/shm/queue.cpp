@@ -46,20 +46,21 @@
 // MEMORY ORDERING AND THE FUTEX. A waiter sleeps on a futex word (data_seq for the consumer,
 // space_seq for producers) after announcing itself in a waiting word (consumer_waiting,
 // producers_waiting). The publisher (commit, or release on the other side) must not miss the
-// announcement, and the waiter must not miss the publication. This is the store-buffer
-// (Dekker) pattern:
+// announcement, and the waiter must not miss the publication:
 //
-//     waiter:    seq = S;  W(waiting = 1);  [B1];  R(published?) -> if no: futex_wait(S, seq)
-//     publisher: W(published);              [B2];  R(waiting)    -> if set: S += 1; futex_wake
+//     waiter:    W(waiting = 1); [B1]; loop { seq = S; R(published?) -> if no: futex_wait(S, seq) }
+//     publisher: W(published);   [B2]; R(waiting) -> if set: S += 1 (RMW); futex_wake(S)
 //
-// Without barriers x86 may let each side's load pass its own earlier store (StoreLoad), both
-// read the old values, and the waiter sleeps through a publication. With B1 and B2 full
-// barriers, at least one side sees the other's store: either the waiter sees the record and
-// does not sleep, or the publisher sees `waiting` and bumps S. The bump comes after the
-// waiter's read of `seq` (the waiter's W(waiting) is an RMW, and the publisher's read of it
-// synchronizes with it), so futex_wait(S, seq) either finds S != seq and returns at once, or
-// is already queued when futex_wake runs: the kernel compares the word under the same bucket
-// lock that futex_wake takes. No lost wake-up.
+// This is the store-buffer (Dekker) pattern: without barriers x86 may let each side's load
+// pass its own earlier store (StoreLoad), both read the old values, and the waiter sleeps
+// through a publication. With B1 and B2 full barriers at least one side sees the other's
+// store. If the publisher saw `waiting` = 0, its W(published) is visible to every R(published)
+// the waiter makes after B1. If it saw 1, it bumps S after publishing; a waiter whose
+// `seq = S` read that bump (acquire, from the RMW) also sees the publication, and one that
+// read an older S hands that older value to futex_wait, which returns at once if the bump has
+// happened, or is already queued when futex_wake runs (the kernel compares the word under the
+// bucket lock futex_wake takes). No lost wake-up. The flag stays up for the whole wait, so B1
+// is needed once per wait, not once per wake-up.
 //
 // B2 is on the hot path (every commit, every release), and a full fence there costs a drain
 // of the store buffer, which on a ring means waiting for the cache lines the other core holds.
@@ -70,8 +71,8 @@
 // R(waiting) comes after P, it sees W(waiting) (ordered before the membarrier call); if it
 // comes before P, its earlier W(published) is also before P, hence visible to the waiter's
 // R(published), which follows the membarrier. Either way one side sees the other. A thread
-// that is not running passes a full barrier at the context switch. Sleeping is the slow path
-// anyway, so the syscall costs nothing that matters. Every process attached to a
+// that is not running passes a full barrier at the context switch. Only a process about to
+// sleep pays the syscall (0.2-2 µs here), once per wait. Every process attached to a
 // membarrier-mode queue must have registered (open() refuses otherwise); a queue created by a
 // process that could not register is a fence-mode queue for everyone.
 //
@@ -268,9 +269,12 @@ struct Queue::Impl {
 
     std::error_code attach();
     void require(Role r, const char* what) const {
-        if (role != r)
-            throw std::logic_error(std::string("bus::shm::Queue::") + what + " on a " +
-                                   (role == Role::producer ? "producer" : "consumer") + " handle");
+        if (role != r) [[unlikely]]
+            wrong_end(what);
+    }
+    [[noreturn, gnu::cold, gnu::noinline]] void wrong_end(const char* what) const {
+        throw std::logic_error(std::string("bus::shm::Queue::") + what + " on a " +
+                               (role == Role::producer ? "producer" : "consumer") + " handle");
     }
 
     // barriers: see "Memory ordering" above
@@ -307,11 +311,15 @@ struct Queue::Impl {
         return true;
     }
 
-    // producer
+    // producer. The hot calls have an inlined fast path for the common case (spsc, room, a
+    // committed record) and an out-of-line path for everything else.
     Result<std::span<std::byte>> try_reserve(std::size_t n);
+    Result<std::span<std::byte>> try_reserve_slow(std::size_t n);
     Result<std::span<std::byte>> reserve(std::size_t n, std::chrono::nanoseconds timeout);
+    Result<std::span<std::byte>> reserve_wait(std::size_t n, std::chrono::nanoseconds timeout);
     bool has_room(std::size_t n) noexcept;
     void commit(std::size_t used);
+    void commit_slow(std::size_t used);
     void abort() noexcept;
     void lock_reserve() noexcept;
     void lock_reserve_slow() noexcept;
@@ -320,7 +328,9 @@ struct Queue::Impl {
 
     // consumer
     Result<std::span<const std::byte>> try_front();
+    Result<std::span<const std::byte>> try_front_slow();
     Result<std::span<const std::byte>> front(std::chrono::nanoseconds timeout);
+    Result<std::span<const std::byte>> front_wait(std::chrono::nanoseconds timeout);
     void release();
     void advance(std::uint32_t extent, bool skip) noexcept;
 
@@ -596,7 +606,22 @@ bool Queue::Impl::lock_owner_dead(std::uint32_t owner) const noexcept {
     return !held_by_other(fd.get(), lock_slot(s));
 }
 
-Result<std::span<std::byte>> Queue::Impl::try_reserve(std::size_t n) {
+[[gnu::always_inline]] inline Result<std::span<std::byte>> Queue::Impl::try_reserve(std::size_t n) {
+    if (role == Role::producer && mode == Mode::spsc && !reservation.active && n <= max_record())
+        [[likely]] {
+        const std::uint32_t need = extent_for(n);
+        if (tail + need - head_cache > capacity) [[unlikely]] {
+            head_cache = ctrl->head.load(std::memory_order_acquire);
+            if (tail + need - head_cache > capacity)
+                return errc::full;
+        }
+        reservation = {true, tail, need, n};
+        return std::span<std::byte>(payload_at(tail), n);
+    }
+    return try_reserve_slow(n);
+}
+
+[[gnu::noinline]] Result<std::span<std::byte>> Queue::Impl::try_reserve_slow(std::size_t n) {
     require(Role::producer, "reserve");
     if (reservation.active)
         throw std::logic_error("bus::shm::Queue::reserve: the previous reservation is still open");
@@ -637,7 +662,25 @@ bool Queue::Impl::has_room(std::size_t n) noexcept {
     return t + extent_for(n) - head_cache <= capacity;
 }
 
-void Queue::Impl::commit(std::size_t used) {
+[[gnu::always_inline]] inline void Queue::Impl::commit(std::size_t used) {
+    if (mode == Mode::spsc && reservation.active && used <= reservation.size) [[likely]] {
+        // spsc may shrink the record: tail has not moved yet.
+        RecordHeader* h = header_at(reservation.pos);
+        const std::uint32_t extent = extent_for(used);
+        h->length = static_cast<std::uint32_t>(used);
+        h->control.store(pack_record(extent, RecordState::committed, slot, generation),
+                         std::memory_order_relaxed);
+        reservation.active = false;
+        tail = reservation.pos + extent;
+        ctrl->produced.store(++produced, std::memory_order_relaxed);
+        ctrl->tail.store(tail, std::memory_order_release); // publishes header and payload
+        notify_consumer();
+        return;
+    }
+    commit_slow(used);
+}
+
+[[gnu::noinline]] void Queue::Impl::commit_slow(std::size_t used) {
     require(Role::producer, "commit");
     if (!reservation.active)
         throw std::logic_error("bus::shm::Queue::commit without a reservation");
@@ -673,20 +716,26 @@ void Queue::Impl::abort() noexcept {
     notify_consumer();
 }
 
-Result<std::span<std::byte>> Queue::Impl::reserve(std::size_t n, std::chrono::nanoseconds timeout) {
-    auto r = try_reserve(n);
-    if (r || !is_full(r.error()))
+[[gnu::always_inline]] inline Result<std::span<std::byte>>
+Queue::Impl::reserve(std::size_t n, std::chrono::nanoseconds timeout) {
+    if (auto r = try_reserve(n); r || !is_full(r.error()))
         return r;
+    return reserve_wait(n, timeout);
+}
+
+[[gnu::noinline]] Result<std::span<std::byte>>
+Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
+    Result<std::span<std::byte>> r = errc::full;
     const auto deadline = deadline_after(Clock::now(), timeout);
     if (spin_until(deadline, [&] {
             r = try_reserve(n);
             return r || !is_full(r.error());
         }))
         return r;
+    ctrl->producers_waiting.fetch_add(1, std::memory_order_seq_cst); // as in front_wait()
+    heavy_barrier(sync);
     for (;;) {
         const std::uint32_t seq = ctrl->space_seq.load(std::memory_order_acquire);
-        ctrl->producers_waiting.fetch_add(1, std::memory_order_seq_cst);
-        heavy_barrier(sync);
         r = try_reserve(n);
         const auto now = Clock::now();
         std::error_code outcome;
@@ -698,8 +747,7 @@ Result<std::span<std::byte>> Queue::Impl::reserve(std::size_t n, std::chrono::na
             outcome = errc::timeout;
         else {
             futex_wait(ctrl->space_seq, seq, std::min(deadline - now, next_liveness - now));
-            ctrl->producers_waiting.fetch_sub(1, std::memory_order_relaxed);
-            continue;
+            continue; // still counted as waiting
         }
         ctrl->producers_waiting.fetch_sub(1, std::memory_order_relaxed);
         if (outcome)
@@ -710,7 +758,28 @@ Result<std::span<std::byte>> Queue::Impl::reserve(std::size_t n, std::chrono::na
 
 // --- consumer -------------------------------------------------------------------------------
 
-Result<std::span<const std::byte>> Queue::Impl::try_front() {
+[[gnu::always_inline]] inline Result<std::span<const std::byte>> Queue::Impl::try_front() {
+    if (role == Role::consumer && !taken.active) [[likely]] {
+        if (head == tail_cache) {
+            tail_cache = ctrl->tail.load(std::memory_order_acquire);
+            if (head == tail_cache)
+                return errc::empty;
+        }
+        const RecordHeader* h = header_at(head);
+        const std::uint64_t c = h->control.load(std::memory_order_acquire);
+        const std::uint32_t extent = record_extent(c);
+        const std::uint32_t length = h->length;
+        if (record_state(c) == RecordState::committed && extent >= record_header_size &&
+            extent % record_align == 0 && extent <= tail_cache - head &&
+            length <= extent - record_header_size) [[likely]] {
+            taken = {true, head, extent, length};
+            return std::span<const std::byte>(payload_at(head), length);
+        }
+    }
+    return try_front_slow(); // everything else, checked again from the start
+}
+
+[[gnu::noinline]] Result<std::span<const std::byte>> Queue::Impl::try_front_slow() {
     require(Role::consumer, "front");
     if (taken.active)
         return std::span<const std::byte>(payload_at(taken.pos), taken.length);
@@ -764,7 +833,7 @@ Result<std::span<const std::byte>> Queue::Impl::try_front() {
     }
 }
 
-void Queue::Impl::advance(std::uint32_t extent, bool skip) noexcept {
+[[gnu::always_inline]] inline void Queue::Impl::advance(std::uint32_t extent, bool skip) noexcept {
     head += extent;
     ctrl->head.store(head, std::memory_order_release);
     ctrl->consumed.store(++consumed, std::memory_order_relaxed);
@@ -773,28 +842,38 @@ void Queue::Impl::advance(std::uint32_t extent, bool skip) noexcept {
     notify_producers();
 }
 
-void Queue::Impl::release() {
-    require(Role::consumer, "release");
-    if (!taken.active)
+[[gnu::always_inline]] inline void Queue::Impl::release() {
+    if (role != Role::consumer || !taken.active) [[unlikely]] {
+        require(Role::consumer, "release");
         throw std::logic_error("bus::shm::Queue::release without a record from front()");
+    }
     taken.active = false;
     advance(taken.extent, false);
 }
 
-Result<std::span<const std::byte>> Queue::Impl::front(std::chrono::nanoseconds timeout) {
-    auto r = try_front();
-    if (r || !is_empty(r.error()))
+[[gnu::always_inline]] inline Result<std::span<const std::byte>>
+Queue::Impl::front(std::chrono::nanoseconds timeout) {
+    if (auto r = try_front(); r || !is_empty(r.error()))
         return r;
+    return front_wait(timeout);
+}
+
+[[gnu::noinline]] Result<std::span<const std::byte>>
+Queue::Impl::front_wait(std::chrono::nanoseconds timeout) {
+    Result<std::span<const std::byte>> r = errc::empty;
     const auto deadline = deadline_after(Clock::now(), timeout);
     if (spin_until(deadline, [&] {
             r = try_front();
             return r || !is_empty(r.error());
         }))
         return r;
+    // The barrier pairs with the publishers' only when the flag goes up: while it stays up,
+    // every later publication sees it and bumps data_seq, so the next turns need only re-read
+    // data_seq before looking (see "Memory ordering").
+    ctrl->consumer_waiting.fetch_or(waiting_sync, std::memory_order_seq_cst);
+    heavy_barrier(sync);
     for (;;) {
         const std::uint32_t seq = ctrl->data_seq.load(std::memory_order_acquire);
-        ctrl->consumer_waiting.fetch_or(waiting_sync, std::memory_order_seq_cst);
-        heavy_barrier(sync);
         r = try_front();
         const auto now = Clock::now();
         std::error_code outcome;

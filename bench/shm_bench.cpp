@@ -61,7 +61,7 @@ struct Options {
     double seconds = 0.25;
     int reps = 5;
     std::size_t ring = 4 << 20;
-    std::string only; // run the cases whose key contains this
+    std::string only; // run the cases whose key contains one of these (comma-separated)
 };
 Options opt;
 
@@ -335,7 +335,7 @@ MiniRing* make_mini_ring(std::size_t bytes) {
 
 Throughput ring_throughput(std::size_t size) {
     Shared* s = make_shared_block();
-    const std::size_t slots = opt.ring / size;
+    const std::size_t slots = std::bit_floor(opt.ring / size); // the mask needs a power of two
     MiniRing* ring = make_mini_ring(opt.ring);
     const pid_t child = fork_child([&] {
         MiniProducer p(ring, size, slots);
@@ -363,7 +363,6 @@ Throughput ring_throughput(std::size_t size) {
 Throughput memcpy_throughput(std::size_t size) {
     std::vector<std::byte> dst(opt.ring);
     const auto src = source(size);
-    const std::size_t mask = opt.ring - 1;
     std::size_t off = 0;
     std::uint64_t count = 0;
     const auto start = Clock::now();
@@ -372,7 +371,9 @@ Throughput memcpy_throughput(std::size_t size) {
     for (;;) {
         std::memcpy(dst.data() + off, src.data(), size);
         asm volatile("" : : "r"(dst.data()) : "memory"); // the copy must happen
-        off = (off + size) & mask;
+        off += size;
+        if (off + size > opt.ring)
+            off = 0;
         if (++count % 64 == 0) {
             const auto now = Clock::now();
             if (now - start >= budget) {
@@ -692,8 +693,20 @@ std::string thousands(double v) {
     return out;
 }
 
+// --only a,b: the cases whose key contains a or b.
 bool selected(const std::string& key) {
-    return opt.only.empty() || key.find(opt.only) != std::string::npos;
+    if (opt.only.empty())
+        return true;
+    std::size_t from = 0;
+    for (;;) {
+        const std::size_t comma = opt.only.find(',', from);
+        const std::string part = opt.only.substr(from, comma - from);
+        if (!part.empty() && key.find(part) != std::string::npos)
+            return true;
+        if (comma == std::string::npos)
+            return false;
+        from = comma + 1;
+    }
 }
 
 struct Bar {
@@ -737,7 +750,15 @@ int main(int argc, char** argv) {
     }
     pin(1);
 
-    const std::vector<std::size_t> sizes = {64, 1024, 64 * 1024};
+    std::vector<std::size_t> sizes = {64, 1024, 64 * 1024};
+    if (const char* env = std::getenv("SHM_BENCH_SIZES")) { // experiments only
+        sizes.clear();
+        for (const char* p = env; *p;) {
+            char* end = nullptr;
+            sizes.push_back(std::strtoul(p, &end, 10));
+            p = *end ? end + 1 : end;
+        }
+    }
     struct Peer {
         std::string key, label;
         std::function<Throughput(std::size_t)> run;

@@ -1,6 +1,7 @@
 // bus::shm::Queue — how the ring works, and why it is safe.
 //
-// THE RING. Records are [RecordHeader (16 bytes)][payload][padding to 8]. `tail` is where the
+// THE RING. Records are [RecordHeader (16 bytes)][payload][padding to a cache line] (why the
+// padding: layout.hpp, record_align). `tail` is where the
 // next record will start, `head` where the next unread one starts; both count bytes since
 // creation and never wrap (2^64 bytes is centuries). The ring is mapped twice back to back, so
 // a record that runs past the end continues in the second view and is contiguous in memory:
@@ -130,7 +131,6 @@ constexpr std::chrono::nanoseconds default_spin = 20us;
 constexpr std::chrono::nanoseconds liveness_slice = 20ms;
 // How long the consumer waits on one claimed record before asking whether its producer lives.
 constexpr std::chrono::nanoseconds stuck_limit = 10ms;
-constexpr std::uint32_t lock_waiters = 1u << 31;
 
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
@@ -334,7 +334,19 @@ struct Queue::Impl {
     void release();
     void advance(std::uint32_t extent, bool skip) noexcept;
 
-    // spinning
+    // spinning. Most spinning waits end within a few hundred nanoseconds, and a clock read costs
+    // 20-40 ns in a VM: look a few times without the clock before spin_until() measures.
+    template <class Ready>
+    bool burst(std::chrono::nanoseconds timeout, Ready&& ready) {
+        if (spin <= std::chrono::nanoseconds::zero() || timeout < 10us)
+            return false;
+        for (int i = 0; i < 128; ++i) {
+            cpu_relax();
+            if (ready())
+                return true;
+        }
+        return false;
+    }
     template <class Ready>
     bool spin_until(Clock::time_point deadline, Ready&& ready) {
         if (spin <= std::chrono::nanoseconds::zero())
@@ -561,22 +573,22 @@ void Queue::Impl::lock_reserve() noexcept {
             word.compare_exchange_weak(v, me, std::memory_order_acquire, std::memory_order_relaxed))
             return;
     }
-    // Then sleep, as Drepper's mutex: mark the word as having waiters, so unlock wakes us. We
-    // take it with the waiters bit set, since others may still sleep on it.
+    // Then sleep. Unlocking is a plain store (no locked instruction on the hot path), so the
+    // sleepers announce themselves in a count and wake-ups follow the same barrier pairing as
+    // the data waits ("Memory ordering" above): W(sleepers) [B1] R(word) here, W(word = 0)
+    // [B2] R(sleepers) in unlock_reserve().
+    ctrl->lock_sleepers.fetch_add(1, std::memory_order_seq_cst);
+    heavy_barrier(sync);
     auto check_owner = Clock::now() + liveness_slice;
     for (;;) {
         std::uint32_t v = word.load(std::memory_order_relaxed);
         if (v == 0) {
-            if (word.compare_exchange_weak(v, me | lock_waiters, std::memory_order_acquire,
+            if (word.compare_exchange_weak(v, me, std::memory_order_acquire,
                                            std::memory_order_relaxed))
-                return;
+                break;
             continue;
         }
-        if (!(v & lock_waiters) &&
-            !word.compare_exchange_weak(v, v | lock_waiters, std::memory_order_relaxed,
-                                        std::memory_order_relaxed))
-            continue;
-        futex_wait(word, v | lock_waiters, liveness_slice);
+        futex_wait(word, v, liveness_slice);
         const auto now = Clock::now();
         if (now < check_owner)
             continue;
@@ -584,15 +596,18 @@ void Queue::Impl::lock_reserve() noexcept {
         // Held for a whole slice: is its owner alive? If it died in the critical section, take
         // the lock over (see "Death" above for why what it left is safe).
         std::uint32_t cur = word.load(std::memory_order_relaxed);
-        if (cur != 0 && lock_owner_dead(cur & ~lock_waiters) &&
-            word.compare_exchange_strong(cur, me | lock_waiters, std::memory_order_acquire,
+        if (cur != 0 && lock_owner_dead(cur) &&
+            word.compare_exchange_strong(cur, me, std::memory_order_acquire,
                                          std::memory_order_relaxed))
-            return;
+            break;
     }
+    ctrl->lock_sleepers.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void Queue::Impl::unlock_reserve() noexcept {
-    if (ctrl->reserve_lock.exchange(0, std::memory_order_release) & lock_waiters)
+    ctrl->reserve_lock.store(0, std::memory_order_release);
+    publish_barrier();
+    if (ctrl->lock_sleepers.load(std::memory_order_relaxed) != 0)
         futex_wake_all(ctrl->reserve_lock);
 }
 
@@ -726,11 +741,14 @@ Queue::Impl::reserve(std::size_t n, std::chrono::nanoseconds timeout) {
 [[gnu::noinline]] Result<std::span<std::byte>>
 Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
     Result<std::span<std::byte>> r = errc::full;
+    auto ready = [&] {
+        r = try_reserve(n);
+        return r || !is_full(r.error());
+    };
+    if (burst(timeout, ready))
+        return r;
     const auto deadline = deadline_after(Clock::now(), timeout);
-    if (spin_until(deadline, [&] {
-            r = try_reserve(n);
-            return r || !is_full(r.error());
-        }))
+    if (spin_until(deadline, ready))
         return r;
     ctrl->producers_waiting.fetch_add(1, std::memory_order_seq_cst); // as in front_wait()
     heavy_barrier(sync);
@@ -861,11 +879,14 @@ Queue::Impl::front(std::chrono::nanoseconds timeout) {
 [[gnu::noinline]] Result<std::span<const std::byte>>
 Queue::Impl::front_wait(std::chrono::nanoseconds timeout) {
     Result<std::span<const std::byte>> r = errc::empty;
+    auto ready = [&] {
+        r = try_front();
+        return r || !is_empty(r.error());
+    };
+    if (burst(timeout, ready))
+        return r;
     const auto deadline = deadline_after(Clock::now(), timeout);
-    if (spin_until(deadline, [&] {
-            r = try_front();
-            return r || !is_empty(r.error());
-        }))
+    if (spin_until(deadline, ready))
         return r;
     // The barrier pairs with the publishers' only when the flag goes up: while it stays up,
     // every later publication sees it and bumps data_seq, so the next turns need only re-read

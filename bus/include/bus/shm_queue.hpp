@@ -30,8 +30,10 @@
 // each open their own handle.
 #pragma once
 
+#include "bus/detail/shm_hot.hpp"
 #include "bus/error.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -113,7 +115,7 @@ public:
     Result<std::span<std::byte>> try_reserve(std::size_t n);
     Result<std::span<std::byte>> reserve(std::size_t n, std::chrono::nanoseconds timeout = forever);
     // Publishes the reserved record, or its first `used` bytes.
-    void commit();
+    void commit() { commit(hot_->reservation.size); }
     void commit(std::size_t used);
     // Gives the reservation up: the consumer never sees it.
     void abort();
@@ -184,8 +186,117 @@ public:
 
 private:
     explicit Queue(std::unique_ptr<Impl> impl) noexcept;
+
+    // Out of line: everything but the common case of the inline calls below.
+    Result<std::span<std::byte>> try_reserve_slow(std::size_t n);
+    Result<std::span<std::byte>> reserve_wait(std::size_t n, std::chrono::nanoseconds timeout);
+    void commit_slow(std::size_t used);
+    Result<std::span<const std::byte>> try_front_slow();
+    Result<std::span<const std::byte>> front_wait(std::chrono::nanoseconds timeout);
+    void release_slow();
+    void wake_consumer() noexcept;
+    void wake_producers() noexcept;
+
     std::unique_ptr<Impl> impl_;
+    detail::Hot* hot_ = nullptr; // the part of *impl_ the inline calls use
 };
+
+// --- the inline fast paths (the protocol: bus/src/shm/queue.cpp) ------------------------------
+
+inline Result<std::span<std::byte>> Queue::try_reserve(std::size_t n) {
+    detail::Hot& h = *hot_;
+    if (h.role == Role::producer && h.mode == Mode::spsc && !h.reservation.active &&
+        n <= h.capacity - detail::record_header_size) [[likely]] {
+        const std::uint32_t need = detail::extent_for(n);
+        if (h.tail + need - h.head_cache > h.capacity) [[unlikely]] {
+            h.head_cache = h.head_word->load(std::memory_order_acquire);
+            if (h.tail + need - h.head_cache > h.capacity)
+                return errc::full;
+        }
+        h.reservation = {true, h.tail, need, n};
+        return std::span<std::byte>(h.payload_at(h.tail), n);
+    }
+    return try_reserve_slow(n);
+}
+
+inline Result<std::span<std::byte>> Queue::reserve(std::size_t n,
+                                                   std::chrono::nanoseconds timeout) {
+    // One named result, built in the caller's return slot: a copy of the Result per record
+    // measurably slows the producer, and a producer slower than its consumer drags an spsc
+    // ring into lockstep (bench/RESULTS.md).
+    Result<std::span<std::byte>> r = try_reserve(n);
+    if (!r && r.error() == errc::full) [[unlikely]]
+        r = reserve_wait(n, timeout);
+    return r;
+}
+
+inline void Queue::commit(std::size_t used) {
+    detail::Hot& h = *hot_;
+    if (h.mode == Mode::spsc && h.reservation.active && used <= h.reservation.size) [[likely]] {
+        // spsc may shrink the record: tail has not moved yet.
+        detail::RecordHeader* header = h.header_at(h.reservation.pos);
+        const std::uint32_t extent = detail::extent_for(used);
+        header->length = static_cast<std::uint32_t>(used);
+        header->control.store(
+            detail::pack_record(extent, detail::RecordState::committed, h.slot, h.generation),
+            std::memory_order_relaxed);
+        h.reservation.active = false;
+        h.tail = h.reservation.pos + extent;
+        h.produced_word->store(++h.produced, std::memory_order_relaxed);
+        h.tail_word->store(h.tail, std::memory_order_release); // publishes header and payload
+        h.publish_barrier();
+        if (h.consumer_waiting->load(std::memory_order_relaxed) != 0) [[unlikely]]
+            wake_consumer();
+        return;
+    }
+    commit_slow(used);
+}
+
+inline Result<std::span<const std::byte>> Queue::try_front() {
+    detail::Hot& h = *hot_;
+    if (h.role == Role::consumer && !h.taken.active) [[likely]] {
+        if (h.head == h.tail_cache) {
+            h.tail_cache = h.tail_word->load(std::memory_order_acquire);
+            if (h.head == h.tail_cache)
+                return errc::empty;
+        }
+        const detail::RecordHeader* header = h.header_at(h.head);
+        const std::uint64_t c = header->control.load(std::memory_order_acquire);
+        const std::uint32_t extent = detail::record_extent(c);
+        const std::uint32_t length = header->length;
+        // The header is a peer's writing: bound it before use (the slow path says what is wrong).
+        if (detail::record_state(c) == detail::RecordState::committed &&
+            extent >= detail::record_header_size && extent % detail::record_align == 0 &&
+            extent <= h.tail_cache - h.head && length <= extent - detail::record_header_size)
+            [[likely]] {
+            h.taken = {true, h.head, extent, length};
+            return std::span<const std::byte>(h.payload_at(h.head), length);
+        }
+    }
+    return try_front_slow();
+}
+
+inline Result<std::span<const std::byte>> Queue::front(std::chrono::nanoseconds timeout) {
+    Result<std::span<const std::byte>> r = try_front(); // as reserve(): built in place
+    if (!r && r.error() == errc::empty) [[unlikely]]
+        r = front_wait(timeout);
+    return r;
+}
+
+inline void Queue::release() {
+    detail::Hot& h = *hot_;
+    if (h.role == Role::consumer && h.taken.active) [[likely]] {
+        h.taken.active = false;
+        h.head += h.taken.extent;
+        h.head_word->store(h.head, std::memory_order_release);
+        h.consumed_word->store(++h.consumed, std::memory_order_relaxed);
+        h.publish_barrier();
+        if (h.producers_waiting->load(std::memory_order_relaxed) != 0) [[unlikely]]
+            wake_producers();
+        return;
+    }
+    release_slow();
+}
 
 // What `bus shm ls` shows about one queue.
 struct QueueInfo {

@@ -10,6 +10,8 @@
 // creation; a record starts at ring[position & (capacity - 1)], on a cache line.
 #pragma once
 
+#include "bus/detail/shm_hot.hpp"
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -19,55 +21,10 @@ namespace bus::shm::detail {
 inline constexpr char magic[8] = {'b', 'u', 's', '.', 's', 'h', 'm', 'q'};
 inline constexpr std::uint32_t format_version = 1;
 inline constexpr std::size_t max_peers = 64;
-inline constexpr std::size_t cache_line = 64;
-// Records start on a cache line, so no line holds the end of one record and the start of the
-// next: the producer writing record k+1 never takes away the line the consumer is reading for
-// record k. Measured: 64-byte payloads in 128-byte records stream about twice as fast as in
-// 80-byte ones, and as fast as a featureless ring of 64-byte slots (docs/decisions.md).
-inline constexpr std::size_t record_align = cache_line;
 inline constexpr std::size_t max_capacity = std::size_t{1} << 30;
 
-// How a waiter learns that it must wake: see "Memory ordering" in queue.cpp.
-enum class Sync : std::uint32_t {
-    fence = 1,      // every publisher pays a full fence
-    membarrier = 2, // publishers pay a compiler barrier; sleepers call membarrier()
-};
-
-enum class RecordState : std::uint8_t {
-    claimed = 1,   // mpsc: space taken, bytes being written
-    committed = 2, // readable
-    aborted = 3,   // given up by its producer: the consumer steps over it
-};
-
-// Each record starts with this header; the payload follows at +16.
-struct RecordHeader {
-    // extent (32 bits: header + payload + padding) | state (8) | slot (8) | generation (16).
-    // slot and generation name the producer that claimed the record (mpsc), so the consumer
-    // can tell a slow producer from a dead one.
-    std::atomic<std::uint64_t> control;
-    std::uint32_t length; // payload bytes; written before the committing store
-    std::uint32_t unused;
-};
-inline constexpr std::size_t record_header_size = sizeof(RecordHeader);
-static_assert(record_header_size == 16);
-
-constexpr std::uint64_t pack_record(std::uint32_t extent, RecordState state, std::uint32_t slot,
-                                    std::uint32_t generation) {
-    return std::uint64_t{extent} | std::uint64_t{static_cast<std::uint8_t>(state)} << 32 |
-           std::uint64_t{slot & 0xff} << 40 | std::uint64_t{generation & 0xffff} << 48;
-}
-constexpr std::uint32_t record_extent(std::uint64_t c) {
-    return static_cast<std::uint32_t>(c);
-}
-constexpr RecordState record_state(std::uint64_t c) {
-    return static_cast<RecordState>((c >> 32) & 0xff);
-}
-constexpr std::uint32_t record_slot(std::uint64_t c) {
-    return (c >> 40) & 0xff;
-}
-constexpr std::uint32_t record_generation(std::uint64_t c) {
-    return (c >> 48) & 0xffff;
-}
+// cache_line, record_align, Sync, RecordState, RecordHeader and its packing are in
+// bus/detail/shm_hot.hpp, which the inline fast paths of shm_queue.hpp share.
 
 enum class SlotState : std::uint32_t { free = 0, attached = 1 };
 

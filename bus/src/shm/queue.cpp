@@ -146,11 +146,6 @@ Clock::time_point deadline_after(Clock::time_point now, std::chrono::nanoseconds
     return now + std::chrono::duration_cast<Clock::duration>(timeout);
 }
 
-std::uint32_t extent_for(std::size_t n) {
-    return static_cast<std::uint32_t>((record_header_size + n + record_align - 1) &
-                                      ~(record_align - 1));
-}
-
 bool is_empty(const std::error_code& ec) {
     return ec == errc::empty;
 }
@@ -212,45 +207,19 @@ std::error_code remove_if_stale(const std::string& shm) {
 
 struct AsyncWait;
 
-struct Queue::Impl {
+// The handle. The fields the inline fast paths use (ring, positions, the reservation, the
+// record taken) are in detail::Hot (bus/detail/shm_hot.hpp), shared by inheritance.
+struct Queue::Impl : detail::Hot {
     std::string name;
     std::string shm; // "/bus.NAME"
     UniqueFd fd;
     Mapping mapping;
     Control* ctrl = nullptr;
-    std::byte* ring = nullptr;
-    std::uint64_t capacity = 0;
-    std::uint64_t mask = 0;
-    Mode mode = Mode::spsc;
-    Role role = Role::producer;
-    Sync sync = Sync::fence;
-    std::uint32_t slot = 0;
-    std::uint32_t generation = 0;
     std::chrono::nanoseconds spin = default_spin;
     Clock::time_point next_liveness{};
 
-    // producer
-    std::uint64_t tail = 0;       // spsc: our copy of ctrl->tail (we are its only writer)
-    std::uint64_t head_cache = 0; // a head seen earlier: the real one is at least this far
-    std::uint64_t produced = 0;   // spsc
-    struct {
-        bool active = false;
-        std::uint64_t pos = 0;
-        std::uint32_t extent = 0;
-        std::size_t size = 0;
-    } reservation;
-
-    // consumer
-    std::uint64_t head = 0;       // our copy of ctrl->head (we are its only writer)
-    std::uint64_t tail_cache = 0; // a tail seen earlier: the real one is at least this far
-    std::uint64_t consumed = 0;
+    // consumer, beyond Hot
     std::uint64_t skipped = 0;
-    struct {
-        bool active = false;
-        std::uint64_t pos = 0;
-        std::uint32_t extent = 0;
-        std::uint32_t length = 0;
-    } taken;
     std::uint64_t stuck_pos = ~std::uint64_t{0};
     Clock::time_point stuck_since{};
 
@@ -259,12 +228,6 @@ struct Queue::Impl {
 
     ~Impl();
 
-    RecordHeader* header_at(std::uint64_t pos) const noexcept {
-        return reinterpret_cast<RecordHeader*>(ring + (pos & mask));
-    }
-    std::byte* payload_at(std::uint64_t pos) const noexcept {
-        return ring + (pos & mask) + record_header_size;
-    }
     std::size_t max_record() const noexcept { return capacity - record_header_size; }
 
     std::error_code attach();
@@ -277,13 +240,7 @@ struct Queue::Impl {
                                (role == Role::producer ? "producer" : "consumer") + " handle");
     }
 
-    // barriers: see "Memory ordering" above
-    void publish_barrier() const noexcept {
-        if (sync == Sync::fence)
-            std::atomic_thread_fence(std::memory_order_seq_cst);
-        else
-            std::atomic_signal_fence(std::memory_order_seq_cst);
-    }
+    // barriers: see "Memory ordering" above (publish_barrier() is in Hot)
     void notify_consumer() noexcept {
         publish_barrier();
         if (ctrl->consumer_waiting.load(std::memory_order_relaxed) != 0)
@@ -334,29 +291,42 @@ struct Queue::Impl {
     void release();
     void advance(std::uint32_t extent, bool skip) noexcept;
 
-    // spinning. Most spinning waits end within a few hundred nanoseconds, and a clock read costs
-    // 20-40 ns in a VM: look a few times without the clock before spin_until() measures.
+    // Spinning. Most spinning waits end within a few hundred nanoseconds, and a clock read costs
+    // 20-40 ns in a VM: burst() looks a few times without the clock before spin_until()
+    // measures. `backoff` (the producer waiting for room) doubles the pause between looks, up
+    // to about a microsecond: each look at `head` takes its line from the consumer, whose next
+    // release() must take it back, so polling a full ring tightly slows the very consumer it
+    // waits for, and the ring stays full (measured: half the throughput). A consumer waiting
+    // for a record does not back off: that is the latency path, and its looks at `tail` cost
+    // the producer far less once records sit on their own cache lines.
+    static constexpr unsigned max_pauses = 64;
     template <class Ready>
-    bool burst(std::chrono::nanoseconds timeout, Ready&& ready) {
+    bool burst(std::chrono::nanoseconds timeout, bool backoff, Ready&& ready) {
         if (spin <= std::chrono::nanoseconds::zero() || timeout < 10us)
             return false;
-        for (int i = 0; i < 128; ++i) {
-            cpu_relax();
+        unsigned pauses = 1;
+        for (unsigned spent = 0; spent < 256; spent += pauses) {
+            for (unsigned k = 0; k < pauses; ++k)
+                cpu_relax();
             if (ready())
                 return true;
+            if (backoff && pauses < max_pauses)
+                pauses *= 2;
         }
         return false;
     }
     template <class Ready>
-    bool spin_until(Clock::time_point deadline, Ready&& ready) {
+    bool spin_until(Clock::time_point deadline, bool backoff, Ready&& ready) {
         if (spin <= std::chrono::nanoseconds::zero())
             return false;
         const auto end = std::min(deadline, deadline_after(Clock::now(), spin));
+        const unsigned pauses = backoff ? max_pauses : 1;
         for (unsigned i = 1;; ++i) {
             if (ready())
                 return true;
-            cpu_relax();
-            if ((i & 63) == 0 && Clock::now() >= end)
+            for (unsigned k = 0; k < pauses; ++k)
+                cpu_relax();
+            if ((i * pauses) % 64 == 0 && Clock::now() >= end)
                 return false;
         }
     }
@@ -369,6 +339,12 @@ struct Queue::Impl {
 // --- attach and detach ----------------------------------------------------------------------
 
 std::error_code Queue::Impl::attach() {
+    tail_word = &ctrl->tail;
+    produced_word = &ctrl->produced;
+    head_word = &ctrl->head;
+    consumed_word = &ctrl->consumed;
+    consumer_waiting = &ctrl->consumer_waiting;
+    producers_waiting = &ctrl->producers_waiting;
     const int f = fd.get();
     std::error_code ec;
     if (role == Role::producer)
@@ -731,11 +707,15 @@ void Queue::Impl::abort() noexcept {
     notify_consumer();
 }
 
+// One named result, so it is built in the caller's return slot (NRVO): a copy of the 40-byte
+// Result on every record measurably slowed the producer (store-forwarding stalls), and a
+// producer slower than its consumer drags an spsc ring into lockstep.
 [[gnu::always_inline]] inline Result<std::span<std::byte>>
 Queue::Impl::reserve(std::size_t n, std::chrono::nanoseconds timeout) {
-    if (auto r = try_reserve(n); r || !is_full(r.error()))
-        return r;
-    return reserve_wait(n, timeout);
+    Result<std::span<std::byte>> r = try_reserve(n);
+    if (!r && is_full(r.error())) [[unlikely]]
+        r = reserve_wait(n, timeout);
+    return r;
 }
 
 [[gnu::noinline]] Result<std::span<std::byte>>
@@ -745,10 +725,10 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
         r = try_reserve(n);
         return r || !is_full(r.error());
     };
-    if (burst(timeout, ready))
+    if (burst(timeout, true, ready))
         return r;
     const auto deadline = deadline_after(Clock::now(), timeout);
-    if (spin_until(deadline, ready))
+    if (spin_until(deadline, true, ready))
         return r;
     ctrl->producers_waiting.fetch_add(1, std::memory_order_seq_cst); // as in front_wait()
     heavy_barrier(sync);
@@ -871,9 +851,10 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
 
 [[gnu::always_inline]] inline Result<std::span<const std::byte>>
 Queue::Impl::front(std::chrono::nanoseconds timeout) {
-    if (auto r = try_front(); r || !is_empty(r.error()))
-        return r;
-    return front_wait(timeout);
+    Result<std::span<const std::byte>> r = try_front(); // as reserve(): built in place
+    if (!r && is_empty(r.error())) [[unlikely]]
+        r = front_wait(timeout);
+    return r;
 }
 
 [[gnu::noinline]] Result<std::span<const std::byte>>
@@ -883,10 +864,10 @@ Queue::Impl::front_wait(std::chrono::nanoseconds timeout) {
         r = try_front();
         return r || !is_empty(r.error());
     };
-    if (burst(timeout, ready))
+    if (burst(timeout, false, ready))
         return r;
     const auto deadline = deadline_after(Clock::now(), timeout);
-    if (spin_until(deadline, ready))
+    if (spin_until(deadline, false, ready))
         return r;
     // The barrier pairs with the publishers' only when the flag goes up: while it stays up,
     // every later publication sees it and bumps data_seq, so the next turns need only re-read
@@ -1191,43 +1172,64 @@ Result<Queue> Queue::open(std::string_view name, Role role) {
 
 // --- Queue: forwarding ----------------------------------------------------------------------
 
-Queue::Queue(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
-Queue::Queue(Queue&&) noexcept = default;
-Queue& Queue::operator=(Queue&&) noexcept = default;
+Queue::Queue(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)), hot_(impl_.get()) {}
+Queue::Queue(Queue&& other) noexcept
+    : impl_(std::move(other.impl_)), hot_(std::exchange(other.hot_, nullptr)) {}
+Queue& Queue::operator=(Queue&& other) noexcept {
+    if (this != &other) {
+        impl_ = std::move(other.impl_);
+        hot_ = std::exchange(other.hot_, nullptr);
+    }
+    return *this;
+}
 Queue::~Queue() = default;
 
-Result<std::span<std::byte>> Queue::try_reserve(std::size_t n) {
-    return impl_->try_reserve(n);
+// The out-of-line halves of the inline calls in shm_queue.hpp.
+Result<std::span<std::byte>> Queue::try_reserve_slow(std::size_t n) {
+    return impl_->try_reserve_slow(n);
 }
-Result<std::span<std::byte>> Queue::reserve(std::size_t n, std::chrono::nanoseconds timeout) {
-    return impl_->reserve(n, timeout);
+Result<std::span<std::byte>> Queue::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
+    return impl_->reserve_wait(n, timeout);
 }
-void Queue::commit() {
-    impl_->commit(impl_->reservation.size);
+void Queue::commit_slow(std::size_t used) {
+    impl_->commit_slow(used);
 }
-void Queue::commit(std::size_t used) {
-    impl_->commit(used);
+Result<std::span<const std::byte>> Queue::try_front_slow() {
+    return impl_->try_front_slow();
 }
+Result<std::span<const std::byte>> Queue::front_wait(std::chrono::nanoseconds timeout) {
+    return impl_->front_wait(timeout);
+}
+void Queue::release_slow() {
+    impl_->release();
+}
+void Queue::wake_consumer() noexcept {
+    impl_->wake_consumer();
+}
+void Queue::wake_producers() noexcept {
+    impl_->wake_producers();
+}
+
 void Queue::abort() {
     impl_->require(Role::producer, "abort");
     impl_->abort();
 }
 
 std::error_code Queue::try_push(std::span<const std::byte> record) {
-    auto slot = impl_->try_reserve(record.size());
+    auto slot = try_reserve(record.size());
     if (!slot)
         return slot.error();
     std::memcpy(slot.value().data(), record.data(), record.size());
-    impl_->commit(record.size());
+    commit(record.size());
     return {};
 }
 
 std::error_code Queue::push(std::span<const std::byte> record, std::chrono::nanoseconds timeout) {
-    auto slot = impl_->reserve(record.size(), timeout);
+    auto slot = reserve(record.size(), timeout);
     if (!slot)
         return slot.error();
     std::memcpy(slot.value().data(), record.data(), record.size());
-    impl_->commit(record.size());
+    commit(record.size());
     return {};
 }
 
@@ -1239,32 +1241,22 @@ void serialize_into(const google::protobuf::MessageLite& message, std::span<std:
 } // namespace
 
 std::error_code Queue::try_push(const google::protobuf::MessageLite& message) {
-    auto slot = impl_->try_reserve(message.ByteSizeLong());
+    auto slot = try_reserve(message.ByteSizeLong());
     if (!slot)
         return slot.error();
     serialize_into(message, slot.value());
-    impl_->commit(slot.value().size());
+    commit(slot.value().size());
     return {};
 }
 
 std::error_code Queue::push(const google::protobuf::MessageLite& message,
                             std::chrono::nanoseconds timeout) {
-    auto slot = impl_->reserve(message.ByteSizeLong(), timeout);
+    auto slot = reserve(message.ByteSizeLong(), timeout);
     if (!slot)
         return slot.error();
     serialize_into(message, slot.value());
-    impl_->commit(slot.value().size());
+    commit(slot.value().size());
     return {};
-}
-
-Result<std::span<const std::byte>> Queue::try_front() {
-    return impl_->try_front();
-}
-Result<std::span<const std::byte>> Queue::front(std::chrono::nanoseconds timeout) {
-    return impl_->front(timeout);
-}
-void Queue::release() {
-    impl_->release();
 }
 
 namespace {
@@ -1280,10 +1272,10 @@ std::error_code parse_and_release(Queue::Impl& q, Result<std::span<const std::by
 } // namespace
 
 std::error_code Queue::try_pop(google::protobuf::MessageLite& out) {
-    return parse_and_release(*impl_, impl_->try_front(), out);
+    return parse_and_release(*impl_, try_front(), out);
 }
 std::error_code Queue::pop(google::protobuf::MessageLite& out, std::chrono::nanoseconds timeout) {
-    return parse_and_release(*impl_, impl_->front(timeout), out);
+    return parse_and_release(*impl_, front(timeout), out);
 }
 
 void Queue::async_wait(asio::io_context& io, WaitHandler handler, std::size_t record_size) {

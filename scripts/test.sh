@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: set up, build in Release and run every test
 # (unit, integration with real processes, interop with real Node.js, the installed package),
-# then the same tests under AddressSanitizer + UndefinedBehaviorSanitizer, then each fuzzer
-# for a bounded time. Formatting is checked first.
+# then the same tests under AddressSanitizer + UndefinedBehaviorSanitizer, then the
+# shared-memory queue's in-process tests under ThreadSanitizer, then each fuzzer for a bounded
+# time. Formatting is checked first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -21,6 +22,13 @@ echo "== ASan+UBSan build and tests"
 scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUS_SANITIZE=ON
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j$jobs
+
+echo "== ThreadSanitizer: shm queue in-process tests (both barrier modes)"
+# Only the one test binary (and the library under it) is built with TSan.
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUS_TSAN=ON >/dev/null
+cmake --build build-tsan -j$jobs --target shm_unit_tests
+TSAN_OPTIONS=halt_on_error=1 build-tsan/bin/shm_unit_tests --gtest_brief=1
+TSAN_OPTIONS=halt_on_error=1 BUS_SHM_NO_MEMBARRIER=1 build-tsan/bin/shm_unit_tests --gtest_brief=1
 
 echo "== Fuzzers (${BUS_FUZZ_SECONDS}s each)"
 scripts/build.sh build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \

@@ -34,7 +34,7 @@ enum class errc {
     wrong_type,                // payload is not of the requested type
     // the bus (broker and client)
     no_responders,      // a request for a service nobody serves
-    timeout,            // no reply before the deadline
+    timeout,            // no reply, or no room or record, before the deadline
     service_lost,       // the instance handling a request went away
     broker_unavailable, // no broker on the endpoint, or it went away mid-request
     no_such_client,     // a direct message to a client that is not connected
@@ -44,6 +44,14 @@ enum class errc {
     bad_endpoint,       // an endpoint that is not ipc://, unix:// or tcp://
     request_failed,     // the service answered the request with an error
     no_server_key,      // a tcp:// endpoint without the broker's CURVE public key
+    // shared-memory queues (bus::shm)
+    full,             // no room for the record now (never overwrites)
+    empty,            // no record to read now
+    peer_dead,        // the other side of the queue died and nobody live replaced it
+    layout_mismatch,  // the segment is not a queue of this build's version and layout
+    record_too_large, // the record could never fit in the ring
+    queue_in_use,     // that end of the queue is held by a live process (or all slots are)
+    bad_record,       // a record header in the ring is invalid: a peer corrupted the queue
 };
 
 const std::error_category& bus_category() noexcept;

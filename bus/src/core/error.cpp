@@ -43,7 +43,7 @@ public:
         case errc::no_responders:
             return "no responders: nobody serves this service";
         case errc::timeout:
-            return "timed out waiting for a reply";
+            return "timed out";
         case errc::service_lost:
             return "service lost: the instance handling the request went away";
         case errc::broker_unavailable:
@@ -63,6 +63,20 @@ public:
             return "the service answered with an error";
         case errc::bad_endpoint:
             return "endpoint must be ipc://PATH, unix://PATH or tcp://HOST:PORT";
+        case errc::full:
+            return "queue is full";
+        case errc::empty:
+            return "queue is empty";
+        case errc::peer_dead:
+            return "the process on the other side of the queue died";
+        case errc::layout_mismatch:
+            return "shared-memory segment is not a queue of this version and layout";
+        case errc::record_too_large:
+            return "record larger than the queue can ever hold";
+        case errc::queue_in_use:
+            return "that end of the queue is held by another live process";
+        case errc::bad_record:
+            return "invalid record header in the queue (corrupted by a peer)";
         }
         return "unknown bus error " + std::to_string(value);
     }

@@ -1,0 +1,132 @@
+// Internals of bus::shm::Queue that its inline fast paths need. Not API: it may change with any
+// build (segments of another layout are refused at open, see bus/src/shm/layout.hpp).
+//
+// Why any of this is in a public header: a record of 64 bytes costs the ring about 10 ns, and a
+// call into the library that returns a 40-byte Result through memory costs as much again, per
+// side. So the common case (reserve/commit of an spsc record, front/release of a committed
+// record) is inline in shm_queue.hpp, on the state below; everything else (mpsc, waiting,
+// errors, liveness) stays out of line in bus/src/shm/queue.cpp, which explains the protocol.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace bus::shm {
+enum class Mode : std::uint8_t;
+enum class Role : std::uint8_t;
+} // namespace bus::shm
+
+namespace bus::shm::detail {
+
+inline constexpr std::size_t cache_line = 64;
+// Records start on a cache line, so no line holds the end of one record and the start of the
+// next: the producer writing record k+1 never takes away the line the consumer is reading for
+// record k. Measured: 64-byte payloads in 128-byte records stream about twice as fast as in
+// 80-byte ones (docs/decisions.md).
+inline constexpr std::size_t record_align = cache_line;
+
+// How a waiter learns that it must wake: "Memory ordering" in bus/src/shm/queue.cpp.
+enum class Sync : std::uint32_t {
+    fence = 1,      // every publisher pays a full fence
+    membarrier = 2, // publishers pay a compiler barrier; sleepers call membarrier()
+};
+
+enum class RecordState : std::uint8_t {
+    claimed = 1,   // mpsc: space taken, bytes being written
+    committed = 2, // readable
+    aborted = 3,   // given up by its producer: the consumer steps over it
+};
+
+// Each record starts with this header; the payload follows at +16.
+struct RecordHeader {
+    // extent (32 bits: header + payload + padding) | state (8) | slot (8) | generation (16).
+    // slot and generation name the producer that claimed the record (mpsc), so the consumer
+    // can tell a slow producer from a dead one.
+    std::atomic<std::uint64_t> control;
+    std::uint32_t length; // payload bytes; written before the committing store
+    std::uint32_t unused;
+};
+inline constexpr std::size_t record_header_size = sizeof(RecordHeader);
+static_assert(record_header_size == 16);
+
+constexpr std::uint64_t pack_record(std::uint32_t extent, RecordState state, std::uint32_t slot,
+                                    std::uint32_t generation) {
+    return std::uint64_t{extent} | std::uint64_t{static_cast<std::uint8_t>(state)} << 32 |
+           std::uint64_t{slot & 0xff} << 40 | std::uint64_t{generation & 0xffff} << 48;
+}
+constexpr std::uint32_t record_extent(std::uint64_t c) {
+    return static_cast<std::uint32_t>(c);
+}
+constexpr RecordState record_state(std::uint64_t c) {
+    return static_cast<RecordState>((c >> 32) & 0xff);
+}
+constexpr std::uint32_t record_slot(std::uint64_t c) {
+    return (c >> 40) & 0xff;
+}
+constexpr std::uint32_t record_generation(std::uint64_t c) {
+    return (c >> 48) & 0xffff;
+}
+
+// Bytes a record of `n` payload bytes takes in the ring.
+constexpr std::uint32_t extent_for(std::size_t n) {
+    return static_cast<std::uint32_t>((record_header_size + n + record_align - 1) &
+                                      ~(record_align - 1));
+}
+
+// The state of one handle that the fast paths read and write.
+struct Hot {
+    // the mapping, and the segment's words (set when the handle attaches)
+    std::byte* ring = nullptr; // mapped twice back to back: records are contiguous
+    std::uint64_t capacity = 0;
+    std::uint64_t mask = 0;
+    std::atomic<std::uint64_t>* tail_word = nullptr;
+    std::atomic<std::uint64_t>* produced_word = nullptr;
+    std::atomic<std::uint64_t>* head_word = nullptr;
+    std::atomic<std::uint64_t>* consumed_word = nullptr;
+    const std::atomic<std::uint32_t>* consumer_waiting = nullptr;
+    const std::atomic<std::uint32_t>* producers_waiting = nullptr;
+    Mode mode{};
+    Role role{};
+    Sync sync = Sync::fence;
+    std::uint32_t slot = 0;
+    std::uint32_t generation = 0;
+
+    // producer
+    std::uint64_t tail = 0;       // spsc: our copy of the tail word (we are its only writer)
+    std::uint64_t head_cache = 0; // a head seen earlier: the real one is at least this far
+    std::uint64_t produced = 0;   // spsc
+    struct Reservation {
+        bool active = false;
+        std::uint64_t pos = 0;
+        std::uint32_t extent = 0;
+        std::size_t size = 0;
+    } reservation;
+
+    // consumer
+    std::uint64_t head = 0;       // our copy of the head word (we are its only writer)
+    std::uint64_t tail_cache = 0; // a tail seen earlier: the real one is at least this far
+    std::uint64_t consumed = 0;
+    struct Taken {
+        bool active = false;
+        std::uint64_t pos = 0;
+        std::uint32_t extent = 0;
+        std::uint32_t length = 0;
+    } taken;
+
+    RecordHeader* header_at(std::uint64_t pos) const noexcept {
+        return reinterpret_cast<RecordHeader*>(ring + (pos & mask));
+    }
+    std::byte* payload_at(std::uint64_t pos) const noexcept {
+        return ring + (pos & mask) + record_header_size;
+    }
+    // The publisher's half of the barrier pair ("Memory ordering" in queue.cpp).
+    void publish_barrier() const noexcept {
+        if (sync == Sync::fence)
+            std::atomic_thread_fence(std::memory_order_seq_cst);
+        else
+            std::atomic_signal_fence(std::memory_order_seq_cst);
+    }
+};
+
+} // namespace bus::shm::detail

@@ -1,0 +1,324 @@
+// bus::shm::Queue: a named queue of variable-size records in shared memory, between unrelated
+// processes on one host: the fastest path bus has (DESIGN.md, "Shared memory").
+//
+//     auto q = bus::shm::Queue::create("orders", 1 << 20).value();     // the producer's end
+//     q.push(order);                                                   // protobuf, in place
+//
+//     auto c = bus::shm::Queue::open("orders", bus::shm::Role::consumer).value();
+//     auto order = c.pop<Order>(std::chrono::seconds(1));              // or front()/release()
+//
+// - Records are written in place: reserve(n) gives the bytes of the slot, commit() publishes
+//   them; front() gives the next record in place and release() frees it. push()/pop() are the
+//   typed conveniences (a protobuf message serializes straight into the slot).
+// - Modes: one producer and one consumer (spsc), or many producers and one consumer (mpsc).
+//   The consumer end is exclusive in both; a second one gets errc::queue_in_use.
+// - Never overwrites: try_ calls fail with errc::full / errc::empty; the others wait, spinning
+//   briefly and then sleeping in the kernel (a futex in the segment), until their timeout
+//   (errc::timeout). async_wait() does the same waiting on an Asio loop.
+// - Peers are known to the kernel (a lock each process holds on the segment), so a waiter wakes
+//   with errc::peer_dead when the other side has died and nobody live has taken its place. A
+//   producer that died half-way through a record in mpsc mode is skipped and counted; records
+//   already committed survive their producer, and records a consumer had not released are
+//   delivered to the next consumer.
+// - open() checks the segment's version and layout; a queue made by another build is refused
+//   with errc::layout_mismatch. Segments are mode 0600 unless group access is asked for.
+// - Lifetime: the segment outlives its processes while it holds records. The last handle to
+//   close an empty queue removes it; create() replaces a segment of the same name that no live
+//   process holds; list() and remove() find and delete stale ones.
+//
+// Threading: a Queue handle is used by one thread at a time. Several producers in one process
+// each open their own handle.
+#pragma once
+
+#include "bus/detail/shm_hot.hpp"
+#include "bus/error.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace boost::asio {
+class io_context;
+}
+namespace google::protobuf {
+class MessageLite;
+}
+
+namespace bus::shm {
+
+enum class Mode : std::uint8_t {
+    spsc = 1, // one producer, one consumer
+    mpsc = 2, // many producers, one consumer
+};
+
+enum class Role : std::uint8_t {
+    producer = 1,
+    consumer = 2,
+};
+
+// A timeout that never expires.
+inline constexpr std::chrono::nanoseconds forever = std::chrono::nanoseconds::max();
+
+struct CreateOptions {
+    Mode mode = Mode::spsc;
+    // The end the creating handle holds.
+    Role role = Role::producer;
+    // 0660 instead of 0600: processes of the owner's group may open the queue.
+    bool group_access = false;
+};
+
+struct Stats {
+    std::size_t capacity = 0;        // bytes of the ring
+    std::uint64_t depth_bytes = 0;   // bytes between the consumer and the producers
+    std::uint64_t depth_records = 0; // records in the ring (approximate after a crash)
+    std::uint64_t produced = 0;      // records that entered the ring (mpsc: at reserve)
+    std::uint64_t consumed = 0;      // records the consumer moved past (released or skipped)
+    std::uint64_t skipped = 0;       // records left half-written by a producer that died
+};
+
+class Queue {
+public:
+    using WaitHandler = std::function<void(std::error_code)>;
+
+    // Creates the queue `name` ([A-Za-z0-9._-], at most 200 characters) with a ring of at least
+    // `capacity` bytes (rounded up to a power of two, at least a page, at most 1 GiB).
+    // std::errc::file_exists when a live process holds a queue of that name; a segment of that
+    // name that no live process holds is removed first.
+    static Result<Queue> create(std::string_view name, std::size_t capacity,
+                                CreateOptions options = {});
+    // Opens an existing queue as `role`. errc::layout_mismatch for a segment of another format;
+    // errc::queue_in_use when that end is exclusive and held (the consumer; the producer of an
+    // spsc queue).
+    static Result<Queue> open(std::string_view name, Role role);
+
+    Queue(Queue&&) noexcept;
+    Queue& operator=(Queue&&) noexcept;
+    Queue(const Queue&) = delete;
+    Queue& operator=(const Queue&) = delete;
+    // Detaches: an open reservation is abandoned, a record taken with front() and not released
+    // stays for the next consumer. The last handle on an empty queue removes its segment.
+    ~Queue();
+
+    // --- producer ---------------------------------------------------------------------------
+
+    // Room for one record of exactly `n` bytes, valid until commit() or abort().
+    // errc::full (try_) or waits; errc::record_too_large if n > max_record().
+    Result<std::span<std::byte>> try_reserve(std::size_t n);
+    Result<std::span<std::byte>> reserve(std::size_t n, std::chrono::nanoseconds timeout = forever);
+    // Publishes the reserved record, or its first `used` bytes.
+    void commit() { commit(hot_->reservation.size); }
+    void commit(std::size_t used);
+    // Gives the reservation up: the consumer never sees it.
+    void abort();
+
+    std::error_code try_push(std::span<const std::byte> record);
+    std::error_code push(std::span<const std::byte> record,
+                         std::chrono::nanoseconds timeout = forever);
+    std::error_code try_push(const google::protobuf::MessageLite& message);
+    std::error_code push(const google::protobuf::MessageLite& message,
+                         std::chrono::nanoseconds timeout = forever);
+
+    // --- consumer ---------------------------------------------------------------------------
+
+    // The next record, in place, valid until release(). Calling again before release() returns
+    // the same record. errc::empty (try_) or waits.
+    Result<std::span<const std::byte>> try_front();
+    Result<std::span<const std::byte>> front(std::chrono::nanoseconds timeout = forever);
+    // Frees the record front() returned; the producers may reuse its bytes.
+    void release();
+
+    // Parses the next record into `out` and releases it. A record that does not parse as
+    // `out`'s type is released too, and errc::wrong_type returned (use front() to look first).
+    std::error_code try_pop(google::protobuf::MessageLite& out);
+    std::error_code pop(google::protobuf::MessageLite& out,
+                        std::chrono::nanoseconds timeout = forever);
+    template <class T>
+    Result<T> try_pop() {
+        T out;
+        if (auto ec = try_pop(static_cast<google::protobuf::MessageLite&>(out)))
+            return ec;
+        return out;
+    }
+    template <class T>
+    Result<T> pop(std::chrono::nanoseconds timeout = forever) {
+        T out;
+        if (auto ec = pop(static_cast<google::protobuf::MessageLite&>(out), timeout))
+            return ec;
+        return out;
+    }
+
+    // --- waiting ----------------------------------------------------------------------------
+
+    // Calls `handler` on `io` once a record can be read (consumer) or a record of
+    // `record_size` bytes can be reserved (producer); with errc::peer_dead when the other side
+    // died; with std::errc::operation_canceled after cancel() or when the queue is destroyed.
+    // One wait at a time; no spinning. The queue keeps a socket registered with `io` from the
+    // first call on: as for any Asio I/O object, `io` must outlive the queue.
+    void async_wait(boost::asio::io_context& io, WaitHandler handler, std::size_t record_size = 0);
+    void cancel();
+
+    // How long blocking calls spin before sleeping in the kernel (default 20 µs). Zero sleeps
+    // at once; `forever` never sleeps.
+    void set_spin(std::chrono::nanoseconds spin) noexcept;
+
+    // --- state ------------------------------------------------------------------------------
+
+    const std::string& name() const noexcept;
+    Mode mode() const noexcept;
+    Role role() const noexcept;
+    std::size_t capacity() const noexcept;
+    // The largest record the ring can hold (capacity() minus a record header).
+    std::size_t max_record() const noexcept;
+    Stats stats() const noexcept;
+    // Whether a live process holds the other end (a consumer, or any producer).
+    bool peer_alive() const noexcept;
+
+    struct Impl;
+
+private:
+    explicit Queue(std::unique_ptr<Impl> impl) noexcept;
+
+    // Out of line: everything but the common case of the inline calls below.
+    Result<std::span<std::byte>> try_reserve_slow(std::size_t n);
+    Result<std::span<std::byte>> reserve_wait(std::size_t n, std::chrono::nanoseconds timeout);
+    void commit_slow(std::size_t used);
+    Result<std::span<const std::byte>> try_front_slow();
+    Result<std::span<const std::byte>> front_wait(std::chrono::nanoseconds timeout);
+    void release_slow();
+    void wake_consumer() noexcept;
+    void wake_producers() noexcept;
+
+    std::unique_ptr<Impl> impl_;
+    detail::Hot* hot_ = nullptr; // the part of *impl_ the inline calls use
+};
+
+// --- the inline fast paths (the protocol: bus/src/shm/queue.cpp) ------------------------------
+
+inline Result<std::span<std::byte>> Queue::try_reserve(std::size_t n) {
+    detail::Hot& h = *hot_;
+    if (h.role == Role::producer && h.mode == Mode::spsc && !h.reservation.active &&
+        n <= h.capacity - detail::record_header_size) [[likely]] {
+        const std::uint32_t need = detail::extent_for(n);
+        if (h.tail + need - h.head_cache > h.capacity) [[unlikely]] {
+            h.head_cache = h.head_word->load(std::memory_order_acquire);
+            if (h.tail + need - h.head_cache > h.capacity)
+                return errc::full;
+        }
+        h.reservation = {true, h.tail, need, n};
+        return std::span<std::byte>(h.payload_at(h.tail), n);
+    }
+    return try_reserve_slow(n);
+}
+
+inline Result<std::span<std::byte>> Queue::reserve(std::size_t n,
+                                                   std::chrono::nanoseconds timeout) {
+    // One named result, built in the caller's return slot: a copy of the Result per record
+    // measurably slows the producer, and a producer slower than its consumer drags an spsc
+    // ring into lockstep (bench/RESULTS.md).
+    Result<std::span<std::byte>> r = try_reserve(n);
+    if (!r && r.error() == errc::full) [[unlikely]]
+        r = reserve_wait(n, timeout);
+    return r;
+}
+
+inline void Queue::commit(std::size_t used) {
+    detail::Hot& h = *hot_;
+    if (h.mode == Mode::spsc && h.reservation.active && used <= h.reservation.size) [[likely]] {
+        // spsc may shrink the record: tail has not moved yet.
+        detail::RecordHeader* header = h.header_at(h.reservation.pos);
+        const std::uint32_t extent = detail::extent_for(used);
+        header->length = static_cast<std::uint32_t>(used);
+        header->control.store(
+            detail::pack_record(extent, detail::RecordState::committed, h.slot, h.generation),
+            std::memory_order_relaxed);
+        h.reservation.active = false;
+        h.tail = h.reservation.pos + extent;
+        h.produced_word->store(++h.produced, std::memory_order_relaxed);
+        h.tail_word->store(h.tail, std::memory_order_release); // publishes header and payload
+        h.publish_barrier();
+        if (h.consumer_waiting->load(std::memory_order_relaxed) != 0) [[unlikely]]
+            wake_consumer();
+        return;
+    }
+    commit_slow(used);
+}
+
+inline Result<std::span<const std::byte>> Queue::try_front() {
+    detail::Hot& h = *hot_;
+    if (h.role == Role::consumer && !h.taken.active) [[likely]] {
+        if (h.head == h.tail_cache) {
+            h.tail_cache = h.tail_word->load(std::memory_order_acquire);
+            if (h.head == h.tail_cache)
+                return errc::empty;
+        }
+        const detail::RecordHeader* header = h.header_at(h.head);
+        const std::uint64_t c = header->control.load(std::memory_order_acquire);
+        const std::uint32_t extent = detail::record_extent(c);
+        const std::uint32_t length = header->length;
+        // The header is a peer's writing: bound it before use (the slow path says what is wrong).
+        if (detail::record_state(c) == detail::RecordState::committed &&
+            extent >= detail::record_header_size && extent % detail::record_align == 0 &&
+            extent <= h.tail_cache - h.head && length <= extent - detail::record_header_size)
+            [[likely]] {
+            h.taken = {true, h.head, extent, length};
+            return std::span<const std::byte>(h.payload_at(h.head), length);
+        }
+    }
+    return try_front_slow();
+}
+
+inline Result<std::span<const std::byte>> Queue::front(std::chrono::nanoseconds timeout) {
+    Result<std::span<const std::byte>> r = try_front(); // as reserve(): built in place
+    if (!r && r.error() == errc::empty) [[unlikely]]
+        r = front_wait(timeout);
+    return r;
+}
+
+inline void Queue::release() {
+    detail::Hot& h = *hot_;
+    if (h.role == Role::consumer && h.taken.active) [[likely]] {
+        h.taken.active = false;
+        h.head += h.taken.extent;
+        h.head_word->store(h.head, std::memory_order_release);
+        h.consumed_word->store(++h.consumed, std::memory_order_relaxed);
+        h.publish_barrier();
+        if (h.producers_waiting->load(std::memory_order_relaxed) != 0) [[unlikely]]
+            wake_producers();
+        return;
+    }
+    release_slow();
+}
+
+// What `bus shm ls` shows about one queue.
+struct QueueInfo {
+    std::string name;
+    std::error_code error; // the segment could not be read (permissions, layout): rest is empty
+    Mode mode = Mode::spsc;
+    Stats stats;
+    pid_t owner_pid = 0;      // the process that created it
+    bool owner_alive = false; // that process (same pid and start time) still runs
+    bool in_use = false;      // some live process has it open
+    int producers = 0;        // live producer handles
+    bool consumer = false;    // a live consumer handle
+    uid_t uid = 0;            // owner of the segment
+    mode_t permissions = 0;   // its mode bits
+};
+
+// Every bus queue on this host the caller can see (segments named bus.* in /dev/shm).
+Result<std::vector<QueueInfo>> list();
+// One queue; std::errc::no_such_file_or_directory if there is none.
+Result<QueueInfo> inspect(std::string_view name);
+// Removes the queue's name (processes that have it open keep their mapping). Refuses with
+// errc::queue_in_use while a live process holds it, unless `force`.
+std::error_code remove(std::string_view name, bool force = false);
+
+} // namespace bus::shm

@@ -1,0 +1,1324 @@
+// bus::shm::Queue — how the ring works, and why it is safe.
+//
+// THE RING. Records are [RecordHeader (16 bytes)][payload][padding to a cache line] (why the
+// padding: layout.hpp, record_align). `tail` is where the
+// next record will start, `head` where the next unread one starts; both count bytes since
+// creation and never wrap (2^64 bytes is centuries). The ring is mapped twice back to back, so
+// a record that runs past the end continues in the second view and is contiguous in memory:
+// no split records, no padding records, and any record up to capacity - 16 bytes fits. Room
+// check: tail + extent - head <= capacity. Never overwrite: a full ring is errc::full or a wait.
+//
+// SPSC. The producer alone writes `tail`, the consumer alone writes `head`. The producer writes
+// the header and payload with plain stores, then stores `tail` (release); the consumer loads
+// `tail` (acquire) and may read everything below it. The consumer reads a record in place,
+// then stores `head` (release); the producer loads `head` (acquire) before it reuses the
+// bytes, so the consumer's reads happen-before the producer's overwrite. Each side caches the
+// other's index and reloads it only when the cache says "full"/"empty", so in steady state
+// each side touches the other's cache line once per batch, not once per record.
+//
+// MPSC. Producers serialize only the reservation, under `reserve_lock`: read tail, check
+// room, write the header as `claimed` with the claimer's slot and generation, store tail
+// (release), unlock. They write payloads in parallel, outside the lock, and publish each
+// record by storing its header as `committed` (release). The consumer reads a header (acquire)
+// below tail: committed → deliver; aborted → step over; claimed → not yet (head of line waits
+// for it). A claim was written before tail moved past it, so the consumer never reads a header
+// left from an earlier lap.
+//
+// DEATH. Liveness is not guessed from pids: each handle holds OFD byte locks on the segment
+// file (its role's byte, and its slot's byte), and the kernel drops them when the process
+// dies, however it dies. So "slot s is alive" is one F_OFD_GETLK, with no pid-reuse race and
+// no /proc parsing (pid and start time are still recorded, for `bus shm ls`).
+// - Producer dies holding reserve_lock: waiters sleep in slices; after a slice they check the
+//   owner (slot + generation in the lock word) and take the lock over. What the dead owner did
+//   under the lock is either invisible (tail not yet moved: its header is overwritten) or a
+//   claimed record (tail moved), which the next point handles.
+// - Producer dies with a claimed record (mpsc): the record blocks the head. The consumer, once
+//   it has been stuck on the same record for a while, checks the claimer: generation changed or
+//   slot lock free means dead (a producer that leaves cleanly aborts its claim first). It reads
+//   the header again — the claimer may have committed just before dying — and otherwise steps
+//   over the record and counts it in `skipped`. An spsc producer that dies mid-record never
+//   moved tail: nothing to skip, and its successor starts at tail.
+// - Consumer dies: head only moves on release(), so a record it was reading is delivered
+//   again to the next consumer; committed records stay.
+// - Waiters: "the other side died" = no live process holds the other role's lock byte, and a
+//   slot of that role is still marked attached (a clean detach marks it free first). A new
+//   peer of the same role reaps such slots when it attaches, so waits go back to normal.
+//
+// MEMORY ORDERING AND THE FUTEX. A waiter sleeps on a futex word (data_seq for the consumer,
+// space_seq for producers) after announcing itself in a waiting word (consumer_waiting,
+// producers_waiting). The publisher (commit, or release on the other side) must not miss the
+// announcement, and the waiter must not miss the publication:
+//
+//     waiter:    W(waiting = 1); [B1]; loop { seq = S; R(published?) -> if no: futex_wait(S, seq) }
+//     publisher: W(published);   [B2]; R(waiting) -> if set: S += 1 (RMW); futex_wake(S)
+//
+// This is the store-buffer (Dekker) pattern: without barriers x86 may let each side's load
+// pass its own earlier store (StoreLoad), both read the old values, and the waiter sleeps
+// through a publication. With B1 and B2 full barriers at least one side sees the other's
+// store. If the publisher saw `waiting` = 0, its W(published) is visible to every R(published)
+// the waiter makes after B1. If it saw 1, it bumps S after publishing; a waiter whose
+// `seq = S` read that bump (acquire, from the RMW) also sees the publication, and one that
+// read an older S hands that older value to futex_wait, which returns at once if the bump has
+// happened, or is already queued when futex_wake runs (the kernel compares the word under the
+// bucket lock futex_wake takes). No lost wake-up. The flag stays up for the whole wait, so B1
+// is needed once per wait, not once per wake-up.
+//
+// B2 is on the hot path (every commit, every release), and a full fence there costs a drain
+// of the store buffer, which on a ring means waiting for the cache lines the other core holds.
+// So bus makes the barrier asymmetric when the kernel allows it (Sync::membarrier): B2 is only
+// a compiler barrier, and B1 is membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED), which makes every
+// running thread of every registered process execute a full barrier before it returns. For
+// the publisher's thread, that barrier falls at some point P of its execution: if its
+// R(waiting) comes after P, it sees W(waiting) (ordered before the membarrier call); if it
+// comes before P, its earlier W(published) is also before P, hence visible to the waiter's
+// R(published), which follows the membarrier. Either way one side sees the other. A thread
+// that is not running passes a full barrier at the context switch. Only a process about to
+// sleep pays the syscall (0.2-2 µs here), once per wait. Every process attached to a
+// membarrier-mode queue must have registered (open() refuses otherwise); a queue created by a
+// process that could not register is a fence-mode queue for everyone.
+//
+// Sleeps are bounded by a slice (liveness_slice) even when the caller waits forever: after a
+// slice the waiter re-checks the ring and the other side's liveness. So a peer that dies
+// never leaves a waiter hanging, and any wake-up lost to a bug would cost a slice, not a hang.
+//
+// ASYNC. async_wait() arms the same waiting words with a second bit (consumer) or a count
+// (producers) and a token naming an abstract-namespace datagram socket the waiter has bound;
+// the publisher that sees it sends one byte there. The socket is what the Asio loop watches;
+// a timer at the slice does the liveness checks. A stray datagram (anyone in the network
+// namespace can send one) only causes a re-check.
+#include "bus/shm_queue.hpp"
+
+#include "layout.hpp"
+#include "segment.hpp"
+
+#include "bus/unique_fd.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <google/protobuf/message_lite.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <new>
+#include <optional>
+#include <stdexcept>
+#include <thread>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+namespace bus::shm {
+
+namespace asio = boost::asio;
+using namespace detail;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::chrono::nanoseconds default_spin = 20us;
+// How long a waiter sleeps before it looks at the other side's liveness again.
+constexpr std::chrono::nanoseconds liveness_slice = 20ms;
+// How long the consumer waits on one claimed record before asking whether its producer lives.
+constexpr std::chrono::nanoseconds stuck_limit = 10ms;
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
+Clock::time_point deadline_after(Clock::time_point now, std::chrono::nanoseconds timeout) {
+    if (timeout >= Clock::time_point::max() - now)
+        return Clock::time_point::max();
+    return now + std::chrono::duration_cast<Clock::duration>(timeout);
+}
+
+bool is_empty(const std::error_code& ec) {
+    return ec == errc::empty;
+}
+bool is_full(const std::error_code& ec) {
+    return ec == errc::full;
+}
+
+// The abstract socket address an async waiter binds (and publishers send to).
+socklen_t notify_address(std::uint64_t token, sockaddr_un& addr) {
+    std::memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    const int n = std::snprintf(addr.sun_path + 1, sizeof addr.sun_path - 1, "bus.shm.%016llx",
+                                static_cast<unsigned long long>(token));
+    return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + static_cast<size_t>(n));
+}
+
+// create() found the name taken. Removes the segment if no live process holds it; returns
+// std::errc::file_exists if one does, {} if the name may be created again.
+std::error_code remove_if_stale(const std::string& shm) {
+    UniqueFd fd(::shm_open(shm.c_str(), O_RDWR | O_CLOEXEC, 0));
+    if (!fd) {
+        if (errno == ENOENT)
+            return {};
+        if (errno == EACCES)
+            return std::make_error_code(std::errc::file_exists);
+        return last_error();
+    }
+    // A creator takes its holder lock just after shm_open(O_EXCL): a segment that is not
+    // initialized and not held may be one whose creator is between the two, so look again for
+    // a while before deciding its creator died.
+    const auto give_up = Clock::now() + 200ms;
+    for (;;) {
+        auto ec = lock_byte(fd.get(), lock_holder, F_WRLCK, false);
+        if (ec == std::errc::resource_unavailable_try_again)
+            return std::make_error_code(std::errc::file_exists);
+        if (ec)
+            return ec;
+        struct stat st {};
+        if (::fstat(fd.get(), &st) != 0)
+            return last_error();
+        if (st.st_nlink == 0)
+            return {}; // someone else removed it meanwhile
+        if (segment_ready(fd.get(), static_cast<std::uint64_t>(st.st_size)) ||
+            Clock::now() >= give_up)
+            break;
+        lock_byte(fd.get(), lock_holder, F_UNLCK, false);
+        std::this_thread::sleep_for(2ms);
+    }
+    // We hold the write lock on this file, so nobody can have replaced the name meanwhile
+    // (that needs the same lock): the name is still this stale segment.
+    if (::shm_unlink(shm.c_str()) != 0 && errno != ENOENT)
+        return last_error();
+    return {};
+}
+
+} // namespace
+
+// --- the handle -----------------------------------------------------------------------------
+
+struct AsyncWait;
+
+// The handle. The fields the inline fast paths use (ring, positions, the reservation, the
+// record taken) are in detail::Hot (bus/detail/shm_hot.hpp), shared by inheritance.
+struct Queue::Impl : detail::Hot {
+    std::string name;
+    std::string shm; // "/bus.NAME"
+    UniqueFd fd;
+    Mapping mapping;
+    Control* ctrl = nullptr;
+    std::chrono::nanoseconds spin = default_spin;
+    Clock::time_point next_liveness{};
+
+    // consumer, beyond Hot
+    std::uint64_t skipped = 0;
+    std::uint64_t stuck_pos = ~std::uint64_t{0};
+    Clock::time_point stuck_since{};
+
+    UniqueFd notify_socket; // unbound datagram socket for waking async waiters
+    std::shared_ptr<AsyncWait> async;
+
+    ~Impl();
+
+    std::size_t max_record() const noexcept { return capacity - record_header_size; }
+
+    std::error_code attach();
+    void require(Role r, const char* what) const {
+        if (role != r) [[unlikely]]
+            wrong_end(what);
+    }
+    [[noreturn, gnu::cold, gnu::noinline]] void wrong_end(const char* what) const {
+        throw std::logic_error(std::string("bus::shm::Queue::") + what + " on a " +
+                               (role == Role::producer ? "producer" : "consumer") + " handle");
+    }
+
+    // barriers: see "Memory ordering" above (publish_barrier() is in Hot)
+    void notify_consumer() noexcept {
+        publish_barrier();
+        if (ctrl->consumer_waiting.load(std::memory_order_relaxed) != 0)
+            wake_consumer();
+    }
+    void notify_producers() noexcept {
+        publish_barrier();
+        if (ctrl->producers_waiting.load(std::memory_order_relaxed) != 0)
+            wake_producers();
+    }
+    void wake_consumer() noexcept;
+    void wake_producers() noexcept;
+    void send_notify(std::uint64_t token) noexcept;
+
+    // liveness
+    bool other_side_dead() const noexcept;
+    bool other_side_alive() const noexcept {
+        return held_by_other(fd.get(), role == Role::producer ? lock_consumer : lock_producers);
+    }
+    bool claimer_dead(std::uint64_t control) const noexcept;
+    bool liveness_due(Clock::time_point now) {
+        if (now < next_liveness)
+            return false;
+        next_liveness = now + liveness_slice;
+        return true;
+    }
+
+    // producer. The hot calls have an inlined fast path for the common case (spsc, room, a
+    // committed record) and an out-of-line path for everything else.
+    Result<std::span<std::byte>> try_reserve(std::size_t n);
+    Result<std::span<std::byte>> try_reserve_slow(std::size_t n);
+    Result<std::span<std::byte>> reserve(std::size_t n, std::chrono::nanoseconds timeout);
+    Result<std::span<std::byte>> reserve_wait(std::size_t n, std::chrono::nanoseconds timeout);
+    bool has_room(std::size_t n) noexcept;
+    void commit(std::size_t used);
+    void commit_slow(std::size_t used);
+    void abort() noexcept;
+    void lock_reserve() noexcept;
+    void lock_reserve_slow() noexcept;
+    void unlock_reserve() noexcept;
+    bool lock_owner_dead(std::uint32_t owner) const noexcept;
+
+    // consumer
+    Result<std::span<const std::byte>> try_front();
+    Result<std::span<const std::byte>> try_front_slow();
+    Result<std::span<const std::byte>> front(std::chrono::nanoseconds timeout);
+    Result<std::span<const std::byte>> front_wait(std::chrono::nanoseconds timeout);
+    void release();
+    void advance(std::uint32_t extent, bool skip) noexcept;
+
+    // Spinning. Most spinning waits end within a few hundred nanoseconds, and a clock read costs
+    // 20-40 ns in a VM: burst() looks a few times without the clock before spin_until()
+    // measures. `backoff` (the producer waiting for room) doubles the pause between looks, up
+    // to about a microsecond: each look at `head` takes its line from the consumer, whose next
+    // release() must take it back, so polling a full ring tightly slows the very consumer it
+    // waits for, and the ring stays full (measured: half the throughput). A consumer waiting
+    // for a record does not back off: that is the latency path, and its looks at `tail` cost
+    // the producer far less once records sit on their own cache lines.
+    static constexpr unsigned max_pauses = 64;
+    template <class Ready>
+    bool burst(std::chrono::nanoseconds timeout, bool backoff, Ready&& ready) {
+        if (spin <= std::chrono::nanoseconds::zero() || timeout < 10us)
+            return false;
+        unsigned pauses = 1;
+        for (unsigned spent = 0; spent < 256; spent += pauses) {
+            for (unsigned k = 0; k < pauses; ++k)
+                cpu_relax();
+            if (ready())
+                return true;
+            if (backoff && pauses < max_pauses)
+                pauses *= 2;
+        }
+        return false;
+    }
+    template <class Ready>
+    bool spin_until(Clock::time_point deadline, bool backoff, Ready&& ready) {
+        if (spin <= std::chrono::nanoseconds::zero())
+            return false;
+        const auto end = std::min(deadline, deadline_after(Clock::now(), spin));
+        const unsigned pauses = backoff ? max_pauses : 1;
+        for (unsigned i = 1;; ++i) {
+            if (ready())
+                return true;
+            for (unsigned k = 0; k < pauses; ++k)
+                cpu_relax();
+            if ((i * pauses) % 64 == 0 && Clock::now() >= end)
+                return false;
+        }
+    }
+
+    // async
+    void async_wait(asio::io_context& io, WaitHandler handler, std::size_t record_size);
+    void cancel();
+};
+
+// --- attach and detach ----------------------------------------------------------------------
+
+std::error_code Queue::Impl::attach() {
+    tail_word = &ctrl->tail;
+    produced_word = &ctrl->produced;
+    head_word = &ctrl->head;
+    consumed_word = &ctrl->consumed;
+    consumer_waiting = &ctrl->consumer_waiting;
+    producers_waiting = &ctrl->producers_waiting;
+    const int f = fd.get();
+    std::error_code ec;
+    if (role == Role::producer)
+        ec = lock_byte(f, lock_producers, mode == Mode::spsc ? F_WRLCK : F_RDLCK, false);
+    else
+        ec = lock_byte(f, lock_consumer, F_WRLCK, false);
+    if (ec == std::errc::resource_unavailable_try_again)
+        return errc::queue_in_use;
+    if (ec)
+        return ec;
+
+    // A slot: a free one if there is one, else one whose owner died. Owning its byte lock is
+    // owning the slot.
+    int chosen = -1;
+    for (int pass = 0; pass < 2 && chosen < 0; ++pass) {
+        for (std::size_t i = 0; i < max_peers; ++i) {
+            const auto state = ctrl->slots[i].state.load(std::memory_order_acquire);
+            if (pass == 0 && state != static_cast<std::uint32_t>(SlotState::free))
+                continue;
+            if (!lock_byte(f, lock_slot(i), F_WRLCK, false)) {
+                chosen = static_cast<int>(i);
+                break;
+            }
+        }
+    }
+    if (chosen < 0)
+        return errc::queue_in_use;
+    slot = static_cast<std::uint32_t>(chosen);
+    PeerSlot& me = ctrl->slots[slot];
+    generation = me.generation.load(std::memory_order_relaxed) + 1;
+    me.generation.store(generation, std::memory_order_relaxed);
+    me.role.store(static_cast<std::uint32_t>(role), std::memory_order_relaxed);
+    me.pid.store(::getpid(), std::memory_order_relaxed);
+    me.start_time.store(process_start_time(::getpid()), std::memory_order_relaxed);
+    me.notify.store(0, std::memory_order_relaxed);
+    me.state.store(static_cast<std::uint32_t>(SlotState::attached), std::memory_order_release);
+
+    // Slots of our role whose owners died: we replace them, so waiters on the other side stop
+    // reporting peer_dead. Their claims in the ring stay recognizably dead (lock free).
+    for (std::size_t i = 0; i < max_peers; ++i) {
+        PeerSlot& s = ctrl->slots[i];
+        if (i == slot ||
+            s.role.load(std::memory_order_relaxed) != static_cast<std::uint32_t>(role) ||
+            s.state.load(std::memory_order_acquire) !=
+                static_cast<std::uint32_t>(SlotState::attached))
+            continue;
+        if (!lock_byte(f, lock_slot(i), F_WRLCK, false)) {
+            s.notify.store(0, std::memory_order_relaxed);
+            s.state.store(static_cast<std::uint32_t>(SlotState::free), std::memory_order_release);
+            lock_byte(f, lock_slot(i), F_UNLCK, false);
+        }
+    }
+
+    if (role == Role::producer) {
+        tail = ctrl->tail.load(std::memory_order_acquire);
+        head_cache = ctrl->head.load(std::memory_order_acquire);
+        produced = ctrl->produced.load(std::memory_order_relaxed);
+    } else {
+        head = ctrl->head.load(std::memory_order_acquire);
+        tail_cache = ctrl->tail.load(std::memory_order_acquire);
+        consumed = ctrl->consumed.load(std::memory_order_relaxed);
+        skipped = ctrl->skipped.load(std::memory_order_relaxed);
+    }
+    return {};
+}
+
+// --- async state ----------------------------------------------------------------------------
+
+struct AsyncWait : std::enable_shared_from_this<AsyncWait> {
+    AsyncWait(asio::io_context& context, int socket_fd, std::uint64_t t)
+        : io(context), socket(context, socket_fd), timer(context), token(t) {}
+
+    asio::io_context& io;
+    asio::posix::stream_descriptor socket;
+    asio::steady_timer timer;
+    std::uint64_t token;
+    Queue::Impl* owner = nullptr; // null once the queue is gone
+    Queue::WaitHandler handler;
+    std::size_t record_size = 0;
+    std::uint64_t epoch = 0;
+    bool pending = false;
+
+    void arm() noexcept;
+    void disarm() noexcept;
+    // The wait's outcome if it has one now: {} ready, or an error; nullopt to keep waiting.
+    std::optional<std::error_code> poll();
+    void complete(std::error_code ec);
+    void watch_socket();
+    void watch_timer();
+};
+
+Queue::Impl::~Impl() {
+    if (!ctrl)
+        return;
+    if (async) {
+        if (async->pending)
+            async->complete(std::make_error_code(std::errc::operation_canceled));
+        async->owner = nullptr;
+        async.reset();
+    }
+    if (reservation.active)
+        abort();
+    // A record taken with front() and not released stays: head has not moved past it.
+    PeerSlot& me = ctrl->slots[slot];
+    me.notify.store(0, std::memory_order_relaxed);
+    me.state.store(static_cast<std::uint32_t>(SlotState::free), std::memory_order_release);
+    // The last handle out removes a queue that holds nothing: upgrading our read lock on the
+    // holder byte succeeds only if no other open file description holds it.
+    if (!lock_byte(fd.get(), lock_holder, F_WRLCK, false)) {
+        struct stat st {};
+        if (::fstat(fd.get(), &st) == 0 && st.st_nlink > 0 &&
+            ctrl->head.load(std::memory_order_acquire) ==
+                ctrl->tail.load(std::memory_order_acquire))
+            ::shm_unlink(shm.c_str());
+    }
+    // The mapping, then the descriptor (and with it every lock).
+    mapping = Mapping();
+    fd.reset();
+}
+
+// --- waking ---------------------------------------------------------------------------------
+
+[[gnu::noinline]] void Queue::Impl::wake_consumer() noexcept {
+    const std::uint32_t w = ctrl->consumer_waiting.load(std::memory_order_acquire);
+    if (w & waiting_sync) {
+        ctrl->data_seq.fetch_add(1, std::memory_order_seq_cst);
+        futex_wake_all(ctrl->data_seq);
+    }
+    if (w & waiting_async)
+        send_notify(ctrl->consumer_notify.load(std::memory_order_acquire));
+}
+
+[[gnu::noinline]] void Queue::Impl::wake_producers() noexcept {
+    ctrl->space_seq.fetch_add(1, std::memory_order_seq_cst);
+    futex_wake_all(ctrl->space_seq);
+    if (ctrl->producers_async.load(std::memory_order_acquire) == 0)
+        return;
+    for (auto& s : ctrl->slots) {
+        if (s.role.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(Role::producer))
+            send_notify(s.notify.load(std::memory_order_acquire));
+    }
+}
+
+void Queue::Impl::send_notify(std::uint64_t token) noexcept {
+    if (token == 0)
+        return;
+    if (!notify_socket)
+        notify_socket.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!notify_socket)
+        return; // the waiter's timer slice will find the record
+    sockaddr_un addr;
+    const socklen_t len = notify_address(token, addr);
+    // EAGAIN: the waiter has unread wake-ups already. ECONNREFUSED: it is gone. Both are fine.
+    (void)::sendto(notify_socket.get(), "", 1, MSG_DONTWAIT | MSG_NOSIGNAL,
+                   reinterpret_cast<const sockaddr*>(&addr), len);
+}
+
+// --- liveness -------------------------------------------------------------------------------
+
+bool Queue::Impl::other_side_dead() const noexcept {
+    if (other_side_alive())
+        return false;
+    const auto other =
+        static_cast<std::uint32_t>(role == Role::producer ? Role::consumer : Role::producer);
+    for (const auto& s : ctrl->slots)
+        if (s.state.load(std::memory_order_acquire) ==
+                static_cast<std::uint32_t>(SlotState::attached) &&
+            s.role.load(std::memory_order_relaxed) == other)
+            return true; // attached, and nobody of that role holds the lock: it died
+    return false;        // it left cleanly, or never came: keep waiting
+}
+
+bool Queue::Impl::claimer_dead(std::uint64_t control) const noexcept {
+    const std::uint32_t s = record_slot(control);
+    if (s >= max_peers)
+        return true; // no producer can own this claim
+    const PeerSlot& p = ctrl->slots[s];
+    if ((p.generation.load(std::memory_order_acquire) & 0xffff) != record_generation(control))
+        return true; // the slot changed hands: the claimer is gone without committing
+    return !held_by_other(fd.get(), lock_slot(s));
+}
+
+// --- producer -------------------------------------------------------------------------------
+
+void Queue::Impl::lock_reserve() noexcept {
+    const std::uint32_t me = (slot + 1) | (generation & 0xffff) << 8;
+    std::uint32_t expected = 0;
+    if (ctrl->reserve_lock.compare_exchange_strong(expected, me, std::memory_order_acquire,
+                                                   std::memory_order_relaxed))
+        return;
+    lock_reserve_slow();
+}
+
+[[gnu::noinline]] void Queue::Impl::lock_reserve_slow() noexcept {
+    auto& word = ctrl->reserve_lock;
+    const std::uint32_t me = (slot + 1) | (generation & 0xffff) << 8;
+    // The critical section is a few stores: spin a little first.
+    for (int i = 0; i < 100; ++i) {
+        cpu_relax();
+        std::uint32_t v = word.load(std::memory_order_relaxed);
+        if (v == 0 &&
+            word.compare_exchange_weak(v, me, std::memory_order_acquire, std::memory_order_relaxed))
+            return;
+    }
+    // Then sleep. Unlocking is a plain store (no locked instruction on the hot path), so the
+    // sleepers announce themselves in a count and wake-ups follow the same barrier pairing as
+    // the data waits ("Memory ordering" above): W(sleepers) [B1] R(word) here, W(word = 0)
+    // [B2] R(sleepers) in unlock_reserve().
+    ctrl->lock_sleepers.fetch_add(1, std::memory_order_seq_cst);
+    heavy_barrier(sync);
+    auto check_owner = Clock::now() + liveness_slice;
+    for (;;) {
+        std::uint32_t v = word.load(std::memory_order_relaxed);
+        if (v == 0) {
+            if (word.compare_exchange_weak(v, me, std::memory_order_acquire,
+                                           std::memory_order_relaxed))
+                break;
+            continue;
+        }
+        futex_wait(word, v, liveness_slice);
+        const auto now = Clock::now();
+        if (now < check_owner)
+            continue;
+        check_owner = now + liveness_slice;
+        // Held for a whole slice: is its owner alive? If it died in the critical section, take
+        // the lock over (see "Death" above for why what it left is safe).
+        std::uint32_t cur = word.load(std::memory_order_relaxed);
+        if (cur != 0 && lock_owner_dead(cur) &&
+            word.compare_exchange_strong(cur, me, std::memory_order_acquire,
+                                         std::memory_order_relaxed))
+            break;
+    }
+    ctrl->lock_sleepers.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void Queue::Impl::unlock_reserve() noexcept {
+    ctrl->reserve_lock.store(0, std::memory_order_release);
+    publish_barrier();
+    if (ctrl->lock_sleepers.load(std::memory_order_relaxed) != 0)
+        futex_wake_all(ctrl->reserve_lock);
+}
+
+bool Queue::Impl::lock_owner_dead(std::uint32_t owner) const noexcept {
+    const std::uint32_t s = (owner & 0xff) - 1;
+    if (s >= max_peers)
+        return true;
+    const PeerSlot& p = ctrl->slots[s];
+    if ((p.generation.load(std::memory_order_acquire) & 0xffff) != ((owner >> 8) & 0xffff))
+        return true;
+    return !held_by_other(fd.get(), lock_slot(s));
+}
+
+[[gnu::always_inline]] inline Result<std::span<std::byte>> Queue::Impl::try_reserve(std::size_t n) {
+    if (role == Role::producer && mode == Mode::spsc && !reservation.active && n <= max_record())
+        [[likely]] {
+        const std::uint32_t need = extent_for(n);
+        if (tail + need - head_cache > capacity) [[unlikely]] {
+            head_cache = ctrl->head.load(std::memory_order_acquire);
+            if (tail + need - head_cache > capacity)
+                return errc::full;
+        }
+        reservation = {true, tail, need, n};
+        return std::span<std::byte>(payload_at(tail), n);
+    }
+    return try_reserve_slow(n);
+}
+
+[[gnu::noinline]] Result<std::span<std::byte>> Queue::Impl::try_reserve_slow(std::size_t n) {
+    require(Role::producer, "reserve");
+    if (reservation.active)
+        throw std::logic_error("bus::shm::Queue::reserve: the previous reservation is still open");
+    if (n > max_record())
+        return errc::record_too_large;
+    const std::uint32_t need = extent_for(n);
+    if (mode == Mode::spsc) {
+        if (tail + need - head_cache > capacity) {
+            head_cache = ctrl->head.load(std::memory_order_acquire);
+            if (tail + need - head_cache > capacity)
+                return errc::full;
+        }
+        reservation = {true, tail, need, n};
+        return std::span<std::byte>(payload_at(tail), n);
+    }
+    lock_reserve();
+    const std::uint64_t t = ctrl->tail.load(std::memory_order_relaxed);
+    if (t + need - head_cache > capacity) {
+        head_cache = ctrl->head.load(std::memory_order_acquire);
+        if (t + need - head_cache > capacity) {
+            unlock_reserve();
+            return errc::full;
+        }
+    }
+    header_at(t)->control.store(pack_record(need, RecordState::claimed, slot, generation),
+                                std::memory_order_relaxed);
+    ctrl->produced.store(ctrl->produced.load(std::memory_order_relaxed) + 1,
+                         std::memory_order_relaxed);
+    ctrl->tail.store(t + need, std::memory_order_release); // publishes the claim
+    unlock_reserve();
+    reservation = {true, t, need, n};
+    return std::span<std::byte>(payload_at(t), n);
+}
+
+bool Queue::Impl::has_room(std::size_t n) noexcept {
+    const std::uint64_t t = mode == Mode::spsc ? tail : ctrl->tail.load(std::memory_order_relaxed);
+    head_cache = ctrl->head.load(std::memory_order_acquire);
+    return t + extent_for(n) - head_cache <= capacity;
+}
+
+[[gnu::always_inline]] inline void Queue::Impl::commit(std::size_t used) {
+    if (mode == Mode::spsc && reservation.active && used <= reservation.size) [[likely]] {
+        // spsc may shrink the record: tail has not moved yet.
+        RecordHeader* h = header_at(reservation.pos);
+        const std::uint32_t extent = extent_for(used);
+        h->length = static_cast<std::uint32_t>(used);
+        h->control.store(pack_record(extent, RecordState::committed, slot, generation),
+                         std::memory_order_relaxed);
+        reservation.active = false;
+        tail = reservation.pos + extent;
+        ctrl->produced.store(++produced, std::memory_order_relaxed);
+        ctrl->tail.store(tail, std::memory_order_release); // publishes header and payload
+        notify_consumer();
+        return;
+    }
+    commit_slow(used);
+}
+
+[[gnu::noinline]] void Queue::Impl::commit_slow(std::size_t used) {
+    require(Role::producer, "commit");
+    if (!reservation.active)
+        throw std::logic_error("bus::shm::Queue::commit without a reservation");
+    if (used > reservation.size)
+        throw std::logic_error("bus::shm::Queue::commit: more bytes than were reserved");
+    RecordHeader* h = header_at(reservation.pos);
+    h->length = static_cast<std::uint32_t>(used);
+    reservation.active = false;
+    if (mode == Mode::spsc) {
+        const std::uint32_t extent = extent_for(used); // spsc may shrink: tail has not moved
+        h->control.store(pack_record(extent, RecordState::committed, slot, generation),
+                         std::memory_order_relaxed);
+        tail = reservation.pos + extent;
+        ctrl->produced.store(++produced, std::memory_order_relaxed);
+        ctrl->tail.store(tail, std::memory_order_release);
+    } else {
+        h->control.store(pack_record(reservation.extent, RecordState::committed, slot, generation),
+                         std::memory_order_release);
+    }
+    notify_consumer();
+}
+
+void Queue::Impl::abort() noexcept {
+    if (!reservation.active)
+        return;
+    reservation.active = false;
+    if (mode == Mode::spsc)
+        return; // tail never moved: the bytes are simply reused
+    // The claim is in the ring and blocks the consumer: turn it into a record to step over.
+    header_at(reservation.pos)
+        ->control.store(pack_record(reservation.extent, RecordState::aborted, slot, generation),
+                        std::memory_order_release);
+    notify_consumer();
+}
+
+// One named result, so it is built in the caller's return slot (NRVO): a copy of the 40-byte
+// Result on every record measurably slowed the producer (store-forwarding stalls), and a
+// producer slower than its consumer drags an spsc ring into lockstep.
+[[gnu::always_inline]] inline Result<std::span<std::byte>>
+Queue::Impl::reserve(std::size_t n, std::chrono::nanoseconds timeout) {
+    Result<std::span<std::byte>> r = try_reserve(n);
+    if (!r && is_full(r.error())) [[unlikely]]
+        r = reserve_wait(n, timeout);
+    return r;
+}
+
+[[gnu::noinline]] Result<std::span<std::byte>>
+Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
+    Result<std::span<std::byte>> r = errc::full;
+    auto ready = [&] {
+        r = try_reserve(n);
+        return r || !is_full(r.error());
+    };
+    if (burst(timeout, true, ready))
+        return r;
+    const auto deadline = deadline_after(Clock::now(), timeout);
+    if (spin_until(deadline, true, ready))
+        return r;
+    ctrl->producers_waiting.fetch_add(1, std::memory_order_seq_cst); // as in front_wait()
+    heavy_barrier(sync);
+    for (;;) {
+        const std::uint32_t seq = ctrl->space_seq.load(std::memory_order_acquire);
+        r = try_reserve(n);
+        const auto now = Clock::now();
+        std::error_code outcome;
+        if (r || !is_full(r.error()))
+            outcome = {};
+        else if (liveness_due(now) && other_side_dead())
+            outcome = errc::peer_dead;
+        else if (now >= deadline)
+            outcome = errc::timeout;
+        else {
+            futex_wait(ctrl->space_seq, seq, std::min(deadline - now, next_liveness - now));
+            continue; // still counted as waiting
+        }
+        ctrl->producers_waiting.fetch_sub(1, std::memory_order_relaxed);
+        if (outcome)
+            return outcome;
+        return r;
+    }
+}
+
+// --- consumer -------------------------------------------------------------------------------
+
+[[gnu::always_inline]] inline Result<std::span<const std::byte>> Queue::Impl::try_front() {
+    if (role == Role::consumer && !taken.active) [[likely]] {
+        if (head == tail_cache) {
+            tail_cache = ctrl->tail.load(std::memory_order_acquire);
+            if (head == tail_cache)
+                return errc::empty;
+        }
+        const RecordHeader* h = header_at(head);
+        const std::uint64_t c = h->control.load(std::memory_order_acquire);
+        const std::uint32_t extent = record_extent(c);
+        const std::uint32_t length = h->length;
+        if (record_state(c) == RecordState::committed && extent >= record_header_size &&
+            extent % record_align == 0 && extent <= tail_cache - head &&
+            length <= extent - record_header_size) [[likely]] {
+            taken = {true, head, extent, length};
+            return std::span<const std::byte>(payload_at(head), length);
+        }
+    }
+    return try_front_slow(); // everything else, checked again from the start
+}
+
+[[gnu::noinline]] Result<std::span<const std::byte>> Queue::Impl::try_front_slow() {
+    require(Role::consumer, "front");
+    if (taken.active)
+        return std::span<const std::byte>(payload_at(taken.pos), taken.length);
+    for (;;) {
+        if (head == tail_cache) {
+            tail_cache = ctrl->tail.load(std::memory_order_acquire);
+            if (head == tail_cache)
+                return errc::empty;
+        }
+        RecordHeader* h = header_at(head);
+        std::uint64_t c = h->control.load(std::memory_order_acquire);
+        const std::uint32_t extent = record_extent(c);
+        // The header is a peer's writing: bound everything before using it.
+        if (extent < record_header_size || extent % record_align != 0 || extent > tail_cache - head)
+            return errc::bad_record;
+        switch (record_state(c)) {
+        case RecordState::committed: {
+            const std::uint32_t length = h->length;
+            if (length > extent - record_header_size)
+                return errc::bad_record;
+            taken = {true, head, extent, length};
+            return std::span<const std::byte>(payload_at(head), length);
+        }
+        case RecordState::aborted:
+            advance(extent, false);
+            continue;
+        case RecordState::claimed: {
+            if (mode == Mode::spsc)
+                return errc::bad_record;
+            // Being written, or its producer died doing so. Asking the kernel costs a syscall,
+            // so only once the same record has blocked us for a while.
+            const auto now = Clock::now();
+            if (stuck_pos != head) {
+                stuck_pos = head;
+                stuck_since = now;
+                return errc::empty;
+            }
+            if (now - stuck_since < stuck_limit || !claimer_dead(c))
+                return errc::empty;
+            stuck_since = now;
+            // Dead. It may have committed just before dying: read the header once more.
+            c = h->control.load(std::memory_order_acquire);
+            if (record_state(c) != RecordState::claimed)
+                continue;
+            advance(extent, true);
+            continue;
+        }
+        default:
+            return errc::bad_record;
+        }
+    }
+}
+
+[[gnu::always_inline]] inline void Queue::Impl::advance(std::uint32_t extent, bool skip) noexcept {
+    head += extent;
+    ctrl->head.store(head, std::memory_order_release);
+    ctrl->consumed.store(++consumed, std::memory_order_relaxed);
+    if (skip)
+        ctrl->skipped.store(++skipped, std::memory_order_relaxed);
+    notify_producers();
+}
+
+[[gnu::always_inline]] inline void Queue::Impl::release() {
+    if (role != Role::consumer || !taken.active) [[unlikely]] {
+        require(Role::consumer, "release");
+        throw std::logic_error("bus::shm::Queue::release without a record from front()");
+    }
+    taken.active = false;
+    advance(taken.extent, false);
+}
+
+[[gnu::always_inline]] inline Result<std::span<const std::byte>>
+Queue::Impl::front(std::chrono::nanoseconds timeout) {
+    Result<std::span<const std::byte>> r = try_front(); // as reserve(): built in place
+    if (!r && is_empty(r.error())) [[unlikely]]
+        r = front_wait(timeout);
+    return r;
+}
+
+[[gnu::noinline]] Result<std::span<const std::byte>>
+Queue::Impl::front_wait(std::chrono::nanoseconds timeout) {
+    Result<std::span<const std::byte>> r = errc::empty;
+    auto ready = [&] {
+        r = try_front();
+        return r || !is_empty(r.error());
+    };
+    if (burst(timeout, false, ready))
+        return r;
+    const auto deadline = deadline_after(Clock::now(), timeout);
+    if (spin_until(deadline, false, ready))
+        return r;
+    // The barrier pairs with the publishers' only when the flag goes up: while it stays up,
+    // every later publication sees it and bumps data_seq, so the next turns need only re-read
+    // data_seq before looking (see "Memory ordering").
+    ctrl->consumer_waiting.fetch_or(waiting_sync, std::memory_order_seq_cst);
+    heavy_barrier(sync);
+    for (;;) {
+        const std::uint32_t seq = ctrl->data_seq.load(std::memory_order_acquire);
+        r = try_front();
+        const auto now = Clock::now();
+        std::error_code outcome;
+        if (r || !is_empty(r.error()))
+            outcome = {};
+        else if (liveness_due(now) && other_side_dead())
+            outcome = errc::peer_dead;
+        else if (now >= deadline)
+            outcome = errc::timeout;
+        else {
+            futex_wait(ctrl->data_seq, seq, std::min(deadline - now, next_liveness - now));
+            continue; // still announced as waiting
+        }
+        ctrl->consumer_waiting.fetch_and(~waiting_sync, std::memory_order_relaxed);
+        if (outcome)
+            return outcome;
+        return r;
+    }
+}
+
+// --- async ----------------------------------------------------------------------------------
+
+void AsyncWait::arm() noexcept {
+    Control* c = owner->ctrl;
+    if (owner->role == Role::consumer) {
+        c->consumer_notify.store(token, std::memory_order_relaxed);
+        c->consumer_waiting.fetch_or(waiting_async, std::memory_order_seq_cst);
+    } else {
+        c->slots[owner->slot].notify.store(token, std::memory_order_relaxed);
+        c->producers_async.fetch_add(1, std::memory_order_relaxed);
+        c->producers_waiting.fetch_add(1, std::memory_order_seq_cst);
+    }
+    heavy_barrier(owner->sync);
+}
+
+void AsyncWait::disarm() noexcept {
+    Control* c = owner->ctrl;
+    if (owner->role == Role::consumer) {
+        c->consumer_waiting.fetch_and(~waiting_async, std::memory_order_relaxed);
+    } else {
+        c->producers_waiting.fetch_sub(1, std::memory_order_relaxed);
+        c->producers_async.fetch_sub(1, std::memory_order_relaxed);
+        c->slots[owner->slot].notify.store(0, std::memory_order_relaxed);
+    }
+}
+
+std::optional<std::error_code> AsyncWait::poll() {
+    if (owner->role == Role::consumer) {
+        auto r = owner->try_front(); // a record found stays taken: the next front() returns it
+        if (r)
+            return std::error_code{};
+        if (!is_empty(r.error()))
+            return r.error();
+    } else {
+        if (record_size > owner->max_record())
+            return make_error_code(errc::record_too_large);
+        if (owner->has_room(record_size))
+            return std::error_code{};
+    }
+    if (owner->liveness_due(Clock::now()) && owner->other_side_dead())
+        return make_error_code(errc::peer_dead);
+    return std::nullopt;
+}
+
+void AsyncWait::complete(std::error_code ec) {
+    pending = false;
+    ++epoch;
+    disarm();
+    socket.cancel();
+    timer.cancel();
+    asio::post(io, [h = std::move(handler), ec] { h(ec); });
+    handler = nullptr;
+}
+
+void AsyncWait::watch_socket() {
+    socket.async_wait(asio::posix::stream_descriptor::wait_read, [self = shared_from_this(),
+                                                                  e = epoch](std::error_code ec) {
+        if (!self->owner || !self->pending || e != self->epoch || ec)
+            return;
+        char buf[64];
+        while (::recv(self->socket.native_handle(), buf, sizeof buf, MSG_DONTWAIT) >= 0) {
+        }
+        if (auto outcome = self->poll())
+            self->complete(*outcome);
+        else
+            self->watch_socket();
+    });
+}
+
+void AsyncWait::watch_timer() {
+    timer.expires_after(liveness_slice);
+    timer.async_wait([self = shared_from_this(), e = epoch](std::error_code ec) {
+        if (!self->owner || !self->pending || e != self->epoch || ec)
+            return;
+        if (auto outcome = self->poll())
+            self->complete(*outcome);
+        else
+            self->watch_timer();
+    });
+}
+
+void Queue::Impl::async_wait(asio::io_context& io, WaitHandler handler, std::size_t record_size) {
+    if (async && &async->io != &io)
+        throw std::invalid_argument("bus::shm::Queue::async_wait: one io_context per queue");
+    if (async && async->pending)
+        throw std::logic_error("bus::shm::Queue::async_wait: a wait is already pending");
+    if (!async) {
+        // Bind a datagram socket to a fresh random abstract name; its token goes into the
+        // segment for publishers to find.
+        UniqueFd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+        std::error_code ec;
+        std::uint64_t token = 0;
+        if (!sock)
+            ec = last_error();
+        for (int attempt = 0; !ec; ++attempt) {
+            if (::getrandom(&token, sizeof token, 0) != sizeof token)
+                ec = last_error();
+            else if (token == 0)
+                continue;
+            else {
+                sockaddr_un addr;
+                const socklen_t len = notify_address(token, addr);
+                if (::bind(sock.get(), reinterpret_cast<const sockaddr*>(&addr), len) == 0)
+                    break;
+                if (errno != EADDRINUSE || attempt > 8)
+                    ec = last_error();
+            }
+        }
+        if (ec) {
+            asio::post(io, [h = std::move(handler), ec] { h(ec); });
+            return;
+        }
+        async = std::make_shared<AsyncWait>(io, sock.release(), token);
+        async->owner = this;
+    }
+    AsyncWait& a = *async;
+    a.pending = true;
+    a.handler = std::move(handler);
+    a.record_size = record_size;
+    ++a.epoch;
+    a.arm();
+    next_liveness = {}; // check the other side at once
+    if (auto outcome = a.poll()) {
+        a.complete(*outcome);
+        return;
+    }
+    a.watch_socket();
+    a.watch_timer();
+}
+
+void Queue::Impl::cancel() {
+    if (async && async->pending)
+        async->complete(std::make_error_code(std::errc::operation_canceled));
+}
+
+// --- create and open ------------------------------------------------------------------------
+
+Result<Queue> Queue::create(std::string_view name, std::size_t capacity, CreateOptions options) {
+    auto shm = segment_name(name);
+    if (!shm)
+        return shm.error();
+    if (capacity == 0 || capacity > max_capacity)
+        return std::make_error_code(std::errc::invalid_argument);
+    const std::uint64_t cap = std::max<std::uint64_t>(page_size(), std::bit_ceil(capacity));
+    const mode_t permissions = options.group_access ? 0660 : 0600;
+
+    UniqueFd fd;
+    for (int attempt = 0;; ++attempt) {
+        fd.reset(
+            ::shm_open(shm.value().c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, permissions));
+        if (fd)
+            break;
+        if (errno != EEXIST || attempt == 8)
+            return last_error();
+        if (auto ec = remove_if_stale(shm.value()))
+            return ec;
+    }
+    // Hold it before anything else: a create() racing with us that finds the name must see it
+    // held (remove_if_stale gives a creator time to get here).
+    if (auto ec = lock_byte(fd.get(), lock_holder, F_RDLCK, true)) {
+        ::shm_unlink(shm.value().c_str());
+        return ec;
+    }
+    auto fail = [&](std::error_code ec) -> Result<Queue> {
+        ::shm_unlink(shm.value().c_str());
+        return ec;
+    };
+    // shm_open applied the umask; the mode is what the caller asked for.
+    if (::fchmod(fd.get(), permissions) != 0)
+        return fail(last_error());
+    if (::ftruncate(fd.get(), static_cast<off_t>(control_size() + cap)) != 0)
+        return fail(last_error());
+    auto mapping = map_queue(fd.get(), cap);
+    if (!mapping)
+        return fail(mapping.error());
+
+    auto* ctrl = new (mapping.value().data()) Control{};
+    std::memcpy(ctrl->id.magic, magic, sizeof magic);
+    ctrl->id.version = format_version;
+    ctrl->id.layout = layout_fingerprint();
+    ctrl->id.capacity = cap;
+    ctrl->id.control_size = static_cast<std::uint32_t>(control_size());
+    ctrl->id.mode = static_cast<std::uint32_t>(options.mode);
+    ctrl->id.sync = static_cast<std::uint32_t>(process_sync());
+    ctrl->id.creator_pid = ::getpid();
+    ctrl->id.creator_start_time = process_start_time(::getpid());
+    ctrl->ready.store(1, std::memory_order_release);
+
+    auto impl = std::make_unique<Impl>();
+    impl->name = std::string(name);
+    impl->shm = shm.value();
+    impl->fd = std::move(fd);
+    impl->mapping = std::move(mapping).value();
+    impl->ctrl = ctrl;
+    impl->ring = impl->mapping.data() + control_size();
+    impl->capacity = cap;
+    impl->mask = cap - 1;
+    impl->mode = options.mode;
+    impl->role = options.role;
+    impl->sync = static_cast<Sync>(ctrl->id.sync);
+    if (auto ec = impl->attach()) {
+        impl->ctrl = nullptr; // nothing to detach
+        return fail(ec);
+    }
+    return Queue(std::move(impl));
+}
+
+Result<Queue> Queue::open(std::string_view name, Role role) {
+    auto shm = segment_name(name);
+    if (!shm)
+        return shm.error();
+    if (role != Role::producer && role != Role::consumer)
+        return std::make_error_code(std::errc::invalid_argument);
+
+    UniqueFd fd;
+    struct stat st {};
+    for (int attempt = 0;; ++attempt) {
+        fd.reset(::shm_open(shm.value().c_str(), O_RDWR | O_CLOEXEC, 0));
+        if (!fd)
+            return last_error();
+        if (auto ec = lock_byte(fd.get(), lock_holder, F_RDLCK, true))
+            return ec;
+        if (::fstat(fd.get(), &st) != 0)
+            return last_error();
+        if (st.st_nlink > 0)
+            break;
+        // Removed between our shm_open and our lock (its last holder left): look again.
+        if (attempt == 8)
+            return std::make_error_code(std::errc::no_such_file_or_directory);
+    }
+    // The creator may still be initializing it.
+    const auto give_up = Clock::now() + 1s;
+    while (!segment_ready(fd.get(), static_cast<std::uint64_t>(st.st_size))) {
+        if (Clock::now() >= give_up || !held_by_other(fd.get(), lock_holder))
+            return errc::layout_mismatch; // nobody is initializing it: not a queue
+        std::this_thread::sleep_for(1ms);
+        if (::fstat(fd.get(), &st) != 0)
+            return last_error();
+    }
+    Identity header{};
+    {
+        auto view = map_read_only(fd.get(), control_size());
+        if (!view)
+            return view.error();
+        std::memcpy(&header, view.value().data(), sizeof header);
+    }
+    if (auto ec = check_layout(header, static_cast<std::uint64_t>(st.st_size)))
+        return ec;
+    const auto sync = static_cast<Sync>(header.sync);
+    if (sync == Sync::membarrier && process_sync() != Sync::membarrier)
+        return std::make_error_code(std::errc::operation_not_supported);
+    auto mapping = map_queue(fd.get(), header.capacity);
+    if (!mapping)
+        return mapping.error();
+
+    auto impl = std::make_unique<Impl>();
+    impl->name = std::string(name);
+    impl->shm = shm.value();
+    impl->fd = std::move(fd);
+    impl->mapping = std::move(mapping).value();
+    impl->ctrl = reinterpret_cast<Control*>(impl->mapping.data());
+    impl->ring = impl->mapping.data() + control_size();
+    impl->capacity = header.capacity;
+    impl->mask = header.capacity - 1;
+    impl->mode = static_cast<Mode>(header.mode);
+    impl->role = role;
+    impl->sync = sync;
+    if (auto ec = impl->attach()) {
+        impl->ctrl = nullptr; // never attached: leave the segment alone
+        return ec;
+    }
+    return Queue(std::move(impl));
+}
+
+// --- Queue: forwarding ----------------------------------------------------------------------
+
+Queue::Queue(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)), hot_(impl_.get()) {}
+Queue::Queue(Queue&& other) noexcept
+    : impl_(std::move(other.impl_)), hot_(std::exchange(other.hot_, nullptr)) {}
+Queue& Queue::operator=(Queue&& other) noexcept {
+    if (this != &other) {
+        impl_ = std::move(other.impl_);
+        hot_ = std::exchange(other.hot_, nullptr);
+    }
+    return *this;
+}
+Queue::~Queue() = default;
+
+// The out-of-line halves of the inline calls in shm_queue.hpp.
+Result<std::span<std::byte>> Queue::try_reserve_slow(std::size_t n) {
+    return impl_->try_reserve_slow(n);
+}
+Result<std::span<std::byte>> Queue::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
+    return impl_->reserve_wait(n, timeout);
+}
+void Queue::commit_slow(std::size_t used) {
+    impl_->commit_slow(used);
+}
+Result<std::span<const std::byte>> Queue::try_front_slow() {
+    return impl_->try_front_slow();
+}
+Result<std::span<const std::byte>> Queue::front_wait(std::chrono::nanoseconds timeout) {
+    return impl_->front_wait(timeout);
+}
+void Queue::release_slow() {
+    impl_->release();
+}
+void Queue::wake_consumer() noexcept {
+    impl_->wake_consumer();
+}
+void Queue::wake_producers() noexcept {
+    impl_->wake_producers();
+}
+
+void Queue::abort() {
+    impl_->require(Role::producer, "abort");
+    impl_->abort();
+}
+
+std::error_code Queue::try_push(std::span<const std::byte> record) {
+    auto slot = try_reserve(record.size());
+    if (!slot)
+        return slot.error();
+    std::memcpy(slot.value().data(), record.data(), record.size());
+    commit(record.size());
+    return {};
+}
+
+std::error_code Queue::push(std::span<const std::byte> record, std::chrono::nanoseconds timeout) {
+    auto slot = reserve(record.size(), timeout);
+    if (!slot)
+        return slot.error();
+    std::memcpy(slot.value().data(), record.data(), record.size());
+    commit(record.size());
+    return {};
+}
+
+namespace {
+void serialize_into(const google::protobuf::MessageLite& message, std::span<std::byte> slot) {
+    // ByteSizeLong() cached the sizes; this writes straight into the ring.
+    message.SerializeWithCachedSizesToArray(reinterpret_cast<std::uint8_t*>(slot.data()));
+}
+} // namespace
+
+std::error_code Queue::try_push(const google::protobuf::MessageLite& message) {
+    auto slot = try_reserve(message.ByteSizeLong());
+    if (!slot)
+        return slot.error();
+    serialize_into(message, slot.value());
+    commit(slot.value().size());
+    return {};
+}
+
+std::error_code Queue::push(const google::protobuf::MessageLite& message,
+                            std::chrono::nanoseconds timeout) {
+    auto slot = reserve(message.ByteSizeLong(), timeout);
+    if (!slot)
+        return slot.error();
+    serialize_into(message, slot.value());
+    commit(slot.value().size());
+    return {};
+}
+
+namespace {
+std::error_code parse_and_release(Queue::Impl& q, Result<std::span<const std::byte>> record,
+                                  google::protobuf::MessageLite& out) {
+    if (!record)
+        return record.error();
+    const bool ok =
+        out.ParseFromArray(record.value().data(), static_cast<int>(record.value().size()));
+    q.release();
+    return ok ? std::error_code{} : make_error_code(errc::wrong_type);
+}
+} // namespace
+
+std::error_code Queue::try_pop(google::protobuf::MessageLite& out) {
+    return parse_and_release(*impl_, try_front(), out);
+}
+std::error_code Queue::pop(google::protobuf::MessageLite& out, std::chrono::nanoseconds timeout) {
+    return parse_and_release(*impl_, front(timeout), out);
+}
+
+void Queue::async_wait(asio::io_context& io, WaitHandler handler, std::size_t record_size) {
+    impl_->async_wait(io, std::move(handler), record_size);
+}
+void Queue::cancel() {
+    impl_->cancel();
+}
+void Queue::set_spin(std::chrono::nanoseconds spin) noexcept {
+    impl_->spin = spin;
+}
+
+const std::string& Queue::name() const noexcept {
+    return impl_->name;
+}
+Mode Queue::mode() const noexcept {
+    return impl_->mode;
+}
+Role Queue::role() const noexcept {
+    return impl_->role;
+}
+std::size_t Queue::capacity() const noexcept {
+    return impl_->capacity;
+}
+std::size_t Queue::max_record() const noexcept {
+    return impl_->max_record();
+}
+bool Queue::peer_alive() const noexcept {
+    return impl_->other_side_alive();
+}
+
+Stats Queue::stats() const noexcept {
+    const Control& c = *impl_->ctrl;
+    Stats s;
+    s.capacity = impl_->capacity;
+    const std::uint64_t head = c.head.load(std::memory_order_acquire);
+    const std::uint64_t tail = c.tail.load(std::memory_order_acquire);
+    s.depth_bytes = tail >= head ? tail - head : 0;
+    s.produced = c.produced.load(std::memory_order_relaxed);
+    s.consumed = c.consumed.load(std::memory_order_relaxed);
+    s.skipped = c.skipped.load(std::memory_order_relaxed);
+    s.depth_records = s.produced > s.consumed ? s.produced - s.consumed : 0;
+    return s;
+}
+
+} // namespace bus::shm

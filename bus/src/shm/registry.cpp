@@ -1,0 +1,146 @@
+// Finding queues from outside: what `bus shm ls` and `bus shm rm` call. Everything here reads
+// the segments without attaching to them (read-only mappings, F_OFD_GETLK), so looking at a
+// queue never changes it, and never counts as holding it.
+#include "bus/shm_queue.hpp"
+
+#include "layout.hpp"
+#include "segment.hpp"
+
+#include "bus/unique_fd.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace bus::shm {
+
+using namespace detail;
+
+namespace {
+
+QueueInfo describe(int fd, std::string_view name) {
+    QueueInfo info;
+    info.name = std::string(name);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        info.error = last_error();
+        return info;
+    }
+    info.uid = st.st_uid;
+    info.permissions = st.st_mode & 07777;
+    info.in_use = held_by_other(fd, lock_holder);
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    if (!segment_ready(fd, size)) {
+        info.error = errc::layout_mismatch;
+        return info;
+    }
+    auto view = map_read_only(fd, control_size());
+    if (!view) {
+        info.error = view.error();
+        return info;
+    }
+    const auto& c = *reinterpret_cast<const Control*>(view.value().data());
+    Identity id;
+    std::memcpy(&id, &c.id, sizeof id);
+    if (auto ec = check_layout(id, size)) {
+        info.error = ec;
+        return info;
+    }
+    info.mode = static_cast<Mode>(id.mode);
+    info.owner_pid = id.creator_pid;
+    info.owner_alive =
+        id.creator_start_time != 0 && process_start_time(id.creator_pid) == id.creator_start_time;
+
+    Stats& s = info.stats;
+    s.capacity = id.capacity;
+    const std::uint64_t head = c.head.load(std::memory_order_acquire);
+    const std::uint64_t tail = c.tail.load(std::memory_order_acquire);
+    s.depth_bytes = tail >= head ? tail - head : 0;
+    s.produced = c.produced.load(std::memory_order_relaxed);
+    s.consumed = c.consumed.load(std::memory_order_relaxed);
+    s.skipped = c.skipped.load(std::memory_order_relaxed);
+    s.depth_records = s.produced > s.consumed ? s.produced - s.consumed : 0;
+
+    // Attached slots whose lock someone holds: live handles (a slot of a dead one is unlocked).
+    for (std::size_t i = 0; i < max_peers; ++i) {
+        const PeerSlot& p = c.slots[i];
+        if (p.state.load(std::memory_order_acquire) !=
+                static_cast<std::uint32_t>(SlotState::attached) ||
+            !held_by_other(fd, lock_slot(i)))
+            continue;
+        if (p.role.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(Role::producer))
+            ++info.producers;
+        else
+            info.consumer = true;
+    }
+    return info;
+}
+
+} // namespace
+
+Result<QueueInfo> inspect(std::string_view name) {
+    auto shm = segment_name(name);
+    if (!shm)
+        return shm.error();
+    UniqueFd fd(::shm_open(shm.value().c_str(), O_RDONLY | O_CLOEXEC, 0));
+    if (!fd)
+        return last_error();
+    return describe(fd.get(), name);
+}
+
+Result<std::vector<QueueInfo>> list() {
+    DIR* dir = ::opendir(shm_directory);
+    if (!dir)
+        return last_error();
+    std::vector<QueueInfo> queues;
+    while (const dirent* entry = ::readdir(dir)) {
+        const std::string_view file = entry->d_name;
+        if (!file.starts_with(name_prefix))
+            continue;
+        const std::string_view name = file.substr(name_prefix.size());
+        if (!segment_name(name))
+            continue;
+        auto info = inspect(name);
+        if (info)
+            queues.push_back(std::move(info).value());
+        else if (info.error() != std::errc::no_such_file_or_directory) { // else removed meanwhile
+            QueueInfo unreadable;
+            unreadable.name = std::string(name);
+            unreadable.error = info.error();
+            queues.push_back(std::move(unreadable));
+        }
+    }
+    ::closedir(dir);
+    std::sort(queues.begin(), queues.end(),
+              [](const QueueInfo& a, const QueueInfo& b) { return a.name < b.name; });
+    return queues;
+}
+
+std::error_code remove(std::string_view name, bool force) {
+    auto shm = segment_name(name);
+    if (!shm)
+        return shm.error();
+    UniqueFd fd;
+    if (!force) {
+        // Held while we unlink, so nobody attaches in between.
+        fd.reset(::shm_open(shm.value().c_str(), O_RDWR | O_CLOEXEC, 0));
+        if (!fd)
+            return last_error();
+        auto ec = lock_byte(fd.get(), lock_holder, F_WRLCK, false);
+        if (ec == std::errc::resource_unavailable_try_again)
+            return errc::queue_in_use;
+        if (ec)
+            return ec;
+    }
+    if (::shm_unlink(shm.value().c_str()) != 0)
+        return last_error();
+    return {};
+}
+
+} // namespace bus::shm

@@ -1,0 +1,769 @@
+// bus::shm::Queue inside one process: every edge of the ring, the segment's life, and threads
+// standing in for processes (each thread has its own handle, as each process would). These are
+// the tests the ThreadSanitizer stage runs; tests/integration/shm_test.cpp does real processes,
+// deaths included.
+#include "../support/shm_records.hpp"
+// White-box: one test plays a producer that died inside the reservation lock.
+#include "../../bus/src/shm/layout.hpp"
+#include "../../bus/src/shm/segment.hpp"
+
+#include <bus/shm_queue.hpp>
+#include <bus/v1/cluster.pb.h>
+
+#include <boost/asio/io_context.hpp>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <fcntl.h>
+#include <string>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <thread>
+#include <unistd.h>
+
+namespace {
+
+namespace shm = bus::shm;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+#if defined(__SANITIZE_THREAD__)
+constexpr bool under_tsan = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool under_tsan = true;
+#else
+constexpr bool under_tsan = false;
+#endif
+#else
+constexpr bool under_tsan = false;
+#endif
+
+std::span<const std::byte> bytes(std::string_view s) {
+    return std::as_bytes(std::span<const char>(s.data(), s.size()));
+}
+std::string text(std::span<const std::byte> b) {
+    return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
+
+class ShmQueue : public ::testing::Test {
+protected:
+    void SetUp() override {
+        static int n = 0;
+        name_ = "test." + std::to_string(::getpid()) + "." +
+                ::testing::UnitTest::GetInstance()->current_test_info()->name() + "." +
+                std::to_string(++n);
+    }
+    void TearDown() override {
+        used_.push_back(name_);
+        for (const auto& name : used_)
+            (void)shm::remove(name, true);
+    }
+
+    shm::Queue create(std::size_t capacity = 1 << 16, shm::CreateOptions options = {}) {
+        used_.push_back(name_);
+        auto q = shm::Queue::create(name_, capacity, options);
+        if (!q)
+            throw std::runtime_error("create: " + q.error().message());
+        return std::move(q).value();
+    }
+    shm::Queue open(shm::Role role) {
+        auto q = shm::Queue::open(name_, role);
+        if (!q)
+            throw std::runtime_error("open: " + q.error().message());
+        return std::move(q).value();
+    }
+    std::string path() const { return "/dev/shm/bus." + name_; }
+    bool exists() const {
+        struct stat st {};
+        return ::stat(path().c_str(), &st) == 0;
+    }
+
+    std::string name_;
+    std::vector<std::string> used_;
+};
+
+shm::CreateOptions mpsc() {
+    shm::CreateOptions o;
+    o.mode = shm::Mode::mpsc;
+    return o;
+}
+
+// --- basics ---------------------------------------------------------------------------------
+
+TEST_F(ShmQueue, BytesComeOutInOrder) {
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+    for (std::string s : {"one", "two", "", "four"})
+        ASSERT_FALSE(p.try_push(bytes(s)));
+    for (std::string s : {"one", "two", "", "four"}) {
+        auto r = c.try_front();
+        ASSERT_TRUE(r) << r.error().message();
+        EXPECT_EQ(text(r.value()), s);
+        c.release();
+    }
+    EXPECT_EQ(c.try_front().error(), bus::errc::empty);
+}
+
+TEST_F(ShmQueue, ProtobufSerializesIntoTheSlotAndParsesBack) {
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+    bus::v1::Heartbeat beat;
+    beat.set_seq(42);
+    beat.set_connections(7);
+    ASSERT_FALSE(p.push(beat));
+    auto got = c.pop<bus::v1::Heartbeat>(1s);
+    ASSERT_TRUE(got) << got.error().message();
+    EXPECT_EQ(got.value().seq(), 42u);
+    EXPECT_EQ(got.value().connections(), 7u);
+}
+
+TEST_F(ShmQueue, FrontReturnsTheSameRecordUntilReleased) {
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+    ASSERT_FALSE(p.try_push(bytes("a")));
+    ASSERT_FALSE(p.try_push(bytes("b")));
+    EXPECT_EQ(text(c.try_front().value()), "a");
+    EXPECT_EQ(text(c.try_front().value()), "a");
+    c.release();
+    EXPECT_EQ(text(c.try_front().value()), "b");
+}
+
+TEST_F(ShmQueue, WrongTypeIsReportedAndTheRecordConsumed) {
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+    ASSERT_FALSE(p.try_push(bytes("\xff\xff\xff")));
+    ASSERT_FALSE(p.try_push(bytes("ok")));
+    auto got = c.try_pop<bus::v1::Heartbeat>();
+    ASSERT_FALSE(got);
+    EXPECT_EQ(got.error(), bus::errc::wrong_type);
+    EXPECT_EQ(text(c.try_front().value()), "ok");
+}
+
+TEST_F(ShmQueue, ReserveCommitsOnlyTheBytesUsed) {
+    for (auto options : {shm::CreateOptions{}, mpsc()}) {
+        SCOPED_TRACE(options.mode == shm::Mode::spsc ? "spsc" : "mpsc");
+        auto p = create(4096, options);
+        auto c = open(shm::Role::consumer);
+        auto slot = p.try_reserve(100);
+        ASSERT_TRUE(slot);
+        std::memcpy(slot.value().data(), "short", 5);
+        p.commit(5);
+        EXPECT_EQ(text(c.try_front().value()), "short");
+        c.release();
+        EXPECT_EQ(c.try_front().error(), bus::errc::empty);
+        EXPECT_THROW(p.commit(), std::logic_error); // nothing reserved
+        ASSERT_TRUE(p.try_reserve(10));
+        EXPECT_THROW(p.commit(11), std::logic_error);
+        EXPECT_THROW((void)p.try_reserve(10), std::logic_error); // one reservation at a time
+        p.abort();
+        EXPECT_THROW((void)c.try_reserve(1), std::logic_error); // wrong end
+    }
+}
+
+TEST_F(ShmQueue, AbortedReservationIsNeverSeen) {
+    for (auto options : {shm::CreateOptions{}, mpsc()}) {
+        SCOPED_TRACE(options.mode == shm::Mode::spsc ? "spsc" : "mpsc");
+        auto p = create(4096, options);
+        auto c = open(shm::Role::consumer);
+        ASSERT_TRUE(p.try_reserve(50));
+        p.abort();
+        ASSERT_FALSE(p.try_push(bytes("after")));
+        EXPECT_EQ(text(c.try_front().value()), "after");
+        c.release();
+        EXPECT_EQ(c.try_front().error(), bus::errc::empty);
+    }
+}
+
+// --- edges ----------------------------------------------------------------------------------
+
+TEST_F(ShmQueue, EmptyQueueTimesOut) {
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+    c.set_spin(0ns);
+    EXPECT_EQ(c.try_front().error(), bus::errc::empty);
+    const auto start = Clock::now();
+    auto r = c.front(30ms);
+    EXPECT_EQ(r.error(), bus::errc::timeout);
+    EXPECT_GE(Clock::now() - start, 30ms);
+    EXPECT_LT(Clock::now() - start, 2s);
+}
+
+TEST_F(ShmQueue, FullQueueRefusesAndNeverOverwrites) {
+    auto p = create(4096);
+    auto c = open(shm::Role::consumer);
+    const std::string record(64, 'x'); // 128 bytes in the ring: header, padding to a line
+    int pushed = 0;
+    for (;; ++pushed) {
+        std::string r = record;
+        r[0] = static_cast<char>(pushed);
+        auto ec = p.try_push(bytes(r));
+        if (ec) {
+            EXPECT_EQ(ec, bus::errc::full);
+            break;
+        }
+    }
+    EXPECT_EQ(pushed, 4096 / 128);
+    EXPECT_EQ(p.push(bytes(record), 20ms), bus::errc::timeout);
+    auto stats = p.stats();
+    EXPECT_EQ(stats.depth_records, static_cast<std::uint64_t>(pushed));
+    EXPECT_EQ(stats.depth_bytes, static_cast<std::uint64_t>(pushed) * 128);
+    EXPECT_THROW(c.release(), std::logic_error); // nothing taken: a programming error
+}
+
+TEST_F(ShmQueue, FullQueueTakesMoreOnceTheConsumerReleases) {
+    auto p = create(4096);
+    auto c = open(shm::Role::consumer);
+    std::string record(64, 'x');
+    int pushed = 0;
+    for (; record[0] = static_cast<char>(pushed), !p.try_push(bytes(record)); ++pushed) {
+    }
+    record[0] = 'y';
+    EXPECT_EQ(p.try_push(bytes(record)), bus::errc::full);
+    ASSERT_TRUE(c.try_front());
+    EXPECT_EQ(p.try_push(bytes(record)), bus::errc::full); // taken is not released
+    c.release();
+    EXPECT_FALSE(p.try_push(bytes(record)));
+    for (int i = 1; i < pushed; ++i) {
+        auto r = c.try_front();
+        ASSERT_TRUE(r);
+        EXPECT_EQ(static_cast<int>(static_cast<unsigned char>(r.value()[0])), i);
+        c.release();
+    }
+    EXPECT_EQ(text(c.try_front().value()), record);
+}
+
+TEST_F(ShmQueue, RecordsWrapAroundTheRingIntact) {
+    for (auto options : {shm::CreateOptions{}, mpsc()}) {
+        SCOPED_TRACE(options.mode == shm::Mode::spsc ? "spsc" : "mpsc");
+        auto p = create(4096, options);
+        auto c = open(shm::Role::consumer);
+        ASSERT_EQ(p.capacity(), 4096u);
+        bus::test::SequenceCheck order(1);
+        std::uint64_t written = 0;
+        std::vector<std::byte> buf(4096);
+        // Sizes that do not divide the ring, so records straddle its end on every lap.
+        for (std::uint64_t seq = 0; seq < 3000; ++seq) {
+            const std::size_t n = bus::test::record_size(0, seq, 1500);
+            auto slot = p.try_reserve(n);
+            while (!slot) {
+                ASSERT_EQ(slot.error(), bus::errc::full);
+                auto r = c.try_front();
+                ASSERT_TRUE(r);
+                bus::test::RecordHead head;
+                ASSERT_EQ(bus::test::check_record(r.value(), head), "");
+                ASSERT_EQ(order.take(head), "");
+                c.release();
+                slot = p.try_reserve(n);
+            }
+            bus::test::write_record(slot.value(), 0, seq);
+            written += n;
+            p.commit();
+        }
+        while (auto r = c.try_front()) {
+            bus::test::RecordHead head;
+            ASSERT_EQ(bus::test::check_record(r.value(), head), "");
+            ASSERT_EQ(order.take(head), "");
+            c.release();
+        }
+        EXPECT_EQ(order.next(0), 3000u);
+        EXPECT_GT(written, 100u * 4096); // many laps
+    }
+}
+
+TEST_F(ShmQueue, RecordLargerThanTheRingIsRefused) {
+    auto p = create(4096);
+    auto c = open(shm::Role::consumer);
+    EXPECT_EQ(p.max_record(), 4096u - 16);
+    EXPECT_EQ(p.try_reserve(p.max_record() + 1).error(), bus::errc::record_too_large);
+    EXPECT_EQ(p.reserve(1 << 20, 1s).error(), bus::errc::record_too_large); // no waiting
+    std::string big(p.max_record() + 1, 'b');
+    EXPECT_EQ(p.try_push(bytes(big)), bus::errc::record_too_large);
+    // The largest record fits an empty ring, wherever the ring's positions are.
+    for (int offset : {0, 8, 1000, 4000}) {
+        ASSERT_FALSE(p.try_push(bytes(std::string(static_cast<std::size_t>(offset), 'o'))));
+        ASSERT_TRUE(c.try_front());
+        c.release();
+        big.assign(p.max_record(), static_cast<char>('a' + offset % 26));
+        ASSERT_FALSE(p.try_push(bytes(big))) << "at offset " << offset;
+        EXPECT_EQ(p.try_push(bytes("")), bus::errc::full);
+        EXPECT_EQ(text(c.try_front().value()), big);
+        c.release();
+    }
+}
+
+TEST_F(ShmQueue, CapacityIsRoundedUpToAPowerOfTwo) {
+    auto p = create(5000);
+    EXPECT_EQ(p.capacity(), 8192u);
+    EXPECT_EQ(shm::Queue::create(name_ + "x", 0).error(), std::errc::invalid_argument);
+    EXPECT_EQ(shm::Queue::create(name_ + "x", std::size_t{3} << 30).error(),
+              std::errc::invalid_argument);
+}
+
+// --- mpsc ordering --------------------------------------------------------------------------
+
+TEST_F(ShmQueue, MpscRecordWaitsForTheOneClaimedBeforeIt) {
+    auto a = create(4096, mpsc());
+    auto b = open(shm::Role::producer);
+    auto c = open(shm::Role::consumer);
+    auto slot_a = a.try_reserve(1);
+    ASSERT_TRUE(slot_a);
+    ASSERT_FALSE(b.try_push(bytes("b")));
+    EXPECT_EQ(c.try_front().error(), bus::errc::empty); // head of line: a's claim
+    slot_a.value()[0] = std::byte{'a'};
+    a.commit();
+    EXPECT_EQ(text(c.try_front().value()), "a");
+    c.release();
+    EXPECT_EQ(text(c.try_front().value()), "b");
+}
+
+TEST_F(ShmQueue, ReservationLockOfADeadHolderIsTakenOver) {
+    auto p = create(4096, mpsc());
+    auto c = open(shm::Role::consumer);
+    // A producer in slot 63, generation 7, died holding the lock: its slot says attached, but
+    // nobody holds the slot's byte lock.
+    const int fd = ::shm_open(("/bus." + name_).c_str(), O_RDWR | O_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    const std::size_t size = bus::shm::detail::control_size();
+    void* map = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    ASSERT_NE(map, MAP_FAILED);
+    auto* ctrl = static_cast<bus::shm::detail::Control*>(map);
+    auto& ghost = ctrl->slots[63];
+    ghost.generation.store(7);
+    ghost.role.store(static_cast<std::uint32_t>(shm::Role::producer));
+    ghost.state.store(static_cast<std::uint32_t>(bus::shm::detail::SlotState::attached));
+    ctrl->reserve_lock.store(64 | 7 << 8);
+
+    const auto start = Clock::now();
+    auto slot = p.try_reserve(5); // waits for the lock, finds its owner dead, takes it over
+    const auto waited = Clock::now() - start;
+    ASSERT_TRUE(slot) << slot.error().message();
+    std::memcpy(slot.value().data(), "taken", 5);
+    p.commit();
+    EXPECT_GE(waited, 10ms);
+    EXPECT_LT(waited, 2s);
+    EXPECT_EQ(text(c.try_front().value()), "taken");
+    ::munmap(map, size);
+}
+
+// --- the segment ----------------------------------------------------------------------------
+
+TEST_F(ShmQueue, SegmentIs0600ByDefaultAnd0660ForAGroup) {
+    {
+        auto p = create();
+        struct stat st {};
+        ASSERT_EQ(::stat(path().c_str(), &st), 0);
+        EXPECT_EQ(st.st_mode & 0777, 0600u);
+    }
+    name_ += ".group";
+    shm::CreateOptions options;
+    options.group_access = true;
+    const mode_t old = ::umask(077); // the mode must not depend on the umask
+    auto p = create(4096, options);
+    ::umask(old);
+    struct stat st {};
+    ASSERT_EQ(::stat(path().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0660u);
+}
+
+TEST_F(ShmQueue, SegmentOfAnotherLayoutIsRefused) {
+    {
+        auto p = create(4096);
+        ASSERT_FALSE(p.try_push(bytes("kept"))); // not empty: the segment outlives p
+    }
+    ASSERT_TRUE(exists());
+    // Another build's version number.
+    const int fd = ::open(path().c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    const std::uint32_t other_version = 999;
+    ASSERT_EQ(::pwrite(fd, &other_version, sizeof other_version, 8), 4);
+    auto q = shm::Queue::open(name_, shm::Role::consumer);
+    ASSERT_FALSE(q);
+    EXPECT_EQ(q.error(), bus::errc::layout_mismatch);
+    // A file too short to hold a control block, that nobody is initializing.
+    ASSERT_EQ(::ftruncate(fd, 100), 0);
+    q = shm::Queue::open(name_, shm::Role::consumer);
+    EXPECT_EQ(q.error(), bus::errc::layout_mismatch);
+    ::close(fd);
+    auto info = shm::inspect(name_);
+    ASSERT_TRUE(info);
+    EXPECT_EQ(info.value().error, bus::errc::layout_mismatch);
+}
+
+TEST_F(ShmQueue, GarbageSegmentIsRefused) {
+    const int fd =
+        ::shm_open(("/bus." + name_).c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    std::vector<char> junk(64 * 1024, '\x5a');
+    ASSERT_EQ(::write(fd, junk.data(), junk.size()), static_cast<ssize_t>(junk.size()));
+    ::close(fd);
+    auto q = shm::Queue::open(name_, shm::Role::consumer);
+    ASSERT_FALSE(q);
+    EXPECT_EQ(q.error(), bus::errc::layout_mismatch);
+}
+
+TEST_F(ShmQueue, OpenOfAMissingQueueIsNoSuchFile) {
+    EXPECT_EQ(shm::Queue::open(name_, shm::Role::consumer).error(),
+              std::errc::no_such_file_or_directory);
+}
+
+TEST_F(ShmQueue, BadNamesAreRefused) {
+    for (std::string bad : {std::string(), std::string("a/b"), std::string(".."),
+                            std::string("sp ace"), std::string(201, 'n')})
+        EXPECT_EQ(shm::Queue::create(bad, 4096).error(), std::errc::invalid_argument) << bad;
+}
+
+TEST_F(ShmQueue, CreateRefusesALiveQueueAndReplacesAStaleOne) {
+    {
+        auto p = create();
+        EXPECT_EQ(shm::Queue::create(name_, 4096).error(), std::errc::file_exists);
+        ASSERT_FALSE(p.try_push(bytes("left behind")));
+    }
+    ASSERT_TRUE(exists()); // it holds a record, and nobody holds it: stale for create()
+    auto p = create(8192);
+    EXPECT_EQ(p.capacity(), 8192u);
+    auto c = open(shm::Role::consumer);
+    EXPECT_EQ(c.try_front().error(), bus::errc::empty);
+}
+
+TEST_F(ShmQueue, RecordsSurviveTheProducerAndTheLastHandleRemovesAnEmptyQueue) {
+    {
+        auto p = create();
+        for (std::string s : {"a", "b", "c"})
+            ASSERT_FALSE(p.try_push(bytes(s)));
+    }
+    ASSERT_TRUE(exists());
+    {
+        auto c = open(shm::Role::consumer);
+        for (std::string s : {"a", "b", "c"}) {
+            EXPECT_EQ(text(c.try_front().value()), s);
+            c.release();
+        }
+    }
+    EXPECT_FALSE(exists());
+}
+
+TEST_F(ShmQueue, RecordNotReleasedGoesToTheNextConsumer) {
+    auto p = create();
+    ASSERT_FALSE(p.try_push(bytes("first")));
+    ASSERT_FALSE(p.try_push(bytes("second")));
+    {
+        auto c = open(shm::Role::consumer);
+        EXPECT_EQ(text(c.try_front().value()), "first");
+    }
+    auto c = open(shm::Role::consumer);
+    EXPECT_EQ(text(c.try_front().value()), "first");
+    c.release();
+    EXPECT_EQ(text(c.try_front().value()), "second");
+}
+
+TEST_F(ShmQueue, ExclusiveEndsAreRefusedWhileHeld) {
+    {
+        auto p = create();
+        auto c = open(shm::Role::consumer);
+        EXPECT_EQ(shm::Queue::open(name_, shm::Role::consumer).error(), bus::errc::queue_in_use);
+        EXPECT_EQ(shm::Queue::open(name_, shm::Role::producer).error(), bus::errc::queue_in_use);
+    }
+    name_ += ".mp";
+    auto p = create(4096, mpsc());
+    auto c = open(shm::Role::consumer);
+    std::vector<shm::Queue> producers;
+    for (int i = 0; i < 10; ++i)
+        producers.push_back(open(shm::Role::producer));
+    EXPECT_EQ(shm::Queue::open(name_, shm::Role::consumer).error(), bus::errc::queue_in_use);
+    for (auto& q : producers)
+        ASSERT_FALSE(q.try_push(bytes("x")));
+    EXPECT_EQ(c.stats().depth_records, 10u);
+}
+
+TEST_F(ShmQueue, PeerAliveFollowsTheOtherEnd) {
+    auto p = create();
+    EXPECT_FALSE(p.peer_alive());
+    {
+        auto c = open(shm::Role::consumer);
+        EXPECT_TRUE(p.peer_alive());
+        EXPECT_TRUE(c.peer_alive());
+    }
+    EXPECT_FALSE(p.peer_alive());
+    // A consumer that left cleanly is not dead: the producer waits for the next one.
+    p.set_spin(0ns);
+    while (!p.try_push(bytes("fill"))) {
+    }
+    EXPECT_EQ(p.push(bytes("more"), 50ms), bus::errc::timeout);
+}
+
+TEST_F(ShmQueue, ListInspectAndRemove) {
+    auto p = create(4096);
+    ASSERT_FALSE(p.try_push(bytes("12345")));
+    ASSERT_FALSE(p.try_push(bytes("6789")));
+    auto info = shm::inspect(name_);
+    ASSERT_TRUE(info) << info.error().message();
+    const auto& i = info.value();
+    EXPECT_FALSE(i.error) << i.error.message();
+    EXPECT_EQ(i.name, name_);
+    EXPECT_EQ(i.mode, shm::Mode::spsc);
+    EXPECT_EQ(i.stats.capacity, 4096u);
+    EXPECT_EQ(i.stats.depth_records, 2u);
+    EXPECT_EQ(i.stats.depth_bytes, 128u); // two records, each a 16-byte header in a line
+    EXPECT_EQ(i.owner_pid, ::getpid());
+    EXPECT_TRUE(i.owner_alive);
+    EXPECT_TRUE(i.in_use);
+    EXPECT_EQ(i.producers, 1);
+    EXPECT_FALSE(i.consumer);
+    EXPECT_EQ(i.uid, ::getuid());
+    EXPECT_EQ(i.permissions, 0600u);
+
+    auto all = shm::list();
+    ASSERT_TRUE(all);
+    EXPECT_TRUE(std::any_of(all.value().begin(), all.value().end(),
+                            [&](const shm::QueueInfo& q) { return q.name == name_; }));
+
+    EXPECT_EQ(shm::remove(name_), bus::errc::queue_in_use);
+    EXPECT_TRUE(exists());
+    EXPECT_FALSE(shm::remove(name_, true));
+    EXPECT_FALSE(exists());
+    EXPECT_EQ(shm::inspect(name_).error(), std::errc::no_such_file_or_directory);
+    // The handle still works on its unlinked segment.
+    EXPECT_FALSE(p.try_push(bytes("still mapped")));
+}
+
+TEST_F(ShmQueue, RemoveOfAnUnheldQueue) {
+    {
+        auto p = create();
+        ASSERT_FALSE(p.try_push(bytes("x")));
+    }
+    auto info = shm::inspect(name_);
+    ASSERT_TRUE(info);
+    EXPECT_FALSE(info.value().in_use);
+    EXPECT_EQ(info.value().producers, 0);
+    EXPECT_FALSE(shm::remove(name_));
+    EXPECT_FALSE(exists());
+}
+
+// --- waiting across threads -----------------------------------------------------------------
+
+TEST_F(ShmQueue, SleepingConsumerWakesForARecord) {
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+    c.set_spin(0ns);
+    std::thread producer([&] {
+        std::this_thread::sleep_for(30ms);
+        (void)p.try_push(bytes("wake"));
+    });
+    const auto start = Clock::now();
+    auto r = c.front(10s);
+    const auto waited = Clock::now() - start;
+    producer.join();
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(text(r.value()), "wake");
+    EXPECT_GE(waited, 25ms);
+    EXPECT_LT(waited, 5s);
+}
+
+TEST_F(ShmQueue, SleepingProducerWakesForRoom) {
+    for (auto options : {shm::CreateOptions{}, mpsc()}) {
+        SCOPED_TRACE(options.mode == shm::Mode::spsc ? "spsc" : "mpsc");
+        auto p = create(4096, options);
+        auto c = open(shm::Role::consumer);
+        p.set_spin(0ns);
+        while (!p.try_push(bytes(std::string(100, 'f')))) {
+        }
+        std::thread consumer([&] {
+            std::this_thread::sleep_for(30ms);
+            (void)c.try_front();
+            c.release();
+        });
+        const auto start = Clock::now();
+        auto ec = p.push(bytes(std::string(100, 'g')), 10s);
+        const auto waited = Clock::now() - start;
+        consumer.join();
+        EXPECT_FALSE(ec) << ec.message();
+        EXPECT_GE(waited, 25ms);
+        EXPECT_LT(waited, 5s);
+        name_ += ".2";
+    }
+}
+
+// --- asynchronous waiting -------------------------------------------------------------------
+
+TEST_F(ShmQueue, AsyncWaitCompletesWhenARecordArrives) {
+    boost::asio::io_context io; // outlives the queues, as an io object's loop must
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+    std::optional<std::error_code> result;
+    c.async_wait(io, [&](std::error_code ec) { result = ec; });
+    io.run_for(30ms);
+    EXPECT_FALSE(result);
+    std::thread producer([&] { (void)p.try_push(bytes("async")); });
+    const auto start = Clock::now();
+    while (!result && Clock::now() - start < 5s)
+        io.run_one_for(100ms);
+    producer.join();
+    ASSERT_TRUE(result);
+    EXPECT_FALSE(*result) << result->message();
+    EXPECT_EQ(text(c.try_front().value()), "async");
+    c.release();
+
+    // Ready at once: completes without waiting.
+    ASSERT_FALSE(p.try_push(bytes("now")));
+    result.reset();
+    c.async_wait(io, [&](std::error_code ec) { result = ec; });
+    io.restart();
+    io.run_for(20ms);
+    ASSERT_TRUE(result);
+    EXPECT_FALSE(*result);
+}
+
+TEST_F(ShmQueue, AsyncWaitForRoom) {
+    boost::asio::io_context io;
+    auto p = create(4096);
+    auto c = open(shm::Role::consumer);
+    while (!p.try_push(bytes(std::string(200, 'f')))) {
+    }
+    std::optional<std::error_code> result;
+    p.async_wait(
+        io, [&](std::error_code ec) { result = ec; }, 200);
+    io.run_for(30ms);
+    EXPECT_FALSE(result);
+    std::thread consumer([&] {
+        (void)c.try_front();
+        c.release();
+    });
+    const auto start = Clock::now();
+    while (!result && Clock::now() - start < 5s)
+        io.run_one_for(100ms);
+    consumer.join();
+    ASSERT_TRUE(result);
+    EXPECT_FALSE(*result) << result->message();
+    EXPECT_FALSE(p.try_push(bytes(std::string(200, 'g'))));
+}
+
+TEST_F(ShmQueue, AsyncWaitIsCanceledByCancelAndByDestruction) {
+    boost::asio::io_context io;
+    auto p = create();
+    std::optional<std::error_code> result;
+    {
+        auto c = open(shm::Role::consumer);
+        c.async_wait(io, [&](std::error_code ec) { result = ec; });
+        c.cancel();
+        io.run_for(20ms);
+        ASSERT_TRUE(result);
+        EXPECT_EQ(*result, std::errc::operation_canceled);
+        result.reset();
+        c.async_wait(io, [&](std::error_code ec) { result = ec; });
+        EXPECT_THROW(c.async_wait(io, [](std::error_code) {}), std::logic_error);
+    }
+    io.restart();
+    io.run_for(20ms);
+    ASSERT_TRUE(result);
+    EXPECT_EQ(*result, std::errc::operation_canceled);
+}
+
+// --- threads as processes -------------------------------------------------------------------
+
+struct StressResult {
+    std::string error;
+    std::uint64_t records = 0;
+};
+
+// Producers (each its own handle and thread) push `per_producer` checksummed records; the
+// consumer checks each, and the order per producer.
+StressResult run_stress(const std::string& name, shm::Mode mode, int producers,
+                        std::uint64_t per_producer, std::size_t capacity,
+                        std::chrono::nanoseconds spin, std::size_t spread) {
+    shm::CreateOptions options;
+    options.mode = mode;
+    options.role = shm::Role::consumer;
+    auto created = shm::Queue::create(name, capacity, options);
+    if (!created)
+        return {"create: " + created.error().message()};
+    auto c = std::move(created).value();
+    c.set_spin(spin);
+    std::vector<shm::Queue> handles;
+    for (int i = 0; i < producers; ++i) {
+        auto q = shm::Queue::open(name, shm::Role::producer);
+        if (!q)
+            return {"open: " + q.error().message()};
+        q.value().set_spin(spin);
+        handles.push_back(std::move(q).value());
+    }
+    std::atomic<bool> failed{false};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < producers; ++i) {
+        threads.emplace_back([&, i] {
+            auto& q = handles[static_cast<std::size_t>(i)];
+            const auto id = static_cast<std::uint32_t>(i);
+            for (std::uint64_t seq = 0; seq < per_producer && !failed; ++seq) {
+                auto slot = q.reserve(bus::test::record_size(id, seq, spread), 10s);
+                if (!slot) {
+                    failed = true;
+                    return;
+                }
+                bus::test::write_record(slot.value(), id, seq);
+                q.commit();
+            }
+        });
+    }
+    StressResult result;
+    bus::test::SequenceCheck order(static_cast<std::size_t>(producers));
+    const std::uint64_t total = per_producer * static_cast<std::uint64_t>(producers);
+    while (result.records < total && result.error.empty()) {
+        auto r = c.front(10s);
+        if (!r) {
+            result.error = "front: " + r.error().message();
+            break;
+        }
+        bus::test::RecordHead head;
+        result.error = bus::test::check_record(r.value(), head);
+        if (result.error.empty())
+            result.error = order.take(head);
+        c.release();
+        ++result.records;
+    }
+    failed = !result.error.empty();
+    for (auto& t : threads)
+        t.join();
+    if (result.error.empty() && c.try_front())
+        result.error = "a record more than was pushed";
+    if (result.error.empty() && c.stats().skipped != 0)
+        result.error = "records skipped with every producer alive";
+    return result;
+}
+
+TEST_F(ShmQueue, SpscThreadsNothingLostNothingDuplicated) {
+    const std::uint64_t n = bus::test::stress_records(under_tsan ? 50000 : 300000);
+    auto r = run_stress(name_, shm::Mode::spsc, 1, n, 1 << 16, 20us, 300);
+    EXPECT_EQ(r.error, "");
+    EXPECT_EQ(r.records, n);
+}
+
+TEST_F(ShmQueue, MpscThreadsNothingLostNothingDuplicated) {
+    const std::uint64_t n = bus::test::stress_records(under_tsan ? 50000 : 300000) / 3;
+    auto r = run_stress(name_, shm::Mode::mpsc, 3, n, 1 << 16, 20us, 300);
+    EXPECT_EQ(r.error, "");
+    EXPECT_EQ(r.records, 3 * n);
+}
+
+TEST_F(ShmQueue, SleepingThreadsOnATinyRingLoseNoWakeUp) {
+    // No spinning and a ring of a few records: nearly every record goes through a futex sleep
+    // on one side or the other. A lost wake-up would show as a stall of a liveness slice
+    // (20 ms) each: the time bound catches a handful of them.
+    const std::uint64_t n = bus::test::stress_records(under_tsan ? 5000 : 20000);
+    const auto start = Clock::now();
+    auto r = run_stress(name_, shm::Mode::spsc, 1, n, 4096, 0ns, 1000);
+    EXPECT_EQ(r.error, "");
+    name_ += ".mp";
+    auto r2 = run_stress(name_, shm::Mode::mpsc, 2, n / 2, 4096, 0ns, 1000);
+    EXPECT_EQ(r2.error, "");
+    const auto took = Clock::now() - start;
+    EXPECT_LT(took, under_tsan ? 60s : 20s);
+    std::printf("[          ] %llu + %llu records with sleeping waits in %lld ms\n",
+                static_cast<unsigned long long>(r.records),
+                static_cast<unsigned long long>(r2.records),
+                static_cast<long long>(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
+}
+
+} // namespace

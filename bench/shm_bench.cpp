@@ -766,15 +766,7 @@ int main(int argc, char** argv) {
     }
     pin(1);
 
-    std::vector<std::size_t> sizes = {64, 1024, 64 * 1024};
-    if (const char* env = std::getenv("SHM_BENCH_SIZES")) { // experiments only
-        sizes.clear();
-        for (const char* p = env; *p;) {
-            char* end = nullptr;
-            sizes.push_back(std::strtoul(p, &end, 10));
-            p = *end ? end + 1 : end;
-        }
-    }
+    const std::vector<std::size_t> sizes = {64, 1024, 64 * 1024};
     struct Peer {
         std::string key, label;
         std::function<Throughput(std::size_t)> run;

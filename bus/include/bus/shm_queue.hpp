@@ -232,18 +232,26 @@ inline Result<std::span<std::byte>> Queue::reserve(std::size_t n,
 
 inline void Queue::commit(std::size_t used) {
     detail::Hot& h = *hot_;
-    if (h.mode == Mode::spsc && h.reservation.active && used <= h.reservation.size) [[likely]] {
-        // spsc may shrink the record: tail has not moved yet.
+    if (h.reservation.active && used <= h.reservation.size) [[likely]] {
         detail::RecordHeader* header = h.header_at(h.reservation.pos);
-        const std::uint32_t extent = detail::extent_for(used);
         header->length = static_cast<std::uint32_t>(used);
-        header->control.store(
-            detail::pack_record(extent, detail::RecordState::committed, h.slot, h.generation),
-            std::memory_order_relaxed);
         h.reservation.active = false;
-        h.tail = h.reservation.pos + extent;
-        h.produced_word->store(++h.produced, std::memory_order_relaxed);
-        h.tail_word->store(h.tail, std::memory_order_release); // publishes header and payload
+        if (h.mode == Mode::spsc) {
+            // spsc may shrink the record: tail has not moved yet. The tail store publishes.
+            const std::uint32_t extent = detail::extent_for(used);
+            header->control.store(
+                detail::pack_record(extent, detail::RecordState::committed, h.slot, h.generation),
+                std::memory_order_relaxed);
+            h.tail = h.reservation.pos + extent;
+            h.produced_word->store(++h.produced, std::memory_order_relaxed);
+            h.tail_word->store(h.tail, std::memory_order_release);
+        } else {
+            // mpsc: tail moved at reserve(); the header's state publishes.
+            header->control.store(detail::pack_record(h.reservation.extent,
+                                                      detail::RecordState::committed, h.slot,
+                                                      h.generation),
+                                  std::memory_order_release);
+        }
         h.publish_barrier();
         if (h.consumer_waiting->load(std::memory_order_relaxed) != 0) [[unlikely]]
             wake_consumer();
@@ -259,6 +267,9 @@ inline Result<std::span<const std::byte>> Queue::try_front() {
             h.tail_cache = h.tail_word->load(std::memory_order_acquire);
             if (h.head == h.tail_cache)
                 return errc::empty;
+            // A record just arrived, in lines the producer still holds: ask for the line after
+            // the header's now, so its transfer overlaps the header's rather than following it.
+            __builtin_prefetch(h.ring + ((h.head + detail::cache_line) & h.mask));
         }
         const detail::RecordHeader* header = h.header_at(h.head);
         const std::uint64_t c = header->control.load(std::memory_order_acquire);

@@ -58,7 +58,7 @@ using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 struct Options {
-    double seconds = 0.25;
+    double seconds = 0.5;
     int reps = 5;
     std::size_t ring = 4 << 20;
     std::string only; // run the cases whose key contains one of these (comma-separated)

@@ -193,7 +193,7 @@ TEST_F(ShmQueue, EmptyQueueTimesOut) {
 TEST_F(ShmQueue, FullQueueRefusesAndNeverOverwrites) {
     auto p = create(4096);
     auto c = open(shm::Role::consumer);
-    const std::string record(64, 'x'); // 80 bytes in the ring with its header
+    const std::string record(64, 'x'); // 128 bytes in the ring: header, padding to a line
     int pushed = 0;
     for (;; ++pushed) {
         std::string r = record;
@@ -204,11 +204,11 @@ TEST_F(ShmQueue, FullQueueRefusesAndNeverOverwrites) {
             break;
         }
     }
-    EXPECT_EQ(pushed, 4096 / 80);
+    EXPECT_EQ(pushed, 4096 / 128);
     EXPECT_EQ(p.push(bytes(record), 20ms), bus::errc::timeout);
     auto stats = p.stats();
     EXPECT_EQ(stats.depth_records, static_cast<std::uint64_t>(pushed));
-    EXPECT_EQ(stats.depth_bytes, static_cast<std::uint64_t>(pushed) * 80);
+    EXPECT_EQ(stats.depth_bytes, static_cast<std::uint64_t>(pushed) * 128);
     EXPECT_THROW(c.release(), std::logic_error); // nothing taken: a programming error
 }
 
@@ -506,7 +506,7 @@ TEST_F(ShmQueue, ListInspectAndRemove) {
     EXPECT_EQ(i.mode, shm::Mode::spsc);
     EXPECT_EQ(i.stats.capacity, 4096u);
     EXPECT_EQ(i.stats.depth_records, 2u);
-    EXPECT_EQ(i.stats.depth_bytes, 64u); // two 16-byte headers, payloads padded to 16
+    EXPECT_EQ(i.stats.depth_bytes, 128u); // two records, each a 16-byte header in a line
     EXPECT_EQ(i.owner_pid, ::getpid());
     EXPECT_TRUE(i.owner_alive);
     EXPECT_TRUE(i.in_use);

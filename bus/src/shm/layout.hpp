@@ -7,7 +7,7 @@
 //
 // The ring is mapped twice, back to back, so a record that runs past the end of the ring is
 // still contiguous in memory (queue.cpp). Positions (head, tail) are byte counts since
-// creation; a record starts at ring[position & (capacity - 1)], 16-byte aligned.
+// creation; a record starts at ring[position & (capacity - 1)], on a cache line.
 #pragma once
 
 #include "bus/detail/shm_hot.hpp"

@@ -1,7 +1,7 @@
 // bus::shm::Queue — how the ring works, and why it is safe.
 //
-// THE RING. Records are [RecordHeader (16 bytes)][payload][padding to 16 bytes] (why not to a
-// cache line: bus/detail/shm_hot.hpp, record_align). `tail` is where the
+// THE RING. Records are [RecordHeader (16 bytes)][payload][padding to a cache line] (why:
+// bus/detail/shm_hot.hpp, record_align). `tail` is where the
 // next record will start, `head` where the next unread one starts; both count bytes since
 // creation and never wrap (2^64 bytes is centuries). The ring is mapped twice back to back, so
 // a record that runs past the end continues in the second view and is contiguous in memory:

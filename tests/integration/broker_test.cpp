@@ -8,6 +8,7 @@
 #include <bus/broker.hpp>
 #include <bus/child_process.hpp>
 #include <bus/client.hpp>
+#include <bus/frame.hpp>
 #include <bus/v1/broker.pb.h>
 #include <bus/v1/cluster.pb.h>
 
@@ -219,6 +220,47 @@ TEST_P(BrokerTest, QueueGroupMembersShareMessagesAndPlainSubscribersGetAll) {
     ASSERT_TRUE(run_until(io_, [&] { return nall == 100 && n1 + n2 == 100; }));
     EXPECT_EQ(n1, 50);
     EXPECT_EQ(n2, 50);
+}
+
+// busd works out a subject's recipients on its first publish and keeps them: every change of
+// subscriptions between two publishes on one subject must still show in the next one.
+TEST_P(BrokerTest, RoutesFollowSubscriptionChangesBetweenPublishes) {
+    auto pub = connect();
+    auto a = connect(), b = connect(), g1 = connect(), g2 = connect();
+    int na = 0, nb = 0, n1 = 0, n2 = 0;
+    const auto sid = a->subscribe("r.x", [&](bus::Message&) { ++na; });
+    flush(a);
+    pub->publish_bytes("r.x", "1");
+    ASSERT_TRUE(run_until(io_, [&] { return na == 1; }));
+
+    b->subscribe("r.*", [&](bus::Message&) { ++nb; });
+    flush(b);
+    pub->publish_bytes("r.x", "2");
+    ASSERT_TRUE(run_until(io_, [&] { return na == 2 && nb == 1; }));
+
+    g1->subscribe(
+        "r.>", [&](bus::Message&) { ++n1; }, "g");
+    flush(g1);
+    pub->publish_bytes("r.x", "3");
+    ASSERT_TRUE(run_until(io_, [&] { return na == 3 && nb == 2 && n1 == 1; }));
+
+    g2->subscribe(
+        "r.x", [&](bus::Message&) { ++n2; }, "g");
+    flush(g2);
+    for (int i = 0; i < 10; ++i)
+        pub->publish_bytes("r.x", "4");
+    ASSERT_TRUE(run_until(io_, [&] { return na == 13 && nb == 12 && n1 + n2 == 11; }));
+    EXPECT_EQ(n2, 5); // the group's turn goes on across the change: 1 + 5 and 5
+    EXPECT_EQ(n1, 6);
+
+    a->unsubscribe(sid);
+    flush(a);
+    pub->publish_bytes("r.x", "5");
+    pub->publish_bytes("r.y", "6"); // a subject first seen now
+    ASSERT_TRUE(run_until(io_, [&] { return nb == 14 && n1 + n2 == 13; }));
+    flush(pub);
+    flush(a);
+    EXPECT_EQ(na, 13);
 }
 
 TEST_P(BrokerTest, UnsubscribeStopsDelivery) {
@@ -605,14 +647,26 @@ TEST_P(BrokerTest, GarbageFromOneClientCostsOnlyThatClient) {
         zmq::socket_t raw(ctx, zmq::socket_type::dealer);
         raw.set(zmq::sockopt::linger, 0);
         raw.connect(busd_->ipc());
+        // A message is one part; each of these is malformed and gets an error back, not
+        // silence: two parts, three parts, one part that is not an envelope, and a truncated
+        // payload field.
+        raw.send(zmq::str_buffer("two"), zmq::send_flags::sndmore);
+        raw.send(zmq::str_buffer("parts"), zmq::send_flags::none);
         raw.send(zmq::str_buffer("not an envelope"), zmq::send_flags::sndmore);
         raw.send(zmq::str_buffer("x"), zmq::send_flags::sndmore);
-        raw.send(zmq::str_buffer("three frames"), zmq::send_flags::none);
-        raw.send(zmq::str_buffer("\xff\xff"), zmq::send_flags::sndmore);
-        raw.send(zmq::str_buffer(""), zmq::send_flags::none);
-        zmq::message_t reply;
+        raw.send(zmq::str_buffer("three parts"), zmq::send_flags::none);
+        raw.send(zmq::str_buffer("\xff\xff"), zmq::send_flags::none);
+        raw.send(zmq::str_buffer("\x22\x10short"), zmq::send_flags::none);
         raw.set(zmq::sockopt::rcvtimeo, 5000);
-        ASSERT_TRUE(raw.recv(reply)); // an error comes back, not silence
+        for (int i = 0; i < 4; ++i) {
+            zmq::message_t reply;
+            ASSERT_TRUE(raw.recv(reply)) << "no error for malformed message " << i;
+            ASSERT_FALSE(reply.more());
+            bus::v1::Envelope error;
+            ASSERT_TRUE(bus::frame::split(reply.to_string_view(), error));
+            EXPECT_EQ(error.kind(), bus::v1::KIND_ERROR);
+            EXPECT_EQ(error.subject(), "bad_request");
+        }
     }
     flush(good);
     int got = 0;

@@ -49,6 +49,14 @@ void append_bytes(std::string& out, std::string_view bytes, std::uint32_t fd_cou
 // Appends one frame holding `header` (whose own payload must be empty) with `payload` as its
 // payload field, written last: how a router forwards a payload it never parsed.
 void append_split(std::string& out, const v1::Envelope& header, std::string_view payload);
+// The same with the header already serialized (a router serializes it once for all recipients).
+void append_split(std::string& out, std::string_view header, std::string_view payload);
+
+// The body of such a frame without its length prefix: what a ZeroMQ link carries as one
+// message part. split_body_size() bytes, written at `out` by write_split_body().
+std::size_t split_body_size(std::size_t header_bytes, std::size_t payload_size);
+void write_split_body(char* out, std::string_view header, std::string_view payload);
+void write_split_body(char* out, const v1::Envelope& header, std::string_view payload);
 
 // Parses a frame body into `header` without its payload field, and returns the payload's bytes
 // in place (a view into `body`). errc::bad_frame when the body is not a valid Envelope.

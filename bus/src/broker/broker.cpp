@@ -2,10 +2,12 @@
 // transports (ZeroMQ ROUTER, unix:// channels) that feed them.
 //
 // Everything runs on one io_context thread. Inbound envelopes from either transport reach
-// Impl::handle() as a parsed header plus the payload bytes in place; outbound, the header is
-// written anew for each recipient (the broker stamps `source`, never trusting the client's)
-// and the payload is forwarded as it came: a ZeroMQ frame is shared by reference count, bytes
-// from a channel are copied once into the recipient's write buffer.
+// Impl::handle() as a parsed header plus the payload bytes in place (both transports carry
+// the same bytes: a header with the payload field last, see frame::split). Outbound, the
+// header is the broker's (it stamps `source`, never trusting the client's), serialized once
+// per routed message, and the payload is copied unparsed behind it, once per recipient. Where a
+// subject's publishes go is worked out on its first publish and kept until a subscription
+// changes.
 //
 // A recipient that cannot take a message now (ZeroMQ's per-peer queue at its SNDHWM, or a
 // channel over its byte bound) loses that message alone: it is counted and the client is told
@@ -23,6 +25,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor.pb.h>
+#include <google/protobuf/wire_format_lite.h>
 
 #include <algorithm>
 #include <charconv>
@@ -42,7 +45,8 @@ using Clock = std::chrono::steady_clock;
 
 constexpr const char* version = "0.1.0";
 constexpr std::size_t max_subject_stats = 4096;
-constexpr int zmq_batch = 256; // messages received per wake-up before yielding
+constexpr std::size_t max_routes = 4096; // subjects whose routes are cached
+constexpr int zmq_batch = 256;           // messages received per wake-up before yielding
 
 std::int64_t now_unix_ns() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -94,13 +98,6 @@ std::string error_name(errc e) {
         return "bad_request";
     }
 }
-
-// The payload of an inbound message: its bytes, and the ZeroMQ frame they live in if any (so
-// a ZeroMQ recipient shares the frame instead of copying it).
-struct Payload {
-    std::string_view bytes;
-    zmq::message_t* frame = nullptr;
-};
 
 } // namespace
 
@@ -187,7 +184,20 @@ struct Broker::Impl {
     };
     std::unordered_map<std::string, Type> types;
     std::uint64_t msgs_routed = 0, dropped_total = 0;
-    v1::Envelope out; // reused outbound header
+    v1::Envelope out;         // reused outbound header
+    v1::Envelope zmq_in;      // reused inbound header (ZeroMQ; a channel keeps its own)
+    std::string fanout_head;  // a publish's outbound header, serialized once for all recipients
+    std::string header_bytes; // any other outbound header, serialized
+
+    // Where a subject's publishes go, worked out on its first publish (subject check, trie
+    // walk, grouping) and kept until any subscription changes.
+    struct Route {
+        std::vector<SubRef> plain;               // each gets every message
+        std::vector<std::vector<SubRef>> groups; // each queue group gets it once...
+        std::vector<std::uint64_t*> turns;       // ...round-robin (into queue_turns)
+        v1::SubjectStats* stats = nullptr;
+    };
+    std::unordered_map<std::string, Route> routes;
 
     // --- set-up -------------------------------------------------------------------------
 
@@ -399,7 +409,7 @@ struct Broker::Impl {
         c.channel->on_envelope([this, num](v1::Envelope& header, std::string_view payload,
                                            std::vector<UniqueFd>& fds) {
             if (auto* client = find(num))
-                handle(*client, header, Payload{payload}, fds);
+                handle(*client, header, payload, fds);
         });
         c.channel->on_disconnect([this, num](std::error_code) { remove_client(num); });
     }
@@ -436,38 +446,37 @@ struct Broker::Impl {
     void read_zmq(ZmqServer& server) {
         auto& router = server.router;
         for (int i = 0; i < zmq_batch; ++i) {
-            zmq::message_t identity, header, payload;
+            zmq::message_t identity, body;
             try {
                 if (!router->recv(identity, zmq::recv_flags::dontwait))
                     return;
-                // Expected: [identity][header][payload]. Anything else is malformed; the rest of
-                // it is drained so the next message starts clean.
-                bool ok = identity.more() && router->recv(header, zmq::recv_flags::dontwait) &&
-                          header.more() && router->recv(payload, zmq::recv_flags::dontwait);
-                if (ok && payload.more()) {
+                // Expected: [identity][envelope, payload last]. Anything else is malformed; the
+                // rest of it is drained so the next message starts clean.
+                bool ok = identity.more() && router->recv(body, zmq::recv_flags::dontwait);
+                if (ok && body.more()) {
                     ok = false;
                     zmq::message_t extra;
                     while (router->get(zmq::sockopt::rcvmore) &&
                            router->recv(extra, zmq::recv_flags::dontwait)) {
                     }
                 }
-                Client& c = zmq_client(server, identity, header);
+                Client& c = zmq_client(server, identity, body);
                 c.last_seen = Clock::now();
                 if (!c.allowed)
                     continue;
-                v1::Envelope env;
-                if (!ok || !env.ParseFromArray(header.data(), static_cast<int>(header.size())) ||
-                    !env.payload().empty()) {
+                auto payload = ok ? frame::split(body.to_string_view(), zmq_in)
+                                  : Result<std::string_view>(errc::bad_frame);
+                if (!payload || !zmq_in.payload().empty()) {
                     send_error(c, 0, errc::bad_frame, "malformed message");
                     continue;
                 }
                 std::vector<UniqueFd> no_fds;
-                if (env.fd_count() != 0) {
-                    send_error(c, env.id(), errc::fds_not_supported,
+                if (zmq_in.fd_count() != 0) {
+                    send_error(c, zmq_in.id(), errc::fds_not_supported,
                                "file descriptors need a unix:// link");
                     continue;
                 }
-                handle(c, env, Payload{payload.to_string_view(), &payload}, no_fds);
+                handle(c, zmq_in, payload.value(), no_fds);
             } catch (const zmq::error_t&) {
                 return;
             }
@@ -537,14 +546,14 @@ struct Broker::Impl {
 
     // --- routing ------------------------------------------------------------------------
 
-    void handle(Client& c, v1::Envelope& in, const Payload& payload, std::vector<UniqueFd>& fds) {
+    void handle(Client& c, v1::Envelope& in, std::string_view payload, std::vector<UniqueFd>& fds) {
         ++c.msgs_in;
-        c.bytes_in += payload.bytes.size();
-        if (payload.bytes.size() > options.limits.max_message_size)
+        c.bytes_in += payload.size();
+        if (payload.size() > options.limits.max_message_size)
             return send_error(c, in.id(), errc::message_too_large, "");
         switch (in.kind()) {
         case v1::KIND_CONTROL:
-            return handle_control(c, in, payload.bytes);
+            return handle_control(c, in, payload);
         case v1::KIND_PUBLISH:
             return publish(c, in, payload, fds);
         case v1::KIND_REQUEST:
@@ -593,6 +602,7 @@ struct Broker::Impl {
             if (c.subs.size() >= options.limits.max_subscriptions || c.subs.count(sub.sid()))
                 return send_error(c, sub.sid(), errc::forbidden, "subscription limit or id reused");
             subscriptions.insert(sub.pattern(), SubRef{c.num, sub.sid(), sub.queue_group()});
+            routes.clear();
             c.subs.emplace(sub.sid(), Client::Sub{sub.pattern(), sub.queue_group()});
             return;
         }
@@ -602,6 +612,7 @@ struct Broker::Impl {
                 return send_error(c, in.id(), errc::bad_frame, "bad unsubscribe");
             if (auto it = c.subs.find(unsub.sid()); it != c.subs.end()) {
                 subscriptions.erase(it->second.pattern, SubRef{c.num, unsub.sid(), {}});
+                routes.clear();
                 c.subs.erase(it);
             }
             return;
@@ -664,7 +675,7 @@ struct Broker::Impl {
         return out;
     }
 
-    void count_subject(const std::string& subject, std::size_t bytes, bool dropped) {
+    v1::SubjectStats& stats_for(const std::string& subject) {
         auto it = subject_stats.find(subject);
         if (it == subject_stats.end()) {
             if (subject_stats.size() >= max_subject_stats)
@@ -673,7 +684,10 @@ struct Broker::Impl {
                 it = subject_stats.try_emplace(subject).first;
             it->second.set_subject(it->first);
         }
-        auto& s = it->second;
+        return it->second;
+    }
+
+    static void count(v1::SubjectStats& s, std::size_t bytes, bool dropped) {
         if (dropped) {
             s.set_dropped(s.dropped() + 1);
         } else {
@@ -682,10 +696,8 @@ struct Broker::Impl {
         }
     }
 
-    void publish(Client& c, const v1::Envelope& in, const Payload& payload,
+    void publish(Client& c, const v1::Envelope& in, std::string_view payload,
                  std::vector<UniqueFd>& fds) {
-        if (!valid_subject(in.subject()))
-            return send_error(c, in.id(), errc::invalid_subject, in.subject());
         if (is_sys(in.subject()))
             return send_error(c, in.id(), errc::forbidden, "$sys is the broker's");
         if (!may_publish(c, in.subject()))
@@ -693,39 +705,70 @@ struct Broker::Impl {
         if (!fds.empty())
             return send_error(c, in.id(), errc::fds_not_supported,
                               "file descriptors go to one receiver: use a request or send_to");
-        fan_out(c, in, payload);
+        Route* route = route_for(in.subject());
+        if (!route)
+            return send_error(c, in.id(), errc::invalid_subject, in.subject());
+        fan_out(c, in, payload, *route);
     }
 
-    void fan_out(const Client& from, const v1::Envelope& in, const Payload& payload) {
-        // Plain subscriptions all get it; each queue group gets it once, round-robin.
-        std::vector<const SubRef*> matches;
-        subscriptions.match(in.subject(), [&](const SubRef& s) { matches.push_back(&s); });
-        std::unordered_map<std::string_view, std::vector<const SubRef*>> groups;
-        v1::Envelope& header = outbound(from, in, v1::KIND_PUBLISH);
-        auto deliver_to = [&](const SubRef& s) {
-            if (auto* to = find(s.client)) {
-                header.set_subscription_id(s.sid);
-                const bool sent = deliver(*to, header, payload, {});
-                count_subject(in.subject(), payload.bytes.size(), !sent);
+    // The cached route of a valid subject; nullptr for an invalid one.
+    Route* route_for(const std::string& subject) {
+        if (auto it = routes.find(subject); it != routes.end())
+            return &it->second;
+        if (!valid_subject(subject))
+            return nullptr;
+        if (routes.size() >= max_routes)
+            routes.clear();
+        Route& route = routes[subject];
+        route.stats = &stats_for(subject);
+        std::unordered_map<std::string_view, std::size_t> group_index;
+        subscriptions.match(subject, [&](const SubRef& s) {
+            if (s.queue.empty())
+                return route.plain.push_back(s);
+            auto [it, added] = group_index.try_emplace(s.queue, route.groups.size());
+            if (added) {
+                route.groups.emplace_back();
+                route.turns.push_back(&queue_turns[s.queue]);
             }
+            route.groups[it->second].push_back(s);
+        });
+        return &route;
+    }
+
+    // Plain subscriptions all get it; each queue group gets it once, round-robin. The header is
+    // serialized once; each recipient's copy differs only by its subscription id, appended.
+    void fan_out(const Client& from, const v1::Envelope& in, std::string_view payload,
+                 Route& route) {
+        outbound(from, in, v1::KIND_PUBLISH).SerializeToString(&fanout_head);
+        const std::size_t base = fanout_head.size();
+        auto deliver_to = [&](const SubRef& s) {
+            auto* to = find(s.client);
+            if (!to)
+                return;
+            std::uint8_t sid[16];
+            const auto* end =
+                google::protobuf::internal::WireFormatLite::WriteUInt64ToArray(12, s.sid, sid);
+            fanout_head.resize(base);
+            fanout_head.append(reinterpret_cast<const char*>(sid),
+                               static_cast<std::size_t>(end - sid));
+            const bool sent = deliver(*to, fanout_head, payload, {});
+            count(*route.stats, payload.size(), !sent);
         };
-        for (const SubRef* s : matches) {
-            if (s->queue.empty())
-                deliver_to(*s);
-            else
-                groups[s->queue].push_back(s);
-        }
-        for (auto& [group, members] : groups) {
-            auto& turn = queue_turns[std::string(group)];
-            deliver_to(*members[turn++ % members.size()]);
+        // A delivery never removes a client on the spot (a gone ZeroMQ peer is removed from a
+        // posted handler, a channel reports its end from the loop), so the route stays valid.
+        for (const SubRef& s : route.plain)
+            deliver_to(s);
+        for (std::size_t g = 0; g < route.groups.size(); ++g) {
+            const auto& members = route.groups[g];
+            deliver_to(members[(*route.turns[g])++ % members.size()]);
         }
         ++msgs_routed;
     }
 
-    void request(Client& c, const v1::Envelope& in, const Payload& payload,
+    void request(Client& c, const v1::Envelope& in, std::string_view payload,
                  std::vector<UniqueFd>& fds) {
         if (is_sys(in.subject()))
-            return sys_request(c, in, payload.bytes);
+            return sys_request(c, in, payload);
         if (!valid_subject(in.subject()))
             return send_error(c, in.id(), errc::invalid_subject, in.subject());
         if (!may_publish(c, in.subject()))
@@ -752,7 +795,7 @@ struct Broker::Impl {
         ++msgs_routed;
     }
 
-    void reply(Client& c, const v1::Envelope& in, const Payload& payload,
+    void reply(Client& c, const v1::Envelope& in, std::string_view payload,
                std::vector<UniqueFd>& fds) {
         auto it = in_flight.find(in.correlation_id());
         if (it == in_flight.end() || it->second.server != c.num)
@@ -773,7 +816,7 @@ struct Broker::Impl {
         ++msgs_routed;
     }
 
-    void direct(Client& c, const v1::Envelope& in, const Payload& payload,
+    void direct(Client& c, const v1::Envelope& in, std::string_view payload,
                 std::vector<UniqueFd>& fds) {
         Client* to = find_by_id(in.subject());
         if (!to || !to->allowed)
@@ -885,7 +928,7 @@ struct Broker::Impl {
         header.set_source("busd");
         header.set_correlation_id(in.id());
         const std::string body = answer->SerializeAsString();
-        deliver(c, header, Payload{body}, {});
+        deliver(c, header, body, {});
     }
 
     // Broker events go to whoever subscribed to them, like any publish.
@@ -899,22 +942,31 @@ struct Broker::Impl {
         const std::string body = event.SerializeAsString();
         Client broker_self;
         broker_self.id = "busd";
-        fan_out(broker_self, in, Payload{body});
+        if (Route* route = route_for(in.subject()))
+            fan_out(broker_self, in, body, *route);
     }
 
     // --- output -------------------------------------------------------------------------
 
     // Sends to one client without ever waiting; false when its queue is full (the message is
-    // dropped for it alone and counted) or it is gone.
-    bool deliver(Client& to, const v1::Envelope& header, const Payload& payload,
+    // dropped for it alone and counted) or it is gone. `header` is serialized, with an
+    // fd_count equal to fds.size().
+    bool deliver(Client& to, std::string_view header, std::string_view payload,
                  std::vector<UniqueFd> fds) {
         if (to.unreported_drops && !report_drops(to))
             return drop(to);
         if (!send_raw(to, header, payload, std::move(fds)))
             return drop(to);
         ++to.msgs_out;
-        to.bytes_out += payload.bytes.size();
+        to.bytes_out += payload.size();
         return true;
+    }
+
+    bool deliver(Client& to, v1::Envelope& header, std::string_view payload,
+                 std::vector<UniqueFd> fds) {
+        header.set_fd_count(static_cast<std::uint32_t>(fds.size()));
+        header.SerializeToString(&header_bytes);
+        return deliver(to, header_bytes, payload, std::move(fds));
     }
 
     bool drop(Client& to) {
@@ -931,37 +983,32 @@ struct Broker::Impl {
         header.set_kind(v1::KIND_CONTROL);
         header.set_subject("slow_consumer");
         header.set_source("busd");
-        const std::string body = notice.SerializeAsString();
-        if (!send_raw(to, header, Payload{body}, {}))
+        // Its own buffer: this runs in the middle of deliveries that use the shared ones.
+        const std::string head = header.SerializeAsString();
+        if (!send_raw(to, head, notice.SerializeAsString(), {}))
             return false;
         to.unreported_drops = 0;
         return true;
     }
 
-    bool send_raw(Client& to, const v1::Envelope& header, const Payload& payload,
+    bool send_raw(Client& to, std::string_view header, std::string_view payload,
                   std::vector<UniqueFd> fds) {
         if (!to.zmq) {
             if (!to.channel->connected() ||
                 to.channel->queued_bytes() >= options.limits.client_queue_bytes)
                 return false;
-            to.channel->send_split(header, payload.bytes, std::move(fds));
+            to.channel->send_split(header, payload, std::move(fds));
             return true;
         }
         try {
-            zmq::message_t head(header.ByteSizeLong());
-            header.SerializeWithCachedSizesToArray(static_cast<std::uint8_t*>(head.data()));
-            zmq::message_t body;
-            if (payload.frame)
-                body.copy(*payload.frame);   // shares the frame's buffer, no byte copy
-            else if (!payload.bytes.empty()) // (a null pointer must not reach memcpy)
-                body.rebuild(payload.bytes.data(), payload.bytes.size());
+            zmq::message_t body(frame::split_body_size(header.size(), payload.size()));
+            frame::write_split_body(static_cast<char*>(body.data()), header, payload);
             // ROUTER checks the peer's queue on the first frame only: if that is accepted,
-            // the others are too.
+            // the other is too.
             auto& router = *to.server->router;
             if (!router.send(zmq::buffer(to.routing_id),
                              zmq::send_flags::sndmore | zmq::send_flags::dontwait))
                 return false;
-            router.send(head, zmq::send_flags::sndmore);
             router.send(body, zmq::send_flags::none);
             to.server->watch->kick();
             return true;
@@ -982,7 +1029,7 @@ struct Broker::Impl {
         header.set_source("busd");
         header.set_correlation_id(id);
         const std::string bytes = body ? body->SerializeAsString() : std::string();
-        send_raw(to, header, Payload{bytes}, {});
+        send_raw(to, header.SerializeAsString(), bytes, {});
     }
 
     void send_error(Client& to, std::uint64_t correlation_id, errc code, std::string_view detail) {
@@ -994,7 +1041,7 @@ struct Broker::Impl {
         auto* h = header.add_headers();
         h->set_key("detail");
         h->set_value(std::string(detail.substr(0, 256)));
-        deliver(to, header, Payload{}, {});
+        deliver(to, header, {}, {});
     }
 
     // --- leaving ------------------------------------------------------------------------
@@ -1019,6 +1066,8 @@ struct Broker::Impl {
             by_routing_id.erase((c->server->tcp ? "t" : "i") + c->routing_id);
         for (const auto& [sid, sub] : c->subs)
             subscriptions.erase(sub.pattern, SubRef{num, sid, {}});
+        if (!c->subs.empty())
+            routes.clear();
         for (const auto& name : c->services)
             drop_instance(name, num);
         // Requests it was serving: their requesters learn now, not at their deadline.

@@ -193,35 +193,29 @@ public:
     // ZeroMQ's own queue (SNDHWM) is the bound; when it is full, messages wait here, in
     // order, and send() says so, as a channel does past its high-water mark.
     Sent send(const v1::Envelope& header, std::string_view payload, Fds) override {
-        zmq::message_t head(header.ByteSizeLong());
-        header.SerializeWithCachedSizesToArray(static_cast<std::uint8_t*>(head.data()));
-        zmq::message_t body(payload.size());
-        if (!payload.empty())
-            std::memcpy(body.data(), payload.data(), payload.size());
-        if (pending_.empty() && try_send(head, body)) {
+        // One part: the header with the payload field last, as a channel frame's body.
+        zmq::message_t msg(frame::split_body_size(header.ByteSizeLong(), payload.size()));
+        frame::write_split_body(static_cast<char*>(msg.data()), header, payload);
+        if (pending_.empty() && try_send(msg)) {
             watch_->kick();
             return Sent::ok;
         }
-        pending_.emplace_back(std::move(head), std::move(body));
+        pending_.push_back(std::move(msg));
         watch_->want_write(true);
         return Sent::ok_but_full;
     }
 
 private:
-    bool try_send(zmq::message_t& head, zmq::message_t& body) {
+    bool try_send(zmq::message_t& msg) {
         try {
-            // A DEALER takes all parts of a message or none.
-            if (!socket_.send(head, zmq::send_flags::sndmore | zmq::send_flags::dontwait))
-                return false;
-            socket_.send(body, zmq::send_flags::none);
-            return true;
+            return socket_.send(msg, zmq::send_flags::dontwait).has_value();
         } catch (const zmq::error_t&) {
             return false;
         }
     }
 
     void write_pending() {
-        while (!pending_.empty() && try_send(pending_.front().first, pending_.front().second))
+        while (!pending_.empty() && try_send(pending_.front()))
             pending_.pop_front();
         if (pending_.empty())
             watch_->want_write(false);
@@ -230,18 +224,24 @@ private:
     void read() {
         std::vector<UniqueFd> no_fds;
         for (int i = 0; i < 256; ++i) {
-            zmq::message_t head, body;
+            zmq::message_t msg;
             try {
-                if (!socket_.recv(head, zmq::recv_flags::dontwait))
+                if (!socket_.recv(msg, zmq::recv_flags::dontwait))
                     return;
-                if (!head.more() || !socket_.recv(body, zmq::recv_flags::dontwait) || body.more())
-                    continue; // not from a broker: ignore
+                if (msg.more()) { // not from a broker: drop the whole message
+                    zmq::message_t rest;
+                    while (socket_.get(zmq::sockopt::rcvmore) &&
+                           socket_.recv(rest, zmq::recv_flags::dontwait)) {
+                    }
+                    continue;
+                }
             } catch (const zmq::error_t&) {
                 return;
             }
-            if (!header_.ParseFromArray(head.data(), static_cast<int>(head.size())))
+            auto payload = frame::split(msg.to_string_view(), header_);
+            if (!payload)
                 continue;
-            rx_(header_, body.to_string_view(), no_fds);
+            rx_(header_, payload.value(), no_fds);
         }
     }
 
@@ -249,7 +249,7 @@ private:
     zmq::socket_t socket_;
     std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx_;
     std::unique_ptr<detail::ZmqWatch> watch_;
-    std::deque<std::pair<zmq::message_t, zmq::message_t>> pending_;
+    std::deque<zmq::message_t> pending_;
     v1::Envelope header_;
 };
 

@@ -103,18 +103,47 @@ void append_bytes(std::string& out, std::string_view bytes, std::uint32_t fd_cou
     });
 }
 
-void append_split(std::string& out, const v1::Envelope& header, std::string_view payload) {
-    const std::size_t head = header.ByteSizeLong();
-    const std::size_t body = head + (payload.empty() ? 0 : delimited_size(payload.size()));
-    const std::size_t start = out.size();
-    out.resize(start + header_size + body);
-    write_header(out.data() + start, static_cast<std::uint32_t>(body));
-    auto* p = header.SerializeWithCachedSizesToArray(
-        reinterpret_cast<std::uint8_t*>(out.data() + start + header_size));
+std::size_t split_body_size(std::size_t header_bytes, std::size_t payload_size) {
+    return header_bytes + (payload_size == 0 ? 0 : delimited_size(payload_size));
+}
+
+namespace {
+// Writes the payload field after a header that ends at `p`.
+void write_payload_field(std::uint8_t* p, std::string_view payload) {
     if (!payload.empty()) {
         p = write_delimited_header(4, payload.size(), p);
         std::memcpy(p, payload.data(), payload.size());
     }
+}
+} // namespace
+
+void write_split_body(char* out, std::string_view header, std::string_view payload) {
+    std::memcpy(out, header.data(), header.size());
+    write_payload_field(reinterpret_cast<std::uint8_t*>(out + header.size()), payload);
+}
+
+void write_split_body(char* out, const v1::Envelope& header, std::string_view payload) {
+    header.ByteSizeLong(); // caches the sizes SerializeWithCachedSizes needs
+    write_payload_field(
+        header.SerializeWithCachedSizesToArray(reinterpret_cast<std::uint8_t*>(out)), payload);
+}
+
+void append_split(std::string& out, const v1::Envelope& header, std::string_view payload) {
+    const std::size_t body = split_body_size(header.ByteSizeLong(), payload.size());
+    const std::size_t start = out.size();
+    out.resize(start + header_size + body);
+    write_header(out.data() + start, static_cast<std::uint32_t>(body));
+    write_payload_field(header.SerializeWithCachedSizesToArray(
+                            reinterpret_cast<std::uint8_t*>(out.data() + start + header_size)),
+                        payload);
+}
+
+void append_split(std::string& out, std::string_view header, std::string_view payload) {
+    const std::size_t body = split_body_size(header.size(), payload.size());
+    const std::size_t start = out.size();
+    out.resize(start + header_size + body);
+    write_header(out.data() + start, static_cast<std::uint32_t>(body));
+    write_split_body(out.data() + start + header_size, header, payload);
 }
 
 Result<std::string_view> split(std::string_view body, v1::Envelope& header) {

@@ -200,6 +200,16 @@ bool Channel::send_split(const v1::Envelope& header, std::string_view payload, F
     return enqueue(start, std::move(fds), std::move(done));
 }
 
+bool Channel::send_split(std::string_view header, std::string_view payload, Fds fds,
+                         SendHandler done) {
+    if (options_.serialization == Serialization::node_json)
+        throw std::invalid_argument("bus::Channel: send_split needs bus serialization");
+    const std::size_t start = out_.size();
+    if (state_ == State::open)
+        frame::append_split(out_, header, payload);
+    return enqueue(start, std::move(fds), std::move(done));
+}
+
 // The frame that starts at out_[frame_start] has been appended (unless the channel is closed).
 bool Channel::enqueue(std::size_t frame_start, Fds fds, SendHandler done) {
     if (fds.size() > options_.max_fds_per_message) {

@@ -6,6 +6,7 @@
 #include <utility> // before Asio's awaitable.hpp (Boost 1.74 misses it: DESIGN.md)
 
 #include <bus/broker.hpp>
+#include <bus/channel.hpp>
 #include <bus/child_process.hpp>
 #include <bus/client.hpp>
 #include <bus/frame.hpp>
@@ -165,6 +166,53 @@ TEST_P(BrokerTest, WildcardSubscriptionsGetWhatMatchesStampedWithTheSource) {
     EXPECT_EQ(rest, (std::vector<std::string>{"orders.eu.created", "orders.eu.deleted",
                                               "orders.eu.west.created"}));
     EXPECT_EQ(source, pub->id());
+}
+
+// busd writes each delivery's header itself: the sender's subject, type, headers and deadline
+// reach the subscriber as sent, with busd's own source stamp in place of the sender's claim.
+TEST_P(BrokerTest, HeadersAndDeadlineReachTheSubscriberAndTheSourceIsBusds) {
+    auto sub = connect("sub");
+    std::optional<bus::v1::Envelope> got;
+    sub->subscribe("h.x", [&](bus::Message& m) { got = m.envelope; });
+    flush(sub);
+
+    // A sender speaking the wire format by hand over unix://, claiming another's identity.
+    const std::string path = busd_->dir() + "/busd.sock";
+    bus::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    path.copy(addr.sun_path, sizeof addr.sun_path - 1);
+    ASSERT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    auto raw = bus::Channel::adopt(io_, std::move(fd));
+    ASSERT_TRUE(raw);
+    bus::v1::Envelope e;
+    e.set_kind(bus::v1::KIND_PUBLISH);
+    e.set_subject("h.x");
+    e.set_type_url("type.googleapis.com/test.T");
+    e.set_source("someone-else");
+    e.set_deadline_unix_ns(-5); // negative: ten varint bytes
+    e.set_id(77);
+    auto* h = e.add_headers();
+    h->set_key("trace");
+    h->set_value(std::string(300, 'v')); // a length of two varint bytes
+    h = e.add_headers();
+    h->set_key("empty");
+    raw.value()->send_split(e, "body");
+    ASSERT_TRUE(run_until(io_, [&] { return got.has_value(); }));
+    raw.value()->disconnect();
+
+    EXPECT_EQ(got->kind(), bus::v1::KIND_PUBLISH);
+    EXPECT_EQ(got->subject(), "h.x");
+    EXPECT_EQ(got->type_url(), "type.googleapis.com/test.T");
+    EXPECT_EQ(got->payload(), "body");
+    EXPECT_EQ(got->deadline_unix_ns(), -5);
+    EXPECT_NE(got->source(), "someone-else");
+    EXPECT_FALSE(got->source().empty());
+    ASSERT_EQ(got->headers_size(), 2);
+    EXPECT_EQ(got->headers(0).key(), "trace");
+    EXPECT_EQ(got->headers(0).value(), std::string(300, 'v'));
+    EXPECT_EQ(got->headers(1).key(), "empty");
+    EXPECT_EQ(got->headers(1).value(), "");
 }
 
 TEST_P(BrokerTest, PublishesArriveInOrderPerPublisher) {

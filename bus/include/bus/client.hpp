@@ -180,7 +180,8 @@ private:
                       std::uint64_t id = 0);
     void send_request(std::string_view service, std::string_view type_url, std::string_view payload,
                       std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds);
-    void receive(v1::Envelope& header, std::string_view payload, std::vector<UniqueFd>& fds);
+    v1::Envelope& publish_header(std::string_view subject);
+    void receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds);
     void handle_control(const v1::Envelope& header, std::string_view payload);
     void register_type(const google::protobuf::Descriptor* type);
     void link_up();
@@ -207,10 +208,12 @@ private:
 
     struct Subscription {
         std::string pattern, queue;
-        MessageHandler handler;
+        std::shared_ptr<MessageHandler> handler; // shared: it may unsubscribe while it runs
     };
     std::unordered_map<std::uint64_t, Subscription> subscriptions_;
     std::unordered_map<std::string, ServeHandler> services_;
+    v1::Envelope publish_header_;
+    std::string publish_payload_;
     // Types described to the current broker, so tools can decode what we send.
     std::unordered_set<const google::protobuf::Descriptor*> registered_types_;
     std::unordered_map<std::uint64_t, std::unique_ptr<Pending>> pending_;

@@ -90,7 +90,7 @@ class ChannelLink final : public Client::Link {
 public:
     ChannelLink(asio::io_context& io, std::weak_ptr<Client> client, std::string path,
                 std::shared_ptr<Channel> channel, ClientOptions options,
-                std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx,
+                std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx,
                 std::function<void()> up, std::function<void(std::error_code)> down)
         : io_(io), client_(std::move(client)), path_(std::move(path)), options_(options),
           rx_(std::move(rx)), up_(std::move(up)), down_(std::move(down)), timer_(io) {
@@ -100,7 +100,7 @@ public:
         timer_.cancel();
         if (channel_) {
             // Its handlers point here: the channel outlives this link for one more loop turn.
-            channel_->on_envelope(nullptr);
+            channel_->on_message(nullptr);
             channel_->on_disconnect(nullptr);
             channel_->disconnect();
         }
@@ -117,8 +117,8 @@ public:
 private:
     void attach(std::shared_ptr<Channel> channel) {
         channel_ = std::move(channel);
-        channel_->on_envelope([this](v1::Envelope& h, std::string_view p,
-                                     std::vector<UniqueFd>& fds) { rx_(h, p, fds); });
+        // The whole envelope, parsed in one pass: unlike a router, a client keeps the payload.
+        channel_->on_message([this](Message& m) { rx_(m.envelope, m.fds); });
         channel_->on_disconnect([this, c = channel_.get()](std::error_code ec) {
             if (c != channel_.get())
                 return;
@@ -150,7 +150,7 @@ private:
     std::weak_ptr<Client> client_;
     std::string path_; // empty: the parent's channel, not reconnectable
     ClientOptions options_;
-    std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx_;
+    std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx_;
     std::function<void()> up_;
     std::function<void(std::error_code)> down_;
     asio::steady_timer timer_;
@@ -161,7 +161,7 @@ class ZmqLink final : public Client::Link {
 public:
     ZmqLink(asio::io_context& io, const std::string& endpoint, std::size_t max_message_size,
             const std::string& server_key,
-            std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx)
+            std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx)
         : socket_(context_, zmq::socket_type::dealer), rx_(std::move(rx)) {
         if (!server_key.empty()) {
             // CURVE with a fresh key pair of our own: the broker authenticates itself to us by
@@ -238,16 +238,15 @@ private:
             } catch (const zmq::error_t&) {
                 return;
             }
-            auto payload = frame::split(msg.to_string_view(), header_);
-            if (!payload)
+            if (!header_.ParseFromArray(msg.data(), static_cast<int>(msg.size())))
                 continue;
-            rx_(header_, payload.value(), no_fds);
+            rx_(header_, no_fds);
         }
     }
 
     zmq::context_t context_{1};
     zmq::socket_t socket_;
-    std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx_;
+    std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx_;
     std::unique_ptr<detail::ZmqWatch> watch_;
     std::deque<zmq::message_t> pending_;
     v1::Envelope header_;
@@ -311,9 +310,9 @@ Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::strin
         return parsed.error();
     std::shared_ptr<Client> client(new Client(io, options));
     std::weak_ptr<Client> weak = client;
-    auto rx = [weak](v1::Envelope& h, std::string_view p, std::vector<UniqueFd>& fds) {
+    auto rx = [weak](v1::Envelope& e, std::vector<UniqueFd>& fds) {
         if (auto c = weak.lock())
-            c->receive(h, p, fds);
+            c->receive(e, fds);
     };
     switch (parsed.value().scheme) {
     case Endpoint::Scheme::ipc:
@@ -371,9 +370,9 @@ Result<std::shared_ptr<Client>> Client::from_parent(asio::io_context& io, Client
     std::weak_ptr<Client> weak = client;
     client->link_ = std::make_unique<ChannelLink>(
         io, weak, std::string(), std::move(channel).value(), options,
-        [weak](v1::Envelope& h, std::string_view p, std::vector<UniqueFd>& fds) {
+        [weak](v1::Envelope& e, std::vector<UniqueFd>& fds) {
             if (auto c = weak.lock())
-                c->receive(h, p, fds);
+                c->receive(e, fds);
         },
         [] {},
         [weak](std::error_code ec) {
@@ -459,25 +458,32 @@ void Client::register_type(const google::protobuf::Descriptor* type) {
 
 bool Client::publish(std::string_view subject, const google::protobuf::Message& message) {
     register_type(message.GetDescriptor());
-    v1::Envelope header;
-    header.set_kind(v1::KIND_PUBLISH);
-    header.set_subject(std::string(subject));
-    header.set_type_url(frame::type_url_of(message));
-    return send(header, message.SerializeAsString(), {});
+    message.SerializeToString(&publish_payload_);
+    auto& header = publish_header(subject);
+    const auto& type = message.GetDescriptor()->full_name();
+    header.mutable_type_url()->reserve(frame::type_url_prefix.size() + type.size());
+    header.mutable_type_url()->assign(frame::type_url_prefix).append(type);
+    return send(header, publish_payload_, {});
 }
 
 bool Client::publish_bytes(std::string_view subject, std::string_view payload) {
-    v1::Envelope header;
-    header.set_kind(v1::KIND_PUBLISH);
-    header.set_subject(std::string(subject));
-    return send(header, payload, {});
+    return send(publish_header(subject), payload, {});
+}
+
+// Publishes reuse one header and one payload buffer (their capacity, that is): a link
+// serializes what it is given before send() returns, so nothing holds on to them.
+v1::Envelope& Client::publish_header(std::string_view subject) {
+    publish_header_.Clear();
+    publish_header_.set_kind(v1::KIND_PUBLISH);
+    publish_header_.set_subject(subject.data(), subject.size());
+    return publish_header_;
 }
 
 std::uint64_t Client::subscribe(std::string_view pattern, MessageHandler handler,
                                 std::string_view queue_group) {
     const std::uint64_t sid = next_id_++;
-    subscriptions_.emplace(
-        sid, Subscription{std::string(pattern), std::string(queue_group), std::move(handler)});
+    subscriptions_.emplace(sid, Subscription{std::string(pattern), std::string(queue_group),
+                                             std::make_shared<MessageHandler>(std::move(handler))});
     v1::Subscribe sub;
     sub.set_sid(sid);
     sub.set_pattern(std::string(pattern));
@@ -637,20 +643,19 @@ void Client::complete(std::uint64_t id, std::error_code ec, Message& message) {
     pending->handler(ec, message);
 }
 
-void Client::receive(v1::Envelope& header, std::string_view payload, std::vector<UniqueFd>& fds) {
+void Client::receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds) {
     last_heard_ = Clock::now();
     auto keep = shared_from_this(); // a handler may drop the last reference
-    if (header.kind() == v1::KIND_CONTROL)
-        return handle_control(header, payload);
-    message_.envelope.Swap(&header);
-    message_.envelope.set_payload(payload.data(), payload.size());
+    if (envelope.kind() == v1::KIND_CONTROL)
+        return handle_control(envelope, envelope.payload());
+    message_.envelope.Swap(&envelope);
     message_.fds = std::move(fds);
     const auto& env = message_.envelope;
     switch (env.kind()) {
     case v1::KIND_PUBLISH:
         if (auto it = subscriptions_.find(env.subscription_id()); it != subscriptions_.end()) {
             auto handler = it->second.handler; // the handler may unsubscribe itself
-            handler(message_);
+            (*handler)(message_);
         }
         break;
     case v1::KIND_REQUEST: {

@@ -52,11 +52,10 @@ void append_split(std::string& out, const v1::Envelope& header, std::string_view
 // The same with the header already serialized (a router serializes it once for all recipients).
 void append_split(std::string& out, std::string_view header, std::string_view payload);
 
-// The body of such a frame without its length prefix: what a ZeroMQ link carries as one
-// message part. split_body_size() bytes, written at `out` by write_split_body().
-std::size_t split_body_size(std::size_t header_bytes, std::size_t payload_size);
-void write_split_body(char* out, std::string_view header, std::string_view payload);
-void write_split_body(char* out, const v1::Envelope& header, std::string_view payload);
+// Takes the first frame off `frames`, a buffer that holds whole frames only (a ZeroMQ message
+// carries one or more): its body, or errc::bad_frame when `frames` does not start with a whole
+// frame whose body is at most `max_body` bytes.
+Result<std::string_view> take_frame(std::string_view& frames, std::size_t max_body);
 
 // Parses a frame body into `header` without its payload field, and returns the payload's bytes
 // in place (a view into `body`). errc::bad_frame when the body is not a valid Envelope.

@@ -138,6 +138,17 @@ struct FieldWriter {
 
 } // namespace
 
+// A message in a ZeroMQ client's batch, and what busd must undo if the batch is refused (the
+// client's queue is full): the counts of a delivery, a slow_consumer notice's report, a
+// request in flight.
+struct Queued {
+    bool delivery = false;             // counted as sent to the client (deliver())
+    std::uint64_t told = 0;            // a slow_consumer notice: the drops it reported
+    v1::SubjectStats* stats = nullptr; // a publish: its subject's counters
+    std::uint64_t request = 0;         // a request: its broker id
+    std::size_t bytes = 0;
+};
+
 struct Broker::Impl {
     // One ROUTER per ZeroMQ transport: ipc:// (peers known by kernel credentials) and tcp://
     // (peers known by CURVE: a socket is a CURVE server for all its connections or none).
@@ -164,6 +175,10 @@ struct Broker::Impl {
         const AccessRule* rule = nullptr; // restrictions, if a rule names it
         std::uint64_t msgs_in = 0, msgs_out = 0, bytes_in = 0, bytes_out = 0, dropped = 0;
         std::uint64_t unreported_drops = 0; // told with the next message it can take
+        // ZeroMQ: what this loop turn sends it, one batch of frames (see flush_zmq)
+        std::string batch;
+        std::vector<Queued> batch_items;
+        bool batch_listed = false; // in Impl::unflushed
         struct Sub {
             std::string pattern, queue;
         };
@@ -235,6 +250,7 @@ struct Broker::Impl {
         v1::SubjectStats* stats = nullptr;
     };
     std::unordered_map<std::string, Route> routes;
+    std::vector<std::uint64_t> unflushed; // ZeroMQ clients with a batch to send
 
     // --- set-up -------------------------------------------------------------------------
 
@@ -309,10 +325,16 @@ struct Broker::Impl {
             auto& router = server->router;
             router = std::make_unique<zmq::socket_t>(zmq_context, zmq::socket_type::router);
             router->set(zmq::sockopt::router_mandatory, 1);
-            router->set(zmq::sockopt::sndhwm, options.limits.client_queue_messages);
-            router->set(zmq::sockopt::rcvhwm, options.limits.client_queue_messages);
+            // ZeroMQ counts messages, which are batches here: as many as client_queue_bytes
+            // holds in full batches, so the bound stays in bytes too.
+            const auto batches = static_cast<int>(std::clamp<std::size_t>(
+                options.limits.client_queue_bytes / detail::zmq_batch_bytes, 16,
+                static_cast<std::size_t>(options.limits.client_queue_messages)));
+            router->set(zmq::sockopt::sndhwm, batches);
+            router->set(zmq::sockopt::rcvhwm, batches);
             router->set(zmq::sockopt::maxmsgsize,
-                        static_cast<int64_t>(options.limits.max_message_size + 64 * 1024));
+                        static_cast<int64_t>(options.limits.max_message_size + 64 * 1024 +
+                                             frame::header_size));
             router->set(zmq::sockopt::linger, 0);
             if (tcp) {
                 // Clients must know the server's public key; without it the handshake fails.
@@ -487,8 +509,8 @@ struct Broker::Impl {
             try {
                 if (!router->recv(identity, zmq::recv_flags::dontwait))
                     return;
-                // Expected: [identity][envelope, payload last]. Anything else is malformed; the
-                // rest of it is drained so the next message starts clean.
+                // Expected: [identity][one or more channel frames]. Anything else is malformed;
+                // the rest of it is drained so the next message starts clean.
                 bool ok = identity.more() && router->recv(body, zmq::recv_flags::dontwait);
                 if (ok && body.more()) {
                     ok = false;
@@ -501,22 +523,35 @@ struct Broker::Impl {
                 c.last_seen = Clock::now();
                 if (!c.allowed)
                     continue;
-                auto payload = ok ? frame::split(body.to_string_view(), zmq_in)
-                                  : Result<std::string_view>(errc::bad_frame);
-                if (!payload || !zmq_in.payload().empty()) {
+                if (!ok) {
                     send_error(c, 0, errc::bad_frame, "malformed message");
                     continue;
                 }
-                std::vector<UniqueFd> no_fds;
-                if (zmq_in.fd_count() != 0) {
-                    send_error(c, zmq_in.id(), errc::fds_not_supported,
-                               "file descriptors need a unix:// link");
-                    continue;
-                }
-                handle(c, zmq_in, payload.value(), no_fds);
+                read_frames(c.num, body.to_string_view());
             } catch (const zmq::error_t&) {
                 return;
             }
+        }
+    }
+
+    // The frames of one ZeroMQ message, in order; a malformed one ends the message.
+    void read_frames(std::uint64_t num, std::string_view frames) {
+        std::vector<UniqueFd> no_fds;
+        while (!frames.empty()) {
+            Client* c = find(num);
+            if (!c)
+                return;
+            auto body = frame::take_frame(frames, options.limits.max_message_size + 64 * 1024);
+            auto payload = body ? frame::split(body.value(), zmq_in)
+                                : Result<std::string_view>(errc::bad_frame);
+            if (!payload || !zmq_in.payload().empty())
+                return send_error(*c, 0, errc::bad_frame, "malformed message");
+            if (zmq_in.fd_count() != 0) {
+                send_error(*c, zmq_in.id(), errc::fds_not_supported,
+                           "file descriptors need a unix:// link");
+                continue;
+            }
+            handle(*c, zmq_in, payload.value(), no_fds);
         }
     }
 
@@ -795,7 +830,7 @@ struct Broker::Impl {
                 return;
             fanout_head.resize(base);
             FieldWriter{fanout_head}.varint_field(12, s.sid);
-            const bool sent = deliver(*to, fanout_head, payload, {});
+            const bool sent = deliver(*to, fanout_head, payload, {}, Queued{.stats = route.stats});
             count(*route.stats, payload.size(), !sent);
         };
         // A delivery never removes a client on the spot (a gone ZeroMQ peer is removed from a
@@ -831,7 +866,7 @@ struct Broker::Impl {
         FieldWriter w{outbound(header_bytes, c, in, v1::KIND_REQUEST)};
         w.varint_field(5, id);
         w.varint_field(11, fds.size());
-        if (!deliver(*server, header_bytes, payload, std::move(fds)))
+        if (!deliver(*server, header_bytes, payload, std::move(fds), Queued{.request = id}))
             return send_error(c, in.id(), errc::service_lost, "instance overloaded");
         ++service.requests;
         in_flight.emplace(id, InFlight{c.num, server->num, in.id(), in.deadline_unix_ns()});
@@ -998,11 +1033,15 @@ struct Broker::Impl {
     // Sends to one client without ever waiting; false when its queue is full (the message is
     // dropped for it alone and counted) or it is gone. `header` is serialized, with an
     // fd_count equal to fds.size().
+    // Sends to one client without ever waiting; false when its queue is full (the message is
+    // dropped for it alone and counted) or it is gone. `header` is serialized, with an
+    // fd_count equal to fds.size().
     bool deliver(Client& to, std::string_view header, std::string_view payload,
-                 std::vector<UniqueFd> fds) {
+                 std::vector<UniqueFd> fds, Queued queued = {}) {
         if (to.unreported_drops && !report_drops(to))
             return drop(to);
-        if (!send_raw(to, header, payload, std::move(fds)))
+        queued.delivery = true;
+        if (!send_raw(to, header, payload, std::move(fds), queued))
             return drop(to);
         ++to.msgs_out;
         to.bytes_out += payload.size();
@@ -1032,14 +1071,18 @@ struct Broker::Impl {
         header.set_source("busd");
         // Its own buffer: this runs in the middle of deliveries that use the shared ones.
         const std::string head = header.SerializeAsString();
-        if (!send_raw(to, head, notice.SerializeAsString(), {}))
+        if (!send_raw(to, head, notice.SerializeAsString(), {},
+                      Queued{.told = to.unreported_drops}))
             return false;
         to.unreported_drops = 0;
         return true;
     }
 
+    // A unix:// client's channel takes the frame or refuses it now. A ZeroMQ client's frame
+    // joins its batch for this loop turn, which flush_zmq() hands to ZeroMQ; a refusal then is
+    // undone message by message (refused()).
     bool send_raw(Client& to, std::string_view header, std::string_view payload,
-                  std::vector<UniqueFd> fds) {
+                  std::vector<UniqueFd> fds, Queued queued = {}) {
         if (!to.zmq) {
             if (!to.channel->connected() ||
                 to.channel->queued_bytes() >= options.limits.client_queue_bytes)
@@ -1047,24 +1090,91 @@ struct Broker::Impl {
             to.channel->send_split(header, payload, std::move(fds));
             return true;
         }
+        // A batch that would outgrow its size goes first; never with the frame being added, so
+        // that a refusal finds the caller's bookkeeping (a request in flight) in place.
+        if (!to.batch.empty() &&
+            to.batch.size() + header.size() + payload.size() + 16 > detail::zmq_batch_bytes)
+            flush_zmq(to);
+        frame::append_split(to.batch, header, payload);
+        queued.bytes = payload.size();
+        to.batch_items.push_back(queued);
+        if (!to.batch_listed) {
+            to.batch_listed = true;
+            if (unflushed.empty())
+                asio::post(io, [this] { flush_all(); });
+            unflushed.push_back(to.num);
+        }
+        return true;
+    }
+
+    void flush_all() {
+        // A refusal sends errors, which may list more clients: by index, not iterator.
+        for (std::size_t i = 0; i < unflushed.size(); ++i) {
+            if (Client* c = find(unflushed[i])) {
+                c->batch_listed = false;
+                flush_zmq(*c);
+            }
+        }
+        unflushed.clear();
+    }
+
+    void flush_zmq(Client& to) {
+        if (to.batch.empty())
+            return;
+        bool sent = false;
         try {
-            zmq::message_t body(frame::split_body_size(header.size(), payload.size()));
-            frame::write_split_body(static_cast<char*>(body.data()), header, payload);
-            // ROUTER checks the peer's queue on the first frame only: if that is accepted,
-            // the other is too.
+            zmq::message_t msg(to.batch.data(), to.batch.size());
+            // ROUTER checks the peer's queue on the first part only: if that is accepted, the
+            // other is too.
             auto& router = *to.server->router;
-            if (!router.send(zmq::buffer(to.routing_id),
-                             zmq::send_flags::sndmore | zmq::send_flags::dontwait))
-                return false;
-            router.send(body, zmq::send_flags::none);
-            to.server->watch->kick();
-            return true;
+            if (router.send(zmq::buffer(to.routing_id),
+                            zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+                router.send(msg, zmq::send_flags::none);
+                to.server->watch->kick();
+                sent = true;
+            }
         } catch (const zmq::error_t& e) {
             if (e.num() == EHOSTUNREACH) {
                 // Gone. Removing it here would pull the client out from under the caller.
                 asio::post(io, [this, num = to.num] { remove_client(num); });
             }
-            return false;
+        }
+        to.batch.clear();
+        std::vector<Queued> items;
+        items.swap(to.batch_items);
+        if (!sent)
+            for (const auto& q : items)
+                refused(to, q);
+        items.clear();
+        if (to.batch_items.empty())
+            to.batch_items.swap(items); // keep the capacity
+    }
+
+    // One message of a batch ZeroMQ refused: dropped for `to` alone, as if refused at once.
+    void refused(Client& to, const Queued& q) {
+        if (q.delivery) {
+            drop(to);
+            --to.msgs_out;
+            to.bytes_out -= q.bytes;
+        }
+        to.unreported_drops += q.told;
+        if (q.stats) {
+            q.stats->set_msgs(q.stats->msgs() - 1);
+            q.stats->set_bytes(q.stats->bytes() - q.bytes);
+            q.stats->set_dropped(q.stats->dropped() + 1);
+        }
+        if (q.request) {
+            auto f = in_flight.find(q.request);
+            if (f == in_flight.end())
+                return;
+            const InFlight flight = f->second;
+            in_flight.erase(f);
+            to.serving.erase(q.request);
+            if (Client* requester = find(flight.requester)) {
+                requester->waiting.erase(q.request);
+                send_error(*requester, flight.client_request_id, errc::service_lost,
+                           "instance overloaded");
+            }
         }
     }
 

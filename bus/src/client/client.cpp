@@ -162,7 +162,8 @@ public:
     ZmqLink(asio::io_context& io, const std::string& endpoint, std::size_t max_message_size,
             const std::string& server_key,
             std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx)
-        : socket_(context_, zmq::socket_type::dealer), rx_(std::move(rx)) {
+        : io_(io), max_frame_(max_message_size + 64 * 1024),
+          socket_(context_, zmq::socket_type::dealer), rx_(std::move(rx)) {
         if (!server_key.empty()) {
             // CURVE with a fresh key pair of our own: the broker authenticates itself to us by
             // its key, and the link is encrypted.
@@ -174,11 +175,12 @@ public:
             socket_.set(zmq::sockopt::curve_secretkey, std::string(secret_key, 40));
         }
         socket_.set(zmq::sockopt::linger, 0);
-        socket_.set(zmq::sockopt::sndhwm, 10000);
+        socket_.set(zmq::sockopt::sndhwm, 1000); // batches
         // What the broker cannot hand over waits in its own bounded queue and is dropped there,
         // counted and reported; a deep queue here would only hide a slow consumer.
-        socket_.set(zmq::sockopt::rcvhwm, 1000);
-        socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(max_message_size + 65536));
+        socket_.set(zmq::sockopt::rcvhwm, 256);
+        socket_.set(zmq::sockopt::maxmsgsize,
+                    static_cast<int64_t>(max_frame_ + frame::header_size));
         socket_.set(zmq::sockopt::reconnect_ivl, 50);
         socket_.set(zmq::sockopt::reconnect_ivl_max, 1000);
         socket_.connect(endpoint);
@@ -190,22 +192,41 @@ public:
 
     bool carries_fds() const override { return false; }
     bool needs_heartbeat_timeout() const override { return true; }
-    // ZeroMQ's own queue (SNDHWM) is the bound; when it is full, messages wait here, in
-    // order, and send() says so, as a channel does past its high-water mark.
+    // What one loop turn sends travels as one ZeroMQ message, a batch of channel frames (ZeroMQ
+    // costs per message, not per byte). Batches go into ZeroMQ's own queue, bounded by SNDHWM;
+    // when it is full they wait here, in order, and send() says so, as a channel does past
+    // its high-water mark.
     Sent send(const v1::Envelope& header, std::string_view payload, Fds) override {
-        // One part: the header with the payload field last, as a channel frame's body.
-        zmq::message_t msg(frame::split_body_size(header.ByteSizeLong(), payload.size()));
-        frame::write_split_body(static_cast<char*>(msg.data()), header, payload);
-        if (pending_.empty() && try_send(msg)) {
-            watch_->kick();
-            return Sent::ok;
+        if (!batch_.empty() &&
+            batch_.size() + header.ByteSizeLong() + payload.size() + 16 > detail::zmq_batch_bytes)
+            flush();
+        frame::append_split(batch_, header, payload);
+        if (!flush_posted_) {
+            flush_posted_ = true;
+            asio::post(io_, [this, alive = std::weak_ptr<void>(alive_)] {
+                if (alive.expired())
+                    return;
+                flush_posted_ = false;
+                flush();
+            });
         }
-        pending_.push_back(std::move(msg));
-        watch_->want_write(true);
-        return Sent::ok_but_full;
+        return pending_.empty() ? Sent::ok : Sent::ok_but_full;
     }
 
 private:
+    void flush() {
+        if (batch_.empty())
+            return;
+        zmq::message_t msg(batch_.data(), batch_.size());
+        batch_.clear();
+        if (pending_.empty() && try_send(msg)) {
+            watch_->kick();
+            return;
+        }
+        pending_.push_back(std::move(msg));
+        watch_->want_write(true);
+    }
+
     bool try_send(zmq::message_t& msg) {
         try {
             return socket_.send(msg, zmq::send_flags::dontwait).has_value();
@@ -238,12 +259,26 @@ private:
             } catch (const zmq::error_t&) {
                 return;
             }
-            if (!header_.ParseFromArray(msg.data(), static_cast<int>(msg.size())))
-                continue;
-            rx_(header_, no_fds);
+            auto alive = std::weak_ptr<void>(alive_); // a handler may close the client
+            for (auto frames = msg.to_string_view(); !frames.empty();) {
+                auto body = frame::take_frame(frames, max_frame_);
+                if (!body)
+                    break; // not from a broker: ignore the rest
+                if (!header_.ParseFromArray(body.value().data(),
+                                            static_cast<int>(body.value().size())))
+                    continue;
+                rx_(header_, no_fds);
+                if (alive.expired())
+                    return;
+            }
         }
     }
 
+    asio::io_context& io_;
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0); // expires with the link
+    std::size_t max_frame_;
+    std::string batch_;
+    bool flush_posted_ = false;
     zmq::context_t context_{1};
     zmq::socket_t socket_;
     std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx_;

@@ -103,10 +103,6 @@ void append_bytes(std::string& out, std::string_view bytes, std::uint32_t fd_cou
     });
 }
 
-std::size_t split_body_size(std::size_t header_bytes, std::size_t payload_size) {
-    return header_bytes + (payload_size == 0 ? 0 : delimited_size(payload_size));
-}
-
 namespace {
 // Writes the payload field after a header that ends at `p`.
 void write_payload_field(std::uint8_t* p, std::string_view payload) {
@@ -115,18 +111,11 @@ void write_payload_field(std::uint8_t* p, std::string_view payload) {
         std::memcpy(p, payload.data(), payload.size());
     }
 }
+
+std::size_t split_body_size(std::size_t header_bytes, std::size_t payload_size) {
+    return header_bytes + (payload_size == 0 ? 0 : delimited_size(payload_size));
+}
 } // namespace
-
-void write_split_body(char* out, std::string_view header, std::string_view payload) {
-    std::memcpy(out, header.data(), header.size());
-    write_payload_field(reinterpret_cast<std::uint8_t*>(out + header.size()), payload);
-}
-
-void write_split_body(char* out, const v1::Envelope& header, std::string_view payload) {
-    header.ByteSizeLong(); // caches the sizes SerializeWithCachedSizes needs
-    write_payload_field(
-        header.SerializeWithCachedSizesToArray(reinterpret_cast<std::uint8_t*>(out)), payload);
-}
 
 void append_split(std::string& out, const v1::Envelope& header, std::string_view payload) {
     const std::size_t body = split_body_size(header.ByteSizeLong(), payload.size());
@@ -143,7 +132,20 @@ void append_split(std::string& out, std::string_view header, std::string_view pa
     const std::size_t start = out.size();
     out.resize(start + header_size + body);
     write_header(out.data() + start, static_cast<std::uint32_t>(body));
-    write_split_body(out.data() + start + header_size, header, payload);
+    std::memcpy(out.data() + start + header_size, header.data(), header.size());
+    write_payload_field(
+        reinterpret_cast<std::uint8_t*>(out.data() + start + header_size + header.size()), payload);
+}
+
+Result<std::string_view> take_frame(std::string_view& frames, std::size_t max_body) {
+    if (frames.size() < header_size)
+        return errc::bad_frame;
+    const std::size_t n = read_header(frames.data());
+    if (n > max_body || n > frames.size() - header_size)
+        return errc::bad_frame;
+    const auto body = frames.substr(header_size, n);
+    frames.remove_prefix(header_size + n);
+    return body;
 }
 
 namespace {

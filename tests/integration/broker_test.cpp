@@ -613,6 +613,55 @@ TEST_P(BrokerTest, SubscriberThatFellBehindIsToldHowManyItLost) {
     EXPECT_GT(got, 0);
 }
 
+// An instance that stops reading: once its bounded queue is full, the requests busd cannot
+// hand it fail at once with service_lost (on ZeroMQ, when the batch holding them is refused),
+// never by silence until their deadline.
+TEST_P(BrokerTest, RequestsAStalledInstanceCannotTakeFailWithServiceLost) {
+    auto requester = connect("requester");
+    auto stalled = child("serve-stall", "stuck.svc");
+    bool ready = false; // it answers one "ready", then stops reading
+    ASSERT_TRUE(run_until(
+        io_,
+        [&] {
+            if (ready)
+                return true;
+            std::optional<std::error_code> result;
+            requester->request_bytes("stuck.svc.ready", "", 1s,
+                                     [&](std::error_code ec, bus::Message&) { result = ec; });
+            run_until(io_, [&] { return result.has_value(); });
+            return ready = result && !*result;
+        },
+        20s));
+    const std::string payload(1024, 'r');
+    // busd says why: "instance overloaded" for a request it could not hand over (as opposed
+    // to the instance going away, which a stalled ZeroMQ client also does, once silent for
+    // three heartbeats).
+    auto detail = [](const bus::Message& m) {
+        for (const auto& h : m.envelope.headers())
+            if (h.key() == "detail")
+                return h.value();
+        return std::string();
+    };
+    int overloaded = 0, other = 0;
+    constexpr int n = 12000; // 12 MB: past every queue between busd and the stalled instance
+    for (int i = 0; i < n && overloaded == 0; ++i) {
+        requester->request_bytes("stuck.svc", payload, 60s,
+                                 [&](std::error_code ec, bus::Message& m) {
+                                     if (ec != bus::errc::service_lost)
+                                         ++other;
+                                     else if (detail(m) == "instance overloaded")
+                                         ++overloaded;
+                                 });
+        if (i % 200 == 199)
+            run_until(
+                io_, [] { return false; }, 10ms);
+    }
+    ASSERT_TRUE(run_until(
+        io_, [&] { return overloaded > 0; }, 20s))
+        << "no request failed as overloaded";
+    EXPECT_EQ(other, 0); // no timeout, no other error
+}
+
 TEST_P(BrokerTest, RequesterKilledMidRequestCostsTheServiceNothing) {
     auto server = connect("server");
     std::vector<bus::Responder> held;
@@ -1040,6 +1089,23 @@ int child_main(const std::string& mode, const std::string& endpoint, const std::
         };
         burst();
         io.run();
+        return 0;
+    }
+    if (mode == "serve-stall") {
+        // Answers one "<arg>.ready" (so the test knows it serves), then never reads again.
+        bool ready = false;
+        c->serve(arg + ".ready", [&](bus::Message&, bus::Responder& r) {
+            r.reply_bytes("yes");
+            ready = true;
+        });
+        c->serve(arg, [](bus::Message&, bus::Responder&) {});
+        while (!ready && io.run_one()) {
+        }
+        bool flushed = false; // the reply is on its way
+        c->flush([&](std::error_code) { flushed = true; });
+        while (!flushed && io.run_one()) {
+        }
+        ::pause();
         return 0;
     }
     if (mode == "serve-hold") {

@@ -10,6 +10,7 @@
 #include <bus/child_process.hpp>
 #include <bus/client.hpp>
 #include <bus/frame.hpp>
+#include <bus/shm_queue.hpp>
 #include <bus/v1/broker.pb.h>
 #include <bus/v1/cluster.pb.h>
 
@@ -510,6 +511,55 @@ TEST_P(BrokerTest, SentTypesAreRegisteredSoToolsCanDecodeThem) {
                         [&](std::error_code ec, bus::Message&) { unknown = ec; });
     ASSERT_TRUE(run_until(io_, [&] { return unknown.has_value(); }));
     EXPECT_EQ(*unknown, bus::errc::no_responders);
+}
+
+// busd lists the shared-memory queues its clients announce, with figures read from the
+// segment (the records never pass through it), and forgets them with their client.
+TEST_P(BrokerTest, AnnouncedQueuesAreListedWithTheirDepthAndForgottenWithTheirClient) {
+    const std::string name = "bus-test-queue-" + std::to_string(::getpid()) + "-" + GetParam();
+    struct Unlink {
+        std::string name;
+        ~Unlink() { bus::shm::remove(name, true); } // even when an assertion fails
+    } unlink{name};
+    auto queue = bus::shm::Queue::create(name, 4096);
+    ASSERT_TRUE(queue) << queue.error().message();
+    for (int i = 0; i < 3; ++i)
+        ASSERT_FALSE(queue.value().try_push(beat(static_cast<std::uint64_t>(i))));
+
+    auto owner = connect("owner");
+    auto viewer = connect("viewer");
+    owner->announce_queue(name);
+    owner->announce_queue("not a valid name!"); // refused with an error, not kept
+    flush(owner);
+    auto queues = [&] {
+        std::optional<bus::v1::QueueList> list;
+        viewer->request("$sys.queues", beat(0), 5s, [&](std::error_code ec, bus::Message& m) {
+            ASSERT_FALSE(ec) << ec.message();
+            list = m.as<bus::v1::QueueList>().value();
+        });
+        EXPECT_TRUE(run_until(io_, [&] { return list.has_value(); }));
+        return list.value_or(bus::v1::QueueList{});
+    };
+    auto list = queues();
+    ASSERT_EQ(list.queues_size(), 1);
+    const auto& q = list.queues(0);
+    EXPECT_EQ(q.name(), name);
+    EXPECT_EQ(q.client_id(), owner->id());
+    EXPECT_EQ(q.error(), "");
+    EXPECT_EQ(q.mode(), "spsc");
+    EXPECT_EQ(q.depth_records(), 3u);
+    EXPECT_EQ(q.produced(), 3u);
+    EXPECT_EQ(q.consumed(), 0u);
+    EXPECT_GE(q.capacity(), 4096u);
+    EXPECT_EQ(q.owner_pid(), static_cast<std::uint32_t>(::getpid()));
+    EXPECT_TRUE(q.owner_alive());
+
+    // Gone with its client (a unix:// client at once; ZeroMQ's after its heartbeat or at the
+    // next probe).
+    clients_.erase(std::find(clients_.begin(), clients_.end(), owner));
+    owner.reset();
+    ASSERT_TRUE(run_until(
+        io_, [&] { return queues().queues_size() == 0; }, 20s));
 }
 
 TEST_P(BrokerTest, ConnectAndDisconnectAreAnnounced) {

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -144,6 +145,12 @@ public:
     void serve(std::string_view service, ServeHandler handler);
     void unserve(std::string_view service);
 
+    // Tells the broker about a shared-memory queue (bus::shm::Queue) this program uses, so that
+    // `bus ls queues` ($sys.queues) shows it with its depth and counters, read from the
+    // segment. The records never pass through the broker. Kept across reconnects; forgotten
+    // when this client disconnects.
+    void announce_queue(std::string_view name);
+
     // To one client, by the id the broker gave it (Message::envelope.source()).
     void send_to(std::string_view client_id, const google::protobuf::Message& message,
                  Fds fds = {});
@@ -212,6 +219,7 @@ private:
     };
     std::unordered_map<std::uint64_t, Subscription> subscriptions_;
     std::unordered_map<std::string, ServeHandler> services_;
+    std::set<std::string> queues_; // announced
     v1::Envelope publish_header_;
     std::string publish_payload_;
     // Types described to the current broker, so tools can decode what we send.

@@ -19,6 +19,7 @@
 #include "bus/channel.hpp"
 #include "bus/endpoint.hpp"
 #include "bus/frame.hpp"
+#include "bus/shm_queue.hpp"
 #include "bus/subject.hpp"
 
 #include <boost/asio/local/stream_protocol.hpp>
@@ -45,7 +46,8 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* version = "0.1.0";
 constexpr std::size_t max_subject_stats = 4096;
 constexpr std::size_t max_routes = 4096; // subjects whose routes are cached
-constexpr int zmq_batch = 256;           // messages received per wake-up before yielding
+constexpr std::size_t max_queues_per_client = 256;
+constexpr int zmq_batch = 256; // messages received per wake-up before yielding
 
 std::int64_t now_unix_ns() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -184,6 +186,7 @@ struct Broker::Impl {
         };
         std::unordered_map<std::uint64_t, Sub> subs;
         std::set<std::string> services;
+        std::set<std::string> queues;    // shared-memory queues it announced
         std::set<std::uint64_t> serving; // broker request ids this client must answer
         std::set<std::uint64_t> waiting; // broker request ids this client waits for
     };
@@ -691,6 +694,16 @@ struct Broker::Impl {
         }
         if (op == "register_type")
             return register_type(c, in, body);
+        if (op == "queue") {
+            v1::QueueAnnounce queue;
+            if (!queue.ParseFromArray(body.data(), static_cast<int>(body.size())) ||
+                !shm::valid_name(queue.name()))
+                return send_error(c, in.id(), errc::bad_frame, "bad queue announcement");
+            if (c.queues.size() >= max_queues_per_client)
+                return send_error(c, in.id(), errc::forbidden, "queue limit");
+            c.queues.insert(queue.name());
+            return;
+        }
         if (op == "serve" || op == "unserve") {
             v1::Serve serve;
             if (!serve.ParseFromArray(body.data(), static_cast<int>(body.size())))
@@ -934,6 +947,36 @@ struct Broker::Impl {
         return i;
     }
 
+    // Read from the queue's segment header, as `bus shm ls` does; the records stay where they
+    // are.
+    static v1::QueueInfo queue_info(const std::string& name, const std::string& client_id) {
+        v1::QueueInfo q;
+        q.set_name(name);
+        q.set_client_id(client_id);
+        auto found = shm::inspect(name);
+        if (!found) {
+            q.set_error(found.error().message());
+            return q;
+        }
+        const auto& i = found.value();
+        if (i.error) {
+            q.set_error(i.error.message());
+            return q;
+        }
+        q.set_mode(i.mode == shm::Mode::mpsc ? "mpsc" : "spsc");
+        q.set_capacity(i.stats.capacity);
+        q.set_depth_bytes(i.stats.depth_bytes);
+        q.set_depth_records(i.stats.depth_records);
+        q.set_produced(i.stats.produced);
+        q.set_consumed(i.stats.consumed);
+        q.set_skipped(i.stats.skipped);
+        q.set_owner_pid(static_cast<std::uint32_t>(i.owner_pid));
+        q.set_owner_alive(i.owner_alive);
+        q.set_producers(static_cast<std::uint32_t>(i.producers));
+        q.set_consumer(i.consumer);
+        return q;
+    }
+
     v1::BrokerStats make_stats() const {
         v1::BrokerStats s;
         s.set_version(version);
@@ -997,6 +1040,12 @@ struct Broker::Impl {
             auto set = std::make_unique<google::protobuf::FileDescriptorSet>();
             set->ParseFromString(it->second.descriptor_set);
             answer = std::move(set);
+        } else if (what == "$sys.queues") {
+            auto list = std::make_unique<v1::QueueList>();
+            for (const auto& [num, client] : clients)
+                for (const auto& name : client->queues)
+                    *list->add_queues() = queue_info(name, client->id);
+            answer = std::move(list);
         } else if (what == "$sys.stats") {
             answer = std::make_unique<v1::BrokerStats>(make_stats());
         } else {

@@ -777,6 +777,19 @@ void Client::register_everything() {
         s.set_service(name);
         send_control("serve", &s);
     }
+    for (const auto& name : queues_) {
+        v1::QueueAnnounce q;
+        q.set_name(name);
+        send_control("queue", &q);
+    }
+}
+
+void Client::announce_queue(std::string_view name) {
+    if (!queues_.emplace(name).second)
+        return;
+    v1::QueueAnnounce q;
+    q.set_name(std::string(name));
+    send_control("queue", &q);
 }
 
 void Client::link_up() {

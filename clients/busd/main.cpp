@@ -161,6 +161,9 @@ int main(int argc, char** argv) {
     }
 
     boost::asio::io_context io;
+    // Before the endpoints exist: a SIGTERM as soon as a client can connect is a clean stop
+    // (the set keeps a signal that arrives before the wait below).
+    boost::asio::signal_set signals(io, SIGINT, SIGTERM);
     std::string failed;
     auto broker = bus::broker::Broker::start(io, options, &failed);
     if (!broker) {
@@ -188,7 +191,6 @@ int main(int argc, char** argv) {
         ::close(ready);
     }
 
-    boost::asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](boost::system::error_code ec, int signal) {
         if (ec)
             return;

@@ -556,11 +556,21 @@ void Channel::on_readable() {
         } else {
             frames_.commit(static_cast<std::size_t>(n));
         }
-        if (auto ec = node ? drain(lines_, &Channel::deliver_node)
-                           : drain(frames_, &Channel::deliver_frame))
+        delivering_ = true;
+        const auto ec = node ? drain(lines_, &Channel::deliver_node)
+                             : drain(frames_, &Channel::deliver_frame);
+        delivering_ = false;
+        if (ec)
             return fail(ec);
         if (state_ == State::closed)
             return;
+        if (flush_after_delivery_) {
+            // What the handlers sent leaves now, in one sendmsg, without a turn of the loop.
+            flush_after_delivery_ = false;
+            flush();
+            if (state_ == State::closed)
+                return;
+        }
         // Every frame that began in this read has claimed its fds; any left have no frame.
         if (!received_fds_.empty() && !(node ? lines_.mid_frame() : frames_.mid_frame()))
             return fail(errc::unexpected_fds);

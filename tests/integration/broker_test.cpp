@@ -374,6 +374,23 @@ TEST_P(BrokerTest, RequestNobodyAnswersTimesOut) {
                           [&](std::error_code ec, bus::Message&) { result = ec; });
     ASSERT_TRUE(run_until(io_, [&] { return result.has_value(); }));
     EXPECT_EQ(*result, bus::errc::timeout);
+
+    // One timer serves every deadline: calls time out in deadline order, whatever order they
+    // were made in, and one that is answered in time is not timed out.
+    server->serve("answered", [](bus::Message&, bus::Responder& r) { r.reply_bytes("!"); });
+    flush(server);
+    std::vector<std::string> order;
+    auto note = [&](std::string name) {
+        return [&, name](std::error_code ec, bus::Message&) {
+            order.push_back(name + (ec == bus::errc::timeout ? ":timeout" : ec ? ":error" : ":ok"));
+        };
+    };
+    caller->request_bytes("silent", "?", 1500ms, note("c"));
+    caller->request_bytes("silent", "?", 200ms, note("a"));
+    caller->request_bytes("answered", "?", 5s, note("ok"));
+    caller->request_bytes("silent", "?", 700ms, note("b"));
+    ASSERT_TRUE(run_until(io_, [&] { return order.size() == 4; }));
+    EXPECT_EQ(order, (std::vector<std::string>{"ok:ok", "a:timeout", "b:timeout", "c:timeout"}));
 }
 
 TEST_P(BrokerTest, ServiceKilledWhileHoldingARequestGivesServiceLost) {

@@ -188,6 +188,7 @@ private:
     void send_request(std::string_view service, std::string_view type_url, std::string_view payload,
                       std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds);
     v1::Envelope& publish_header(std::string_view subject);
+    void arm_deadline_timer(std::chrono::steady_clock::time_point when);
     void receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds);
     void handle_control(const v1::Envelope& header, std::string_view payload);
     void register_type(const google::protobuf::Descriptor* type);
@@ -225,6 +226,9 @@ private:
     // Types described to the current broker, so tools can decode what we send.
     std::unordered_set<const google::protobuf::Descriptor*> registered_types_;
     std::unordered_map<std::uint64_t, std::unique_ptr<Pending>> pending_;
+    std::set<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>> deadlines_;
+    std::unique_ptr<boost::asio::steady_timer> deadline_timer_;
+    std::chrono::steady_clock::time_point armed_for_ = std::chrono::steady_clock::time_point::max();
     MessageHandler on_direct_;
     EventHandler on_event_;
     Message message_; // reused for deliveries

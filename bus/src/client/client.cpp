@@ -293,8 +293,7 @@ private:
 
 struct Client::Pending {
     ReplyHandler handler;
-    asio::steady_timer timer;
-    Pending(asio::io_context& io, ReplyHandler h) : handler(std::move(h)), timer(io) {}
+    Clock::time_point deadline;
 };
 
 void Responder::reply(const google::protobuf::Message& message, Fds fds) {
@@ -328,6 +327,8 @@ Client::~Client() {
     closed_ = true;
     if (heartbeat_timer_)
         heartbeat_timer_->cancel();
+    if (deadline_timer_)
+        deadline_timer_->cancel();
     link_.reset();
 }
 
@@ -565,21 +566,37 @@ void Client::request_bytes(std::string_view service, std::string_view payload,
 }
 
 // A call awaiting its answer, completed by complete(): with the answer, with an error, or
-// with errc::timeout when its timer fires first.
+// with errc::timeout at its deadline. One timer serves every deadline: armed for the earliest,
+// never cancelled when a call completes (that would cost a trip through the loop per call);
+// when it fires it times out what is due and re-arms for the next.
 std::uint64_t Client::add_pending(ReplyHandler handler, std::chrono::milliseconds timeout) {
     const std::uint64_t id = next_id_++;
-    auto pending = std::make_unique<Pending>(io_, std::move(handler));
-    pending->timer.expires_after(timeout);
-    pending->timer.async_wait([weak = weak_from_this(), id](boost::system::error_code ec) {
-        if (ec)
-            return;
-        if (auto c = weak.lock()) {
-            Message empty;
-            c->complete(id, errc::timeout, empty);
-        }
-    });
-    pending_.emplace(id, std::move(pending));
+    const auto deadline = Clock::now() + timeout;
+    pending_.emplace(id, std::make_unique<Pending>(Pending{std::move(handler), deadline}));
+    deadlines_.emplace(deadline, id);
+    if (deadline < armed_for_)
+        arm_deadline_timer(deadline);
     return id;
+}
+
+void Client::arm_deadline_timer(Clock::time_point when) {
+    if (!deadline_timer_)
+        deadline_timer_ = std::make_unique<asio::steady_timer>(io_);
+    armed_for_ = when;
+    deadline_timer_->expires_at(when);
+    deadline_timer_->async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+        auto c = weak.lock();
+        if (ec || !c)
+            return; // re-armed for an earlier deadline, or closed
+        c->armed_for_ = Clock::time_point::max();
+        const auto now = Clock::now();
+        while (!c->deadlines_.empty() && c->deadlines_.begin()->first <= now) {
+            Message empty;
+            c->complete(c->deadlines_.begin()->second, errc::timeout, empty);
+        }
+        if (!c->deadlines_.empty() && c->deadlines_.begin()->first < c->armed_for_)
+            c->arm_deadline_timer(c->deadlines_.begin()->first);
+    });
 }
 
 void Client::send_request(std::string_view service, std::string_view type_url,
@@ -674,7 +691,7 @@ void Client::complete(std::uint64_t id, std::error_code ec, Message& message) {
         return; // already completed (timed out, then the reply came)
     auto pending = std::move(it->second);
     pending_.erase(it);
-    pending->timer.cancel();
+    deadlines_.erase({pending->deadline, id});
     pending->handler(ec, message);
 }
 
@@ -814,11 +831,10 @@ void Client::link_down(std::error_code ec) {
 void Client::fail_pending(std::error_code ec) {
     auto pending = std::move(pending_);
     pending_.clear();
+    deadlines_.clear();
     Message empty;
-    for (auto& [id, p] : pending) {
-        p->timer.cancel();
+    for (auto& [id, p] : pending)
         p->handler(ec, empty);
-    }
 }
 
 void Client::heartbeat() {

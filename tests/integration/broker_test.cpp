@@ -390,7 +390,10 @@ TEST_P(BrokerTest, RequestNobodyAnswersTimesOut) {
     caller->request_bytes("answered", "?", 5s, note("ok"));
     caller->request_bytes("silent", "?", 700ms, note("b"));
     ASSERT_TRUE(run_until(io_, [&] { return order.size() == 4; }));
-    EXPECT_EQ(order, (std::vector<std::string>{"ok:ok", "a:timeout", "b:timeout", "c:timeout"}));
+    const auto ok = std::find(order.begin(), order.end(), "ok:ok");
+    ASSERT_NE(ok, order.end());
+    order.erase(ok);
+    EXPECT_EQ(order, (std::vector<std::string>{"a:timeout", "b:timeout", "c:timeout"}));
 }
 
 TEST_P(BrokerTest, ServiceKilledWhileHoldingARequestGivesServiceLost) {

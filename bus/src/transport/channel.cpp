@@ -20,6 +20,12 @@
 namespace bus {
 namespace {
 
+// While a channel delivers a read, the other channels its handlers send on (a router's
+// forwards) are listed here rather than flushed from a posted handler: the delivering channel
+// flushes them when its delivery ends, without another turn of the loop. One list per thread,
+// since a loop runs handlers on the thread that runs it.
+thread_local std::vector<std::weak_ptr<Channel>>* deferred_flushes = nullptr;
+
 // The kernel's SCM_MAX_FD: the most descriptors one sendmsg/recvmsg can carry.
 constexpr std::size_t max_fds_per_syscall = 253;
 // Reads per wake-up before yielding to other handlers on the loop.
@@ -280,6 +286,10 @@ void Channel::schedule_flush() {
     if (flush_scheduled_)
         return;
     flush_scheduled_ = true;
+    if (deferred_flushes) {
+        deferred_flushes->push_back(weak_from_this());
+        return;
+    }
     asio::post(socket_.get_executor(), [weak = weak_from_this()] {
         if (auto self = weak.lock()) {
             self->flush_scheduled_ = false;
@@ -556,16 +566,26 @@ void Channel::on_readable() {
         } else {
             frames_.commit(static_cast<std::size_t>(n));
         }
+        std::vector<std::weak_ptr<Channel>> others;
+        auto* const outer = std::exchange(deferred_flushes, &others);
         delivering_ = true;
-        const auto ec = node ? drain(lines_, &Channel::deliver_node)
-                             : drain(frames_, &Channel::deliver_frame);
+        const auto ec =
+            node ? drain(lines_, &Channel::deliver_node) : drain(frames_, &Channel::deliver_frame);
         delivering_ = false;
+        deferred_flushes = outer;
+        // What the handlers sent, here and on other channels, leaves now, one sendmsg per
+        // channel, without a turn of the loop.
+        for (const auto& weak : others) {
+            if (auto other = weak.lock()) {
+                other->flush_scheduled_ = false;
+                other->flush();
+            }
+        }
         if (ec)
             return fail(ec);
         if (state_ == State::closed)
             return;
         if (flush_after_delivery_) {
-            // What the handlers sent leaves now, in one sendmsg, without a turn of the loop.
             flush_after_delivery_ = false;
             flush();
             if (state_ == State::closed)

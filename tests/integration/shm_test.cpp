@@ -14,6 +14,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -134,7 +135,11 @@ int fail(const std::string& what) {
     return 1;
 }
 
+// BUS_SHM_TEST_START_DELAY_MS=N: a child sleeps that long before it opens the queue, as one
+// that is slow to start on a loaded machine (exec, dynamic linking, a busy CPU) would.
 shm::Queue open_retrying(const std::string& name, shm::Role role) {
+    if (const char* delay = std::getenv("BUS_SHM_TEST_START_DELAY_MS"))
+        std::this_thread::sleep_for(std::chrono::milliseconds(std::atoll(delay)));
     // The parent may not have created it yet.
     for (int i = 0;; ++i) {
         auto q = shm::Queue::open(name, role);
@@ -233,6 +238,27 @@ int child_reserve_and_die(const std::vector<std::string>& a) {
     return 1;
 }
 
+// push-and-die NAME ID COUNT: COUNT records from producer ID, then reserves one more, writes
+// half of it, and dies between reserve() and commit().
+int child_push_and_die(const std::vector<std::string>& a) {
+    auto q = open_retrying(a[0], shm::Role::producer);
+    const auto id = static_cast<std::uint32_t>(std::stoul(a[1]));
+    const std::uint64_t count = std::stoull(a[2]);
+    for (std::uint64_t seq = 0; seq < count; ++seq) {
+        auto slot = q.try_reserve(bus::test::record_size(id, seq, 400));
+        if (!slot)
+            return fail("reserve: " + slot.error().message());
+        bus::test::write_record(slot.value(), id, seq);
+        q.commit();
+    }
+    auto slot = q.try_reserve(bus::test::record_size(id, count, 400));
+    if (!slot)
+        return fail("reserve: " + slot.error().message());
+    bus::test::write_record(slot.value().first(slot.value().size() / 2), id, count);
+    ::raise(SIGKILL);
+    return 1;
+}
+
 // create-push-die NAME: creates the queue, leaves a record in it, and dies.
 int child_create_push_die(const std::vector<std::string>& a) {
     auto q = shm::Queue::create(a[0], 4096);
@@ -255,6 +281,8 @@ int child_main(const std::string& mode, const std::vector<std::string>& args) {
             return child_count(args);
         if (mode == "reserve-and-die")
             return child_reserve_and_die(args);
+        if (mode == "push-and-die")
+            return child_push_and_die(args);
         if (mode == "create-push-die")
             return child_create_push_die(args);
     } catch (const std::exception& e) {
@@ -317,6 +345,18 @@ Drained drain(shm::Queue& q, bus::test::SequenceCheck& order, std::uint64_t limi
         ++d.records;
     }
     return d;
+}
+
+// Waits until a live process holds the other end of `q`: a child just started has not
+// necessarily attached yet, and until it has, a wait on `q` may report the one before it dead.
+bool wait_attached(const shm::Queue& q, std::chrono::milliseconds timeout = 10s) {
+    const auto end = Clock::now() + timeout;
+    while (!q.peer_alive()) {
+        if (Clock::now() >= end)
+            return false;
+        std::this_thread::sleep_for(1ms);
+    }
+    return true;
 }
 
 TEST_F(ShmProcesses, SpscMillionRecordsNothingLostNothingDuplicated) {
@@ -416,11 +456,42 @@ TEST_F(ShmProcesses, KilledSpscProducerLeavesWholeRecordsAndTheConsumerPeerDead)
     Child last({"produce", name_, std::to_string(rounds), "1000", "400", "20000"});
     auto d = drain(q, order, 1000);
     EXPECT_EQ(d.error, "");
-    EXPECT_EQ(d.records, 1000u);
+    EXPECT_EQ(d.records, 1000u) << "front: " << d.last.message();
     EXPECT_TRUE(last.exited_zero());
     EXPECT_EQ(q.stats().skipped, 0u);
     std::printf("[          ] %llu records over %d killed producers\n",
                 static_cast<unsigned long long>(total), rounds);
+}
+
+TEST_F(ShmProcesses, SpscProducerKilledMidRecordIsReplacedOnceTheNextAttaches) {
+    auto q = create(shm::Mode::spsc, shm::Role::consumer);
+    bus::test::SequenceCheck order(2);
+    // Killed between reserve() and commit(), half-way through writing its 11th record.
+    Child dying({"push-and-die", name_, "0", "10"});
+    ASSERT_TRUE(dying.wait());
+    ASSERT_TRUE(WIFSIGNALED(*dying.wait()));
+    auto d = drain(q, order, ~std::uint64_t{0}, 5s);
+    EXPECT_EQ(d.error, "");
+    EXPECT_EQ(d.records, 10u); // the half-written record was never published
+    EXPECT_EQ(d.last, bus::errc::peer_dead);
+    // A replacement that is slow to start (as any is on a loaded machine). Until it attaches,
+    // the producer has died and nobody has taken its place: a wait says so, at once, however
+    // long its timeout. This is what a test that drains right after starting a producer must
+    // allow for.
+    Child next({"produce", name_, "1", "1000", "400", "20000"},
+               {"BUS_SHM_TEST_START_DELAY_MS=500"});
+    auto early = q.front(5s);
+    ASSERT_FALSE(early);
+    EXPECT_EQ(early.error(), bus::errc::peer_dead);
+    // Once it has attached, waits are for its records again, written over the dead one's half
+    // record; nothing is skipped.
+    ASSERT_TRUE(wait_attached(q));
+    d = drain(q, order, 1000);
+    EXPECT_EQ(d.error, "");
+    EXPECT_EQ(d.records, 1000u) << "front: " << d.last.message();
+    EXPECT_TRUE(next.exited_zero());
+    EXPECT_EQ(q.stats().skipped, 0u);
+    EXPECT_EQ(q.try_front().error(), bus::errc::empty);
 }
 
 TEST_F(ShmProcesses, KilledMpscProducersAreSkippedAndTheOthersCarryOn) {

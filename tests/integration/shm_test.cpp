@@ -259,6 +259,13 @@ int child_push_and_die(const std::vector<std::string>& a) {
     return 1;
 }
 
+// attach NAME ROLE: opens the queue as ROLE (producer or consumer) and waits to be killed.
+int child_attach(const std::vector<std::string>& a) {
+    auto q = open_retrying(a[0], a[1] == "producer" ? shm::Role::producer : shm::Role::consumer);
+    for (;;)
+        ::pause();
+}
+
 // create-push-die NAME: creates the queue, leaves a record in it, and dies.
 int child_create_push_die(const std::vector<std::string>& a) {
     auto q = shm::Queue::create(a[0], 4096);
@@ -281,6 +288,8 @@ int child_main(const std::string& mode, const std::vector<std::string>& args) {
             return child_count(args);
         if (mode == "reserve-and-die")
             return child_reserve_and_die(args);
+        if (mode == "attach")
+            return child_attach(args);
         if (mode == "push-and-die")
             return child_push_and_die(args);
         if (mode == "create-push-die")
@@ -496,6 +505,44 @@ TEST_F(ShmProcesses, SpscProducerKilledMidRecordIsReplacedOnceTheNextAttaches) {
     EXPECT_TRUE(next.exited_zero());
     EXPECT_EQ(q.stats().skipped, 0u);
     EXPECT_EQ(q.try_front().error(), bus::errc::empty);
+}
+
+// Kills a peer the moment the other end sees it (peer_alive()), which is as early in its
+// attach as a kill can land and still leave a peer that was seen: the survivor's wait must say
+// peer_dead, not wait out its timeout for a peer that left nothing behind. A fresh queue each
+// time: a dead slot left by an earlier kill would say peer_dead whatever the last one left.
+TEST_F(ShmProcesses, PeerKilledTheMomentItIsSeenAttachedIsSeenDead) {
+    for (auto survivor : {shm::Role::producer, shm::Role::consumer}) {
+        const bool producer = survivor == shm::Role::producer;
+        for (int attempt = 0; attempt < 20; ++attempt) {
+            auto q = create(shm::Mode::spsc, survivor, 4096);
+            q.set_spin(0ns);
+            if (producer) {
+                const char fill[] = "fill";
+                while (!q.try_push(std::as_bytes(std::span(fill)))) {
+                }
+            }
+            Child peer({"attach", name_, producer ? "consumer" : "producer"});
+            const auto give_up = Clock::now() + 10s;
+            while (!q.peer_alive() && Clock::now() < give_up) {
+            }
+            ASSERT_TRUE(q.peer_alive());
+            peer.kill();
+            const auto start = Clock::now();
+            std::error_code ec;
+            if (producer) {
+                auto r = q.reserve(64, 3s);
+                ec = r ? std::error_code{} : r.error();
+            } else {
+                auto r = q.front(3s);
+                ec = r ? std::error_code{} : r.error();
+            }
+            EXPECT_EQ(ec, bus::errc::peer_dead)
+                << (producer ? "producer" : "consumer") << " survivor, attempt " << attempt;
+            EXPECT_LT(Clock::now() - start, 1s);
+            (void)shm::remove(name_, true); // the next attempt creates it afresh
+        }
+    }
 }
 
 TEST_F(ShmProcesses, KilledMpscProducersAreSkippedAndTheOthersCarryOn) {

@@ -408,6 +408,19 @@ std::error_code Queue::Impl::attach() {
         return ec;
     }
 
+    // An exclusive end (the consumer; the producer of an spsc queue) is now the only handle of
+    // its role, so nobody of that role waits: waiting words still up were left by a
+    // predecessor killed asleep in a wait. producers_waiting is a count that nobody else
+    // would ever bring down, and while it is up every release() on the other side pays a
+    // wake-up (a locked RMW and a futex syscall) for nobody.
+    if (role == Role::consumer) {
+        ctrl->consumer_waiting.store(0, std::memory_order_relaxed);
+        ctrl->consumer_notify.store(0, std::memory_order_relaxed);
+    } else if (mode == Mode::spsc) {
+        ctrl->producers_waiting.store(0, std::memory_order_relaxed);
+        ctrl->producers_async.store(0, std::memory_order_relaxed);
+    }
+
     // Slots of our role whose owners died: we replace them, so waiters on the other side stop
     // reporting peer_dead. Their claims in the ring stay recognizably dead (lock free).
     for (std::size_t i = 0; i < max_peers; ++i) {

@@ -348,6 +348,41 @@ TEST_F(ShmQueue, ReservationLockOfADeadHolderIsTakenOver) {
     ::munmap(map, size);
 }
 
+TEST_F(ShmQueue, WaitingWordsOfADeadExclusiveEndAreClearedByItsSuccessor) {
+    // An spsc producer and a consumer were SIGKILLed asleep in reserve() and front(): their
+    // announcements stay up, and would cost every release()/commit() a wake-up for nobody.
+    auto c = create(4096, [] {
+        shm::CreateOptions o;
+        o.role = shm::Role::consumer;
+        return o;
+    }());
+    const int fd = ::shm_open(("/bus." + name_).c_str(), O_RDWR | O_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    const std::size_t size = bus::shm::detail::control_size();
+    void* map = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    ASSERT_NE(map, MAP_FAILED);
+    auto* ctrl = static_cast<bus::shm::detail::Control*>(map);
+    ctrl->producers_waiting.store(2);
+    ctrl->producers_async.store(1);
+    {
+        auto p = open(shm::Role::producer);
+        EXPECT_EQ(ctrl->producers_waiting.load(), 0u);
+        EXPECT_EQ(ctrl->producers_async.load(), 0u);
+        ASSERT_FALSE(p.try_push(bytes("kept")));
+    }
+    {
+        shm::Queue gone = std::move(c); // the consumer leaves ...
+    }
+    ctrl->consumer_waiting.store(bus::shm::detail::waiting_sync | bus::shm::detail::waiting_async);
+    ctrl->consumer_notify.store(12345);
+    auto next = open(shm::Role::consumer); // ... and the next one clears what a dead one left
+    EXPECT_EQ(ctrl->consumer_waiting.load(), 0u);
+    EXPECT_EQ(ctrl->consumer_notify.load(), 0u);
+    EXPECT_EQ(text(next.try_front().value()), "kept");
+    ::munmap(map, size);
+}
+
 // --- the segment ----------------------------------------------------------------------------
 
 TEST_F(ShmQueue, SegmentIs0600ByDefaultAnd0660ForAGroup) {

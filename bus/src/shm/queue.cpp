@@ -41,8 +41,10 @@
 // - Consumer dies: head only moves on release(), so a record it was reading is delivered
 //   again to the next consumer; committed records stay.
 // - Waiters: "the other side died" = no live process holds the other role's lock byte, and a
-//   slot of that role is still marked attached (a clean detach marks it free first). A new
-//   peer of the same role reaps such slots when it attaches, so waits go back to normal.
+//   slot of that role is still marked attached (a clean detach marks it free first) with its
+//   byte lock free. A peer marks its slot attached before it takes its role's lock, so one
+//   killed while attaching is seen dead too, and one still attaching (slot locked) is not. A
+//   new peer of the same role reaps dead slots when it attaches, so waits go back to normal.
 //
 // MEMORY ORDERING AND THE FUTEX. A waiter sleeps on a futex word (data_seq for the consumer,
 // space_seq for producers) after announcing itself in a waiting word (consumer_waiting,
@@ -357,16 +359,15 @@ std::error_code Queue::Impl::attach() {
     consumer_waiting = &ctrl->consumer_waiting;
     producers_waiting = &ctrl->producers_waiting;
     const int f = fd.get();
-    std::error_code ec;
-    if (role == Role::producer)
-        ec = lock_byte(f, lock_producers, mode == Mode::spsc ? F_WRLCK : F_RDLCK, false);
-    else
-        ec = lock_byte(f, lock_consumer, F_WRLCK, false);
-    if (ec == std::errc::resource_unavailable_try_again)
-        return errc::queue_in_use;
-    if (ec)
-        return ec;
 
+    // A slot first, marked attached, and only then the role's lock. The order is what makes a
+    // peer killed while it attaches show as dead: from the moment anyone can see the role held
+    // (peer_alive()), the slot says attached, so a kill at any later point leaves an attached
+    // slot whose lock nobody holds, which is what other_side_dead() looks for. (With the role
+    // first, a kill between the two left nothing behind: the other side took the peer for one
+    // that never came and waited out its timeout instead of hearing peer_dead.) Until the role
+    // is ours, the slot's byte lock says "alive, attaching" to anyone who looks.
+    //
     // A slot: a free one if there is one, else one whose owner died. Owning its byte lock is
     // owning the slot.
     int chosen = -1;
@@ -392,6 +393,33 @@ std::error_code Queue::Impl::attach() {
     me.start_time.store(process_start_time(::getpid()), std::memory_order_relaxed);
     me.notify.store(0, std::memory_order_relaxed);
     me.state.store(static_cast<std::uint32_t>(SlotState::attached), std::memory_order_release);
+
+    std::error_code ec;
+    if (role == Role::producer)
+        ec = lock_byte(f, lock_producers, mode == Mode::spsc ? F_WRLCK : F_RDLCK, false);
+    else
+        ec = lock_byte(f, lock_consumer, F_WRLCK, false);
+    if (ec) {
+        // The end is taken (or the lock failed): give the slot back.
+        me.state.store(static_cast<std::uint32_t>(SlotState::free), std::memory_order_release);
+        lock_byte(f, lock_slot(slot), F_UNLCK, false);
+        if (ec == std::errc::resource_unavailable_try_again)
+            return errc::queue_in_use;
+        return ec;
+    }
+
+    // An exclusive end (the consumer; the producer of an spsc queue) is now the only handle of
+    // its role, so nobody of that role waits: waiting words still up were left by a
+    // predecessor killed asleep in a wait. producers_waiting is a count that nobody else
+    // would ever bring down, and while it is up every release() on the other side pays a
+    // wake-up (a locked RMW and a futex syscall) for nobody.
+    if (role == Role::consumer) {
+        ctrl->consumer_waiting.store(0, std::memory_order_relaxed);
+        ctrl->consumer_notify.store(0, std::memory_order_relaxed);
+    } else if (mode == Mode::spsc) {
+        ctrl->producers_waiting.store(0, std::memory_order_relaxed);
+        ctrl->producers_async.store(0, std::memory_order_relaxed);
+    }
 
     // Slots of our role whose owners died: we replace them, so waiters on the other side stop
     // reporting peer_dead. Their claims in the ring stay recognizably dead (lock free).
@@ -520,12 +548,18 @@ bool Queue::Impl::other_side_dead() const noexcept {
         return false;
     const auto other =
         static_cast<std::uint32_t>(role == Role::producer ? Role::consumer : Role::producer);
-    for (const auto& s : ctrl->slots)
+    for (std::size_t i = 0; i < max_peers; ++i) {
+        const PeerSlot& s = ctrl->slots[i];
+        // Attached, nobody of that role holds the role's lock, and nobody holds the slot's:
+        // it died (attached or attaching). A slot whose lock is held is a live peer that is
+        // still attaching (attach() marks the slot before it takes the role).
         if (s.state.load(std::memory_order_acquire) ==
                 static_cast<std::uint32_t>(SlotState::attached) &&
-            s.role.load(std::memory_order_relaxed) == other)
-            return true; // attached, and nobody of that role holds the lock: it died
-    return false;        // it left cleanly, or never came: keep waiting
+            s.role.load(std::memory_order_relaxed) == other &&
+            !held_by_other(fd.get(), lock_slot(i)))
+            return true;
+    }
+    return false; // it left cleanly, or never came, or is coming: keep waiting
 }
 
 bool Queue::Impl::claimer_dead(std::uint64_t control) const noexcept {

@@ -98,6 +98,11 @@ public:
     // slow down) or the message could not be queued at all (an error event says why).
     bool publish(std::string_view subject, const google::protobuf::Message& message);
     bool publish_bytes(std::string_view subject, std::string_view payload);
+    // The same with headers (key, value), which subscribers get as they were sent.
+    using Headers = std::vector<std::pair<std::string, std::string>>;
+    bool publish(std::string_view subject, const google::protobuf::Message& message,
+                 const Headers& headers);
+    bool publish_bytes(std::string_view subject, std::string_view payload, const Headers& headers);
 
     // `*` matches one token, `>` the rest. With a queue group, each message goes to one
     // member of the group. Returns the subscription's id, for unsubscribe().

@@ -473,6 +473,34 @@ bool Client::publish_bytes(std::string_view subject, std::string_view payload) {
     return send(header, payload, {});
 }
 
+static void add_headers(v1::Envelope& header, const Client::Headers& headers) {
+    for (const auto& [key, value] : headers) {
+        auto* h = header.add_headers();
+        h->set_key(key);
+        h->set_value(value);
+    }
+}
+
+bool Client::publish(std::string_view subject, const google::protobuf::Message& message,
+                     const Headers& headers) {
+    register_type(message.GetDescriptor());
+    v1::Envelope header;
+    header.set_kind(v1::KIND_PUBLISH);
+    header.set_subject(std::string(subject));
+    header.set_type_url(frame::type_url_of(message));
+    add_headers(header, headers);
+    return send(header, message.SerializeAsString(), {});
+}
+
+bool Client::publish_bytes(std::string_view subject, std::string_view payload,
+                           const Headers& headers) {
+    v1::Envelope header;
+    header.set_kind(v1::KIND_PUBLISH);
+    header.set_subject(std::string(subject));
+    add_headers(header, headers);
+    return send(header, payload, {});
+}
+
 std::uint64_t Client::subscribe(std::string_view pattern, MessageHandler handler,
                                 std::string_view queue_group) {
     const std::uint64_t sid = next_id_++;

@@ -104,7 +104,8 @@ int run_ls(const std::string& what, const Global& g) {
         }
         Table t({"PATTERN", "CLIENT", "SID", "QUEUE GROUP"});
         for (const auto& s : list.subscriptions())
-            t.add({s.pattern(), s.client_id(), num(s.sid()), s.queue_group()});
+            t.add({s.pattern(), s.client_id(), num(s.sid()),
+                   s.monitor() ? "(monitor)" : s.queue_group()});
         t.print(stdout, style);
     } else if (what == "services") {
         const auto list = ask<v1::ServiceList>(io, *client, g, "$sys.services");

@@ -170,6 +170,15 @@ protected:
             return false;
         });
     }
+    bool monitoring(const std::string& pattern) {
+        return run_until(io_, [&] {
+            const auto list = ask<bus::v1::SubscriptionList>("$sys.subscriptions");
+            for (const auto& s : list.subscriptions())
+                if (s.monitor() && s.pattern() == pattern)
+                    return true;
+            return false;
+        });
+    }
     bool served(const std::string& service) {
         return run_until(io_, [&] {
             const auto list = ask<bus::v1::ServiceList>("$sys.services");
@@ -521,6 +530,118 @@ TEST_F(CliTest, TypesShowPrintsTheSchemaAsProtoText) {
     EXPECT_NE(r.out.find(".testonly.v1.Place place = 4;"), std::string::npos) << r.out;
     auto file = run({"types", "show", "--file", "testonly.v1.Reading"});
     EXPECT_NE(file.out.find("message Place {"), std::string::npos) << file.out;
+}
+
+// --- monitor -------------------------------------------------------------------------------------
+
+TEST_F(CliTest, MonitorShowsPublishesRequestsAndRepliesDecoded) {
+    auto monitor = start({"monitor", "--json", "-n", "4", "mon.>"});
+    ASSERT_TRUE(monitoring("mon.>"));
+    publish_readings("mon.readings", 2);
+    auto service = publisher({"serve", "mon.svc"});
+    ASSERT_TRUE(served("mon.svc"));
+    auto r = run({"req", "mon.svc", "porch"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    ASSERT_TRUE(monitor->wait());
+    ASSERT_EQ(monitor->code(), 0) << monitor->err();
+    const auto lines = lines_of(monitor->out());
+    ASSERT_EQ(lines.size(), 4u) << monitor->out();
+    std::vector<json> j;
+    for (const auto& line : lines)
+        j.push_back(json::parse(line));
+    EXPECT_EQ(j[0]["kind"], "publish");
+    EXPECT_EQ(j[0]["subject"], "mon.readings");
+    EXPECT_EQ(j[0]["payload"]["seq"], 1);
+    EXPECT_EQ(j[1]["payload"]["seq"], 2);
+    EXPECT_EQ(j[2]["kind"], "request");
+    EXPECT_EQ(j[2]["subject"], "mon.svc");
+    EXPECT_EQ(j[2]["payload_text"], "porch");
+    EXPECT_EQ(j[3]["kind"], "reply");
+    EXPECT_EQ(j[3]["type"], "testonly.v1.Reading");
+    EXPECT_EQ(j[3]["payload"]["sensor"], "porch");
+    // Who sent what: the request came from `bus req`, the reply from the service.
+    EXPECT_NE(j[2]["source"], j[3]["source"]);
+}
+
+TEST_F(CliTest, MonitorPatternLeavesOtherSubjectsOut) {
+    auto monitor = start({"monitor", "--json", "-n", "1", "wanted.*"});
+    ASSERT_TRUE(monitoring("wanted.*"));
+    ASSERT_EQ(run({"pub", "unwanted.x", "no"}).code, 0);
+    ASSERT_EQ(run({"pub", "wanted.x", "yes"}).code, 0);
+    ASSERT_TRUE(monitor->wait());
+    const auto lines = lines_of(monitor->out());
+    ASSERT_EQ(lines.size(), 1u) << monitor->out();
+    EXPECT_EQ(json::parse(lines[0])["payload_text"], "yes");
+}
+
+// Another uid may connect ([access] allow_uids) but monitor only when monitor_uids names it.
+TEST(CliMonitorAccess, OtherUidsMonitorOnlyWhenTheConfigNamesThem) {
+    if (::geteuid() != 0)
+        GTEST_SKIP() << "running bus as another uid needs root";
+    constexpr int nobody = 65534;
+    for (const bool named : {false, true}) {
+        boost::asio::io_context io;
+        char tmpl[] = "/tmp/bus-cli-conf-XXXXXX";
+        const std::string conf_dir = ::mkdtemp(tmpl);
+        const std::string conf = conf_dir + "/busd.toml";
+        std::ofstream(conf) << "[access]\nallow_uids = [" << nobody << "]\n"
+                            << (named ? "monitor_uids = [65534]\n" : "");
+        {
+            Busd busd(io, {"-c", conf});
+            // Let the other uid reach the socket (busd makes it private to its own).
+            std::filesystem::permissions(busd.dir(), std::filesystem::perms::owner_all |
+                                                         std::filesystem::perms::others_exec);
+            std::filesystem::permissions(
+                busd.dir() + "/busd.zmq",
+                std::filesystem::perms::owner_read | std::filesystem::perms::owner_write |
+                    std::filesystem::perms::others_read | std::filesystem::perms::others_write);
+            const std::vector<std::string> as_nobody = {
+                "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bus_bin,
+                "-e",      busd.ipc()};
+            auto argv = as_nobody;
+            argv.insert(argv.end(), {"monitor", "-n", "1", "--timeout", "60s", "acc.>"});
+            Command monitor(io, argv);
+            if (named) {
+                // Registered: then a publish reaches it and it exits 0 after one message.
+                auto c = bus::Client::connect(io, busd.ipc()).value();
+                ASSERT_TRUE(run_until(io, [&] {
+                    std::optional<bool> found;
+                    c->request_bytes(
+                        "$sys.subscriptions", {}, 5s, [&](std::error_code ec, bus::Message& m) {
+                            bus::v1::SubscriptionList list;
+                            found = !ec && list.ParseFromString(std::string(m.payload())) &&
+                                    list.subscriptions_size() > 0 &&
+                                    list.subscriptions(0).monitor();
+                        });
+                    run_until(io, [&] { return found.has_value(); });
+                    return found.value_or(false);
+                }));
+                c->publish_bytes("acc.x", "seen");
+                ASSERT_FALSE(c->flush_wait());
+                ASSERT_TRUE(monitor.wait());
+                EXPECT_EQ(monitor.code(), 0) << monitor.err();
+                EXPECT_NE(monitor.out().find("acc.x"), std::string::npos) << monitor.out();
+            } else {
+                ASSERT_TRUE(monitor.wait());
+                EXPECT_EQ(monitor.code(), 8) << monitor.err();
+                EXPECT_NE(monitor.err().find("monitor_uids"), std::string::npos) << monitor.err();
+            }
+        }
+        std::filesystem::remove_all(conf_dir);
+    }
+}
+
+TEST(CliMonitorAccess, BusdRefusesABadMonitorUidsNamingTheKey) {
+    boost::asio::io_context io;
+    char tmpl[] = "/tmp/bus-cli-conf-XXXXXX";
+    const std::string dir = ::mkdtemp(tmpl);
+    std::ofstream(dir + "/busd.toml") << "[access]\nmonitor_uids = [\"root\"]\n";
+    Command busd(io,
+                 {bus::test::busd_path(), "-c", dir + "/busd.toml", "-e", "unix://" + dir + "/s"});
+    ASSERT_TRUE(busd.wait());
+    EXPECT_EQ(busd.code(), 2);
+    EXPECT_NE(busd.err().find("access.monitor_uids"), std::string::npos) << busd.err();
+    std::filesystem::remove_all(dir);
 }
 
 } // namespace

@@ -124,6 +124,12 @@ public:
     }
     void unsubscribe(std::uint64_t sid);
 
+    // A copy of everything the broker routes whose subject matches `pattern` (and of every
+    // reply and error), for inspectors (`bus monitor`): the handler's message has
+    // envelope.monitored_kind() set. Only for the broker's own uid or the uids its config
+    // names; otherwise an error event (errc::forbidden). unsubscribe() ends it.
+    std::uint64_t monitor(std::string_view pattern, MessageHandler handler);
+
     // Exactly one call of `handler`: the reply, or no_responders, timeout, service_lost,
     // broker_unavailable, or the error the service answered with.
     void request(std::string_view service, const google::protobuf::Message& message,
@@ -213,6 +219,7 @@ private:
     struct Subscription {
         std::string pattern, queue;
         MessageHandler handler;
+        bool monitor = false;
     };
     std::unordered_map<std::uint64_t, Subscription> subscriptions_;
     std::unordered_map<std::string, ServeHandler> services_;

@@ -515,11 +515,24 @@ std::uint64_t Client::subscribe(std::string_view pattern, MessageHandler handler
 }
 
 void Client::unsubscribe(std::uint64_t sid) {
-    if (!subscriptions_.erase(sid))
+    auto it = subscriptions_.find(sid);
+    if (it == subscriptions_.end())
         return;
+    const bool monitor = it->second.monitor;
+    subscriptions_.erase(it);
     v1::Unsubscribe unsub;
     unsub.set_sid(sid);
-    send_control("unsub", &unsub);
+    send_control(monitor ? "unmonitor" : "unsub", &unsub);
+}
+
+std::uint64_t Client::monitor(std::string_view pattern, MessageHandler handler) {
+    const std::uint64_t sid = next_id_++;
+    subscriptions_.emplace(sid, Subscription{std::string(pattern), {}, std::move(handler), true});
+    v1::Subscribe sub;
+    sub.set_sid(sid);
+    sub.set_pattern(std::string(pattern));
+    send_control("monitor", &sub);
+    return sid;
 }
 
 void Client::serve(std::string_view service, ServeHandler handler) {
@@ -758,7 +771,7 @@ void Client::register_everything() {
         s.set_sid(sid);
         s.set_pattern(sub.pattern);
         s.set_queue_group(sub.queue);
-        send_control("sub", &s);
+        send_control(sub.monitor ? "monitor" : "sub", &s);
     }
     for (const auto& [name, handler] : services_) {
         v1::Serve s;

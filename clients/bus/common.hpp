@@ -62,6 +62,7 @@ void add_pub(CLI::App& app, Global& g, Runner& run);
 void add_req(CLI::App& app, Global& g, Runner& run); // req and serve
 void add_ls(CLI::App& app, Global& g, Runner& run);  // ls, status, types
 void add_monitor(CLI::App& app, Global& g, Runner& run);
+void add_top(CLI::App& app, Global& g, Runner& run);
 
 // A connected, welcomed client, or Failure(unavailable) naming the endpoint and what to do.
 std::shared_ptr<Client> connect(boost::asio::io_context& io, const Global& g,

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
                            "  bus pub --type pkg.Msg orders.new '{\"id\": 1}'\n"
                            "  bus req --type pkg.Query svc '{}'    call a service\n"
                            "  bus monitor                          everything busd routes\n"
+                           "  bus top                              live rates and drops\n"
                            "  bus ls clients                       who is connected\n"
                            "  bus types show pkg.Msg               a type's schema\n\n") +
                exit_codes_help);
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
     add_req(app, g, run);
     add_ls(app, g, run);
     add_monitor(app, g, run);
+    add_top(app, g, run);
 
     try {
         app.parse(argc, argv);
@@ -56,8 +58,8 @@ int main(int argc, char** argv) {
         if (app.get_subcommands().empty() && !app.remaining().empty() &&
             app.remaining().front().rfind("-", 0) != 0) {
             std::fprintf(stderr,
-                         "bus: unknown command '%s' (commands: sub, pub, req, serve, monitor, ls, "
-                         "status, types; see bus --help)\n",
+                         "bus: unknown command '%s' (commands: sub, pub, req, serve, monitor, top, "
+                         "ls, status, types; see bus --help)\n",
                          app.remaining().front().c_str());
             return exit_code::usage;
         }

@@ -14,8 +14,13 @@
 #include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <functional>
 #include <set>
 #include <sstream>
+
+#include <poll.h>
+#include <pty.h>
+#include <sys/wait.h>
 
 namespace {
 
@@ -96,6 +101,74 @@ private:
     std::optional<int> code_;
     int signal_ = 0;
 };
+
+// A program in a pseudo-terminal, as a person at a terminal runs it. Destroying it kills and
+// reaps the program if it still runs.
+class PtyCommand {
+public:
+    explicit PtyCommand(const std::vector<std::string>& args) {
+        std::vector<char*> argv;
+        for (const auto& a : args)
+            argv.push_back(const_cast<char*>(a.c_str()));
+        argv.push_back(nullptr);
+        winsize size{};
+        size.ws_row = 50;
+        size.ws_col = 160;
+        pid_ = ::forkpty(&master_, nullptr, nullptr, &size);
+        if (pid_ == 0) {
+            ::unsetenv("NO_COLOR");
+            ::execv(argv[0], argv.data());
+            ::_exit(127);
+        }
+        EXPECT_GT(pid_, 0) << "forkpty failed";
+    }
+    ~PtyCommand() {
+        if (pid_ > 0 && !reaped_) {
+            ::kill(pid_, SIGKILL);
+            ::waitpid(pid_, nullptr, 0);
+        }
+        if (master_ >= 0)
+            ::close(master_);
+    }
+    // Reads what the program writes until `done(output)` (bounded, so a program that never
+    // shows it fails the test instead of hanging it).
+    bool read_until(const std::function<bool(const std::string&)>& done) {
+        const auto limit = std::chrono::steady_clock::now() + 60s;
+        while (!done(output_) && std::chrono::steady_clock::now() < limit) {
+            pollfd p{master_, POLLIN, 0};
+            if (::poll(&p, 1, 100) <= 0)
+                continue;
+            char buf[4096];
+            const ssize_t n = ::read(master_, buf, sizeof buf);
+            if (n <= 0)
+                break; // the program exited (EIO)
+            output_.append(buf, static_cast<std::size_t>(n));
+        }
+        return done(output_);
+    }
+    // Sends `signal` and returns the exit code (-1 if a signal ended it).
+    int stop(int signal) {
+        ::kill(pid_, signal);
+        int status = 0;
+        ::waitpid(pid_, &status, 0);
+        reaped_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    const std::string& output() const { return output_; }
+
+private:
+    pid_t pid_ = -1;
+    int master_ = -1;
+    bool reaped_ = false;
+    std::string output_;
+};
+
+std::size_t count_of(const std::string& text, const std::string& what) {
+    std::size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
+        ++n;
+    return n;
+}
 
 struct Ran {
     int code;
@@ -530,6 +603,59 @@ TEST_F(CliTest, TypesShowPrintsTheSchemaAsProtoText) {
     EXPECT_NE(r.out.find(".testonly.v1.Place place = 4;"), std::string::npos) << r.out;
     auto file = run({"types", "show", "--file", "testonly.v1.Reading"});
     EXPECT_NE(file.out.find("message Place {"), std::string::npos) << file.out;
+}
+
+// --- top ---------------------------------------------------------------------------------------
+
+TEST_F(CliTest, TopInATerminalRefreshesInPlaceShowingSubjectsAndClients) {
+    auto sub = start({"sub", "top.>"});
+    ASSERT_TRUE(subscribed("top.>"));
+    publish_readings("top.readings", 3); // delivered to the sub, so busd counts the subject
+    PtyCommand top({bus_bin, "-e", busd_->ipc(), "top", "--interval", "100ms"});
+    const std::string clear = "\x1b[H\x1b[2J";
+    // Three refreshes: the screen between the second and the third is a whole one.
+    ASSERT_TRUE(top.read_until([&](const std::string& out) { return count_of(out, clear) >= 3; }))
+        << top.output();
+    const auto& out = top.output();
+    const auto second = out.find(clear, out.find(clear) + 1) + clear.size();
+    const std::string screen = out.substr(second, out.find(clear, second) - second);
+    EXPECT_NE(screen.find("\x1b[1m"), std::string::npos) << "a bold header on a terminal";
+    EXPECT_NE(screen.find("SUBJECT"), std::string::npos) << screen;
+    EXPECT_NE(screen.find("bus-sub"), std::string::npos) << screen;
+    std::string row;
+    std::istringstream lines(screen);
+    for (std::string line; std::getline(lines, line);)
+        if (line.find("top.readings") != std::string::npos)
+            row = line;
+    ASSERT_FALSE(row.empty()) << screen;
+    std::istringstream cells(row);
+    std::vector<std::string> cell;
+    for (std::string c; cells >> c;)
+        cell.push_back(c);
+    // SUBJECT MSGS/S BYTES/S (a number and a unit) DROPS/S MSGS DROPPED
+    ASSERT_EQ(cell.size(), 7u) << row;
+    EXPECT_EQ(cell[5], "3") << row;
+    EXPECT_EQ(cell[6], "0") << row;
+    EXPECT_EQ(top.stop(SIGINT), 0) << "Ctrl-C ends it cleanly";
+}
+
+TEST_F(CliTest, TopPipedPrintsSnapshotsAndJson) {
+    auto sub = start({"sub", "top.>"});
+    ASSERT_TRUE(subscribed("top.>"));
+    publish_readings("top.piped", 2);
+    auto plain = run({"top", "-n", "2", "--interval", "50ms"});
+    ASSERT_EQ(plain.code, 0) << plain.err;
+    EXPECT_EQ(plain.out.find('\x1b'), std::string::npos) << "no escapes when piped";
+    EXPECT_EQ(count_of(plain.out, "SUBJECT\t"), 2u) << plain.out;
+    auto j = run({"top", "--json", "-n", "2", "--interval", "50ms"});
+    ASSERT_EQ(j.code, 0) << j.err;
+    const auto lines = lines_of(j.out);
+    ASSERT_EQ(lines.size(), 2u) << j.out;
+    bool found = false;
+    const auto snapshot = json::parse(lines[1]);
+    for (const auto& s : snapshot["subjects"])
+        found |= s["subject"] == "top.piped" && s["msgs"] == 2;
+    EXPECT_TRUE(found) << lines[1];
 }
 
 // --- monitor -------------------------------------------------------------------------------------

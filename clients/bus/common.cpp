@@ -145,17 +145,17 @@ std::chrono::milliseconds parse_duration(const std::string& text, const std::str
 
 namespace {
 bool g_interrupted = false;
-std::unique_ptr<boost::asio::signal_set> g_signals;
 } // namespace
 
-void watch_signals(boost::asio::io_context& io) {
-    g_signals = std::make_unique<boost::asio::signal_set>(io, SIGINT, SIGTERM);
-    g_signals->async_wait([&io](const boost::system::error_code& ec, int) {
+std::shared_ptr<void> watch_signals(boost::asio::io_context& io) {
+    auto signals = std::make_shared<boost::asio::signal_set>(io, SIGINT, SIGTERM);
+    signals->async_wait([&io](const boost::system::error_code& ec, int) {
         if (ec)
             return;
         g_interrupted = true;
         io.stop();
     });
+    return signals;
 }
 
 bool interrupted() {

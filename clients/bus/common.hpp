@@ -63,6 +63,7 @@ void add_req(CLI::App& app, Global& g, Runner& run); // req and serve
 void add_ls(CLI::App& app, Global& g, Runner& run);  // ls, status, types
 void add_monitor(CLI::App& app, Global& g, Runner& run);
 void add_top(CLI::App& app, Global& g, Runner& run);
+void add_bench(CLI::App& app, Global& g, Runner& run);
 
 // A connected, welcomed client, or Failure(unavailable) naming the endpoint and what to do.
 std::shared_ptr<Client> connect(boost::asio::io_context& io, const Global& g,
@@ -79,7 +80,9 @@ std::chrono::milliseconds parse_duration(const std::string& text, const std::str
 bool run_until_done(boost::asio::io_context& io, const std::function<bool()>& done);
 // True once SIGINT/SIGTERM arrived (Ctrl-C ends commands cleanly).
 bool interrupted();
-void watch_signals(boost::asio::io_context& io);
+// Watches SIGINT/SIGTERM on `io` for as long as the returned handle lives (keep it beside
+// `io`, declared after it, so it goes first).
+[[nodiscard]] std::shared_ptr<void> watch_signals(boost::asio::io_context& io);
 
 // --- output ------------------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ std::int64_t now_ns() {
 
 int run_ls(const std::string& what, const Global& g) {
     boost::asio::io_context io;
-    watch_signals(io);
+    const auto signals = watch_signals(io);
     auto client = connect(io, g, "ls");
     const Style style{g.color()};
     if (what == "clients") {
@@ -140,7 +140,7 @@ int run_ls(const std::string& what, const Global& g) {
 
 int run_status(const Global& g) {
     boost::asio::io_context io;
-    watch_signals(io);
+    const auto signals = watch_signals(io);
     auto client = connect(io, g, "status");
     const auto stats = ask<v1::BrokerStats>(io, *client, g, "$sys.stats");
     client->close();
@@ -170,7 +170,7 @@ int run_status(const Global& g) {
 
 int run_types_show(const std::string& name, bool whole_file, const Global& g) {
     boost::asio::io_context io;
-    watch_signals(io);
+    const auto signals = watch_signals(io);
     auto client = connect(io, g, "types");
     Types types;
     const auto* d = types.resolve(io, *client, name);

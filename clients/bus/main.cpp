@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
     add_ls(app, g, run);
     add_monitor(app, g, run);
     add_top(app, g, run);
+    add_bench(app, g, run);
 
     try {
         app.parse(argc, argv);
@@ -59,7 +60,7 @@ int main(int argc, char** argv) {
             app.remaining().front().rfind("-", 0) != 0) {
             std::fprintf(stderr,
                          "bus: unknown command '%s' (commands: sub, pub, req, serve, monitor, top, "
-                         "ls, status, types; see bus --help)\n",
+                         "ls, status, types, bench; see bus --help)\n",
                          app.remaining().front().c_str());
             return exit_code::usage;
         }

@@ -49,7 +49,7 @@ int run_monitor(const MonitorOptions& o, const Global& g) {
         timeout = parse_duration(o.timeout, "--timeout");
 
     boost::asio::io_context io;
-    watch_signals(io);
+    const auto signals = watch_signals(io);
     auto client = connect(io, g, "monitor");
     Types types;
     const Style style{g.color()};

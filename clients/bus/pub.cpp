@@ -41,7 +41,7 @@ int run_pub(const PubOptions& o, const Global& g) {
     const std::string body = read_body(o.body);
 
     boost::asio::io_context io;
-    watch_signals(io);
+    const auto signals = watch_signals(io);
     auto client = connect(io, g, "pub");
     std::optional<Failure> failed;
     client->on_event([&](const ClientEvent& e) {

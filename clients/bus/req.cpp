@@ -47,7 +47,7 @@ int run_req(const ReqOptions& o, const Global& g) {
     const std::string body = read_body(o.body);
 
     boost::asio::io_context io;
-    watch_signals(io);
+    const auto signals = watch_signals(io);
     auto client = connect(io, g, "req");
     const auto request = encode_body(o.body_options, types, io, *client, body);
 
@@ -110,7 +110,7 @@ int run_serve(const ServeOptions& o, const Global& g) {
     load_body_types(o.body_options, types);
 
     boost::asio::io_context io;
-    watch_signals(io);
+    const auto signals = watch_signals(io);
     auto client = connect(io, g, "serve");
     // Fixed reply: typed (--type) or raw; without one, each request is echoed back.
     std::unique_ptr<google::protobuf::Message> fixed;

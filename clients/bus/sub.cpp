@@ -40,7 +40,7 @@ int run_sub(const SubOptions& o, const Global& g) {
         timeout = parse_duration(o.timeout, "--timeout");
 
     boost::asio::io_context io;
-    watch_signals(io);
+    const auto signals = watch_signals(io);
     auto client = connect(io, g, "sub");
     Types types;
     const Style style{g.color()};

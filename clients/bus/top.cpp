@@ -156,7 +156,7 @@ int run_top(const TopOptions& o, const Global& g) {
     if (interval.count() < 50)
         throw Failure(exit_code::usage, "--interval: at least 50ms");
     boost::asio::io_context io;
-    watch_signals(io);
+    const auto signals = watch_signals(io);
     auto client = connect(io, g, "top");
     const bool terminal = ::isatty(STDOUT_FILENO) != 0;
     const Style style{g.color()};

@@ -658,6 +658,35 @@ TEST_F(CliTest, TopPipedPrintsSnapshotsAndJson) {
     EXPECT_TRUE(found) << lines[1];
 }
 
+// --- bench -------------------------------------------------------------------------------------
+
+TEST_F(CliTest, BenchSubMeasuresWhatBenchPubSends) {
+    auto sub = start({"bench", "sub", "--json", "-n", "500", "bench.x"});
+    ASSERT_TRUE(subscribed("bench.x"));
+    auto pub = run({"bench", "pub", "--json", "-n", "500", "-s", "100", "bench.x"});
+    ASSERT_EQ(pub.code, 0) << pub.err;
+    EXPECT_EQ(json::parse(lines_of(pub.out).at(0))["count"], 500);
+    ASSERT_TRUE(sub->wait());
+    ASSERT_EQ(sub->code(), 0) << sub->err();
+    const auto r = json::parse(lines_of(sub->out()).at(0));
+    EXPECT_EQ(r["bench"], "sub");
+    EXPECT_EQ(r["count"], 500);
+    EXPECT_EQ(r["size"], 100);
+    const auto& l = r["latency_us"];
+    EXPECT_GT(l["p50"].get<double>(), 0);
+    EXPECT_LE(l["p50"].get<double>(), l["p99"].get<double>());
+    EXPECT_LE(l["p99"].get<double>(), l["max"].get<double>());
+}
+
+TEST_F(CliTest, BenchReqPrintsRoundTripPercentiles) {
+    auto r = run({"bench", "req", "--serve", "-n", "200", "bench.echo"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find("req: 200 messages"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("p99"), std::string::npos) << r.out;
+    auto none = run({"bench", "req", "-n", "1", "nobody.serves"});
+    EXPECT_EQ(none.code, 4) << none.err;
+}
+
 // --- monitor -------------------------------------------------------------------------------------
 
 TEST_F(CliTest, MonitorShowsPublishesRequestsAndRepliesDecoded) {

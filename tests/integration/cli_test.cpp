@@ -687,6 +687,34 @@ TEST_F(CliTest, BenchReqPrintsRoundTripPercentiles) {
     EXPECT_EQ(none.code, 4) << none.err;
 }
 
+// --- completion ----------------------------------------------------------------------------------
+
+TEST_F(CliTest, BashCompletionOffersCommandsOptionsAndWhatBusdKnows) {
+    register_reading_type();
+    auto service = start({"serve", "completed.service"});
+    ASSERT_TRUE(served("completed.service"));
+    // Completes the words given after the script, as bash would at the end of that line.
+    const std::string script = "source \"$0\"\n"
+                               "COMP_WORDS=(\"$@\"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _bus\n"
+                               "printf '%s\\n' \"${COMPREPLY[@]}\"\n";
+    auto complete = [&](std::vector<std::string> words) {
+        std::vector<std::string> argv = {"bash",  "-c", script,      BUS_COMPLETION,
+                                         bus_bin, "-e", busd_->ipc()};
+        argv.insert(argv.end(), words.begin(), words.end());
+        Command c(io_, argv);
+        EXPECT_TRUE(c.wait());
+        EXPECT_EQ(c.code(), 0) << c.err();
+        return lines_of(c.out());
+    };
+    using Lines = std::vector<std::string>;
+    EXPECT_EQ(complete({"mo"}), Lines{"monitor"});
+    EXPECT_EQ(complete({"ls", "su"}), (Lines{"subjects", "subscriptions"}));
+    EXPECT_EQ(complete({"sub", "--hea"}), Lines{"--headers"});
+    EXPECT_EQ(complete({"req", "completed."}), Lines{"completed.service"});
+    EXPECT_EQ(complete({"pub", "--type", "testonly."}), Lines{"testonly.v1.Reading"});
+    EXPECT_EQ(complete({"types", "show", "testonly"}), Lines{"testonly.v1.Reading"});
+}
+
 // --- monitor -------------------------------------------------------------------------------------
 
 TEST_F(CliTest, MonitorShowsPublishesRequestsAndRepliesDecoded) {

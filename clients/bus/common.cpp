@@ -523,7 +523,8 @@ void add_body_options(CLI::App& cmd, BodyOptions& o) {
     cmd.add_option("--proto", o.proto, "a .proto file that defines --type")
         ->check(CLI::ExistingFile);
     cmd.add_option("-I,--proto-path", o.import_dirs,
-                   "where --proto's imports are found (repeatable; default: its directory)");
+                   "where --proto's imports are found (repeatable; default: its directory)")
+        ->allow_extra_args(false);
     cmd.add_option("--descriptor-set", o.descriptor_set,
                    "a FileDescriptorSet defining --type (protoc --include_imports "
                    "--descriptor_set_out=FILE)")

@@ -6,6 +6,8 @@
 
 #include <boost/asio/steady_timer.hpp>
 
+#include <cerrno>
+#include <cstring>
 #include <deque>
 
 namespace bus::cli {
@@ -17,6 +19,55 @@ struct MonitorOptions {
     bool headers = false;
     std::uint64_t count = 0;
     std::string timeout;
+    std::string pcap;
+};
+
+// --pcap: a classic pcap file of link type LINKTYPE_USER0 (147), one packet per message: the
+// bus.v1.Envelope as it was routed (its kind, not the monitor's), payload included. Packets
+// over 256 KiB are cut there (orig_len keeps the size), as Wireshark reads no larger ones.
+class PcapWriter {
+public:
+    static constexpr std::uint32_t link_type_user0 = 147;
+    static constexpr std::uint32_t snap_length = 262144;
+
+    explicit PcapWriter(const std::string& path) : out_(std::fopen(path.c_str(), "wb")) {
+        if (!out_)
+            throw Failure(exit_code::usage,
+                          "--pcap: cannot write " + path + ": " + std::strerror(errno));
+        put32(0xa1b2c3d4); // microsecond timestamps, this host's byte order
+        put16(2);
+        put16(4);
+        put32(0); // thiszone
+        put32(0); // sigfigs
+        put32(snap_length);
+        put32(link_type_user0);
+        std::fflush(out_);
+    }
+    ~PcapWriter() { std::fclose(out_); }
+    PcapWriter(const PcapWriter&) = delete;
+    PcapWriter& operator=(const PcapWriter&) = delete;
+
+    void write(std::chrono::system_clock::time_point at, const v1::Envelope& copy) {
+        v1::Envelope e = copy;
+        e.set_kind(e.monitored_kind());
+        e.clear_monitored_kind();
+        e.clear_subscription_id();
+        const std::string bytes = e.SerializeAsString();
+        const auto us =
+            std::chrono::duration_cast<std::chrono::microseconds>(at.time_since_epoch()).count();
+        const auto kept = std::min<std::size_t>(bytes.size(), snap_length);
+        put32(static_cast<std::uint32_t>(us / 1'000'000));
+        put32(static_cast<std::uint32_t>(us % 1'000'000));
+        put32(static_cast<std::uint32_t>(kept));
+        put32(static_cast<std::uint32_t>(bytes.size()));
+        std::fwrite(bytes.data(), 1, kept, out_);
+        std::fflush(out_);
+    }
+
+private:
+    void put32(std::uint32_t v) { std::fwrite(&v, sizeof v, 1, out_); }
+    void put16(std::uint16_t v) { std::fwrite(&v, sizeof v, 1, out_); }
+    std::FILE* out_;
 };
 
 std::string kind_name(v1::Kind kind) {
@@ -48,6 +99,10 @@ int run_monitor(const MonitorOptions& o, const Global& g) {
     if (!o.timeout.empty())
         timeout = parse_duration(o.timeout, "--timeout");
 
+    std::unique_ptr<PcapWriter> pcap;
+    if (!o.pcap.empty())
+        pcap = std::make_unique<PcapWriter>(o.pcap);
+
     boost::asio::io_context io;
     const auto signals = watch_signals(io);
     auto client = connect(io, g, "monitor");
@@ -73,6 +128,8 @@ int run_monitor(const MonitorOptions& o, const Global& g) {
         while (!queue.empty() && !done && ready(queue.front())) {
             const auto& e = queue.front().envelope;
             Shown s{queue.front().at, kind_name(e.monitored_kind()), &e, o.raw, o.headers};
+            if (pcap)
+                pcap->write(queue.front().at, e);
             const auto line = format_message(types, s, g, style);
             std::fwrite(line.data(), 1, line.size(), stdout);
             std::fputc('\n', stdout);
@@ -141,6 +198,9 @@ void add_monitor(CLI::App& app, Global& g, Runner& run) {
     cmd->add_flag("--headers", o->headers, "show the messages' headers");
     cmd->add_option("-n,--count", o->count, "exit after N messages");
     cmd->add_option("-t,--timeout", o->timeout, "exit after this long (500ms, 2s, 1m)");
+    cmd->add_option("--pcap", o->pcap,
+                    "also write the messages to a pcap file (link type USER0: each packet is "
+                    "one bus.v1.Envelope with its payload)");
     cmd->footer("\nLike `bus sub`, with the kind of each message (publish, request, reply, "
                 "error, direct,\nevent; \"kind\" with --json). Allowed to busd's own uid and "
                 "the uids in its config's\n[access] monitor_uids; others exit with 8.\n\n"

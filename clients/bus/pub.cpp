@@ -110,7 +110,8 @@ void add_pub(CLI::App& app, Global& g, Runner& run) {
     cmd->add_option("-r,--rate", o->rate,
                     "at most R messages a second (default: as fast as busd "
                     "takes them)");
-    cmd->add_option("-H,--header", o->headers, "a header KEY=VALUE (repeatable)");
+    cmd->add_option("-H,--header", o->headers, "a header KEY=VALUE (repeatable)")
+        ->allow_extra_args(false); // one value each time: the next word is the subject
     cmd->footer(
         "\nExamples:\n"
         "  bus pub greet hello\n"

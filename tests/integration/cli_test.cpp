@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <set>
@@ -744,6 +745,46 @@ TEST_F(CliTest, MonitorShowsPublishesRequestsAndRepliesDecoded) {
     EXPECT_EQ(j[3]["payload"]["sensor"], "porch");
     // Who sent what: the request came from `bus req`, the reply from the service.
     EXPECT_NE(j[2]["source"], j[3]["source"]);
+}
+
+TEST_F(CliTest, MonitorPcapHoldsEachMessageAsAnEnvelope) {
+    char tmpl[] = "/tmp/bus-cli-pcap-XXXXXX";
+    const std::string dir = ::mkdtemp(tmpl);
+    const std::string file = dir + "/capture.pcap";
+    auto monitor = start({"monitor", "--pcap", file, "-n", "2", "cap.>"});
+    ASSERT_TRUE(monitoring("cap.>"));
+    ASSERT_EQ(run({"pub", "-H", "k=v", "cap.one", "first"}).code, 0);
+    ASSERT_EQ(run({"pub", "cap.two", "second"}).code, 0);
+    ASSERT_TRUE(monitor->wait());
+    ASSERT_EQ(monitor->code(), 0) << monitor->err();
+    const std::string pcap = slurp(file);
+    std::filesystem::remove_all(dir);
+    auto u32 = [&](std::size_t at) {
+        std::uint32_t v = 0;
+        std::memcpy(&v, pcap.data() + at, 4);
+        return v;
+    };
+    ASSERT_GE(pcap.size(), 24u);
+    EXPECT_EQ(u32(0), 0xa1b2c3d4u);
+    EXPECT_EQ(u32(20), 147u) << "LINKTYPE_USER0";
+    std::vector<bus::v1::Envelope> packets;
+    for (std::size_t at = 24; at + 16 <= pcap.size();) {
+        const auto kept = u32(at + 8);
+        EXPECT_EQ(kept, u32(at + 12));
+        ASSERT_LE(at + 16 + kept, pcap.size());
+        bus::v1::Envelope e;
+        EXPECT_TRUE(e.ParseFromArray(pcap.data() + at + 16, static_cast<int>(kept)));
+        packets.push_back(e);
+        at += 16 + kept;
+    }
+    ASSERT_EQ(packets.size(), 2u);
+    EXPECT_EQ(packets[0].kind(), bus::v1::KIND_PUBLISH);
+    EXPECT_EQ(packets[0].subject(), "cap.one");
+    EXPECT_EQ(packets[0].payload(), "first");
+    ASSERT_EQ(packets[0].headers_size(), 1);
+    EXPECT_EQ(packets[0].headers(0).value(), "v");
+    EXPECT_EQ(packets[1].payload(), "second");
+    EXPECT_EQ(packets[1].subscription_id(), 0u);
 }
 
 TEST_F(CliTest, MonitorPatternLeavesOtherSubjectsOut) {

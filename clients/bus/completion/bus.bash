@@ -22,7 +22,7 @@ _bus() {
             ;;
         --connect-timeout | --type | --proto | -I | --proto-path | --descriptor-set | -n | \
             --count | -t | --timeout | -q | --queue | -r | --rate | -H | --header | --reply | \
-            --fail | -i | --interval | --rows | -s | --size)
+            --fail | -i | --interval | --rows | -s | --size | --pcap)
             ((i++))
             ;;
         -*) ;;
@@ -42,7 +42,7 @@ _bus() {
         COMPREPLY=($(compgen -W "$(_bus_ask types)" -- "$cur"))
         return
         ;;
-    --proto | --descriptor-set)
+    --proto | --descriptor-set | --pcap)
         COMPREPLY=($(compgen -f -- "$cur"))
         return
         ;;
@@ -72,7 +72,7 @@ _bus() {
         ((positional == 0)) && words="$(_bus_ask services)"
         ;;
     serve) opts="--reply --type --proto -I --proto-path --descriptor-set --fail -n --count --quiet" ;;
-    monitor) opts="--raw --headers -n --count -t --timeout" ;;
+    monitor) opts="--raw --headers -n --count -t --timeout --pcap" ;;
     top) opts="-i --interval -n --count --rows" ;;
     bench)
         opts="-n --count -s --size -t --timeout --serve"

@@ -395,6 +395,24 @@ TEST_F(CliTest, PubWithAProtoFileEncodesAndRegistersTheType) {
     EXPECT_EQ(j["payload"]["tags"], json::array({"a", "b"}));
 }
 
+TEST_F(CliTest, PubWithADescriptorSetEncodesTheType) {
+    auto sub = start({"sub", "--json", "-n", "1", "cli.set"});
+    ASSERT_TRUE(subscribed("cli.set"));
+    auto pub =
+        run({"pub", "--type", "testonly.v1.Reading", "--descriptor-set", CLI_TEST_DESCRIPTOR_SET,
+             "cli.set", R"({"seq": 9, "taken": "2024-01-01T00:00:00Z"})"});
+    ASSERT_EQ(pub.code, 0) << pub.err;
+    ASSERT_TRUE(sub->wait());
+    const auto j = json::parse(lines_of(sub->out()).at(0));
+    EXPECT_EQ(j["payload"]["seq"], 9);
+    EXPECT_EQ(j["payload"]["taken"], "2024-01-01T00:00:00Z");
+    // A file that is not a descriptor set is a usage error that says how to make one.
+    auto bad =
+        run({"pub", "--type", "testonly.v1.Reading", "--descriptor-set", bus_bin, "cli.set", "{}"});
+    EXPECT_EQ(bad.code, 2);
+    EXPECT_NE(bad.err.find("--descriptor_set_out"), std::string::npos) << bad.err;
+}
+
 TEST_F(CliTest, PubRawBodyFromStdinWithHeadersAndACount) {
     auto sub = start({"sub", "--json", "--headers", "-n", "3", "plain"});
     ASSERT_TRUE(subscribed("plain"));

@@ -164,6 +164,18 @@ private:
     std::string output_;
 };
 
+// A private directory under /tmp, removed however the test ends.
+struct TempDir {
+    TempDir() {
+        char tmpl[] = "/tmp/bus-cli-test-XXXXXX";
+        path = ::mkdtemp(tmpl);
+    }
+    ~TempDir() { std::filesystem::remove_all(path); }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    std::string path;
+};
+
 std::size_t count_of(const std::string& text, const std::string& what) {
     std::size_t n = 0;
     for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
@@ -766,9 +778,8 @@ TEST_F(CliTest, MonitorShowsPublishesRequestsAndRepliesDecoded) {
 }
 
 TEST_F(CliTest, MonitorPcapHoldsEachMessageAsAnEnvelope) {
-    char tmpl[] = "/tmp/bus-cli-pcap-XXXXXX";
-    const std::string dir = ::mkdtemp(tmpl);
-    const std::string file = dir + "/capture.pcap";
+    const TempDir dir;
+    const std::string file = dir.path + "/capture.pcap";
     auto monitor = start({"monitor", "--pcap", file, "-n", "2", "cap.>"});
     ASSERT_TRUE(monitoring("cap.>"));
     ASSERT_EQ(run({"pub", "-H", "k=v", "cap.one", "first"}).code, 0);
@@ -776,7 +787,6 @@ TEST_F(CliTest, MonitorPcapHoldsEachMessageAsAnEnvelope) {
     ASSERT_TRUE(monitor->wait());
     ASSERT_EQ(monitor->code(), 0) << monitor->err();
     const std::string pcap = slurp(file);
-    std::filesystem::remove_all(dir);
     auto u32 = [&](std::size_t at) {
         std::uint32_t v = 0;
         std::memcpy(&v, pcap.data() + at, 4);
@@ -823,9 +833,8 @@ TEST(CliMonitorAccess, OtherUidsMonitorOnlyWhenTheConfigNamesThem) {
     constexpr int nobody = 65534;
     for (const bool named : {false, true}) {
         boost::asio::io_context io;
-        char tmpl[] = "/tmp/bus-cli-conf-XXXXXX";
-        const std::string conf_dir = ::mkdtemp(tmpl);
-        const std::string conf = conf_dir + "/busd.toml";
+        const TempDir conf_dir;
+        const std::string conf = conf_dir.path + "/busd.toml";
         std::ofstream(conf) << "[access]\nallow_uids = [" << nobody << "]\n"
                             << (named ? "monitor_uids = [65534]\n" : "");
         {
@@ -869,21 +878,18 @@ TEST(CliMonitorAccess, OtherUidsMonitorOnlyWhenTheConfigNamesThem) {
                 EXPECT_NE(monitor.err().find("monitor_uids"), std::string::npos) << monitor.err();
             }
         }
-        std::filesystem::remove_all(conf_dir);
     }
 }
 
 TEST(CliMonitorAccess, BusdRefusesABadMonitorUidsNamingTheKey) {
     boost::asio::io_context io;
-    char tmpl[] = "/tmp/bus-cli-conf-XXXXXX";
-    const std::string dir = ::mkdtemp(tmpl);
-    std::ofstream(dir + "/busd.toml") << "[access]\nmonitor_uids = [\"root\"]\n";
-    Command busd(io,
-                 {bus::test::busd_path(), "-c", dir + "/busd.toml", "-e", "unix://" + dir + "/s"});
+    const TempDir dir;
+    std::ofstream(dir.path + "/busd.toml") << "[access]\nmonitor_uids = [\"root\"]\n";
+    Command busd(io, {bus::test::busd_path(), "-c", dir.path + "/busd.toml", "-e",
+                      "unix://" + dir.path + "/s"});
     ASSERT_TRUE(busd.wait());
     EXPECT_EQ(busd.code(), 2);
     EXPECT_NE(busd.err().find("access.monitor_uids"), std::string::npos) << busd.err();
-    std::filesystem::remove_all(dir);
 }
 
 } // namespace

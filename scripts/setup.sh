@@ -16,7 +16,7 @@ done
 
 packages=(
   build-essential cmake ninja-build pkg-config git
-  libboost-dev libzmq3-dev cppzmq-dev libprotobuf-dev protobuf-compiler
+  libboost-dev libzmq3-dev cppzmq-dev libprotobuf-dev libprotoc-dev protobuf-compiler
   nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-dev clang-format

@@ -1,6 +1,7 @@
 // The real busd, as a separate process, with clients in this process and in child processes
 // (this binary re-run with `--child MODE`). Every promise test runs over both links: ZeroMQ
 // (ipc://) and the channel framing (unix://).
+#include "../support/busd.hpp"
 #include "../support/test_support.hpp"
 
 #include <utility> // before Asio's awaitable.hpp (Boost 1.74 misses it: DESIGN.md)
@@ -42,62 +43,7 @@ using namespace std::chrono_literals;
 std::string self_exe;
 const std::string busd_bin = std::string(BUS_BIN_DIR) + "/busd";
 
-// A private busd: its own runtime directory, started and stopped by the test.
-class Busd {
-public:
-    explicit Busd(boost::asio::io_context& io, std::vector<std::string> extra = {}) : io_(io) {
-        char tmpl[] = "/tmp/bus-test-XXXXXX";
-        dir_ = ::mkdtemp(tmpl);
-        start(std::move(extra));
-    }
-    ~Busd() {
-        stop();
-        std::filesystem::remove_all(dir_);
-    }
-    void start(std::vector<std::string> extra = {}) {
-        std::vector<std::string> argv = {busd_bin, "-e", ipc(), "-e", unix()};
-        argv.insert(argv.end(), extra.begin(), extra.end());
-        auto p = bus::spawn(io_, argv);
-        EXPECT_TRUE(p) << p.error().message();
-        process_ = std::move(p).value();
-        exit_.reset();
-        process_->on_exit([this](int code, int) { exit_ = code; });
-        // Serving once the unix:// socket accepts (it is bound after ipc://; its file
-        // appears a moment before it listens, so existing is not enough).
-        EXPECT_TRUE(run_until(io_, [&] {
-            if (!std::filesystem::exists(dir_ + "/busd.zmq"))
-                return false;
-            bus::UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-            sockaddr_un addr{};
-            addr.sun_family = AF_UNIX;
-            (dir_ + "/busd.sock").copy(addr.sun_path, sizeof addr.sun_path - 1);
-            return ::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-        }));
-    }
-    void stop() {
-        if (process_ && process_->running()) {
-            process_->kill(SIGTERM);
-            run_until(io_, [&] { return exit_.has_value(); });
-        }
-        process_.reset();
-    }
-    void kill() {
-        process_->kill(SIGKILL);
-        run_until(io_, [&] { return exit_.has_value(); });
-        process_.reset();
-    }
-    std::string ipc() const { return "ipc://" + dir_ + "/busd.zmq"; }
-    std::string unix() const { return "unix://" + dir_ + "/busd.sock"; }
-    const std::string& dir() const { return dir_; }
-    std::optional<int> exit_code() const { return exit_; }
-    pid_t pid() const { return process_->pid(); }
-
-private:
-    boost::asio::io_context& io_;
-    std::string dir_;
-    std::shared_ptr<bus::ChildProcess> process_;
-    std::optional<int> exit_;
-};
+using bus::test::Busd;
 
 class BrokerTest : public ::testing::TestWithParam<std::string> {
 protected:

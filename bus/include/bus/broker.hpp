@@ -65,6 +65,8 @@ struct Options {
     std::vector<uid_t> allowed_uids;
     std::vector<gid_t> allowed_gids;
     std::vector<AccessRule> rules;
+    // Who may monitor (a copy of everything routed) besides the broker's own uid.
+    std::vector<uid_t> monitor_uids;
     // Pings both ways; a ZeroMQ client silent for 3 intervals is dropped.
     std::chrono::milliseconds heartbeat{1000};
 };

@@ -16,6 +16,7 @@
 //   [access]
 //   allow_uids = [1001]             # besides busd's own uid
 //   allow_gids = [100]
+//   monitor_uids = [1001]           # may `bus monitor` (busd's own uid always may)
 //
 //   [[access.rules]]                # clients of uid 1001 are confined to these subjects
 //   uid = 1001                      # (or gid = ...)

@@ -99,6 +99,11 @@ public:
     // slow down) or the message could not be queued at all (an error event says why).
     bool publish(std::string_view subject, const google::protobuf::Message& message);
     bool publish_bytes(std::string_view subject, std::string_view payload);
+    // The same with headers (key, value), which subscribers get as they were sent.
+    using Headers = std::vector<std::pair<std::string, std::string>>;
+    bool publish(std::string_view subject, const google::protobuf::Message& message,
+                 const Headers& headers);
+    bool publish_bytes(std::string_view subject, std::string_view payload, const Headers& headers);
 
     // `*` matches one token, `>` the rest. With a queue group, each message goes to one
     // member of the group. Returns the subscription's id, for unsubscribe().
@@ -119,6 +124,12 @@ public:
             queue_group);
     }
     void unsubscribe(std::uint64_t sid);
+
+    // A copy of everything the broker routes whose subject matches `pattern` (and of every
+    // reply and error), for inspectors (`bus monitor`): the handler's message has
+    // envelope.monitored_kind() set. Only for the broker's own uid or the uids its config
+    // names; otherwise an error event (errc::forbidden). unsubscribe() ends it.
+    std::uint64_t monitor(std::string_view pattern, MessageHandler handler);
 
     // Exactly one call of `handler`: the reply, or no_responders, timeout, service_lost,
     // broker_unavailable, or the error the service answered with.
@@ -187,7 +198,7 @@ private:
                       std::uint64_t id = 0);
     void send_request(std::string_view service, std::string_view type_url, std::string_view payload,
                       std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds);
-    v1::Envelope& publish_header(std::string_view subject);
+    v1::Envelope& publish_header(std::string_view subject, const Headers& headers);
     void arm_deadline_timer(std::chrono::steady_clock::time_point when);
     void receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds);
     void handle_control(const v1::Envelope& header, std::string_view payload);
@@ -217,6 +228,7 @@ private:
     struct Subscription {
         std::string pattern, queue;
         std::shared_ptr<MessageHandler> handler; // shared: it may unsubscribe while it runs
+        bool monitor = false;
     };
     std::unordered_map<std::uint64_t, Subscription> subscriptions_;
     std::unordered_map<std::string, ServeHandler> services_;

@@ -238,6 +238,13 @@ struct Broker::Impl {
         std::string registered_by;
     };
     std::unordered_map<std::string, Type> types;
+    // `bus monitor`: who gets a copy of everything routed. Empty in the common case, which
+    // then costs routing one test of emptiness per message.
+    struct MonitorRef {
+        std::uint64_t client, sid;
+        std::string pattern;
+    };
+    std::vector<MonitorRef> monitors;
     std::uint64_t msgs_routed = 0, dropped_total = 0;
     v1::Envelope out;         // reused header of the broker's own answers
     v1::Envelope zmq_in;      // reused inbound header (ZeroMQ; a channel keeps its own)
@@ -626,6 +633,8 @@ struct Broker::Impl {
         c.bytes_in += payload.size();
         if (payload.size() > options.limits.max_message_size)
             return send_error(c, in.id(), errc::message_too_large, "");
+        if (!monitors.empty() && in.kind() != v1::KIND_CONTROL)
+            mirror(c, in, in.kind(), payload);
         switch (in.kind()) {
         case v1::KIND_CONTROL:
             return handle_control(c, in, payload);
@@ -704,6 +713,8 @@ struct Broker::Impl {
             c.queues.insert(queue.name());
             return;
         }
+        if (op == "monitor" || op == "unmonitor")
+            return monitor_control(c, op, in, body);
         if (op == "serve" || op == "unserve") {
             v1::Serve serve;
             if (!serve.ParseFromArray(body.data(), static_cast<int>(body.size())))
@@ -1011,6 +1022,14 @@ struct Broker::Impl {
                     s->set_pattern(sub.pattern);
                     s->set_queue_group(sub.queue);
                 }
+            for (const auto& m : monitors) {
+                auto* s = list->add_subscriptions();
+                if (const Client* client = find(m.client))
+                    s->set_client_id(client->id);
+                s->set_sid(m.sid);
+                s->set_pattern(m.pattern);
+                s->set_monitor(true);
+            }
             answer = std::move(list);
         } else if (what == "$sys.services") {
             auto list = std::make_unique<v1::ServiceList>();
@@ -1064,7 +1083,7 @@ struct Broker::Impl {
 
     // Broker events go to whoever subscribed to them, like any publish.
     void announce(const Client& c, const char* subject) {
-        if (subscriptions.size() == 0)
+        if (subscriptions.size() == 0 && monitors.empty())
             return;
         v1::Envelope in;
         in.set_subject(subject);
@@ -1075,6 +1094,70 @@ struct Broker::Impl {
         broker_self.id = "busd";
         if (Route* route = route_for(in.subject()))
             fan_out(broker_self, in, body, *route);
+        if (!monitors.empty())
+            mirror(broker_self, in, v1::KIND_EVENT, body);
+    }
+
+    // --- monitors -----------------------------------------------------------------------
+
+    // CONTROL "monitor" / "unmonitor" (broker.proto): only busd's own uid and [access]
+    // monitor_uids; tcp:// clients have no uid, so never.
+    void monitor_control(Client& c, const std::string& op, const v1::Envelope& in,
+                         std::string_view body) {
+        if (op == "unmonitor") {
+            v1::Unsubscribe unsub;
+            if (!unsub.ParseFromArray(body.data(), static_cast<int>(body.size())))
+                return send_error(c, in.id(), errc::bad_frame, "bad unmonitor");
+            std::erase_if(monitors, [&](const MonitorRef& m) {
+                return m.client == c.num && m.sid == unsub.sid();
+            });
+            return;
+        }
+        v1::Subscribe sub;
+        if (!sub.ParseFromArray(body.data(), static_cast<int>(body.size())))
+            return send_error(c, in.id(), errc::bad_frame, "bad monitor");
+        if (!valid_pattern(sub.pattern()))
+            return send_error(c, sub.sid(), errc::invalid_subject, sub.pattern());
+        const auto& uids = options.monitor_uids;
+        const bool may =
+            !(c.zmq && c.server->tcp) &&
+            (c.uid == ::getuid() || std::find(uids.begin(), uids.end(), c.uid) != uids.end());
+        if (!may)
+            return send_error(c, sub.sid(), errc::forbidden,
+                              "monitoring is for busd's own uid and [access] monitor_uids");
+        const auto mine = std::count_if(monitors.begin(), monitors.end(),
+                                        [&](const MonitorRef& m) { return m.client == c.num; });
+        if (mine >= 16)
+            return send_error(c, sub.sid(), errc::forbidden, "monitor limit (16 per client)");
+        monitors.push_back(MonitorRef{c.num, sub.sid(), sub.pattern()});
+    }
+
+    // A copy of a message for every monitor whose pattern matches its subject; replies and
+    // errors (whose subject is not a routing subject) go to every monitor. The payload is
+    // shared as on any delivery; a monitor that cannot keep up loses copies, counted as drops.
+    void mirror(const Client& from, const v1::Envelope& in, v1::Kind kind,
+                std::string_view payload) {
+        v1::Envelope copy;
+        copy.set_kind(v1::KIND_PUBLISH);
+        copy.set_monitored_kind(kind);
+        copy.set_subject(in.subject());
+        copy.set_type_url(in.type_url());
+        copy.set_source(from.id);
+        copy.set_id(in.id());
+        copy.set_correlation_id(in.correlation_id());
+        copy.set_deadline_unix_ns(in.deadline_unix_ns());
+        *copy.mutable_headers() = in.headers();
+        const bool every = kind == v1::KIND_REPLY || kind == v1::KIND_ERROR;
+        const bool routable = every || valid_subject(in.subject());
+        for (std::size_t i = 0; i < monitors.size(); ++i) {
+            const auto& m = monitors[i];
+            if (!routable || (!every && !subject_matches(m.pattern, in.subject())))
+                continue;
+            if (Client* to = find(m.client)) {
+                copy.set_subscription_id(m.sid);
+                deliver(*to, copy, payload, {});
+            }
+        }
     }
 
     // --- output -------------------------------------------------------------------------
@@ -1274,6 +1357,8 @@ struct Broker::Impl {
             subscriptions.erase(sub.pattern, SubRef{num, sid, {}});
         if (!c->subs.empty())
             routes.clear();
+        if (!monitors.empty())
+            std::erase_if(monitors, [num](const MonitorRef& m) { return m.client == num; });
         for (const auto& name : c->services)
             drop_instance(name, num);
         // Requests it was serving: their requesters learn now, not at their deadline.

@@ -140,9 +140,10 @@ Options load_config(const std::string& path) {
         r.integer(limits, "limits", "max_services", l.max_services, 1, 100000);
     }
     if (const auto* access = r.section("access")) {
-        r.only(*access, "access", {"allow_uids", "allow_gids", "rules"});
+        r.only(*access, "access", {"allow_uids", "allow_gids", "monitor_uids", "rules"});
         r.id_list(access, "access", "allow_uids", options.allowed_uids);
         r.id_list(access, "access", "allow_gids", options.allowed_gids);
+        r.id_list(access, "access", "monitor_uids", options.monitor_uids);
         if (const auto* rules = access->get("rules")) {
             if (!rules->is_array_of_tables())
                 r.fail("access.rules", "must be an array of tables ([[access.rules]])");

@@ -492,26 +492,45 @@ void Client::register_type(const google::protobuf::Descriptor* type) {
     send(header, set.SerializeAsString(), {});
 }
 
+static void add_headers(v1::Envelope& header, const Client::Headers& headers) {
+    for (const auto& [key, value] : headers) {
+        auto* h = header.add_headers();
+        h->set_key(key);
+        h->set_value(value);
+    }
+}
+
 bool Client::publish(std::string_view subject, const google::protobuf::Message& message) {
+    return publish(subject, message, Headers{});
+}
+
+bool Client::publish_bytes(std::string_view subject, std::string_view payload) {
+    return publish_bytes(subject, payload, Headers{});
+}
+
+bool Client::publish(std::string_view subject, const google::protobuf::Message& message,
+                     const Headers& headers) {
     register_type(message.GetDescriptor());
     message.SerializeToString(&publish_payload_);
-    auto& header = publish_header(subject);
+    auto& header = publish_header(subject, headers);
     const auto& type = message.GetDescriptor()->full_name();
     header.mutable_type_url()->reserve(frame::type_url_prefix.size() + type.size());
     header.mutable_type_url()->assign(frame::type_url_prefix).append(type);
     return send(header, publish_payload_, {});
 }
 
-bool Client::publish_bytes(std::string_view subject, std::string_view payload) {
-    return send(publish_header(subject), payload, {});
+bool Client::publish_bytes(std::string_view subject, std::string_view payload,
+                           const Headers& headers) {
+    return send(publish_header(subject, headers), payload, {});
 }
 
 // Publishes reuse one header and one payload buffer (their capacity, that is): a link
 // serializes what it is given before send() returns, so nothing holds on to them.
-v1::Envelope& Client::publish_header(std::string_view subject) {
+v1::Envelope& Client::publish_header(std::string_view subject, const Headers& headers) {
     publish_header_.Clear();
     publish_header_.set_kind(v1::KIND_PUBLISH);
     publish_header_.set_subject(subject.data(), subject.size());
+    add_headers(publish_header_, headers);
     return publish_header_;
 }
 
@@ -529,11 +548,27 @@ std::uint64_t Client::subscribe(std::string_view pattern, MessageHandler handler
 }
 
 void Client::unsubscribe(std::uint64_t sid) {
-    if (!subscriptions_.erase(sid))
+    auto it = subscriptions_.find(sid);
+    if (it == subscriptions_.end())
         return;
+    const bool monitor = it->second.monitor;
+    subscriptions_.erase(it);
     v1::Unsubscribe unsub;
     unsub.set_sid(sid);
-    send_control("unsub", &unsub);
+    send_control(monitor ? "unmonitor" : "unsub", &unsub);
+}
+
+std::uint64_t Client::monitor(std::string_view pattern, MessageHandler handler) {
+    const std::uint64_t sid = next_id_++;
+    subscriptions_.emplace(sid, Subscription{std::string(pattern),
+                                             {},
+                                             std::make_shared<MessageHandler>(std::move(handler)),
+                                             true});
+    v1::Subscribe sub;
+    sub.set_sid(sid);
+    sub.set_pattern(std::string(pattern));
+    send_control("monitor", &sub);
+    return sid;
 }
 
 void Client::serve(std::string_view service, ServeHandler handler) {
@@ -787,7 +822,7 @@ void Client::register_everything() {
         s.set_sid(sid);
         s.set_pattern(sub.pattern);
         s.set_queue_group(sub.queue);
-        send_control("sub", &s);
+        send_control(sub.monitor ? "monitor" : "sub", &s);
     }
     for (const auto& [name, handler] : services_) {
         v1::Serve s;

@@ -1,0 +1,232 @@
+// What the broker knows: bus ls clients|subjects|subscriptions|services|types, bus status,
+// bus types show pkg.Msg.
+#include "common.hpp"
+
+#include <bus/v1/broker.pb.h>
+
+#include <google/protobuf/descriptor.pb.h>
+
+namespace bus::cli {
+namespace {
+
+// Asks busd one of its $sys questions; Failure when it does not answer.
+template <class T>
+T ask(boost::asio::io_context& io, Client& client, const Global& g, const std::string& what,
+      const std::string& payload = {}) {
+    std::optional<std::error_code> result;
+    Message reply;
+    client.request_bytes(what, payload, std::chrono::seconds(5),
+                         [&](std::error_code ec, Message& m) {
+                             result = ec;
+                             reply = std::move(m);
+                         });
+    run_until_done(io, [&] { return result.has_value(); });
+    if (!result)
+        throw Failure(exit_code::failure, "interrupted");
+    if (*result)
+        throw Failure(exit_code_for(*result), "busd did not answer " + what + " at " + g.endpoint +
+                                                  ": " + result->message());
+    T out;
+    if (!out.ParseFromString(std::string(reply.payload())))
+        throw Failure(exit_code::failure, "busd's answer to " + what + " does not parse");
+    return out;
+}
+
+void print_line(const std::string& line) {
+    std::fwrite(line.data(), 1, line.size(), stdout);
+    std::fputc('\n', stdout);
+}
+
+std::string num(std::uint64_t n) {
+    return std::to_string(n);
+}
+
+std::string duration_text(std::int64_t ns) {
+    auto s = ns / 1'000'000'000;
+    char buf[64];
+    if (s >= 86400)
+        std::snprintf(buf, sizeof buf, "%lldd%02lldh%02lldm", static_cast<long long>(s / 86400),
+                      static_cast<long long>(s % 86400 / 3600),
+                      static_cast<long long>(s % 3600 / 60));
+    else if (s >= 3600)
+        std::snprintf(buf, sizeof buf, "%lldh%02lldm%02llds", static_cast<long long>(s / 3600),
+                      static_cast<long long>(s % 3600 / 60), static_cast<long long>(s % 60));
+    else if (s >= 60)
+        std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60),
+                      static_cast<long long>(s % 60));
+    else
+        std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
+    return buf;
+}
+
+std::int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+int run_ls(const std::string& what, const Global& g) {
+    boost::asio::io_context io;
+    const auto signals = watch_signals(io);
+    auto client = connect(io, g, "ls");
+    const Style style{g.color()};
+    if (what == "clients") {
+        const auto list = ask<v1::ClientList>(io, *client, g, "$sys.clients");
+        if (g.json) {
+            for (const auto& c : list.clients())
+                print_line(to_json(c));
+            return exit_code::ok;
+        }
+        Table t({"ID", "NAME", "PID", "UID", "LINK", "MSGS IN", "MSGS OUT", "DROPPED", "QUEUED",
+                 "SUBS", "UP"});
+        for (const auto& c : list.clients())
+            t.add({c.id(), c.name(), num(c.pid()), num(c.uid()), c.transport(), num(c.msgs_in()),
+                   num(c.msgs_out()), num(c.dropped()), num(c.queued()), num(c.subscriptions()),
+                   c.connected_unix_ns() ? duration_text(now_ns() - c.connected_unix_ns()) : "-"});
+        t.print(stdout, style);
+    } else if (what == "subjects") {
+        const auto stats = ask<v1::BrokerStats>(io, *client, g, "$sys.stats");
+        if (g.json) {
+            for (const auto& s : stats.subjects())
+                print_line(to_json(s));
+            return exit_code::ok;
+        }
+        Table t({"SUBJECT", "MSGS", "BYTES", "DROPPED"});
+        for (const auto& s : stats.subjects())
+            t.add({s.subject(), num(s.msgs()), num(s.bytes()), num(s.dropped())});
+        t.print(stdout, style);
+    } else if (what == "subscriptions") {
+        const auto list = ask<v1::SubscriptionList>(io, *client, g, "$sys.subscriptions");
+        if (g.json) {
+            for (const auto& s : list.subscriptions())
+                print_line(to_json(s));
+            return exit_code::ok;
+        }
+        Table t({"PATTERN", "CLIENT", "SID", "QUEUE GROUP"});
+        for (const auto& s : list.subscriptions())
+            t.add({s.pattern(), s.client_id(), num(s.sid()),
+                   s.monitor() ? "(monitor)" : s.queue_group()});
+        t.print(stdout, style);
+    } else if (what == "services") {
+        const auto list = ask<v1::ServiceList>(io, *client, g, "$sys.services");
+        if (g.json) {
+            for (const auto& s : list.services())
+                print_line(to_json(s));
+            return exit_code::ok;
+        }
+        Table t({"SERVICE", "INSTANCES", "REQUESTS"});
+        for (const auto& s : list.services()) {
+            std::string instances;
+            for (const auto& i : s.instances())
+                instances += (instances.empty() ? "" : ",") + i;
+            t.add({s.name(), instances.empty() ? "-" : instances, num(s.requests())});
+        }
+        t.print(stdout, style);
+    } else {
+        const auto list = ask<v1::TypeList>(io, *client, g, "$sys.types");
+        if (g.json) {
+            for (const auto& ty : list.types())
+                print_line(to_json(ty));
+            return exit_code::ok;
+        }
+        Table t({"TYPE", "REGISTERED BY", "DESCRIPTOR BYTES"});
+        for (const auto& ty : list.types())
+            t.add({ty.name(), ty.registered_by(), num(ty.descriptor_bytes())});
+        t.print(stdout, style);
+    }
+    client->close();
+    return exit_code::ok;
+}
+
+int run_status(const Global& g) {
+    boost::asio::io_context io;
+    const auto signals = watch_signals(io);
+    auto client = connect(io, g, "status");
+    const auto stats = ask<v1::BrokerStats>(io, *client, g, "$sys.stats");
+    client->close();
+    const auto uptime_ns = now_ns() - stats.started_unix_ns();
+    if (g.json) {
+        auto j = nlohmann::ordered_json::parse(to_json(stats));
+        j.erase("subjects");
+        j["endpoint"] = g.endpoint;
+        j["uptime_s"] = uptime_ns / 1'000'000'000;
+        print_line(j.dump());
+        return exit_code::ok;
+    }
+    const Style style{g.color()};
+    std::string endpoints;
+    for (const auto& e : stats.endpoints())
+        endpoints += (endpoints.empty() ? "" : " ") + e;
+    print_line(style.green("●") + " " + style.bold("busd " + stats.version()) + " at " +
+               g.endpoint);
+    print_line("  broker id:   " + stats.broker_id());
+    print_line("  uptime:      " + duration_text(uptime_ns));
+    print_line("  endpoints:   " + endpoints);
+    print_line("  clients:     " + num(stats.clients()));
+    print_line("  msgs routed: " + num(stats.msgs_routed()));
+    print_line("  dropped:     " + num(stats.dropped()));
+    return exit_code::ok;
+}
+
+int run_types_show(const std::string& name, bool whole_file, const Global& g) {
+    boost::asio::io_context io;
+    const auto signals = watch_signals(io);
+    auto client = connect(io, g, "types");
+    Types types;
+    const auto* d = types.resolve(io, *client, name);
+    client->close();
+    if (g.json) {
+        google::protobuf::DescriptorProto proto;
+        d->CopyTo(&proto);
+        print_line(to_json(proto));
+        return exit_code::ok;
+    }
+    if (whole_file) {
+        std::fputs(d->file()->DebugString().c_str(), stdout);
+        return exit_code::ok;
+    }
+    std::printf("// %s, from %s\n", d->full_name().c_str(), d->file()->name().c_str());
+    std::fputs(d->DebugString().c_str(), stdout);
+    return exit_code::ok;
+}
+
+} // namespace
+
+void add_ls(CLI::App& app, Global& g, Runner& run) {
+    auto what = std::make_shared<std::string>();
+    auto* ls = app.add_subcommand("ls", "List what the broker knows, as a table (or --json)");
+    ls->add_option("what", *what, "clients, subjects, subscriptions, services or types")
+        ->required()
+        ->check(CLI::IsMember({"clients", "subjects", "subscriptions", "services", "types"}));
+    ls->footer("\n  clients        connected clients: id, name, pid, uid, link, traffic, drops, "
+               "queue\n"
+               "  subjects       subjects busd delivered so far: messages, bytes, drops\n"
+               "  subscriptions  patterns subscribed to, by client\n"
+               "  services       services and their instances\n"
+               "  types          protobuf types in busd's registry\n\n"
+               "Examples:\n"
+               "  bus ls clients\n"
+               "  bus ls --json services | jq .name");
+    ls->callback([what, &g, &run] { run = [what, &g] { return run_ls(*what, g); }; });
+
+    auto* status = app.add_subcommand(
+        "status", "The broker's version, uptime, endpoints and totals (exit 3 when none answers)");
+    status->callback([&g, &run] { run = [&g] { return run_status(g); }; });
+
+    auto* types = app.add_subcommand("types", "Types in busd's registry");
+    types->require_subcommand(1);
+    auto* types_ls = types->add_subcommand("ls", "The same as `bus ls types`");
+    types_ls->callback([&g, &run] { run = [&g] { return run_ls("types", g); }; });
+    auto name = std::make_shared<std::string>();
+    auto whole_file = std::make_shared<bool>(false);
+    auto* show = types->add_subcommand("show", "A type's schema as .proto text");
+    show->add_option("type", *name, "the full name, pkg.Msg")->required();
+    show->add_flag("--file", *whole_file, "the whole .proto file that defines it");
+    show->footer("\nExamples:\n  bus types show bus.v1.Heartbeat\n  bus types show --file "
+                 "shop.v1.Order");
+    show->callback([name, whole_file, &g, &run] {
+        run = [name, whole_file, &g] { return run_types_show(*name, *whole_file, g); };
+    });
+}
+
+} // namespace bus::cli

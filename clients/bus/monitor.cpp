@@ -1,0 +1,213 @@
+// bus monitor [PATTERN]: everything busd routes (publishes, requests, replies, errors, direct
+// messages, $sys events), decoded like `bus sub` shows messages.
+#include "common.hpp"
+
+#include <bus/subject.hpp>
+
+#include <boost/asio/steady_timer.hpp>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+
+namespace bus::cli {
+namespace {
+
+struct MonitorOptions {
+    std::string pattern = ">";
+    bool raw = false;
+    bool headers = false;
+    std::uint64_t count = 0;
+    std::string timeout;
+    std::string pcap;
+};
+
+// --pcap: a classic pcap file of link type LINKTYPE_USER0 (147), one packet per message: the
+// bus.v1.Envelope as it was routed (its kind, not the monitor's), payload included. Packets
+// over 256 KiB are cut there (orig_len keeps the size), as Wireshark reads no larger ones.
+class PcapWriter {
+public:
+    static constexpr std::uint32_t link_type_user0 = 147;
+    static constexpr std::uint32_t snap_length = 262144;
+
+    explicit PcapWriter(const std::string& path) : out_(std::fopen(path.c_str(), "wb")) {
+        if (!out_)
+            throw Failure(exit_code::usage,
+                          "--pcap: cannot write " + path + ": " + std::strerror(errno));
+        put32(0xa1b2c3d4); // microsecond timestamps, this host's byte order
+        put16(2);
+        put16(4);
+        put32(0); // thiszone
+        put32(0); // sigfigs
+        put32(snap_length);
+        put32(link_type_user0);
+        std::fflush(out_);
+    }
+    ~PcapWriter() { std::fclose(out_); }
+    PcapWriter(const PcapWriter&) = delete;
+    PcapWriter& operator=(const PcapWriter&) = delete;
+
+    void write(std::chrono::system_clock::time_point at, const v1::Envelope& copy) {
+        v1::Envelope e = copy;
+        e.set_kind(e.monitored_kind());
+        e.clear_monitored_kind();
+        e.clear_subscription_id();
+        const std::string bytes = e.SerializeAsString();
+        const auto us =
+            std::chrono::duration_cast<std::chrono::microseconds>(at.time_since_epoch()).count();
+        const auto kept = std::min<std::size_t>(bytes.size(), snap_length);
+        put32(static_cast<std::uint32_t>(us / 1'000'000));
+        put32(static_cast<std::uint32_t>(us % 1'000'000));
+        put32(static_cast<std::uint32_t>(kept));
+        put32(static_cast<std::uint32_t>(bytes.size()));
+        std::fwrite(bytes.data(), 1, kept, out_);
+        std::fflush(out_);
+    }
+
+private:
+    void put32(std::uint32_t v) { std::fwrite(&v, sizeof v, 1, out_); }
+    void put16(std::uint16_t v) { std::fwrite(&v, sizeof v, 1, out_); }
+    std::FILE* out_;
+};
+
+std::string kind_name(v1::Kind kind) {
+    switch (kind) {
+    case v1::KIND_PUBLISH:
+        return "publish";
+    case v1::KIND_REQUEST:
+        return "request";
+    case v1::KIND_REPLY:
+        return "reply";
+    case v1::KIND_ERROR:
+        return "error";
+    case v1::KIND_DIRECT:
+        return "direct";
+    case v1::KIND_EVENT:
+        return "event";
+    default:
+        return "kind" + std::to_string(static_cast<int>(kind));
+    }
+}
+
+int run_monitor(const MonitorOptions& o, const Global& g) {
+    if (!valid_pattern(o.pattern))
+        throw Failure(exit_code::usage,
+                      "'" + o.pattern +
+                          "' is not a valid pattern: dot-separated tokens of printable ASCII, "
+                          "`*` for one token, `>` as the last token for the rest");
+    std::optional<std::chrono::milliseconds> timeout;
+    if (!o.timeout.empty())
+        timeout = parse_duration(o.timeout, "--timeout");
+
+    std::unique_ptr<PcapWriter> pcap;
+    if (!o.pcap.empty())
+        pcap = std::make_unique<PcapWriter>(o.pcap);
+
+    boost::asio::io_context io;
+    const auto signals = watch_signals(io);
+    auto client = connect(io, g, "monitor");
+    Types types;
+    const Style style{g.color()};
+
+    struct Entry {
+        std::chrono::system_clock::time_point at;
+        v1::Envelope envelope;
+    };
+    std::deque<Entry> queue;
+    std::uint64_t shown = 0;
+    bool done = false;
+    std::optional<Failure> failed;
+
+    auto ready = [&](const Entry& e) {
+        if (o.raw || e.envelope.type_url().empty() || e.envelope.type_url() == json_type_url)
+            return true;
+        const auto name = type_name_of(e.envelope.type_url());
+        return types.find_local(name) || types.fetched(name);
+    };
+    auto drain = [&] {
+        while (!queue.empty() && !done && ready(queue.front())) {
+            const auto& e = queue.front().envelope;
+            Shown s{queue.front().at, kind_name(e.monitored_kind()), &e, o.raw, o.headers};
+            if (pcap)
+                pcap->write(queue.front().at, e);
+            const auto line = format_message(types, s, g, style);
+            std::fwrite(line.data(), 1, line.size(), stdout);
+            std::fputc('\n', stdout);
+            std::fflush(stdout);
+            queue.pop_front();
+            if (o.count && ++shown >= o.count)
+                done = true;
+        }
+    };
+    client->on_event([&](const ClientEvent& e) {
+        if (e.kind == ClientEvent::Kind::error) {
+            failed.emplace(exit_code_for(e.error),
+                           "the broker at " + g.endpoint + " refused to be monitored: " +
+                               e.error.message() + (e.detail.empty() ? "" : " (" + e.detail + ")"));
+            done = true;
+        } else if (e.kind == ClientEvent::Kind::disconnected) {
+            std::fprintf(stderr, "bus: lost the broker at %s; waiting for it to come back\n",
+                         g.endpoint.c_str());
+        } else if (e.kind == ClientEvent::Kind::slow_consumer) {
+            std::fprintf(stderr, "bus: the broker dropped %llu copies for us (slow consumer)\n",
+                         static_cast<unsigned long long>(e.dropped));
+        }
+    });
+    client->monitor(o.pattern, [&](Message& m) {
+        if (done)
+            return;
+        queue.push_back({std::chrono::system_clock::now(), m.envelope});
+        if (!ready(queue.back()))
+            types.fetch(*client, type_name_of(queue.back().envelope.type_url()), drain);
+        drain();
+    });
+
+    boost::asio::steady_timer timer(io);
+    bool timed_out = false;
+    if (timeout) {
+        timer.expires_after(*timeout);
+        timer.async_wait([&](const boost::system::error_code& ec) {
+            if (!ec) {
+                timed_out = true;
+                done = true;
+            }
+        });
+    }
+    run_until_done(io, [&] { return done; });
+    timer.cancel();
+    client->close();
+    if (failed)
+        throw *failed;
+    if (timed_out && o.count && shown < o.count)
+        throw Failure(exit_code::timeout, "timeout: " + std::to_string(shown) + " of " +
+                                              std::to_string(o.count) + " messages in " +
+                                              o.timeout);
+    return exit_code::ok;
+}
+
+} // namespace
+
+void add_monitor(CLI::App& app, Global& g, Runner& run) {
+    auto o = std::make_shared<MonitorOptions>();
+    auto* cmd = app.add_subcommand(
+        "monitor", "Everything busd routes: publishes, requests, replies, direct messages, events");
+    cmd->add_option("pattern", o->pattern,
+                    "only messages whose subject matches (default `>`: all); replies and errors "
+                    "are always shown");
+    cmd->add_flag("--raw", o->raw, "do not decode: the payload as hex (base64 with --json)");
+    cmd->add_flag("--headers", o->headers, "show the messages' headers");
+    cmd->add_option("-n,--count", o->count, "exit after N messages");
+    cmd->add_option("-t,--timeout", o->timeout, "exit after this long (500ms, 2s, 1m)");
+    cmd->add_option("--pcap", o->pcap,
+                    "also write the messages to a pcap file (link type USER0: each packet is "
+                    "one bus.v1.Envelope with its payload)");
+    cmd->footer("\nLike `bus sub`, with the kind of each message (publish, request, reply, "
+                "error, direct,\nevent; \"kind\" with --json). Allowed to busd's own uid and "
+                "the uids in its config's\n[access] monitor_uids; others exit with 8.\n\n"
+                "Examples:\n"
+                "  bus monitor\n"
+                "  bus monitor --json 'orders.>' | jq 'select(.kind == \"request\")'");
+    cmd->callback([o, &g, &run] { run = [o, &g] { return run_monitor(*o, g); }; });
+}
+
+} // namespace bus::cli

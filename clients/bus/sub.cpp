@@ -1,0 +1,160 @@
+// bus sub PATTERN...: print messages as they arrive, decoded through busd's type registry.
+#include "common.hpp"
+
+#include <bus/subject.hpp>
+
+#include <boost/asio/steady_timer.hpp>
+
+#include <deque>
+
+namespace bus::cli {
+namespace {
+
+struct SubOptions {
+    std::vector<std::string> patterns;
+    bool raw = false;
+    bool headers = false;
+    std::uint64_t count = 0;
+    std::string timeout;
+    std::string queue;
+};
+
+bool clean_label(const std::string& s) {
+    return s.size() <= 128 &&
+           std::all_of(s.begin(), s.end(), [](char c) { return c > ' ' && c < 0x7f; });
+}
+
+int run_sub(const SubOptions& o, const Global& g) {
+    for (const auto& p : o.patterns)
+        if (!valid_pattern(p))
+            throw Failure(exit_code::usage,
+                          "'" + p +
+                              "' is not a valid pattern: dot-separated tokens of printable "
+                              "ASCII, `*` for one token, `>` as the last token for the rest");
+    if (!clean_label(o.queue))
+        throw Failure(exit_code::usage, "--queue: '" + o.queue +
+                                            "' is not a valid group name (printable ASCII, no "
+                                            "spaces, at most 128 bytes)");
+    std::optional<std::chrono::milliseconds> timeout;
+    if (!o.timeout.empty())
+        timeout = parse_duration(o.timeout, "--timeout");
+
+    boost::asio::io_context io;
+    const auto signals = watch_signals(io);
+    auto client = connect(io, g, "sub");
+    Types types;
+    const Style style{g.color()};
+
+    struct Entry {
+        std::chrono::system_clock::time_point at;
+        v1::Envelope envelope;
+    };
+    std::deque<Entry> queue;
+    std::uint64_t shown = 0;
+    bool done = false;
+    std::optional<Failure> failed;
+
+    auto ready = [&](const Entry& e) {
+        if (o.raw || e.envelope.type_url().empty() || e.envelope.type_url() == json_type_url)
+            return true;
+        const auto name = type_name_of(e.envelope.type_url());
+        return types.find_local(name) || types.fetched(name);
+    };
+    // In arrival order: a message waits for its type's descriptor, and those after it wait too.
+    auto drain = [&] {
+        while (!queue.empty() && !done && ready(queue.front())) {
+            Shown s{queue.front().at, {}, &queue.front().envelope, o.raw, o.headers};
+            const auto line = format_message(types, s, g, style);
+            std::fwrite(line.data(), 1, line.size(), stdout);
+            std::fputc('\n', stdout);
+            std::fflush(stdout);
+            queue.pop_front();
+            if (o.count && ++shown >= o.count)
+                done = true;
+        }
+    };
+    auto on_message = [&](Message& m) {
+        if (done)
+            return;
+        queue.push_back({std::chrono::system_clock::now(), m.envelope});
+        const auto& e = queue.back();
+        if (!ready(e))
+            types.fetch(*client, type_name_of(e.envelope.type_url()), drain);
+        drain();
+    };
+    client->on_event([&](const ClientEvent& e) {
+        switch (e.kind) {
+        case ClientEvent::Kind::error:
+            failed.emplace(exit_code_for(e.error),
+                           "the broker refused the subscription: " + e.error.message() +
+                               (e.detail.empty() ? "" : " (" + e.detail + ")"));
+            done = true;
+            break;
+        case ClientEvent::Kind::disconnected:
+            std::fprintf(stderr, "bus: lost the broker at %s; waiting for it to come back\n",
+                         g.endpoint.c_str());
+            break;
+        case ClientEvent::Kind::slow_consumer:
+            std::fprintf(stderr, "bus: the broker dropped %llu messages for us (slow consumer)\n",
+                         static_cast<unsigned long long>(e.dropped));
+            break;
+        case ClientEvent::Kind::connected:
+            break;
+        }
+    });
+    for (const auto& p : o.patterns)
+        client->subscribe(p, on_message, o.queue);
+
+    boost::asio::steady_timer timer(io);
+    bool timed_out = false;
+    if (timeout) {
+        timer.expires_after(*timeout);
+        timer.async_wait([&](const boost::system::error_code& ec) {
+            if (!ec) {
+                timed_out = true;
+                done = true;
+            }
+        });
+    }
+    run_until_done(io, [&] { return done; });
+    timer.cancel();
+    client->close();
+    if (failed)
+        throw *failed;
+    if (timed_out && o.count && shown < o.count)
+        throw Failure(exit_code::timeout, "timeout: " + std::to_string(shown) + " of " +
+                                              std::to_string(o.count) + " messages arrived in " +
+                                              o.timeout);
+    return exit_code::ok;
+}
+
+} // namespace
+
+void add_sub(CLI::App& app, Global& g, Runner& run) {
+    auto o = std::make_shared<SubOptions>();
+    auto* cmd = app.add_subcommand("sub", "Print messages published on subjects matching PATTERN");
+    cmd->add_option("pattern", o->patterns,
+                    "subjects to follow: dot-separated tokens, `*` matches one token, `>` the "
+                    "rest")
+        ->required();
+    cmd->add_flag("--raw", o->raw, "do not decode: the payload as hex (base64 with --json)");
+    cmd->add_flag("--headers", o->headers, "show the messages' headers");
+    cmd->add_option("-n,--count", o->count, "exit after N messages");
+    cmd->add_option("-t,--timeout", o->timeout,
+                    "exit after this long (500ms, 2s, 1m); with --count, too few messages by "
+                    "then exits with 5");
+    cmd->add_option("-q,--queue", o->queue,
+                    "join a queue group: each message goes to one member of the group");
+    cmd->footer("\nOne line per message: time, subject, source (the sender's client id), type,\n"
+                "and the payload as JSON when busd's registry (or the binary) knows its type.\n"
+                "With --json: {\"time\", \"subject\", \"source\", \"type\", \"payload\" | "
+                "\"payload_base64\", \"headers\"}.\n\n"
+                "Examples:\n"
+                "  bus sub 'orders.>'\n"
+                "  bus sub --json --count 10 'sensors.*' | jq .payload\n"
+                "  bus sub --queue workers jobs.new\n"
+                "  bus sub --raw --timeout 5s metrics.cpu");
+    cmd->callback([o, &g, &run] { run = [o, &g] { return run_sub(*o, g); }; });
+}
+
+} // namespace bus::cli

@@ -1,0 +1,149 @@
+// The master side of cluster mode (docs/cluster.md): busd runs the applications of its config
+// (`[[app]]` tables) as workers, owns their listening sockets and hands each accepted
+// connection to one ready worker as NewConn with the fd (bus/cluster.hpp is the worker side).
+//
+// It supervises them: heartbeats (a stuck worker is killed and replaced), restarts with
+// exponential backoff (an app whose workers keep dying young is marked errored and left
+// stopped), zero-downtime reloads one worker at a time, and a graceful stop.
+#pragma once
+
+#include "bus/error.hpp"
+
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace bus::cluster {
+
+using std::chrono::milliseconds;
+
+enum class Mode { round_robin, least_connections };
+
+struct RestartPolicy {
+    // The app is errored after this many exits in a row, each within min_uptime of its start.
+    int max_restarts = 10;
+    milliseconds min_uptime{1000};
+    // Backoff before a restart: restart_delay, doubled for each quick exit in a row, capped.
+    milliseconds restart_delay{100};
+    milliseconds max_restart_delay{10000};
+    // Exit codes that mean "done": such a worker is not restarted.
+    std::vector<int> stop_exit_codes;
+};
+
+struct AppConfig {
+    std::string name;
+    std::vector<std::string> argv; // command, then args
+    std::string cwd;
+    std::vector<std::string> env; // NAME=VALUE, besides BUS_APP and BUS_INSTANCE
+    int instances = 1;
+    std::vector<std::string> listen; // tcp://HOST:PORT
+    Mode mode = Mode::round_robin;
+    RestartPolicy restart;
+    milliseconds kill_timeout{5000};   // Shutdown's grace; SIGKILL after it
+    milliseconds listen_timeout{5000}; // a started worker must say ready within this
+    milliseconds heartbeat{1000};      // ping interval
+    int heartbeat_misses = 3;          // unanswered pings before the worker is replaced
+    milliseconds ack_timeout{5000};    // a NewConn unacknowledged this long: worker replaced
+    std::size_t max_pending = 1024;    // accepted connections waiting for a ready worker
+};
+
+struct ConfigError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// The `[[app]]` tables of busd's TOML config. Throws ConfigError naming the key
+// ("FILE: key 'app[0].instances': must be between 1 and 1024").
+std::vector<AppConfig> load_apps(const std::string& path);
+
+// --- pure policy, unit-tested --------------------------------------------------------------
+
+// Counts one instance's exits and says what to do about each.
+class RestartTracker {
+public:
+    enum class Action { restart, stop, errored };
+    struct Decision {
+        Action action;
+        milliseconds delay{0}; // for restart
+    };
+    Decision on_exit(const RestartPolicy& policy, int exit_code, int term_signal,
+                     milliseconds uptime);
+    int restarts() const noexcept { return restarts_; }
+    int quick_exits() const noexcept { return quick_; }
+
+private:
+    int restarts_ = 0; // in all
+    int quick_ = 0;    // in a row, each within min_uptime
+};
+
+struct Candidate {
+    bool ready = false;
+    std::uint32_t load = 0; // open connections (least_connections)
+};
+
+// The candidate to get the next connection, or none ready. `cursor` carries round-robin
+// position between calls (ties in least_connections are broken round-robin too).
+std::optional<std::size_t> pick(Mode mode, const std::vector<Candidate>& candidates,
+                                std::size_t& cursor);
+
+// --- the supervisor ------------------------------------------------------------------------
+
+struct WorkerInfo {
+    int instance = 0;
+    pid_t pid = 0;
+    std::string state; // starting, ready, draining
+    std::uint32_t connections = 0;
+};
+
+struct AppInfo {
+    std::string name;
+    std::string state; // running, stopping, stopped, errored
+    int restarts = 0;
+    std::vector<std::string> listening; // bound addresses, tcp://HOST:PORT
+    std::vector<WorkerInfo> workers;
+};
+
+class Supervisor {
+public:
+    struct Options {
+        // Added to every worker's environment (busd adds BUS_ENDPOINT).
+        std::vector<std::string> env;
+        // One line per event worth telling (worker started, exited, errored, ...).
+        std::function<void(const std::string&)> log;
+    };
+
+    // Binds every app's listen addresses and starts its workers. On failure, `failed` (if
+    // given) names the app and address.
+    static Result<std::unique_ptr<Supervisor>> start(boost::asio::io_context& io,
+                                                     std::vector<AppConfig> apps, Options options,
+                                                     std::string* failed = nullptr);
+    // Kills (SIGKILL) whatever still runs.
+    ~Supervisor();
+    Supervisor(const Supervisor&) = delete;
+    Supervisor& operator=(const Supervisor&) = delete;
+
+    // Zero-downtime reload of one app (empty: every app), one worker at a time. A reload asked
+    // for while one runs is queued behind it. errc::no_such_client for an unknown app name.
+    std::error_code reload(const std::string& app = {});
+    // Stops accepting, shuts every worker down gracefully (SIGKILL after kill_timeout), then
+    // calls `done` once all have exited.
+    void stop(std::function<void()> done);
+
+    std::vector<AppInfo> list() const;
+
+    struct Impl;
+
+private:
+    explicit Supervisor(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace bus::cluster

@@ -1,0 +1,552 @@
+// Cluster mode with real processes: a real busd with [[app]] configs, its workers
+// (bus-http-hello, or this binary re-run as a misbehaving worker with `--worker MODE`), and
+// real TCP connections on 127.0.0.1.
+//
+// busd's stderr goes to a log file the tests read to know when something happened (a worker
+// ready, replaced, an app errored). Every busd is stopped by its fixture, and its workers with
+// it (SIGKILL on a busd leaves no orphan either: that is one of the tests).
+#include "../support/test_support.hpp"
+
+#include <bus/child_process.hpp>
+#include <bus/cluster.hpp>
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+
+#include <arpa/inet.h>
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+#include <fcntl.h>
+#include <fstream>
+#include <map>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <set>
+#include <sstream>
+#include <thread>
+
+namespace {
+
+using bus::test::run_until;
+using namespace std::chrono_literals;
+
+std::string self_exe;
+const std::string busd_bin = std::string(BUS_BIN_DIR) + "/busd";
+const std::string hello_bin = std::string(BUS_BIN_DIR) + "/bus-http-hello";
+
+// --- the misbehaving worker (this binary, --worker MODE) -------------------------------------
+
+// Misbehaves once per test: the first process to create the marker file does it; the
+// instances started after it behave (so a replaced worker serves).
+bool first_time() {
+    const char* marker = std::getenv("TEST_MARKER");
+    if (!marker)
+        return false;
+    const int fd = ::open(marker, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return false;
+    ::close(fd);
+    return true;
+}
+
+// Answers one request per connection with X-Instance / X-Pid, then closes.
+void serve_once(boost::asio::io_context& io, bus::cluster::Connection c) {
+    auto socket = std::make_shared<boost::asio::ip::tcp::socket>(io);
+    socket->assign(boost::asio::ip::tcp::v4(), c.fd.release());
+    auto buffer = std::make_shared<std::string>();
+    auto chunk = std::make_shared<std::array<char, 4096>>();
+    auto read = std::make_shared<std::function<void()>>();
+    *read = [socket, buffer, chunk, read] {
+        socket->async_read_some(
+            boost::asio::buffer(*chunk),
+            [socket, buffer, chunk, read](boost::system::error_code ec, std::size_t n) {
+                if (ec)
+                    return;
+                buffer->append(chunk->data(), n);
+                if (buffer->find("\r\n\r\n") == std::string::npos)
+                    return (*read)();
+                auto out = std::make_shared<std::string>(
+                    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\nX-Instance: " +
+                    std::string(std::getenv("BUS_INSTANCE")) +
+                    "\r\nX-Pid: " + std::to_string(::getpid()) + "\r\n\r\nok");
+                boost::asio::async_write(*socket, boost::asio::buffer(*out),
+                                         [socket, out](boost::system::error_code, std::size_t) {
+                                             boost::system::error_code ignored;
+                                             socket->close(ignored);
+                                         });
+                *read = nullptr; // break the cycle
+            });
+    };
+    (*read)();
+}
+
+int worker_main(const std::string& mode) {
+    boost::asio::io_context io;
+    const bool instance0 = std::string(std::getenv("BUS_INSTANCE")) == "0";
+    // Before the Worker takes it: the raw channel, for writing garbage on it.
+    const int raw = ::dup(std::atoi(std::getenv("BUS_CHANNEL_FD")));
+    if (mode == "crash")
+        return 1; // before ready, every time
+    const bool misbehave = instance0 && first_time();
+    auto worker = bus::cluster::Worker::from_parent(io);
+    if (!worker)
+        return 2;
+    worker.value()->on_connection([&](bus::cluster::Connection c) {
+        if (misbehave && mode == "exit-before-ack")
+            std::_Exit(3);
+        if (misbehave && mode == "garbage") {
+            const char junk[] = "\xff\xff\xff\x7fnot a frame at all";
+            (void)!::write(raw, junk, sizeof junk);
+            return; // and drops the connection (closes its copy): busd still has one
+        }
+        if (misbehave && mode == "stuck") {
+            for (;;)
+                std::this_thread::sleep_for(1s); // a loop that never comes back
+        }
+        serve_once(io, std::move(c));
+    });
+    worker.value()->on_shutdown([](std::chrono::milliseconds) { std::exit(0); });
+    worker.value()->ready();
+    io.run();
+    return 0;
+}
+
+// --- the test side ---------------------------------------------------------------------------
+
+int free_port() {
+    bus::UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    ::getsockname(s.get(), reinterpret_cast<sockaddr*>(&a), &len);
+    return ntohs(a.sin_port);
+}
+
+struct Response {
+    int status = 0;
+    std::map<std::string, std::string> headers;
+    std::string body;
+    int instance() const { return std::stoi(headers.at("X-Instance")); }
+    pid_t pid() const { return std::stoi(headers.at("X-Pid")); }
+};
+
+// Parses one response from the front of `in` (Content-Length bodies); erases it.
+std::optional<Response> parse_response(std::string& in) {
+    const auto end = in.find("\r\n\r\n");
+    if (end == std::string::npos)
+        return std::nullopt;
+    Response r;
+    std::istringstream head(in.substr(0, end));
+    std::string line;
+    std::getline(head, line);
+    if (line.rfind("HTTP/1.1 ", 0) != 0)
+        return std::nullopt;
+    r.status = std::stoi(line.substr(9, 3));
+    std::size_t length = 0;
+    while (std::getline(head, line)) {
+        if (!line.empty() && line.back() == '\r')
+            line.pop_back();
+        const auto colon = line.find(':');
+        if (colon == std::string::npos)
+            continue;
+        r.headers[line.substr(0, colon)] = line.substr(colon + 2);
+        if (line.substr(0, colon) == "Content-Length")
+            length = std::stoul(line.substr(colon + 2));
+    }
+    if (in.size() < end + 4 + length)
+        return std::nullopt;
+    r.body = in.substr(end + 4, length);
+    in.erase(0, end + 4 + length);
+    return r;
+}
+
+// A blocking HTTP client connection (10 s socket timeouts, so no test can hang on it).
+class HttpConnection {
+public:
+    explicit HttpConnection(int port) : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+        timeval tv{10, 0};
+        ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        ::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons(static_cast<std::uint16_t>(port));
+        connected_ = ::connect(fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    }
+    bool connected() const { return connected_; }
+    // One request; nullopt if the connection failed or closed before a whole response.
+    std::optional<Response> get(bool keep_alive) {
+        const std::string request = std::string("GET / HTTP/1.1\r\nHost: test\r\n") +
+                                    (keep_alive ? "" : "Connection: close\r\n") + "\r\n";
+        if (!connected_ || ::send(fd_.get(), request.data(), request.size(), MSG_NOSIGNAL) !=
+                               static_cast<ssize_t>(request.size()))
+            return std::nullopt;
+        for (;;) {
+            if (auto r = parse_response(in_))
+                return r;
+            char buf[4096];
+            const ssize_t n = ::recv(fd_.get(), buf, sizeof buf, 0);
+            if (n <= 0)
+                return std::nullopt;
+            in_.append(buf, static_cast<std::size_t>(n));
+        }
+    }
+
+private:
+    bus::UniqueFd fd_;
+    bool connected_ = false;
+    std::string in_;
+};
+
+std::optional<Response> http_get(int port) {
+    HttpConnection c(port);
+    return c.get(false);
+}
+
+std::size_t count(const std::string& text, const std::string& what) {
+    std::size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
+        ++n;
+    return n;
+}
+
+bool process_gone(pid_t pid) {
+    if (::kill(pid, 0) < 0 && errno == ESRCH)
+        return true;
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), {});
+    const auto paren = text.rfind(')');
+    return paren != std::string::npos && paren + 2 < text.size() && text[paren + 2] == 'Z';
+}
+
+// A busd running one app; stderr in DIR/busd.log.
+class Busd {
+public:
+    Busd(boost::asio::io_context& io, const std::string& app_toml) : io_(io) {
+        char tmpl[] = "/tmp/bus-cluster-test-XXXXXX";
+        dir_ = ::mkdtemp(tmpl);
+        std::ofstream(dir_ + "/busd.toml") << app_toml;
+        start();
+    }
+    ~Busd() {
+        stop(SIGTERM);
+        // Whatever happened, no worker outlives the test.
+        for (pid_t pid : worker_pids())
+            if (!process_gone(pid))
+                ::kill(pid, SIGKILL);
+        std::filesystem::remove_all(dir_);
+    }
+    void start() {
+        const std::string command = "exec " + busd_bin + " -e unix://" + dir_ + "/busd.sock -c " +
+                                    dir_ + "/busd.toml 2>>" + dir_ + "/busd.log";
+        auto p = bus::spawn(io_, {"/bin/sh", "-c", command});
+        ASSERT_TRUE(p) << p.error().message();
+        process_ = std::move(p).value();
+        process_->on_exit([this](int code, int) { exit_ = code; });
+    }
+    void stop(int signal) {
+        if (process_ && process_->running()) {
+            process_->kill(signal);
+            run_until(
+                io_, [&] { return exit_.has_value(); }, 30s);
+        }
+    }
+    std::string log() const {
+        std::ifstream in(dir_ + "/busd.log");
+        return std::string((std::istreambuf_iterator<char>(in)), {});
+    }
+    // Waits until `what` appears `n` times in the log.
+    bool wait_log(const std::string& what, std::size_t n = 1,
+                  std::chrono::milliseconds timeout = 20s) {
+        return run_until(
+            io_, [&] { return count(log(), what) >= n; }, timeout);
+    }
+    // Every worker pid the log mentions.
+    std::set<pid_t> worker_pids() const {
+        std::set<pid_t> pids;
+        const std::string text = log();
+        for (auto at = text.find("(pid "); at != std::string::npos;
+             at = text.find("(pid ", at + 1)) {
+            const pid_t pid = std::atoi(text.c_str() + at + 5);
+            if (process_ && pid != process_->pid())
+                pids.insert(pid);
+        }
+        return pids;
+    }
+    std::optional<int> exit_code() const { return exit_; }
+    pid_t pid() const { return process_->pid(); }
+    const std::string& dir() const { return dir_; }
+
+private:
+    boost::asio::io_context& io_;
+    std::string dir_;
+    std::shared_ptr<bus::ChildProcess> process_;
+    std::optional<int> exit_;
+};
+
+std::string app_config(const std::string& command, const std::vector<std::string>& args, int port,
+                       int instances, const std::string& extra = "") {
+    std::string toml = "[[app]]\nname = \"web\"\ncommand = \"" + command + "\"\nargs = [";
+    for (std::size_t i = 0; i < args.size(); ++i)
+        toml += (i ? ", \"" : "\"") + args[i] + "\"";
+    toml += "]\ninstances = " + std::to_string(instances) +
+            "\nlisten = [\"tcp://127.0.0.1:" + std::to_string(port) + "\"]\n" + extra;
+    return toml;
+}
+
+class ClusterTest : public ::testing::Test {
+protected:
+    void start(const std::string& toml, std::size_t ready = 2) {
+        busd_ = std::make_unique<Busd>(io_, toml);
+        ASSERT_TRUE(busd_->wait_log(") ready", ready)) << busd_->log();
+    }
+    void TearDown() override { busd_.reset(); }
+    std::string marker() const { return busd_dir_marker_; }
+
+    boost::asio::io_context io_;
+    int port_ = free_port();
+    std::unique_ptr<Busd> busd_;
+    std::string busd_dir_marker_ =
+        "/tmp/bus-cluster-marker-" + std::to_string(::getpid()) + "-" + std::to_string(port_);
+    void SetUp() override { std::filesystem::remove(busd_dir_marker_); }
+};
+
+TEST_F(ClusterTest, RoundRobinSpreadsConnectionsOverWorkers) {
+    start(app_config(hello_bin, {}, port_, 2));
+    std::vector<int> instances;
+    for (int i = 0; i < 8; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r);
+        EXPECT_EQ(r->status, 200);
+        EXPECT_EQ(r->body, "Hello, world!\n");
+        instances.push_back(r->instance());
+    }
+    // Alternating: each connection goes to the other worker.
+    for (std::size_t i = 1; i < instances.size(); ++i)
+        EXPECT_NE(instances[i], instances[i - 1]) << "connection " << i;
+}
+
+TEST_F(ClusterTest, KeepAliveConnectionStaysWithItsWorker) {
+    start(app_config(hello_bin, {}, port_, 2));
+    HttpConnection c(port_);
+    std::set<pid_t> pids;
+    for (int i = 0; i < 5; ++i) {
+        auto r = c.get(true);
+        ASSERT_TRUE(r);
+        EXPECT_EQ(r->headers.count("Connection"), 0u);
+        pids.insert(r->pid());
+    }
+    EXPECT_EQ(pids.size(), 1u);
+}
+
+TEST_F(ClusterTest, KilledWorkerIsRestarted) {
+    start(app_config(hello_bin, {}, port_, 2));
+    auto first = http_get(port_);
+    ASSERT_TRUE(first);
+    const int instance = first->instance();
+    ASSERT_EQ(::kill(first->pid(), SIGKILL), 0);
+    ASSERT_TRUE(busd_->wait_log("killed by signal 9"));
+    ASSERT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
+    // Both instances serve again, the killed one with a new process.
+    std::map<int, pid_t> seen;
+    for (int i = 0; i < 4; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r);
+        seen[r->instance()] = r->pid();
+    }
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_NE(seen[instance], first->pid());
+}
+
+// The worker a connection is sent to exits before acknowledging it: the connection goes to
+// the other worker (Node's primary would leak it: nodejs/node#21746).
+TEST_F(ClusterTest, WorkerDyingBeforeAckDoesNotLoseTheConnection) {
+    start(app_config(self_exe, {"--worker", "exit-before-ack"}, port_, 2,
+                     "env = { TEST_MARKER = \"" + marker() + "\" }\n"));
+    std::vector<Response> answers;
+    for (int i = 0; i < 4; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r) << "connection " << i << " got no answer\n" << busd_->log();
+        answers.push_back(*r);
+    }
+    EXPECT_TRUE(busd_->wait_log("exited with code 3")) << busd_->log();
+    EXPECT_TRUE(std::filesystem::exists(marker()));
+    std::filesystem::remove(marker());
+}
+
+TEST_F(ClusterTest, WorkerSendingGarbageIsCutOffAndReplaced) {
+    start(app_config(self_exe, {"--worker", "garbage"}, port_, 2,
+                     "env = { TEST_MARKER = \"" + marker() + "\" }\n"));
+    for (int i = 0; i < 4; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r) << "connection " << i << " got no answer\n" << busd_->log();
+    }
+    EXPECT_TRUE(busd_->wait_log("cut off: its channel failed")) << busd_->log();
+    ASSERT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
+    std::set<int> instances;
+    for (int i = 0; i < 4; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r);
+        instances.insert(r->instance());
+    }
+    EXPECT_EQ(instances, (std::set<int>{0, 1}));
+    std::filesystem::remove(marker());
+}
+
+TEST_F(ClusterTest, StuckWorkerMissesHeartbeatsAndIsReplaced) {
+    start(app_config(self_exe, {"--worker", "stuck"}, port_, 2,
+                     "env = { TEST_MARKER = \"" + marker() +
+                         "\" }\nheartbeat_ms = 100\nheartbeat_misses = 3\n"));
+    // The stuck worker's connection is answered by the other one once it is cut off.
+    for (int i = 0; i < 4; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r) << "connection " << i << " got no answer\n" << busd_->log();
+    }
+    EXPECT_TRUE(busd_->wait_log("heartbeats unanswered")) << busd_->log();
+    EXPECT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
+    std::filesystem::remove(marker());
+}
+
+TEST_F(ClusterTest, CrashLoopingAppBecomesErrored) {
+    busd_ = std::make_unique<Busd>(
+        io_, app_config(self_exe, {"--worker", "crash"}, port_, 1,
+                        "max_restarts = 3\nmin_uptime_ms = 5000\nrestart_delay_ms = 10\n"));
+    ASSERT_TRUE(busd_->wait_log("errored")) << busd_->log();
+    const std::string log = busd_->log();
+    EXPECT_NE(log.find("app 'web' errored: worker 0 exited 3 times in a row"), std::string::npos)
+        << log;
+    // Started once and restarted twice: three exits, then left stopped.
+    EXPECT_EQ(count(log, "exited with code 1"), 3u) << log;
+    EXPECT_EQ(count(log, ") started"), 3u) << log;
+    // An errored app no longer takes connections: refused, not left hanging.
+    EXPECT_FALSE(http_get(port_));
+}
+
+TEST_F(ClusterTest, ReloadUnderLoadLosesNoRequest) {
+    start(app_config(hello_bin, {}, port_, 2));
+    const auto old_pids = busd_->worker_pids();
+    std::atomic<bool> done{false};
+    std::atomic<int> ok{0}, failed{0};
+    std::vector<std::thread> clients;
+    for (int t = 0; t < 3; ++t)
+        clients.emplace_back([&] { // a new connection per request
+            while (!done) {
+                if (auto r = http_get(port_); r && r->status == 200)
+                    ++ok;
+                else
+                    ++failed;
+            }
+        });
+    clients.emplace_back([&] { // keep-alive, reconnecting when told to close
+        while (!done) {
+            HttpConnection c(port_);
+            for (;;) {
+                auto r = c.get(true);
+                if (!r || r->status != 200) {
+                    ++failed;
+                    break;
+                }
+                ++ok;
+                if (r->headers.count("Connection") || done)
+                    break;
+            }
+        }
+    });
+    // Two reloads: the second, asked for while the first runs, is queued behind it.
+    ASSERT_TRUE(run_until(io_, [&] { return ok > 50; }));
+    ::kill(busd_->pid(), SIGHUP);
+    const bool reloaded = busd_->wait_log("replacing worker 0") &&
+                          ::kill(busd_->pid(), SIGHUP) == 0 &&
+                          busd_->wait_log("shutting down (replaced)", 4, 60s) &&
+                          run_until(
+                              io_,
+                              [&] {
+                                  for (pid_t pid : old_pids)
+                                      if (!process_gone(pid))
+                                          return false;
+                                  return true;
+                              },
+                              20s);
+    const int before = ok;
+    run_until(io_, [&] { return ok > before + 50; });
+    done = true;
+    for (auto& t : clients)
+        t.join();
+    ASSERT_TRUE(reloaded) << busd_->log();
+    EXPECT_EQ(failed, 0) << "of " << ok + failed << "\n" << busd_->log();
+    EXPECT_EQ(count(busd_->log(), "reload queued"), 2u);
+    std::printf("reload under load: %d requests answered, %d failed\n", ok.load(), failed.load());
+    // Served by new workers only now.
+    for (int i = 0; i < 4; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r);
+        EXPECT_EQ(old_pids.count(r->pid()), 0u);
+    }
+}
+
+TEST_F(ClusterTest, SigtermStopsEveryWorker) {
+    start(app_config(hello_bin, {}, port_, 2));
+    const auto pids = busd_->worker_pids();
+    ASSERT_EQ(pids.size(), 2u);
+    busd_->stop(SIGTERM);
+    ASSERT_TRUE(busd_->exit_code().has_value());
+    EXPECT_EQ(*busd_->exit_code(), 0);
+    // busd reaped them before exiting.
+    for (pid_t pid : pids)
+        EXPECT_TRUE(process_gone(pid)) << pid;
+    EXPECT_EQ(count(busd_->log(), "exited with code 0"), 2u) << busd_->log();
+}
+
+TEST_F(ClusterTest, KilledBusdLeavesNoOrphans) {
+    start(app_config(hello_bin, {}, port_, 2));
+    const auto pids = busd_->worker_pids();
+    ASSERT_EQ(pids.size(), 2u);
+    busd_->stop(SIGKILL);
+    for (pid_t pid : pids)
+        EXPECT_TRUE(run_until(io_, [&] { return process_gone(pid); })) << pid;
+}
+
+TEST(ClusterConfig, BadValuesAreRefusedNamingTheKey) {
+    boost::asio::io_context io;
+    struct Case {
+        std::string toml;
+        std::string message;
+    };
+    const std::vector<Case> cases = {
+        {"[[app]]\nname = \"a\"\ncommand = \"x\"\ninstances = 0\n",
+         "key 'app[0].instances': must be between 1 and 1024"},
+        {"[[app]]\nname = \"a\"\ncommand = \"x\"\nlisten = [\"http://x\"]\n",
+         "key 'app[0].listen': 'http://x' is not tcp://HOST:PORT"},
+        {"[[app]]\nname = \"a\"\ncommand = \"x\"\nmode = \"random\"\n",
+         "key 'app[0].mode': must be round_robin or least_connections"},
+        {"[[app]]\nname = \"a\"\ncommand = \"x\"\nrestarts = 3\n",
+         "key 'app[0].restarts': unknown key"},
+        {"[[app]]\nname = \"a\"\n", "key 'app[0].command'"},
+        {"[[app]]\nname = \"a\"\ncommand = \"x\"\n[[app]]\nname = \"a\"\ncommand = \"y\"\n",
+         "key 'app[1].name': 'a' names another app too"},
+        {"[[app]]\nname = \"a\"\ncommand = \"x\"\nkill_timeout_ms = \"5s\"\n",
+         "key 'app[0].kill_timeout_ms': must be an integer"},
+    };
+    for (const auto& c : cases) {
+        Busd busd(io, c.toml);
+        ASSERT_TRUE(run_until(
+            io, [&] { return busd.exit_code().has_value(); }, 20s));
+        EXPECT_EQ(*busd.exit_code(), 2) << c.toml;
+        EXPECT_NE(busd.log().find(c.message), std::string::npos) << busd.log();
+    }
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    self_exe = std::filesystem::canonical("/proc/self/exe").string();
+    if (argc == 3 && std::string_view(argv[1]) == "--worker")
+        return worker_main(argv[2]);
+    ::testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+}

@@ -9,6 +9,7 @@
 
 #include <bus/child_process.hpp>
 #include <bus/cluster.hpp>
+#include <bus/v1/cluster.pb.h>
 
 #include <gtest/gtest.h>
 
@@ -91,10 +92,45 @@ int worker_main(const std::string& mode) {
     if (mode == "crash")
         return 1; // before ready, every time
     const bool misbehave = instance0 && first_time();
+    if (misbehave && (mode == "never-ack" || mode == "bogus-ack")) {
+        // Speaks the protocol by hand: ready, heartbeats answered, but never acks the
+        // connections it gets (or acks one it was not given).
+        auto channel = bus::Channel::from_parent(io).value();
+        std::vector<bus::UniqueFd> kept;
+        auto send = [&](const google::protobuf::Message& m) {
+            bus::v1::Envelope e;
+            e.set_kind(bus::v1::KIND_CONTROL);
+            e.set_type_url("type.googleapis.com/" + m.GetDescriptor()->full_name());
+            m.SerializeToString(e.mutable_payload());
+            channel->send(e);
+        };
+        channel->on_message([&](bus::Message& m) {
+            bus::v1::Heartbeat beat;
+            bus::v1::NewConn conn;
+            if (!m.parse(beat) && m.envelope.type_url().ends_with("Heartbeat")) {
+                send(beat);
+            } else if (!m.parse(conn) && m.envelope.type_url().ends_with("NewConn")) {
+                for (auto& fd : m.fds)
+                    kept.push_back(std::move(fd));
+                if (mode == "bogus-ack") {
+                    bus::v1::NewConnAck ack;
+                    ack.set_id(conn.id() + 1000);
+                    ack.set_accepted(true);
+                    send(ack);
+                }
+            }
+        });
+        channel->on_disconnect([&](std::error_code) { io.stop(); });
+        bus::v1::Ready ready;
+        ready.set_pid(static_cast<std::uint32_t>(::getpid()));
+        send(ready);
+        io.run();
+        return 0;
+    }
     auto worker = bus::cluster::Worker::from_parent(io);
     if (!worker)
         return 2;
-    worker.value()->on_connection([&](bus::cluster::Connection c) {
+    worker.value()->on_connection([&, w = worker.value().get()](bus::cluster::Connection c) {
         if (misbehave && mode == "exit-before-ack")
             std::_Exit(3);
         if (misbehave && mode == "garbage") {
@@ -102,6 +138,8 @@ int worker_main(const std::string& mode) {
             (void)!::write(raw, junk, sizeof junk);
             return; // and drops the connection (closes its copy): busd still has one
         }
+        if (misbehave && mode == "replace-me")
+            w->request_replacement("test asks");
         if (misbehave && mode == "stuck") {
             for (;;)
                 std::this_thread::sleep_for(1s); // a loop that never comes back
@@ -410,6 +448,52 @@ TEST_F(ClusterTest, StuckWorkerMissesHeartbeatsAndIsReplaced) {
     EXPECT_TRUE(busd_->wait_log("heartbeats unanswered")) << busd_->log();
     EXPECT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
     std::filesystem::remove(marker());
+}
+
+TEST_F(ClusterTest, WorkerThatNeverAcksIsCutOffAndItsConnectionServedElsewhere) {
+    start(app_config(self_exe, {"--worker", "never-ack"}, port_, 2,
+                     "env = { TEST_MARKER = \"" + marker() + "\" }\nack_timeout_ms = 200\n" +
+                         "heartbeat_ms = 50\n"));
+    for (int i = 0; i < 4; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r) << "connection " << i << " got no answer\n" << busd_->log();
+    }
+    EXPECT_TRUE(busd_->wait_log("did not acknowledge a connection within ack_timeout"))
+        << busd_->log();
+    std::filesystem::remove(marker());
+}
+
+TEST_F(ClusterTest, WorkerAckingAConnectionItWasNotGivenIsCutOff) {
+    start(app_config(self_exe, {"--worker", "bogus-ack"}, port_, 2,
+                     "env = { TEST_MARKER = \"" + marker() + "\" }\n"));
+    for (int i = 0; i < 4; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r) << "connection " << i << " got no answer\n" << busd_->log();
+    }
+    EXPECT_TRUE(busd_->wait_log("which it was not given")) << busd_->log();
+    std::filesystem::remove(marker());
+}
+
+TEST_F(ClusterTest, WorkerAskingForReplacementIsReplacedNewOneFirst) {
+    start(app_config(self_exe, {"--worker", "replace-me"}, port_, 2,
+                     "env = { TEST_MARKER = \"" + marker() + "\" }\n"));
+    for (int i = 0; i < 2; ++i)
+        ASSERT_TRUE(http_get(port_)) << busd_->log();
+    ASSERT_TRUE(busd_->wait_log("shutting down (replaced)")) << busd_->log();
+    const std::string log = busd_->log();
+    // The new worker was ready before the old one was told to go.
+    EXPECT_LT(log.find("asks to be replaced: test asks"),
+              log.find(") ready", log.find("replacing worker 0")));
+    EXPECT_LT(log.find(") ready", log.find("replacing worker 0")),
+              log.find("shutting down (replaced)"));
+    std::filesystem::remove(marker());
+}
+
+TEST_F(ClusterTest, StopExitCodeIsNotRestarted) {
+    busd_ = std::make_unique<Busd>(
+        io_, app_config(self_exe, {"--worker", "crash"}, port_, 1, "stop_exit_codes = [1]\n"));
+    ASSERT_TRUE(busd_->wait_log("stop exit code: not restarted")) << busd_->log();
+    EXPECT_EQ(count(busd_->log(), ") started"), 1u);
 }
 
 TEST_F(ClusterTest, CrashLoopingAppBecomesErrored) {

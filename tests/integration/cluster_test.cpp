@@ -53,6 +53,15 @@ bool first_time() {
     return true;
 }
 
+// Connections being served, and whether to exit when none is left (drained).
+int open_connections = 0;
+bool draining = false;
+
+void connection_closed() {
+    if (--open_connections == 0 && draining)
+        std::exit(0);
+}
+
 // Answers one request per connection with X-Instance / X-Pid, then closes.
 void serve_once(boost::asio::io_context& io, bus::cluster::Connection c) {
     auto socket = std::make_shared<boost::asio::ip::tcp::socket>(io);
@@ -60,12 +69,15 @@ void serve_once(boost::asio::io_context& io, bus::cluster::Connection c) {
     auto buffer = std::make_shared<std::string>();
     auto chunk = std::make_shared<std::array<char, 4096>>();
     auto read = std::make_shared<std::function<void()>>();
+    ++open_connections;
     *read = [socket, buffer, chunk, read] {
         socket->async_read_some(
             boost::asio::buffer(*chunk),
             [socket, buffer, chunk, read](boost::system::error_code ec, std::size_t n) {
-                if (ec)
-                    return;
+                if (ec) {
+                    *read = nullptr;
+                    return connection_closed();
+                }
                 buffer->append(chunk->data(), n);
                 if (buffer->find("\r\n\r\n") == std::string::npos)
                     return (*read)();
@@ -77,6 +89,7 @@ void serve_once(boost::asio::io_context& io, bus::cluster::Connection c) {
                                          [socket, out](boost::system::error_code, std::size_t) {
                                              boost::system::error_code ignored;
                                              socket->close(ignored);
+                                             connection_closed();
                                          });
                 *read = nullptr; // break the cycle
             });
@@ -146,7 +159,11 @@ int worker_main(const std::string& mode) {
         }
         serve_once(io, std::move(c));
     });
-    worker.value()->on_shutdown([](std::chrono::milliseconds) { std::exit(0); });
+    worker.value()->on_shutdown([](std::chrono::milliseconds) {
+        draining = true;
+        if (open_connections == 0)
+            std::exit(0);
+    });
     worker.value()->ready();
     io.run();
     return 0;

@@ -222,6 +222,30 @@ int main(int argc, char** argv) {
             return 1;
         }
         cluster = std::move(started).value();
+        // Control at run time: $sys.cluster.ls, .reload, .restart, .start, .stop, .scale.
+        broker.value()->on_sys_request(
+            "$sys.cluster.",
+            [&cluster](const std::string& subject, std::string_view payload, std::uint32_t uid) {
+                bus::broker::Broker::SysAnswer answer;
+                bus::v1::ClusterCommand command;
+                if (!cluster) {
+                    answer.error = bus::errc::no_responders;
+                    answer.detail = "busd is stopping";
+                    return answer;
+                }
+                if (!command.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) {
+                    answer.detail = "the payload is not a bus.v1.ClusterCommand";
+                    return answer;
+                }
+                auto apps_now = std::make_unique<bus::v1::ClusterList>();
+                const auto ec = cluster->control(subject.substr(13), command, uid == ::getuid(),
+                                                 *apps_now, answer.detail);
+                if (!ec)
+                    answer.reply = std::move(apps_now);
+                else if (ec.category() == bus::bus_category())
+                    answer.error = static_cast<bus::errc>(ec.value());
+                return answer;
+            });
     }
 
     // SIGHUP: zero-downtime reload of every app. SIGTERM/SIGINT: workers shut down gracefully

@@ -8,6 +8,7 @@
 #include "../support/test_support.hpp"
 
 #include <bus/child_process.hpp>
+#include <bus/client.hpp>
 #include <bus/cluster.hpp>
 #include <bus/v1/cluster.pb.h>
 
@@ -610,6 +611,144 @@ TEST_F(ClusterTest, KilledBusdLeavesNoOrphans) {
     busd_->stop(SIGKILL);
     for (pid_t pid : pids)
         EXPECT_TRUE(run_until(io_, [&] { return process_gone(pid); })) << pid;
+}
+
+// $sys.cluster.* requests through busd's own bus: what `bus cluster ...` will send.
+class ClusterControlTest : public ClusterTest {
+protected:
+    bus::Result<bus::v1::ClusterList> control(const std::string& op, const std::string& app = {},
+                                              std::uint32_t instances = 0) {
+        if (!client_) {
+            auto c = bus::Client::connect(io_, "unix://" + busd_->dir() + "/busd.sock");
+            EXPECT_TRUE(c) << c.error().message();
+            if (!c)
+                return c.error();
+            client_ = c.value();
+        }
+        bus::v1::ClusterCommand command;
+        command.set_app(app);
+        command.set_instances(instances);
+        auto reply = client_->request_wait("$sys.cluster." + op, command, 10s);
+        if (!reply)
+            return reply.error();
+        return reply.value().as<bus::v1::ClusterList>();
+    }
+    // Waits until the app's state and worker count are as given.
+    bool wait_for(const std::string& state, std::size_t workers) {
+        return run_until(
+            io_,
+            [&] {
+                auto ls = control("ls");
+                return ls && ls.value().apps_size() == 1 && ls.value().apps(0).state() == state &&
+                       static_cast<std::size_t>(ls.value().apps(0).workers_size()) == workers;
+            },
+            20s);
+    }
+    void TearDown() override {
+        client_.reset();
+        ClusterTest::TearDown();
+    }
+    std::shared_ptr<bus::Client> client_;
+};
+
+TEST_F(ClusterControlTest, LsShowsTheAppAndItsWorkers) {
+    start(app_config(hello_bin, {}, port_, 2));
+    auto ls = control("ls");
+    ASSERT_TRUE(ls) << ls.error().message();
+    ASSERT_EQ(ls.value().apps_size(), 1);
+    const auto& app = ls.value().apps(0);
+    EXPECT_EQ(app.name(), "web");
+    EXPECT_EQ(app.state(), "running");
+    EXPECT_EQ(app.mode(), "round_robin");
+    EXPECT_EQ(app.instances(), 2u);
+    ASSERT_EQ(app.listening_size(), 1);
+    EXPECT_EQ(app.listening(0), "tcp://127.0.0.1:" + std::to_string(port_));
+    ASSERT_EQ(app.workers_size(), 2);
+    std::set<std::uint32_t> instances;
+    for (const auto& w : app.workers()) {
+        EXPECT_EQ(w.state(), "ready");
+        EXPECT_GT(w.pid(), 0u);
+        EXPECT_GT(w.rss_bytes(), 0u);
+        EXPECT_GT(w.started_unix_ns(), 0);
+        instances.insert(w.instance());
+    }
+    EXPECT_EQ(instances, (std::set<std::uint32_t>{0, 1}));
+}
+
+TEST_F(ClusterControlTest, ScaleUpAndDown) {
+    start(app_config(hello_bin, {}, port_, 2));
+    ASSERT_TRUE(control("scale", "web", 3));
+    ASSERT_TRUE(wait_for("running", 3));
+    ASSERT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
+    std::set<int> instances;
+    for (int i = 0; i < 6; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r);
+        instances.insert(r->instance());
+    }
+    EXPECT_EQ(instances, (std::set<int>{0, 1, 2}));
+
+    ASSERT_TRUE(control("scale", "web", 1));
+    ASSERT_TRUE(wait_for("running", 1)) << busd_->log();
+    EXPECT_EQ(count(busd_->log(), "shutting down (scaled down)"), 2u);
+    for (int i = 0; i < 3; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r);
+        EXPECT_EQ(r->instance(), 0);
+    }
+}
+
+TEST_F(ClusterControlTest, StopThenStartAgain) {
+    start(app_config(hello_bin, {}, port_, 2));
+    ASSERT_TRUE(control("stop", "web"));
+    ASSERT_TRUE(wait_for("stopped", 0)) << busd_->log();
+    EXPECT_FALSE(http_get(port_));
+    ASSERT_TRUE(control("start", "web"));
+    ASSERT_TRUE(busd_->wait_log(") ready", 4)) << busd_->log();
+    auto r = http_get(port_);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+}
+
+TEST_F(ClusterControlTest, RestartStartsAnErroredApp) {
+    busd_ = std::make_unique<Busd>(
+        io_, app_config(self_exe, {"--worker", "crash"}, port_, 1,
+                        "max_restarts = 2\nmin_uptime_ms = 5000\nrestart_delay_ms = 10\n"));
+    ASSERT_TRUE(busd_->wait_log("errored")) << busd_->log();
+    auto ls = control("ls");
+    ASSERT_TRUE(ls);
+    EXPECT_EQ(ls.value().apps(0).state(), "errored");
+    EXPECT_NE(ls.value().apps(0).reason().find("exited 2 times in a row"), std::string::npos);
+    // Started again, with its count reset: errored again after two more quick exits.
+    ASSERT_TRUE(control("restart", "web"));
+    ASSERT_TRUE(busd_->wait_log("errored", 2)) << busd_->log();
+    EXPECT_EQ(count(busd_->log(), ") started"), 4u) << busd_->log();
+}
+
+TEST_F(ClusterControlTest, ReloadReplacesEveryWorker) {
+    start(app_config(hello_bin, {}, port_, 2));
+    const auto before = busd_->worker_pids();
+    ASSERT_TRUE(control("reload", "web"));
+    ASSERT_TRUE(busd_->wait_log("shutting down (replaced)", 2)) << busd_->log();
+    for (int i = 0; i < 4; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r);
+        EXPECT_EQ(before.count(r->pid()), 0u);
+    }
+}
+
+TEST_F(ClusterControlTest, BadCommandsAreErrors) {
+    start(app_config(hello_bin, {}, port_, 1), 1);
+    auto unknown_op = control("explode", "web");
+    ASSERT_FALSE(unknown_op);
+    EXPECT_EQ(unknown_op.error(), bus::errc::no_responders);
+    auto unknown_app = control("stop", "nope");
+    ASSERT_FALSE(unknown_app);
+    // busd answers "bad_request", which a Client reports as errc::bad_frame.
+    EXPECT_EQ(unknown_app.error(), bus::errc::bad_frame);
+    auto bad_scale = control("scale", "web", 0);
+    ASSERT_FALSE(bad_scale);
+    EXPECT_TRUE(wait_for("running", 1));
 }
 
 TEST(ClusterConfig, BadValuesAreRefusedNamingTheKey) {

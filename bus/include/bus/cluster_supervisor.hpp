@@ -8,6 +8,7 @@
 #pragma once
 
 #include "bus/error.hpp"
+#include "bus/v1/cluster.pb.h"
 
 #include <boost/asio/io_context.hpp>
 
@@ -18,6 +19,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <sys/types.h>
@@ -96,21 +98,6 @@ std::optional<std::size_t> pick(Mode mode, const std::vector<Candidate>& candida
 
 // --- the supervisor ------------------------------------------------------------------------
 
-struct WorkerInfo {
-    int instance = 0;
-    pid_t pid = 0;
-    std::string state; // starting, ready, draining
-    std::uint32_t connections = 0;
-};
-
-struct AppInfo {
-    std::string name;
-    std::string state; // running, stopping, stopped, errored
-    int restarts = 0;
-    std::vector<std::string> listening; // bound addresses, tcp://HOST:PORT
-    std::vector<WorkerInfo> workers;
-};
-
 class Supervisor {
 public:
     struct Options {
@@ -137,7 +124,17 @@ public:
     // calls `done` once all have exited.
     void stop(std::function<void()> done);
 
-    std::vector<AppInfo> list() const;
+    // Every app, its state and its workers.
+    v1::ClusterList list() const;
+
+    // Control at run time (busd serves it on `$sys.cluster.<op>`): ls, reload, restart (a
+    // reload when running, a start when stopped or errored), start, stop, scale
+    // (`command.instances`). Only a `privileged` requester (busd's own uid) may change
+    // anything. Fills `out` with the apps after the command; on failure returns
+    // errc::forbidden, errc::no_responders (unknown op) or errc::request_failed with `detail`
+    // (which busd's ERROR reply names "bad_request").
+    std::error_code control(std::string_view op, const v1::ClusterCommand& command, bool privileged,
+                            v1::ClusterList& out, std::string& detail);
 
     struct Impl;
 

@@ -21,10 +21,12 @@
 #include <sys/socket.h>
 
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <list>
 #include <map>
+#include <unistd.h>
 
 namespace bus::cluster {
 
@@ -166,6 +168,7 @@ struct App {
     explicit App(asio::io_context& io) : heartbeat_timer(io) {}
     AppConfig config;
     AppState state = AppState::running;
+    std::string reason; // why it is errored
     std::vector<std::unique_ptr<Listener>> listeners;
     std::deque<Pending> pending;
     std::vector<std::unique_ptr<Slot>> slots;
@@ -510,7 +513,7 @@ struct Supervisor::Impl {
             s.incoming.reset();
             log("app '" + a.config.name + "' worker " + std::to_string(p.instance) +
                 ": its replacement failed; the old worker stays");
-            if (!s.current && a.state == AppState::running)
+            if (!s.current && a.state == AppState::running && p.instance < a.config.instances)
                 restart_after_exit(a, s, p.instance, code, signal, uptime);
             if (a.reloading == p.instance) {
                 a.reloading = -1;
@@ -518,7 +521,7 @@ struct Supervisor::Impl {
             }
         } else if (s.current.get() == &p) {
             s.current.reset();
-            if (a.state == AppState::running && !s.incoming)
+            if (a.state == AppState::running && !s.incoming && p.instance < a.config.instances)
                 restart_after_exit(a, s, p.instance, code, signal, uptime);
         }
         dispatch(a);
@@ -539,6 +542,9 @@ struct Supervisor::Impl {
                 " exited " + std::to_string(s.tracker.quick_exits()) +
                 " times in a row within min_uptime (" +
                 std::to_string(a.config.restart.min_uptime.count()) + " ms)");
+            a.reason = "worker " + std::to_string(instance) + " exited " +
+                       std::to_string(s.tracker.quick_exits()) +
+                       " times in a row within min_uptime";
             stop_app(a, AppState::errored);
             return;
         case RestartTracker::Action::restart:
@@ -564,6 +570,8 @@ struct Supervisor::Impl {
         while (a.reloading < 0 && !a.reload_steps.empty() && a.state == AppState::running) {
             const int i = a.reload_steps.front();
             a.reload_steps.pop_front();
+            if (i >= a.config.instances)
+                continue; // scaled down meanwhile
             Slot& s = *a.slots[i];
             if (s.incoming)
                 continue;
@@ -642,6 +650,87 @@ struct Supervisor::Impl {
         for (auto& p : procs)
             retire(a, *p, final_state == AppState::errored ? "app errored" : "stopping");
         check_stopped(a);
+    }
+
+    // --- control -----------------------------------------------------------------------------
+
+    App* find_app(const std::string& name) {
+        for (auto& a : apps)
+            if (a->config.name == name)
+                return a.get();
+        return nullptr;
+    }
+
+    // Binds the listeners and starts every instance of a stopped or errored app.
+    std::error_code start_app(App& a, std::string& detail) {
+        if (a.state == AppState::running)
+            return {};
+        if (a.state == AppState::stopping) {
+            detail = "app '" + a.config.name + "' is still stopping";
+            return errc::request_failed;
+        }
+        std::vector<std::unique_ptr<Listener>> listeners;
+        for (const auto& address : a.config.listen) {
+            auto fd = bind_tcp(address);
+            if (!fd) {
+                detail = "cannot listen on " + address + ": " + fd.error().message();
+                return errc::request_failed;
+            }
+            const std::string bound = "tcp://" + local_text(fd.value().get());
+            listeners.push_back(std::make_unique<Listener>(io, std::move(fd).value(), bound));
+        }
+        a.listeners = std::move(listeners);
+        a.state = AppState::running;
+        a.reason.clear();
+        log("app '" + a.config.name + "' starting");
+        for (auto& l : a.listeners)
+            log("app '" + a.config.name + "' listening on " + l->address);
+        while (a.slots.size() < static_cast<std::size_t>(a.config.instances))
+            a.slots.push_back(std::make_unique<Slot>(io));
+        for (int i = 0; i < a.config.instances; ++i) {
+            Slot& s = *a.slots[i];
+            s.tracker = RestartTracker();
+            s.done = false;
+            if (!s.current && !s.restart_scheduled) {
+                s.current = spawn_worker(a, i, false);
+                if (!s.current)
+                    restart_after_exit(a, s, i, 127, 0, milliseconds(0));
+            }
+        }
+        for (auto& l : a.listeners)
+            arm(a, *l);
+        heartbeat(a);
+        return {};
+    }
+
+    void scale(App& a, int n) {
+        const int old = a.config.instances;
+        a.config.instances = n;
+        log("app '" + a.config.name + "': scaling from " + std::to_string(old) + " to " +
+            std::to_string(n) + " instances");
+        if (a.state != AppState::running)
+            return;
+        while (a.slots.size() < static_cast<std::size_t>(n))
+            a.slots.push_back(std::make_unique<Slot>(io));
+        for (int i = 0; i < n; ++i) {
+            Slot& s = *a.slots[i];
+            if (!s.current && !s.incoming && !s.restart_scheduled) {
+                s.tracker = RestartTracker();
+                s.done = false;
+                s.current = spawn_worker(a, i, false);
+                if (!s.current)
+                    restart_after_exit(a, s, i, 127, 0, milliseconds(0));
+            }
+        }
+        for (std::size_t i = static_cast<std::size_t>(n); i < a.slots.size(); ++i) {
+            Slot& s = *a.slots[i];
+            s.restart_timer.cancel();
+            s.restart_scheduled = false;
+            if (s.incoming)
+                retire(a, *s.incoming, "scaled down");
+            if (s.current)
+                retire(a, *s.current, "scaled down");
+        }
     }
 
     void check_stopped(App& a) {
@@ -742,25 +831,122 @@ void Supervisor::stop(std::function<void()> done) {
     }
 }
 
-std::vector<AppInfo> Supervisor::list() const {
-    std::vector<AppInfo> out;
+namespace {
+
+// Resident memory and CPU time of a process, from /proc (0 when it cannot be read).
+void add_usage(v1::ClusterWorker& w) {
+    const std::string dir = "/proc/" + std::to_string(w.pid());
+    if (FILE* f = std::fopen((dir + "/statm").c_str(), "re")) {
+        unsigned long long size = 0, resident = 0;
+        if (std::fscanf(f, "%llu %llu", &size, &resident) == 2)
+            w.set_rss_bytes(resident * static_cast<unsigned long long>(::sysconf(_SC_PAGESIZE)));
+        std::fclose(f);
+    }
+    if (FILE* f = std::fopen((dir + "/stat").c_str(), "re")) {
+        char buffer[1024];
+        const std::size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);
+        std::fclose(f);
+        buffer[n] = '\0';
+        // Fields after the command (which may hold spaces) start after the last ')'.
+        if (const char* p = std::strrchr(buffer, ')')) {
+            unsigned long long utime = 0, stime = 0;
+            // state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+            if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                            &stime) == 2)
+                w.set_cpu_ms((utime + stime) * 1000 /
+                             static_cast<unsigned long long>(::sysconf(_SC_CLK_TCK)));
+        }
+    }
+}
+
+} // namespace
+
+v1::ClusterList Supervisor::list() const {
+    v1::ClusterList out;
+    const auto now_steady = Clock::now();
+    const auto now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
     for (const auto& a : impl_->apps) {
-        AppInfo info;
-        info.name = a->config.name;
-        info.state = a->state == AppState::running    ? "running"
-                     : a->state == AppState::stopping ? "stopping"
-                     : a->state == AppState::stopped  ? "stopped"
-                                                      : "errored";
+        auto* info = out.add_apps();
+        info->set_name(a->config.name);
+        info->set_state(a->state == AppState::running    ? "running"
+                        : a->state == AppState::stopping ? "stopping"
+                        : a->state == AppState::stopped  ? "stopped"
+                                                         : "errored");
+        info->set_instances(static_cast<std::uint32_t>(a->config.instances));
+        info->set_mode(a->config.mode == Mode::round_robin ? "round_robin" : "least_connections");
+        int restarts = 0;
         for (const auto& s : a->slots)
-            info.restarts += s->tracker.restarts();
+            restarts += s->tracker.restarts();
+        info->set_restarts(static_cast<std::uint32_t>(restarts));
         for (const auto& l : a->listeners)
-            info.listening.push_back(l->address);
-        for (const auto& p : a->procs)
-            info.workers.push_back(
-                {p->instance, p->pid(), p->state_name(), p->reported_load + p->sent_since_report});
-        out.push_back(std::move(info));
+            info->add_listening(l->address);
+        info->set_pending(static_cast<std::uint32_t>(a->pending.size()));
+        info->set_reason(a->reason);
+        for (const auto& p : a->procs) {
+            auto* w = info->add_workers();
+            w->set_instance(static_cast<std::uint32_t>(p->instance));
+            w->set_pid(static_cast<std::uint32_t>(p->pid()));
+            w->set_state(p->state_name());
+            w->set_connections(p->reported_load + p->sent_since_report);
+            w->set_started_unix_ns(now_ns - std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                now_steady - p->started)
+                                                .count());
+            add_usage(*w);
+        }
     }
     return out;
+}
+
+std::error_code Supervisor::control(std::string_view op, const v1::ClusterCommand& command,
+                                    bool privileged, v1::ClusterList& out, std::string& detail) {
+    auto& m = *impl_;
+    std::error_code ec;
+    if (op != "ls") {
+        if (op != "reload" && op != "restart" && op != "start" && op != "stop" && op != "scale") {
+            detail = "no cluster command '" + std::string(op) + "'";
+            return errc::no_responders;
+        }
+        if (!privileged) {
+            detail = "only busd's own user controls its apps";
+            return errc::forbidden;
+        }
+        if (m.stopping) {
+            detail = "busd is stopping";
+            return errc::request_failed;
+        }
+        App* app = command.app().empty() ? nullptr : m.find_app(command.app());
+        if (!app && (op != "reload" || !command.app().empty())) {
+            detail = command.app().empty() ? "which app?" : "no app named '" + command.app() + "'";
+            return errc::request_failed;
+        }
+        if (op == "reload") {
+            reload(command.app());
+        } else if (op == "restart") {
+            if (app->state == AppState::running)
+                reload(app->config.name);
+            else
+                ec = m.start_app(*app, detail);
+        } else if (op == "start") {
+            ec = m.start_app(*app, detail);
+        } else if (op == "stop") {
+            if (app->state == AppState::errored)
+                app->state = app->procs.empty() ? AppState::stopped : AppState::stopping;
+            m.stop_app(*app, AppState::stopping);
+            m.check_stopped(*app);
+        } else if (op == "scale") {
+            if (command.instances() < 1 || command.instances() > 1024) {
+                detail = "instances must be between 1 and 1024";
+                return errc::request_failed;
+            }
+            m.scale(*app, static_cast<int>(command.instances()));
+        }
+        if (ec)
+            return ec;
+    }
+    out = list();
+    return {};
 }
 
 } // namespace bus::cluster

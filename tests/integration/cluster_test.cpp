@@ -152,6 +152,11 @@ int worker_main(const std::string& mode) {
             (void)!::write(raw, junk, sizeof junk);
             return; // and drops the connection (closes its copy): busd still has one
         }
+        if (misbehave && mode == "flood") {
+            for (int i = 0; i < 100000; ++i)
+                w->report_load(static_cast<std::uint32_t>(i));
+            return; // drops the connection; busd still has it
+        }
         if (misbehave && mode == "replace-me")
             w->request_replacement("test asks");
         if (misbehave && mode == "stuck") {
@@ -478,6 +483,18 @@ TEST_F(ClusterTest, WorkerThatNeverAcksIsCutOffAndItsConnectionServedElsewhere) 
     }
     EXPECT_TRUE(busd_->wait_log("did not acknowledge a connection within ack_timeout"))
         << busd_->log();
+    std::filesystem::remove(marker());
+}
+
+TEST_F(ClusterTest, WorkerFloodingItsChannelIsCutOff) {
+    start(app_config(self_exe, {"--worker", "flood"}, port_, 2,
+                     "env = { TEST_MARKER = \"" + marker() + "\" }\n"));
+    for (int i = 0; i < 4; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r) << "connection " << i << " got no answer\n" << busd_->log();
+    }
+    EXPECT_TRUE(busd_->wait_log("floods its channel")) << busd_->log();
+    EXPECT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
     std::filesystem::remove(marker());
 }
 

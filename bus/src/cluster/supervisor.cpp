@@ -130,6 +130,9 @@ struct Proc : std::enable_shared_from_this<Proc> {
     std::uint32_t reported_load = 0;            // last Load / Heartbeat answer
     std::uint32_t sent_since_report = 0;
     int unanswered_pings = 0;
+    // Messages from it in this heartbeat interval, against what it could have reason to send.
+    std::uint64_t window_messages = 0;
+    std::uint64_t window_allowance = 0;
     bool congested = false;   // its channel is over the high-water mark
     bool refusing = false;    // refused a connection: none more until it says ready again
     bool cut = false;         // killed for misbehaving
@@ -310,6 +313,7 @@ struct Supervisor::Impl {
             const auto id = c.id;
             p.in_flight.emplace(id, std::move(c));
             ++p.sent_since_report;
+            p.window_allowance += 4;
             ++candidates[*chosen].load;
             if (!send_control(*p.child->channel(), msg, Fds{fd})) {
                 p.congested = true;
@@ -348,6 +352,7 @@ struct Supervisor::Impl {
         p->app = &a;
         p->instance = instance;
         p->replacement = replacement;
+        p->window_allowance = flood_allowance(*p);
         p->child = std::move(child).value();
         a.procs.push_back(p);
         std::weak_ptr<Proc> weak = p;
@@ -389,6 +394,13 @@ struct Supervisor::Impl {
         return p;
     }
 
+    // What a worker may send in one heartbeat interval before it counts as flooding: a
+    // thousand, plus (added as connections are sent) four per connection, plus two per
+    // connection it had open (their closes' load reports).
+    static std::uint64_t flood_allowance(const Proc& p) {
+        return 1000 + 2ull * (p.reported_load + p.sent_since_report);
+    }
+
     // Kills a worker that cannot be trusted any more; on_exit replaces it.
     void cut(Proc& p, const std::string& why) {
         if (p.cut)
@@ -407,6 +419,11 @@ struct Supervisor::Impl {
         v1::RequestReplacement replace;
         if (p.cut)
             return;
+        // A worker has reason to send an ack per connection, a load report per change and
+        // a heartbeat answer; far more than that is a flood.
+        if (++p.window_messages > p.window_allowance)
+            return cut(p, "floods its channel (" + std::to_string(p.window_messages) +
+                              " messages in one heartbeat interval)");
         if (control_is(m, ack) && m.fds.empty()) {
             auto it = p.in_flight.find(ack.id());
             if (it == p.in_flight.end())
@@ -604,6 +621,8 @@ struct Supervisor::Impl {
                 for (auto& p : procs) {
                     if (p->cut)
                         continue;
+                    p->window_messages = 0;
+                    p->window_allowance = flood_allowance(*p);
                     if (!p->in_flight.empty()) {
                         auto oldest = p->in_flight.begin()->second.sent;
                         for (auto& [id, c] : p->in_flight)

@@ -405,6 +405,32 @@ TEST_F(ClusterTest, KeepAliveConnectionStaysWithItsWorker) {
     EXPECT_EQ(pids.size(), 1u);
 }
 
+// The workers accept themselves: on busd's socket (shared), or each on its own (reuseport).
+TEST_F(ClusterTest, SharedModeWorkersAcceptOnBusdsSocket) {
+    start(app_config(hello_bin, {}, port_, 2, "mode = \"shared\"\n"));
+    ASSERT_TRUE(busd_->wait_log("accepting on tcp://127.0.0.1:" + std::to_string(port_), 2))
+        << busd_->log();
+    for (int i = 0; i < 20; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r) << "connection " << i;
+        EXPECT_EQ(r->status, 200);
+    }
+}
+
+TEST_F(ClusterTest, ReuseportModeWorkersBindTheirOwnSockets) {
+    start(app_config(hello_bin, {}, port_, 2, "mode = \"reuseport\"\n"));
+    ASSERT_TRUE(busd_->wait_log("accepting on tcp://127.0.0.1:" + std::to_string(port_), 2))
+        << busd_->log();
+    std::set<int> instances;
+    for (int i = 0; i < 40; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r) << "connection " << i;
+        instances.insert(r->instance());
+    }
+    // The kernel spreads them by a hash of the addresses: 40 all on one side would be 2^-39.
+    EXPECT_EQ(instances, (std::set<int>{0, 1}));
+}
+
 TEST_F(ClusterTest, KilledWorkerIsRestarted) {
     start(app_config(hello_bin, {}, port_, 2));
     auto first = http_get(port_);
@@ -546,8 +572,10 @@ TEST_F(ClusterTest, CrashLoopingAppBecomesErrored) {
     EXPECT_FALSE(http_get(port_));
 }
 
-TEST_F(ClusterTest, ReloadUnderLoadLosesNoRequest) {
-    start(app_config(hello_bin, {}, port_, 2));
+class ReloadTest : public ClusterTest, public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(ReloadTest, UnderLoadLosesNoRequest) {
+    start(app_config(hello_bin, {}, port_, 2, "mode = \"" + GetParam() + "\"\n"));
     const auto old_pids = busd_->worker_pids();
     std::atomic<bool> done{false};
     std::atomic<int> ok{0}, failed{0};
@@ -607,6 +635,11 @@ TEST_F(ClusterTest, ReloadUnderLoadLosesNoRequest) {
         EXPECT_EQ(old_pids.count(r->pid()), 0u);
     }
 }
+
+// Not reuseport: a worker closing its own SO_REUSEPORT socket resets the connections still in
+// its accept queue, unless net.ipv4.tcp_migrate_req = 1 (docs/cluster.md).
+INSTANTIATE_TEST_SUITE_P(Modes, ReloadTest,
+                         ::testing::Values("round_robin", "least_connections", "shared"));
 
 TEST_F(ClusterTest, SigtermStopsEveryWorker) {
     start(app_config(hello_bin, {}, port_, 2));
@@ -780,7 +813,10 @@ TEST(ClusterConfig, BadValuesAreRefusedNamingTheKey) {
         {"[[app]]\nname = \"a\"\ncommand = \"x\"\nlisten = [\"http://x\"]\n",
          "key 'app[0].listen': 'http://x' is not tcp://HOST:PORT"},
         {"[[app]]\nname = \"a\"\ncommand = \"x\"\nmode = \"random\"\n",
-         "key 'app[0].mode': must be round_robin or least_connections"},
+         "key 'app[0].mode': must be round_robin, least_connections, shared or reuseport"},
+        {"[[app]]\nname = \"a\"\ncommand = \"x\"\nmode = \"reuseport\"\nlisten = "
+         "[\"tcp://127.0.0.1:0\"]\n",
+         "key 'app[0].listen': 'tcp://127.0.0.1:0': reuseport needs a fixed port"},
         {"[[app]]\nname = \"a\"\ncommand = \"x\"\nrestarts = 3\n",
          "key 'app[0].restarts': unknown key"},
         {"[[app]]\nname = \"a\"\n", "key 'app[0].command'"},

@@ -23,6 +23,7 @@
 #include "bus/unique_fd.hpp"
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
 
 #include <chrono>
@@ -30,15 +31,21 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace bus::cluster {
 
 // One accepted connection, now owned by the worker.
+//
+// In the `shared` and `reuseport` modes the worker accepts itself: busd sends it the app's
+// listening socket (shared) or the address to bind with SO_REUSEPORT (reuseport) once it is
+// ready, and the Worker accepts on the application's loop and calls the same on_connection
+// handler. The application's code is the same in every mode.
 struct Connection {
     UniqueFd fd;               // a connected, non-blocking, close-on-exec TCP socket
     std::string peer_address;  // "127.0.0.1:40512"
     std::string local_address; // "127.0.0.1:8080"
-    std::uint64_t id = 0;      // busd's number for it (for logs)
+    std::uint64_t id = 0;      // busd's number for it (0 when the worker accepted it)
 };
 
 class Worker {
@@ -53,7 +60,8 @@ public:
     // it as their parent-death signal, so a worker whose busd was killed outright drains.
     static Result<std::unique_ptr<Worker>> from_parent(boost::asio::io_context& io);
     // On a channel made some other way (tests; a worker that joins over unix:// later).
-    static std::unique_ptr<Worker> adopt(std::shared_ptr<Channel> channel);
+    static std::unique_ptr<Worker> adopt(boost::asio::io_context& io,
+                                         std::shared_ptr<Channel> channel);
 
     ~Worker();
     Worker(const Worker&) = delete;
@@ -81,12 +89,24 @@ public:
     static constexpr std::chrono::milliseconds default_grace{5000};
 
 private:
-    explicit Worker(std::shared_ptr<Channel> channel);
+    struct Listener {
+        Listener(boost::asio::io_context& io, int fd, std::string local)
+            : socket(io, fd), address(std::move(local)) {}
+        boost::asio::posix::stream_descriptor socket;
+        std::string address; // HOST:PORT
+    };
+    Worker(boost::asio::io_context& io, std::shared_ptr<Channel> channel);
     void handle(Message& message);
+    void listen(const std::string& address, bool reuseport, std::vector<UniqueFd>& fds);
+    void accept(Listener& listener);
+    void accept_batch(Listener& listener);
     void shutdown(std::chrono::milliseconds grace);
 
+    boost::asio::io_context& io_;
     std::shared_ptr<Channel> channel_;
     std::unique_ptr<boost::asio::signal_set> signals_;
+    std::vector<std::unique_ptr<Listener>> listeners_;
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0);
     std::string app_;
     int instance_ = 0;
     std::uint32_t load_ = 0;

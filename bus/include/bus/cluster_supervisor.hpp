@@ -28,7 +28,10 @@ namespace bus::cluster {
 
 using std::chrono::milliseconds;
 
-enum class Mode { round_robin, least_connections };
+// round_robin, least_connections: busd accepts and sends each connection to one worker.
+// shared: every worker accepts on busd's listening socket (Node's SCHED_NONE); reuseport:
+// every worker binds its own socket with SO_REUSEPORT and the kernel spreads connections.
+enum class Mode { round_robin, least_connections, shared, reuseport };
 
 struct RestartPolicy {
     // The app is errored after this many exits in a row, each within min_uptime of its start.

@@ -158,13 +158,18 @@ std::vector<AppConfig> load_apps(const std::string& path) {
                 app.mode = Mode::round_robin;
             else if (*mode == "least_connections")
                 app.mode = Mode::least_connections;
-            else if (*mode == "shared" || *mode == "reuseport")
-                r.fail("mode", "'" + *mode +
-                                   "' is not supported yet (round_robin, "
-                                   "least_connections)");
+            else if (*mode == "shared")
+                app.mode = Mode::shared;
+            else if (*mode == "reuseport")
+                app.mode = Mode::reuseport;
             else
-                r.fail("mode", "must be round_robin or least_connections");
+                r.fail("mode", "must be round_robin, least_connections, shared or reuseport");
         }
+        if (app.mode == Mode::reuseport)
+            for (const auto& address : app.listen)
+                if (address.ends_with(":0"))
+                    r.fail("listen", "'" + address +
+                                         "': reuseport needs a fixed port (each worker binds it)");
         auto& p = app.restart;
         r.integer("max_restarts", p.max_restarts, 1, 1000000);
         r.duration("min_uptime_ms", p.min_uptime, 0, hour_ms);

@@ -130,6 +130,7 @@ struct Proc : std::enable_shared_from_this<Proc> {
     std::uint32_t reported_load = 0;            // last Load / Heartbeat answer
     std::uint32_t sent_since_report = 0;
     int unanswered_pings = 0;
+    int listens_pending = 0; // Listen sent, Listening not yet back
     // Messages from it in this heartbeat interval, against what it could have reason to send.
     std::uint64_t window_messages = 0;
     std::uint64_t window_allowance = 0;
@@ -184,6 +185,11 @@ struct App {
     asio::steady_timer heartbeat_timer;
 };
 
+// Whether busd accepts and dispatches (else the workers accept themselves).
+bool busd_accepts(Mode mode) {
+    return mode == Mode::round_robin || mode == Mode::least_connections;
+}
+
 struct Supervisor::Impl {
     asio::io_context& io;
     Supervisor::Options options;
@@ -207,7 +213,8 @@ struct Supervisor::Impl {
     // --- accepting ---------------------------------------------------------------------------
 
     void arm(App& a, Listener& l) {
-        if (l.waiting || l.scheduled || a.state != AppState::running)
+        if (l.waiting || l.scheduled || a.state != AppState::running ||
+            !busd_accepts(a.config.mode))
             return;
         if (a.pending.size() >= a.config.max_pending)
             return; // resumed by dispatch(): connections wait in the kernel backlog meanwhile
@@ -417,6 +424,7 @@ struct Supervisor::Impl {
         v1::Ready ready;
         v1::Load load;
         v1::RequestReplacement replace;
+        v1::Listening listening;
         if (p.cut)
             return;
         // A worker has reason to send an ack per connection, a load report per change and
@@ -456,9 +464,17 @@ struct Supervisor::Impl {
             p.timer.cancel();
             p.state = Proc::State::ready;
             log(who(p) + " ready");
-            if (p.replacement)
+            send_listens(a, p);
+            // In shared and reuseport modes it takes the old one's place once it accepts.
+            if (p.replacement && p.listens_pending == 0)
                 promote(a, p);
             dispatch(a);
+        } else if (control_is(m, listening) && m.fds.empty()) {
+            if (!listening.error().empty())
+                return cut(p, "cannot listen on " + listening.address() + ": " + listening.error());
+            log(who(p) + " accepting on " + listening.address());
+            if (p.listens_pending > 0 && --p.listens_pending == 0 && p.replacement)
+                promote(a, p);
         } else if (control_is(m, replace) && m.fds.empty()) {
             log(who(p) + " asks to be replaced: " + replace.reason());
             if (std::find(a.reload_steps.begin(), a.reload_steps.end(), p.instance) ==
@@ -470,6 +486,26 @@ struct Supervisor::Impl {
             cut(p, "sent a message that is not a cluster message (kind " +
                        std::to_string(m.envelope.kind()) + ", type '" + m.envelope.type_url() +
                        "', " + std::to_string(m.fds.size()) + " fds)");
+        }
+    }
+
+    // shared and reuseport: the worker accepts itself, on busd's socket or on its own.
+    void send_listens(App& a, Proc& p) {
+        if (a.config.mode == Mode::shared) {
+            for (auto& l : a.listeners) {
+                v1::Listen listen;
+                listen.set_address(l->address);
+                send_control(*p.child->channel(), listen, Fds{l->socket.native_handle()});
+                ++p.listens_pending;
+            }
+        } else if (a.config.mode == Mode::reuseport) {
+            for (const auto& address : a.config.listen) {
+                v1::Listen listen;
+                listen.set_address(address);
+                listen.set_reuseport(true);
+                send_control(*p.child->channel(), listen);
+                ++p.listens_pending;
+            }
         }
     }
 
@@ -690,6 +726,8 @@ struct Supervisor::Impl {
         }
         std::vector<std::unique_ptr<Listener>> listeners;
         for (const auto& address : a.config.listen) {
+            if (a.config.mode == Mode::reuseport)
+                break; // the workers bind
             auto fd = bind_tcp(address);
             if (!fd) {
                 detail = "cannot listen on " + address + ": " + fd.error().message();
@@ -789,6 +827,8 @@ Result<std::unique_ptr<Supervisor>> Supervisor::start(asio::io_context& io,
         auto a = std::make_unique<App>(io);
         a->config = std::move(config);
         for (const auto& address : a->config.listen) {
+            if (a->config.mode == Mode::reuseport)
+                break; // the workers bind
             auto fd = bind_tcp(address);
             if (!fd) {
                 if (failed)
@@ -894,13 +934,19 @@ v1::ClusterList Supervisor::list() const {
                         : a->state == AppState::stopped  ? "stopped"
                                                          : "errored");
         info->set_instances(static_cast<std::uint32_t>(a->config.instances));
-        info->set_mode(a->config.mode == Mode::round_robin ? "round_robin" : "least_connections");
+        info->set_mode(a->config.mode == Mode::round_robin         ? "round_robin"
+                       : a->config.mode == Mode::least_connections ? "least_connections"
+                       : a->config.mode == Mode::shared            ? "shared"
+                                                                   : "reuseport");
         int restarts = 0;
         for (const auto& s : a->slots)
             restarts += s->tracker.restarts();
         info->set_restarts(static_cast<std::uint32_t>(restarts));
         for (const auto& l : a->listeners)
             info->add_listening(l->address);
+        if (a->config.mode == Mode::reuseport && a->state == AppState::running)
+            for (const auto& address : a->config.listen)
+                info->add_listening(address);
         info->set_pending(static_cast<std::uint32_t>(a->pending.size()));
         info->set_reason(a->reason);
         for (const auto& p : a->procs) {

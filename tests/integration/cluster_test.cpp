@@ -106,9 +106,9 @@ int worker_main(const std::string& mode) {
     if (mode == "crash")
         return 1; // before ready, every time
     const bool misbehave = instance0 && first_time();
-    if (misbehave && (mode == "never-ack" || mode == "bogus-ack")) {
+    if (misbehave && (mode == "never-ack" || mode == "bogus-ack" || mode == "flood")) {
         // Speaks the protocol by hand: ready, heartbeats answered, but never acks the
-        // connections it gets (or acks one it was not given).
+        // connections it gets (or acks one it was not given, or floods its channel).
         auto channel = bus::Channel::from_parent(io).value();
         std::vector<bus::UniqueFd> kept;
         auto send = [&](const google::protobuf::Message& m) {
@@ -126,6 +126,13 @@ int worker_main(const std::string& mode) {
             } else if (!m.parse(conn) && m.envelope.type_url().ends_with("NewConn")) {
                 for (auto& fd : m.fds)
                     kept.push_back(std::move(fd));
+                if (mode == "flood") {
+                    bus::v1::Load load;
+                    for (int i = 0; i < 100000; ++i) {
+                        load.set_connections(static_cast<std::uint32_t>(i));
+                        send(load);
+                    }
+                }
                 if (mode == "bogus-ack") {
                     bus::v1::NewConnAck ack;
                     ack.set_id(conn.id() + 1000);
@@ -151,11 +158,6 @@ int worker_main(const std::string& mode) {
             const char junk[] = "\xff\xff\xff\x7fnot a frame at all";
             (void)!::write(raw, junk, sizeof junk);
             return; // and drops the connection (closes its copy): busd still has one
-        }
-        if (misbehave && mode == "flood") {
-            for (int i = 0; i < 100000; ++i)
-                w->report_load(static_cast<std::uint32_t>(i));
-            return; // drops the connection; busd still has it
         }
         if (misbehave && mode == "replace-me")
             w->request_replacement("test asks");

@@ -25,6 +25,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -76,7 +77,8 @@ public:
     // Tells busd this worker takes connections. Until then it gets none.
     void ready();
     // Open connections now, for least_connections dispatch. Also sent with every heartbeat
-    // answer; call it when the number changes if the app is dispatched by least connections.
+    // answer; call it when the number changes. Reports are coalesced: at most one per
+    // load_interval leaves, carrying the latest value.
     void report_load(std::uint32_t open_connections);
     // Asks busd to start a new worker in this one's place; this one then gets Shutdown.
     void request_replacement(const std::string& reason);
@@ -87,6 +89,7 @@ public:
     bool shutting_down() const noexcept { return shutting_down_; }
     // Grace used when the channel ends without a Shutdown.
     static constexpr std::chrono::milliseconds default_grace{5000};
+    static constexpr std::chrono::milliseconds load_interval{10};
 
 private:
     struct Listener {
@@ -101,6 +104,7 @@ private:
     void accept(Listener& listener);
     void accept_batch(Listener& listener);
     void shutdown(std::chrono::milliseconds grace);
+    void send_load();
 
     boost::asio::io_context& io_;
     std::shared_ptr<Channel> channel_;
@@ -110,6 +114,9 @@ private:
     std::string app_;
     int instance_ = 0;
     std::uint32_t load_ = 0;
+    boost::asio::steady_timer load_timer_;
+    std::chrono::steady_clock::time_point last_load_sent_{};
+    bool load_timer_armed_ = false;
     bool shutting_down_ = false;
     ConnectionHandler on_connection_;
     ShutdownHandler on_shutdown_;

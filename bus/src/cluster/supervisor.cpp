@@ -402,10 +402,11 @@ struct Supervisor::Impl {
     }
 
     // What a worker may send in one heartbeat interval before it counts as flooding: a
-    // thousand, plus (added as connections are sent) four per connection, plus two per
-    // connection it had open (their closes' load reports).
+    // thousand a second (a Worker sends at most 100 load reports a second, one heartbeat
+    // answer, ...), plus, added as connections are sent, four per connection (its ack).
     static std::uint64_t flood_allowance(const Proc& p) {
-        return 1000 + 2ull * (p.reported_load + p.sent_since_report);
+        return static_cast<std::uint64_t>(
+            std::max<std::int64_t>(1000, p.app->config.heartbeat.count()));
     }
 
     // Kills a worker that cannot be trusted any more; on_exit replaces it.

@@ -91,7 +91,7 @@ std::unique_ptr<Worker> Worker::adopt(boost::asio::io_context& io,
 }
 
 Worker::Worker(boost::asio::io_context& io, std::shared_ptr<Channel> channel)
-    : io_(io), channel_(std::move(channel)) {
+    : io_(io), channel_(std::move(channel)), load_timer_(io) {
     if (const char* app = std::getenv("BUS_APP"))
         app_ = app;
     if (const char* instance = std::getenv("BUS_INSTANCE"))
@@ -116,8 +116,28 @@ void Worker::ready() {
 
 void Worker::report_load(std::uint32_t open_connections) {
     load_ = open_connections;
+    if (load_timer_armed_)
+        return; // the timer sends the latest value
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_load_sent_ >= load_interval) {
+        send_load();
+        return;
+    }
+    load_timer_armed_ = true;
+    load_timer_.expires_at(last_load_sent_ + load_interval);
+    load_timer_.async_wait(
+        [this, alive = std::weak_ptr<int>(alive_)](boost::system::error_code ec) {
+            if (ec || alive.expired())
+                return;
+            load_timer_armed_ = false;
+            send_load();
+        });
+}
+
+void Worker::send_load() {
+    last_load_sent_ = std::chrono::steady_clock::now();
     v1::Load load;
-    load.set_connections(open_connections);
+    load.set_connections(load_);
     send_control(*channel_, load);
 }
 

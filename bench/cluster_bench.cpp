@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +31,7 @@
 #include <map>
 #include <optional>
 #include <regex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,9 +42,10 @@ using namespace std::chrono_literals;
 namespace asio = boost::asio;
 
 struct Options {
-    int seconds = 5;
+    int seconds = 3;
     int connections = 50;
     int threads = 2;
+    int rounds = 3;
 };
 
 struct WrkResult {
@@ -322,56 +325,71 @@ int main(int argc, char** argv) {
             o.connections = std::atoi(argv[i + 1]);
         else if (key == "--threads")
             o.threads = std::atoi(argv[i + 1]);
+        else if (key == "--rounds")
+            o.rounds = std::max(1, std::atoi(argv[i + 1]));
         else {
             std::fprintf(stderr, "usage: cluster-bench [--seconds N] [--connections N] "
-                                 "[--threads N]\n");
+                                 "[--threads N] [--rounds N]\n");
             return 2;
         }
     }
     asio::io_context io;
-    std::printf("cluster: HTTP hello, 2 workers, wrk -t%d -c%d -d%ds on 127.0.0.1\n\n", o.threads,
-                o.connections, o.seconds);
+    std::printf("cluster: HTTP hello, 2 workers, wrk -t%d -c%d -d%ds on 127.0.0.1, median of %d "
+                "interleaved rounds (errors: all rounds)\n\n",
+                o.threads, o.connections, o.seconds, o.rounds);
 
+    // Every server runs at once (idle ones cost nothing) and the measurements are interleaved
+    // in rounds, so a burst of load from elsewhere on the machine hits every peer alike; each
+    // peer's figures are those of its median round.
     struct Row {
+        std::string name;
+        Server* server;
+        std::vector<WrkResult> close, keep;
+    };
+    auto rr = start_busd(io, "round_robin", free_port());
+    auto rp = start_busd(io, "reuseport", free_port());
+    auto node_cluster = start_node(io, true, free_port());
+    auto node_single = start_node(io, false, free_port());
+    std::vector<Row> rows = {{"busd round_robin", rr.server.get(), {}, {}},
+                             {"busd reuseport", rp.server.get(), {}, {}},
+                             {"node cluster (round-robin)", node_cluster.get(), {}, {}},
+                             {"node, one process", node_single.get(), {}, {}}};
+    for (int round = 1; round <= o.rounds; ++round)
+        for (auto& r : rows) {
+            if (!r.server->ready())
+                continue;
+            std::fprintf(stderr, "cluster-bench: round %d, %s\n", round, r.name.c_str());
+            r.close.push_back(run_wrk(r.server->port(), false, o.seconds, o));
+            r.keep.push_back(run_wrk(r.server->port(), true, o.seconds, o));
+            std::fprintf(stderr, "  close %.0f req/s, keep-alive %.0f req/s\n",
+                         r.close.back().requests_per_s, r.keep.back().requests_per_s);
+        }
+    auto median = [](std::vector<WrkResult> v) {
+        WrkResult out;
+        if (v.empty())
+            return out;
+        long errors = 0;
+        for (const auto& w : v)
+            errors += w.errors();
+        std::sort(v.begin(), v.end(), [](const WrkResult& a, const WrkResult& b) {
+            return a.requests_per_s < b.requests_per_s;
+        });
+        out = v[v.size() / 2];
+        out.connect_errors = errors; // all rounds' errors, shown as one figure
+        out.read_errors = out.write_errors = out.timeouts = out.non_2xx = 0;
+        return out;
+    };
+    struct Summary {
         std::string name;
         WrkResult close, keep;
     };
-    std::vector<Row> rows;
-    auto measure = [&](const std::string& name, auto&& start) {
-        Row row{name, {}, {}};
-        {
-            auto& server = start();
-            if (server.ready()) {
-                std::fprintf(stderr, "cluster-bench: %s, Connection: close\n", name.c_str());
-                row.close = run_wrk(server.port(), false, o.seconds, o);
-                std::fprintf(stderr, "cluster-bench: %s, keep-alive\n", name.c_str());
-                row.keep = run_wrk(server.port(), true, o.seconds, o);
-            }
-        }
-        rows.push_back(row);
-    };
-    std::vector<Busd> keep_busd;
-    measure("busd round_robin", [&]() -> Server& {
-        keep_busd.push_back(start_busd(io, "round_robin", free_port()));
-        return *keep_busd.back().server;
-    });
-    keep_busd.clear();
-    measure("busd reuseport", [&]() -> Server& {
-        keep_busd.push_back(start_busd(io, "reuseport", free_port()));
-        return *keep_busd.back().server;
-    });
-    keep_busd.clear();
-    std::vector<std::unique_ptr<Server>> keep_node;
-    measure("node cluster (round-robin)", [&]() -> Server& {
-        keep_node.push_back(start_node(io, true, free_port()));
-        return *keep_node.back();
-    });
-    keep_node.clear();
-    measure("node, one process", [&]() -> Server& {
-        keep_node.push_back(start_node(io, false, free_port()));
-        return *keep_node.back();
-    });
-    keep_node.clear();
+    std::vector<Summary> summary;
+    for (const auto& r : rows)
+        summary.push_back({r.name, median(r.close), median(r.keep)});
+    rr.server.reset();
+    rp.server.reset();
+    node_cluster.reset();
+    node_single.reset();
 
     bench::Table table({{"server", bench::Align::left},
                         {"close req/s"},
@@ -382,7 +400,7 @@ int main(int argc, char** argv) {
                         {"p50 ms"},
                         {"p99 ms"},
                         {"errors"}});
-    for (const auto& r : rows)
+    for (const auto& r : summary)
         table.add_row({r.name, bench::thousands(r.close.requests_per_s), ms(r.close.p50_ms),
                        ms(r.close.p99_ms), std::to_string(r.close.errors()),
                        bench::thousands(r.keep.requests_per_s), ms(r.keep.p50_ms),
@@ -421,15 +439,17 @@ int main(int argc, char** argv) {
     std::printf("\n");
 
     auto rate = [&](const std::string& name) {
-        for (const auto& r : rows)
+        for (const auto& r : summary)
             if (r.name == name)
                 return r.close.requests_per_s;
         return 0.0;
     };
-    const double rr = rate("busd round_robin"), rp = rate("busd reuseport"),
+    const double rr_rate = rate("busd round_robin"), rp_rate = rate("busd reuseport"),
                  node = rate("node cluster (round-robin)");
-    bench::print_bar(stdout, {"cluster.close.rr_vs_node_cluster", node > 0 ? rr / node : 0, "5"});
-    bench::print_bar(stdout, {"cluster.close.rr_vs_reuseport", rp > 0 ? rr / rp : 0, "0.70"});
+    bench::print_bar(stdout,
+                     {"cluster.close.rr_vs_node_cluster", node > 0 ? rr_rate / node : 0, "5"});
+    bench::print_bar(
+        stdout, {"cluster.close.rr_vs_reuseport", rp_rate > 0 ? rr_rate / rp_rate : 0, "0.70"});
     for (const auto& key : {"reload.close", "reload.keep"}) {
         const auto& f = fault_results[key];
         bench::print_bar(stdout,

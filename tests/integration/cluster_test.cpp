@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
 #include <arpa/inet.h>
@@ -23,6 +24,7 @@
 #include <cstdlib>
 #include <fcntl.h>
 #include <fstream>
+#include <future>
 #include <map>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -172,7 +174,25 @@ int worker_main(const std::string& mode) {
         if (open_connections == 0)
             std::exit(0);
     });
-    worker.value()->ready();
+    if (mode == "ready-on-file") {
+        // Says ready only once the file TEST_READY exists.
+        auto timer = std::make_shared<boost::asio::steady_timer>(io);
+        auto poll = std::make_shared<std::function<void()>>();
+        *poll = [&, timer, poll] {
+            if (std::filesystem::exists(std::getenv("TEST_READY"))) {
+                *poll = nullptr;
+                return worker.value()->ready();
+            }
+            timer->expires_after(20ms);
+            timer->async_wait([poll](boost::system::error_code ec) {
+                if (!ec && *poll)
+                    (*poll)();
+            });
+        };
+        (*poll)();
+    } else {
+        worker.value()->ready();
+    }
     io.run();
     return 0;
 }
@@ -787,6 +807,67 @@ TEST_F(ClusterControlTest, ReloadReplacesEveryWorker) {
         ASSERT_TRUE(r);
         EXPECT_EQ(before.count(r->pid()), 0u);
     }
+}
+
+// Held keep-alive connections count; a new connection goes to the worker with the fewest.
+TEST_F(ClusterControlTest, LeastConnectionsSendsNewConnectionsToTheLeastLoadedWorker) {
+    start(app_config(hello_bin, {}, port_, 2, "mode = \"least_connections\"\n"));
+    std::vector<std::unique_ptr<HttpConnection>> held;
+    std::map<int, std::vector<HttpConnection*>> by_instance;
+    for (int i = 0; i < 4; ++i) {
+        held.push_back(std::make_unique<HttpConnection>(port_));
+        auto r = held.back()->get(true);
+        ASSERT_TRUE(r);
+        by_instance[r->instance()].push_back(held.back().get());
+    }
+    EXPECT_EQ(by_instance[0].size(), 2u);
+    EXPECT_EQ(by_instance[1].size(), 2u);
+    // Instance 0's connections close; once its report says so, the next two go to it.
+    for (auto* c : by_instance[0])
+        for (auto& h : held)
+            if (h.get() == c)
+                h.reset();
+    ASSERT_TRUE(run_until(io_, [&] {
+        auto ls = control("ls");
+        if (!ls)
+            return false;
+        for (const auto& w : ls.value().apps(0).workers())
+            if (w.instance() == 0 && w.connections() == 0)
+                return true;
+        return false;
+    })) << busd_->log();
+    std::vector<std::unique_ptr<HttpConnection>> more;
+    for (int i = 0; i < 2; ++i) {
+        more.push_back(std::make_unique<HttpConnection>(port_));
+        auto r = more.back()->get(true);
+        ASSERT_TRUE(r);
+        EXPECT_EQ(r->instance(), 0) << "connection " << i;
+    }
+}
+
+// No ready worker: accepted connections wait in busd's queue (max_pending), the rest in the
+// kernel's backlog; all are answered once a worker is ready.
+TEST_F(ClusterControlTest, ConnectionsWaitForAReadyWorker) {
+    const std::string ready_file = marker() + ".ready";
+    busd_ = std::make_unique<Busd>(
+        io_, app_config(self_exe, {"--worker", "ready-on-file"}, port_, 1,
+                        "env = { TEST_READY = \"" + ready_file +
+                            "\" }\nmax_pending = 2\nlisten_timeout_ms = 60000\n"));
+    ASSERT_TRUE(busd_->wait_log(") started")) << busd_->log();
+    std::vector<std::future<std::optional<Response>>> answers;
+    for (int i = 0; i < 5; ++i)
+        answers.push_back(std::async(std::launch::async, [&] { return http_get(port_); }));
+    ASSERT_TRUE(run_until(io_, [&] {
+        auto ls = control("ls");
+        return ls && ls.value().apps(0).pending() == 2;
+    })) << busd_->log();
+    std::ofstream(ready_file).flush();
+    for (auto& a : answers) {
+        auto r = a.get();
+        ASSERT_TRUE(r) << busd_->log();
+        EXPECT_EQ(r->status, 200);
+    }
+    std::filesystem::remove(ready_file);
 }
 
 TEST_F(ClusterControlTest, BadCommandsAreErrors) {

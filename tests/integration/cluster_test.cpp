@@ -150,6 +150,9 @@ int worker_main(const std::string& mode) {
         io.run();
         return 0;
     }
+    std::vector<char> fat;
+    if (misbehave && mode == "fat")
+        fat.assign(std::size_t{512} << 20, 1); // 512 MiB, touched
     auto worker = bus::cluster::Worker::from_parent(io);
     if (!worker)
         return 2;
@@ -579,6 +582,22 @@ TEST_F(ClusterTest, StopExitCodeIsNotRestarted) {
     EXPECT_EQ(count(busd_->log(), ") started"), 1u);
 }
 
+TEST_F(ClusterTest, WorkerAboveMaxMemoryIsReplacedGracefully) {
+    start(app_config(self_exe, {"--worker", "fat"}, port_, 2,
+                     "env = { TEST_MARKER = \"" + marker() +
+                         "\" }\nmax_memory_mb = 256\nheartbeat_ms = 50\n"));
+    ASSERT_TRUE(busd_->wait_log("above max_memory: replacing it")) << busd_->log();
+    ASSERT_TRUE(busd_->wait_log("shutting down (replaced)")) << busd_->log();
+    const std::string log = busd_->log();
+    // Replaced new worker first: ready before the old one was told to go, and only once.
+    EXPECT_LT(log.find(") ready", log.find("replacing worker 0")),
+              log.find("shutting down (replaced)"));
+    for (int i = 0; i < 4; ++i)
+        ASSERT_TRUE(http_get(port_)) << busd_->log();
+    EXPECT_EQ(count(busd_->log(), "above max_memory"), 1u) << busd_->log();
+    std::filesystem::remove(marker());
+}
+
 TEST_F(ClusterTest, CrashLoopingAppBecomesErrored) {
     busd_ = std::make_unique<Busd>(
         io_, app_config(self_exe, {"--worker", "crash"}, port_, 1,
@@ -900,6 +919,8 @@ TEST(ClusterConfig, BadValuesAreRefusedNamingTheKey) {
         {"[[app]]\nname = \"a\"\ncommand = \"x\"\nmode = \"reuseport\"\nlisten = "
          "[\"tcp://127.0.0.1:0\"]\n",
          "key 'app[0].listen': 'tcp://127.0.0.1:0': reuseport needs a fixed port"},
+        {"[[app]]\nname = \"a\"\ncommand = \"x\"\nmax_memory_mb = 0\n",
+         "key 'app[0].max_memory_mb': must be between 1 and 1048576"},
         {"[[app]]\nname = \"a\"\ncommand = \"x\"\nrestarts = 3\n",
          "key 'app[0].restarts': unknown key"},
         {"[[app]]\nname = \"a\"\n", "key 'app[0].command'"},

@@ -59,6 +59,7 @@ struct AppConfig {
     int heartbeat_misses = 3;          // unanswered pings before the worker is replaced
     milliseconds ack_timeout{5000};    // a NewConn unacknowledged this long: worker replaced
     std::size_t max_pending = 1024;    // accepted connections waiting for a ready worker
+    std::uint64_t max_memory = 0;      // resident bytes above which a worker is replaced; 0: none
 };
 
 struct ConfigError : std::runtime_error {

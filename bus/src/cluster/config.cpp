@@ -121,10 +121,26 @@ std::vector<AppConfig> load_apps(const std::string& path) {
     int index = 0;
     for (const auto& item : *node->as_array()) {
         Reader r(path, *item.as_table(), "app[" + std::to_string(index++) + "]");
-        r.only({"name", "command", "args", "cwd", "env", "instances", "listen", "mode",
-                "max_restarts", "min_uptime_ms", "restart_delay_ms", "max_restart_delay_ms",
-                "stop_exit_codes", "kill_timeout_ms", "listen_timeout_ms", "heartbeat_ms",
-                "heartbeat_misses", "ack_timeout_ms", "max_pending"});
+        r.only({"name",
+                "command",
+                "args",
+                "cwd",
+                "env",
+                "instances",
+                "listen",
+                "mode",
+                "max_restarts",
+                "min_uptime_ms",
+                "restart_delay_ms",
+                "max_restart_delay_ms",
+                "stop_exit_codes",
+                "kill_timeout_ms",
+                "listen_timeout_ms",
+                "heartbeat_ms",
+                "heartbeat_misses",
+                "ack_timeout_ms",
+                "max_pending",
+                "max_memory_mb"});
         AppConfig app;
         app.name = r.string("name").value_or("");
         if (!valid_name(app.name))
@@ -193,6 +209,9 @@ std::vector<AppConfig> load_apps(const std::string& path) {
         r.integer("heartbeat_misses", app.heartbeat_misses, 1, 1000);
         r.duration("ack_timeout_ms", app.ack_timeout, 1, hour_ms);
         r.integer("max_pending", app.max_pending, 1, 1000000);
+        std::uint64_t max_memory_mb = 0;
+        r.integer("max_memory_mb", max_memory_mb, 1, 1 << 20);
+        app.max_memory = max_memory_mb << 20;
         apps.push_back(std::move(app));
     }
     return apps;

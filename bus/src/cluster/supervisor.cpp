@@ -139,6 +139,7 @@ struct Proc : std::enable_shared_from_this<Proc> {
     bool cut = false;         // killed for misbehaving
     bool retiring = false;    // told to shut down: no restart when it exits
     bool replacement = false; // started in place of the slot's current worker
+    bool over_memory = false; // above max_memory: its replacement is queued
     asio::steady_timer timer; // listen_timeout while starting, kill_timeout while draining
 
     pid_t pid() const { return child ? child->pid() : 0; }
@@ -184,6 +185,18 @@ struct App {
     std::uint64_t ping_seq = 0;
     asio::steady_timer heartbeat_timer;
 };
+
+// Resident memory of a process, from /proc (0 when it cannot be read).
+std::uint64_t rss_bytes(pid_t pid) {
+    std::uint64_t out = 0;
+    if (FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/statm").c_str(), "re")) {
+        unsigned long long size = 0, resident = 0;
+        if (std::fscanf(f, "%llu %llu", &size, &resident) == 2)
+            out = resident * static_cast<unsigned long long>(::sysconf(_SC_PAGESIZE));
+        std::fclose(f);
+    }
+    return out;
+}
 
 // Whether busd accepts and dispatches (else the workers accept themselves).
 bool busd_accepts(Mode mode) {
@@ -478,11 +491,7 @@ struct Supervisor::Impl {
                 promote(a, p);
         } else if (control_is(m, replace) && m.fds.empty()) {
             log(who(p) + " asks to be replaced: " + replace.reason());
-            if (std::find(a.reload_steps.begin(), a.reload_steps.end(), p.instance) ==
-                    a.reload_steps.end() &&
-                a.reloading != p.instance)
-                a.reload_steps.push_back(p.instance);
-            next_reload_step(a);
+            queue_replacement(a, p.instance);
         } else {
             cut(p, "sent a message that is not a cluster message (kind " +
                        std::to_string(m.envelope.kind()) + ", type '" + m.envelope.type_url() +
@@ -620,6 +629,15 @@ struct Supervisor::Impl {
 
     // --- reload ------------------------------------------------------------------------------
 
+    // One instance replaced, new worker first, in turn with any reload.
+    void queue_replacement(App& a, int instance) {
+        if (std::find(a.reload_steps.begin(), a.reload_steps.end(), instance) ==
+                a.reload_steps.end() &&
+            a.reloading != instance)
+            a.reload_steps.push_back(instance);
+        next_reload_step(a);
+    }
+
     void next_reload_step(App& a) {
         while (a.reloading < 0 && !a.reload_steps.empty() && a.state == AppState::running) {
             const int i = a.reload_steps.front();
@@ -671,6 +689,15 @@ struct Supervisor::Impl {
                     }
                     if (p->state != Proc::State::ready)
                         continue;
+                    if (a.config.max_memory && !p->over_memory && !p->retiring &&
+                        a.slots[p->instance]->current == p) {
+                        if (const auto rss = rss_bytes(p->pid()); rss > a.config.max_memory) {
+                            p->over_memory = true;
+                            log(who(*p) + " uses " + std::to_string(rss >> 20) +
+                                " MiB, above max_memory: replacing it");
+                            queue_replacement(a, p->instance);
+                        }
+                    }
                     if (p->unanswered_pings >= a.config.heartbeat_misses) {
                         cut(*p, std::to_string(p->unanswered_pings) + " heartbeats unanswered");
                         continue;
@@ -896,12 +923,7 @@ namespace {
 // Resident memory and CPU time of a process, from /proc (0 when it cannot be read).
 void add_usage(v1::ClusterWorker& w) {
     const std::string dir = "/proc/" + std::to_string(w.pid());
-    if (FILE* f = std::fopen((dir + "/statm").c_str(), "re")) {
-        unsigned long long size = 0, resident = 0;
-        if (std::fscanf(f, "%llu %llu", &size, &resident) == 2)
-            w.set_rss_bytes(resident * static_cast<unsigned long long>(::sysconf(_SC_PAGESIZE)));
-        std::fclose(f);
-    }
+    w.set_rss_bytes(rss_bytes(static_cast<pid_t>(w.pid())));
     if (FILE* f = std::fopen((dir + "/stat").c_str(), "re")) {
         char buffer[1024];
         const std::size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);

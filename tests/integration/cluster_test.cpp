@@ -598,6 +598,37 @@ TEST_F(ClusterTest, WorkerAboveMaxMemoryIsReplacedGracefully) {
     std::filesystem::remove(marker());
 }
 
+// Saves the way editors do: a new file renamed over the old one (no moment with half a file).
+void save(const std::string& path, const std::string& content) {
+    std::ofstream(path + ".tmp") << content;
+    std::filesystem::rename(path + ".tmp", path);
+}
+
+// A save without a change reloads nothing; a burst of saves with a change reloads once.
+TEST_F(ClusterTest, WatchedFileChangeReloadsOnce) {
+    const std::string watched = marker() + ".conf";
+    std::ofstream(watched) << "version 1\n";
+    start(app_config(hello_bin, {}, port_, 2,
+                     "watch = [\"" + watched + "\"]\nwatch_debounce_ms = 100\n"));
+    const auto old_pids = busd_->worker_pids();
+    for (int i = 0; i < 3; ++i)
+        save(watched, "version 1\n");
+    ASSERT_TRUE(busd_->wait_log("watched files unchanged")) << busd_->log();
+    EXPECT_EQ(count(busd_->log(), "reload queued"), 0u);
+    for (int i = 0; i < 3; ++i)
+        save(watched, "version 2\n");
+    ASSERT_TRUE(busd_->wait_log("shutting down (replaced)", 2)) << busd_->log();
+    const std::string log = busd_->log();
+    EXPECT_EQ(count(log, "watched files changed"), 1u) << log;
+    EXPECT_EQ(count(log, "reload queued"), 1u) << log;
+    for (int i = 0; i < 4; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r);
+        EXPECT_EQ(old_pids.count(r->pid()), 0u);
+    }
+    std::filesystem::remove(watched);
+}
+
 TEST_F(ClusterTest, CrashLoopingAppBecomesErrored) {
     busd_ = std::make_unique<Busd>(
         io_, app_config(self_exe, {"--worker", "crash"}, port_, 1,
@@ -919,6 +950,8 @@ TEST(ClusterConfig, BadValuesAreRefusedNamingTheKey) {
         {"[[app]]\nname = \"a\"\ncommand = \"x\"\nmode = \"reuseport\"\nlisten = "
          "[\"tcp://127.0.0.1:0\"]\n",
          "key 'app[0].listen': 'tcp://127.0.0.1:0': reuseport needs a fixed port"},
+        {"[[app]]\nname = \"a\"\ncommand = \"x\"\nwatch = [\"/nonexistent/bus\"]\n",
+         "key 'app[0].watch': '/nonexistent/bus' does not exist"},
         {"[[app]]\nname = \"a\"\ncommand = \"x\"\nmax_memory_mb = 0\n",
          "key 'app[0].max_memory_mb': must be between 1 and 1048576"},
         {"[[app]]\nname = \"a\"\ncommand = \"x\"\nrestarts = 3\n",

@@ -60,6 +60,11 @@ struct AppConfig {
     milliseconds ack_timeout{5000};    // a NewConn unacknowledged this long: worker replaced
     std::size_t max_pending = 1024;    // accepted connections waiting for a ready worker
     std::uint64_t max_memory = 0;      // resident bytes above which a worker is replaced; 0: none
+    // Files or directories (their files, not recursively) whose content change reloads the
+    // app: events are debounced, then the content hashed, so a save without a change or a burst
+    // of saves makes one reload or none.
+    std::vector<std::string> watch;
+    milliseconds watch_debounce{300};
 };
 
 struct ConfigError : std::runtime_error {

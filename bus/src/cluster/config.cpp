@@ -5,6 +5,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <set>
 
 namespace bus::cluster {
@@ -140,7 +141,9 @@ std::vector<AppConfig> load_apps(const std::string& path) {
                 "heartbeat_misses",
                 "ack_timeout_ms",
                 "max_pending",
-                "max_memory_mb"});
+                "max_memory_mb",
+                "watch",
+                "watch_debounce_ms"});
         AppConfig app;
         app.name = r.string("name").value_or("");
         if (!valid_name(app.name))
@@ -212,6 +215,11 @@ std::vector<AppConfig> load_apps(const std::string& path) {
         std::uint64_t max_memory_mb = 0;
         r.integer("max_memory_mb", max_memory_mb, 1, 1 << 20);
         app.max_memory = max_memory_mb << 20;
+        app.watch = r.strings("watch");
+        for (const auto& watched : app.watch)
+            if (watched.empty() || !std::filesystem::exists(watched))
+                r.fail("watch", "'" + watched + "' does not exist");
+        r.duration("watch_debounce_ms", app.watch_debounce, 10, 60000);
         apps.push_back(std::move(app));
     }
     return apps;

@@ -20,10 +20,14 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <sys/inotify.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <filesystem>
+#include <fstream>
 #include <list>
 #include <map>
 #include <unistd.h>
@@ -170,7 +174,7 @@ struct Listener {
 enum class AppState { running, stopping, stopped, errored };
 
 struct App {
-    explicit App(asio::io_context& io) : heartbeat_timer(io) {}
+    explicit App(asio::io_context& io) : heartbeat_timer(io), watch_timer(io) {}
     AppConfig config;
     AppState state = AppState::running;
     std::string reason; // why it is errored
@@ -184,6 +188,10 @@ struct App {
     std::uint64_t next_id = 0;
     std::uint64_t ping_seq = 0;
     asio::steady_timer heartbeat_timer;
+    // watch: inotify on the watched paths' directories, debounced, compared by content hash
+    std::unique_ptr<asio::posix::stream_descriptor> inotify;
+    asio::steady_timer watch_timer;
+    std::uint64_t watch_hash = 0;
 };
 
 // Resident memory of a process, from /proc (0 when it cannot be read).
@@ -663,6 +671,100 @@ struct Supervisor::Impl {
         }
     }
 
+    // --- watch -------------------------------------------------------------------------------
+
+    // FNV-1a over every watched file's name and content (a directory: its regular files, in
+    // name order).
+    static std::uint64_t content_hash(const std::vector<std::string>& paths) {
+        std::uint64_t h = 1469598103934665603ull;
+        auto mix = [&](std::string_view bytes) {
+            for (unsigned char c : bytes) {
+                h ^= c;
+                h *= 1099511628211ull;
+            }
+            h ^= 0xff; // separator
+            h *= 1099511628211ull;
+        };
+        auto file = [&](const std::filesystem::path& p) {
+            mix(p.string());
+            std::ifstream in(p, std::ios::binary);
+            std::string content((std::istreambuf_iterator<char>(in)), {});
+            mix(content);
+        };
+        for (const auto& path : paths) {
+            std::error_code ec;
+            if (std::filesystem::is_directory(path, ec)) {
+                std::vector<std::filesystem::path> files;
+                for (const auto& e : std::filesystem::directory_iterator(path, ec))
+                    if (e.is_regular_file(ec))
+                        files.push_back(e.path());
+                std::sort(files.begin(), files.end());
+                for (const auto& f : files)
+                    file(f);
+            } else {
+                file(path);
+            }
+        }
+        return h;
+    }
+
+    void start_watch(App& a) {
+        if (a.config.watch.empty() || a.inotify)
+            return;
+        const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+        if (fd < 0) {
+            log("app '" + a.config.name + "': cannot watch: " + std::strerror(errno));
+            return;
+        }
+        a.inotify = std::make_unique<asio::posix::stream_descriptor>(io, fd);
+        // Directories, not files: editors save by writing a new file and renaming it over the
+        // old one, which a watch on the old file's inode would miss.
+        const auto mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE |
+                          IN_MODIFY | IN_ATTRIB;
+        for (const auto& path : a.config.watch) {
+            std::error_code ec;
+            const auto dir = std::filesystem::is_directory(path, ec)
+                                 ? std::filesystem::path(path)
+                                 : std::filesystem::path(path).parent_path();
+            const std::string d = dir.empty() ? "." : dir.string();
+            if (::inotify_add_watch(fd, d.c_str(), mask) < 0)
+                log("app '" + a.config.name + "': cannot watch " + d + ": " + std::strerror(errno));
+        }
+        a.watch_hash = content_hash(a.config.watch);
+        wait_watch(a);
+    }
+
+    void wait_watch(App& a) {
+        a.inotify->async_wait(
+            asio::posix::stream_descriptor::wait_read,
+            [this, &a, alive = std::weak_ptr<int>(alive)](boost::system::error_code ec) {
+                if (ec || alive.expired() || !a.inotify)
+                    return;
+                char buffer[8192];
+                while (::read(a.inotify->native_handle(), buffer, sizeof buffer) > 0) {
+                }
+                // Debounced: the check runs once the events have stopped for a while.
+                a.watch_timer.expires_after(a.config.watch_debounce);
+                a.watch_timer.async_wait([this, &a, alive](boost::system::error_code e) {
+                    if (e || alive.expired())
+                        return;
+                    const auto h = content_hash(a.config.watch);
+                    if (h == a.watch_hash) {
+                        log("app '" + a.config.name + "': watched files unchanged");
+                        return;
+                    }
+                    a.watch_hash = h;
+                    log("app '" + a.config.name + "': watched files changed");
+                    if (a.state == AppState::running) {
+                        for (int i = 0; i < a.config.instances; ++i)
+                            queue_replacement(a, i);
+                        log("app '" + a.config.name + "': reload queued");
+                    }
+                });
+                wait_watch(a);
+            });
+    }
+
     // --- heartbeats --------------------------------------------------------------------------
 
     void heartbeat(App& a) {
@@ -883,6 +985,7 @@ Result<std::unique_ptr<Supervisor>> Supervisor::start(asio::io_context& io,
         for (auto& l : a->listeners)
             m.arm(*a, *l);
         m.heartbeat(*a);
+        m.start_watch(*a);
     }
     return s;
 }

@@ -526,8 +526,8 @@ TEST_F(ClusterTest, StuckWorkerMissesHeartbeatsAndIsReplaced) {
 
 TEST_F(ClusterTest, WorkerThatNeverAcksIsCutOffAndItsConnectionServedElsewhere) {
     start(app_config(self_exe, {"--worker", "never-ack"}, port_, 2,
-                     "env = { TEST_MARKER = \"" + marker() + "\" }\nack_timeout_ms = 200\n" +
-                         "heartbeat_ms = 50\n"));
+                     "env = { TEST_MARKER = \"" + marker() + "\" }\nack_timeout_ms = 500\n" +
+                         "heartbeat_ms = 50\nheartbeat_misses = 1000\n"));
     for (int i = 0; i < 4; ++i) {
         auto r = http_get(port_);
         ASSERT_TRUE(r) << "connection " << i << " got no answer\n" << busd_->log();
@@ -583,9 +583,10 @@ TEST_F(ClusterTest, StopExitCodeIsNotRestarted) {
 }
 
 TEST_F(ClusterTest, WorkerAboveMaxMemoryIsReplacedGracefully) {
-    start(app_config(self_exe, {"--worker", "fat"}, port_, 2,
-                     "env = { TEST_MARKER = \"" + marker() +
-                         "\" }\nmax_memory_mb = 256\nheartbeat_ms = 50\n"));
+    start(
+        app_config(self_exe, {"--worker", "fat"}, port_, 2,
+                   "env = { TEST_MARKER = \"" + marker() +
+                       "\" }\nmax_memory_mb = 256\nheartbeat_ms = 50\nheartbeat_misses = 1000\n"));
     ASSERT_TRUE(busd_->wait_log("above max_memory: replacing it")) << busd_->log();
     ASSERT_TRUE(busd_->wait_log("shutting down (replaced)")) << busd_->log();
     const std::string log = busd_->log();

@@ -177,22 +177,19 @@ int worker_main(const std::string& mode) {
         if (open_connections == 0)
             std::exit(0);
     });
+    // ready-on-file: says ready only once the file TEST_READY exists.
+    boost::asio::steady_timer timer(io);
+    std::function<void()> poll = [&] {
+        if (std::filesystem::exists(std::getenv("TEST_READY")))
+            return worker.value()->ready();
+        timer.expires_after(20ms);
+        timer.async_wait([&](boost::system::error_code ec) {
+            if (!ec)
+                poll();
+        });
+    };
     if (mode == "ready-on-file") {
-        // Says ready only once the file TEST_READY exists.
-        auto timer = std::make_shared<boost::asio::steady_timer>(io);
-        auto poll = std::make_shared<std::function<void()>>();
-        *poll = [&, timer, poll] {
-            if (std::filesystem::exists(std::getenv("TEST_READY"))) {
-                *poll = nullptr;
-                return worker.value()->ready();
-            }
-            timer->expires_after(20ms);
-            timer->async_wait([poll](boost::system::error_code ec) {
-                if (!ec && *poll)
-                    (*poll)();
-            });
-        };
-        (*poll)();
+        poll();
     } else {
         worker.value()->ready();
     }

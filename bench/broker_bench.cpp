@@ -99,25 +99,8 @@ std::string find_program(const std::string& name) {
 
 // --- samples ----------------------------------------------------------------------------------
 
-struct Samples {
-    std::vector<double> values;
-    double median() const {
-        auto sorted = values;
-        std::sort(sorted.begin(), sorted.end());
-        const std::size_t n = sorted.size();
-        return n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
-    }
-    std::string spread() const {
-        if (values.size() < 2)
-            return "-";
-        const auto [min, max] = std::minmax_element(values.begin(), values.end());
-        const double m = median();
-        return m > 0 ? bench::fixed(100 * (*max - *min) / m, 0) + "%" : "-";
-    }
-};
-
 // By "CASE|PEER|METRIC".
-std::map<std::string, Samples> results;
+std::map<std::string, bench::Samples> results;
 
 void record(const std::string& key, double value) {
     results[key].values.push_back(value);

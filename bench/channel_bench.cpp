@@ -668,39 +668,19 @@ std::string size_name(std::size_t size) {
     return size % 1024 == 0 ? std::to_string(size / 1024) + "KiB" : std::to_string(size) + "B";
 }
 
-// One value per round. The machine is shared, so a single run can land on a bad moment: the
-// tables show the median and how far the rounds spread.
-struct Samples {
-    std::vector<double> values;
-
-    double median() const {
-        auto sorted = values;
-        std::sort(sorted.begin(), sorted.end());
-        const std::size_t n = sorted.size();
-        return n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
-    }
-    // (max - min) / median, in percent
-    std::string spread() const {
-        if (values.size() < 2)
-            return "-";
-        const auto [min, max] = std::minmax_element(values.begin(), values.end());
-        return bench::fixed(100 * (*max - *min) / median(), 0) + "%";
-    }
-};
-
 struct Results {
     // per second, by "SIZE.peer" (throughput) or peer (fds)
-    std::map<std::string, Samples> throughput;
-    std::map<std::string, Samples> fds;
-    std::map<std::string, Samples> rtt_p50_us;
-    std::map<std::string, Samples> rtt_p99_us;
+    std::map<std::string, bench::Samples> throughput;
+    std::map<std::string, bench::Samples> fds;
+    std::map<std::string, bench::Samples> rtt_p50_us;
+    std::map<std::string, bench::Samples> rtt_p99_us;
 };
 
 const std::vector<std::string> throughput_peers{"bus", "raw", "floor", "node"};
 const std::vector<std::string> rtt_peers{"bus", "raw", "node"};
 const std::vector<std::string> fd_peers{"bus", "raw", "node"};
 
-std::optional<double> median_of(const std::map<std::string, Samples>& samples,
+std::optional<double> median_of(const std::map<std::string, bench::Samples>& samples,
                                 const std::string& key) {
     const auto it = samples.find(key);
     return it == samples.end() ? std::nullopt : std::optional(it->second.median());
@@ -851,7 +831,7 @@ struct Case {
 
 std::vector<Case> all_cases(const Options& options, Results& results) {
     std::vector<Case> cases;
-    auto add_rate = [&](const std::string& name, std::map<std::string, Samples>& samples,
+    auto add_rate = [&](const std::string& name, std::map<std::string, bench::Samples>& samples,
                         const std::string& key, const char* unit, std::function<Rate()> measure) {
         cases.push_back({name,
                          [&samples, key, unit, measure] {

@@ -78,4 +78,21 @@ void print_bar(std::FILE* out, const Bar& bar) {
                  fixed(bar.measured, 2).c_str(), bar.target.c_str(), bar.ok() ? "ok" : "short");
 }
 
+double Samples::median() const {
+    auto sorted = values;
+    std::sort(sorted.begin(), sorted.end());
+    const std::size_t n = sorted.size();
+    if (n == 0)
+        return 0;
+    return n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+}
+
+std::string Samples::spread() const {
+    if (values.size() < 2)
+        return "-";
+    const auto [min, max] = std::minmax_element(values.begin(), values.end());
+    const double m = median();
+    return m > 0 ? fixed(100 * (*max - *min) / m, 0) + "%" : "-";
+}
+
 } // namespace bench

@@ -46,4 +46,14 @@ struct Bar {
 
 void print_bar(std::FILE* out, const Bar& bar);
 
+// One value per round of a case. The machine is shared, so a single run can land on a bad
+// moment: tables show the median and how far the rounds spread.
+struct Samples {
+    std::vector<double> values;
+
+    double median() const;
+    // (max - min) / median in percent, "-" for fewer than two values or a zero median
+    std::string spread() const;
+};
+
 } // namespace bench

@@ -170,6 +170,10 @@ int main(int argc, char** argv) {
 
     boost::asio::io_context io;
     bool stopping = false;
+    // Before the endpoints exist: a SIGTERM as soon as a client can connect is a clean stop
+    // (the set keeps a signal that arrives before the wait below).
+    boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+    boost::asio::signal_set reload(io, SIGHUP); // reloads the cluster's apps, below
     std::string failed;
     auto broker = bus::broker::Broker::start(io, options, &failed);
     if (!broker) {
@@ -250,7 +254,6 @@ int main(int argc, char** argv) {
 
     // SIGHUP: zero-downtime reload of every app. SIGTERM/SIGINT: workers shut down gracefully
     // (a second signal stops at once).
-    boost::asio::signal_set reload(io, SIGHUP);
     std::function<void()> wait_reload = [&] {
         reload.async_wait([&](boost::system::error_code ec, int) {
             if (ec)
@@ -261,7 +264,6 @@ int main(int argc, char** argv) {
         });
     };
     wait_reload();
-    boost::asio::signal_set signals(io, SIGINT, SIGTERM);
     auto finish = [&] {
         cluster.reset();
         broker.value().reset();

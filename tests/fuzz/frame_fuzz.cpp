@@ -1,4 +1,5 @@
-// The stream frame decoder and Envelope parsing, fed in chunks whose sizes the input chooses.
+// The stream frame decoder and Envelope parsing, fed in chunks whose sizes the input chooses;
+// and the same bytes taken as a ZeroMQ message of whole frames (take_frame).
 #include "../support/feed.hpp"
 
 #include <bus/frame.hpp>
@@ -27,5 +28,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 __builtin_trap();
         }
     });
+    // The same bytes as one ZeroMQ message of whole frames: take_frame() stays inside it and
+    // within the limit, and stops at the first frame that does not fit.
+    std::string_view frames = bytes;
+    while (!frames.empty()) {
+        const std::size_t before = frames.size();
+        auto body = bus::frame::take_frame(frames, 4096);
+        if (!body)
+            break;
+        const auto* end = body.value().data() + body.value().size();
+        if (body.value().size() > 4096 || body.value().data() < bytes.data() ||
+            end > bytes.data() + bytes.size() || frames.size() != before - 4 - body.value().size())
+            __builtin_trap();
+    }
     return 0;
 }

@@ -6,8 +6,11 @@
 #include <utility> // before Asio's awaitable.hpp (Boost 1.74 misses it: DESIGN.md)
 
 #include <bus/broker.hpp>
+#include <bus/channel.hpp>
 #include <bus/child_process.hpp>
 #include <bus/client.hpp>
+#include <bus/frame.hpp>
+#include <bus/shm_queue.hpp>
 #include <bus/v1/broker.pb.h>
 #include <bus/v1/cluster.pb.h>
 
@@ -166,6 +169,53 @@ TEST_P(BrokerTest, WildcardSubscriptionsGetWhatMatchesStampedWithTheSource) {
     EXPECT_EQ(source, pub->id());
 }
 
+// busd writes each delivery's header itself: the sender's subject, type, headers and deadline
+// reach the subscriber as sent, with busd's own source stamp in place of the sender's claim.
+TEST_P(BrokerTest, HeadersAndDeadlineReachTheSubscriberAndTheSourceIsBusds) {
+    auto sub = connect("sub");
+    std::optional<bus::v1::Envelope> got;
+    sub->subscribe("h.x", [&](bus::Message& m) { got = m.envelope; });
+    flush(sub);
+
+    // A sender speaking the wire format by hand over unix://, claiming another's identity.
+    const std::string path = busd_->dir() + "/busd.sock";
+    bus::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    path.copy(addr.sun_path, sizeof addr.sun_path - 1);
+    ASSERT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    auto raw = bus::Channel::adopt(io_, std::move(fd));
+    ASSERT_TRUE(raw);
+    bus::v1::Envelope e;
+    e.set_kind(bus::v1::KIND_PUBLISH);
+    e.set_subject("h.x");
+    e.set_type_url("type.googleapis.com/test.T");
+    e.set_source("someone-else");
+    e.set_deadline_unix_ns(-5); // negative: ten varint bytes
+    e.set_id(77);
+    auto* h = e.add_headers();
+    h->set_key("trace");
+    h->set_value(std::string(300, 'v')); // a length of two varint bytes
+    h = e.add_headers();
+    h->set_key("empty");
+    raw.value()->send_split(e, "body");
+    ASSERT_TRUE(run_until(io_, [&] { return got.has_value(); }));
+    raw.value()->disconnect();
+
+    EXPECT_EQ(got->kind(), bus::v1::KIND_PUBLISH);
+    EXPECT_EQ(got->subject(), "h.x");
+    EXPECT_EQ(got->type_url(), "type.googleapis.com/test.T");
+    EXPECT_EQ(got->payload(), "body");
+    EXPECT_EQ(got->deadline_unix_ns(), -5);
+    EXPECT_NE(got->source(), "someone-else");
+    EXPECT_FALSE(got->source().empty());
+    ASSERT_EQ(got->headers_size(), 2);
+    EXPECT_EQ(got->headers(0).key(), "trace");
+    EXPECT_EQ(got->headers(0).value(), std::string(300, 'v'));
+    EXPECT_EQ(got->headers(1).key(), "empty");
+    EXPECT_EQ(got->headers(1).value(), "");
+}
+
 TEST_P(BrokerTest, PublishesArriveInOrderPerPublisher) {
     auto pub = connect();
     auto sub = connect();
@@ -219,6 +269,47 @@ TEST_P(BrokerTest, QueueGroupMembersShareMessagesAndPlainSubscribersGetAll) {
     ASSERT_TRUE(run_until(io_, [&] { return nall == 100 && n1 + n2 == 100; }));
     EXPECT_EQ(n1, 50);
     EXPECT_EQ(n2, 50);
+}
+
+// busd works out a subject's recipients on its first publish and keeps them: every change of
+// subscriptions between two publishes on one subject must still show in the next one.
+TEST_P(BrokerTest, RoutesFollowSubscriptionChangesBetweenPublishes) {
+    auto pub = connect();
+    auto a = connect(), b = connect(), g1 = connect(), g2 = connect();
+    int na = 0, nb = 0, n1 = 0, n2 = 0;
+    const auto sid = a->subscribe("r.x", [&](bus::Message&) { ++na; });
+    flush(a);
+    pub->publish_bytes("r.x", "1");
+    ASSERT_TRUE(run_until(io_, [&] { return na == 1; }));
+
+    b->subscribe("r.*", [&](bus::Message&) { ++nb; });
+    flush(b);
+    pub->publish_bytes("r.x", "2");
+    ASSERT_TRUE(run_until(io_, [&] { return na == 2 && nb == 1; }));
+
+    g1->subscribe(
+        "r.>", [&](bus::Message&) { ++n1; }, "g");
+    flush(g1);
+    pub->publish_bytes("r.x", "3");
+    ASSERT_TRUE(run_until(io_, [&] { return na == 3 && nb == 2 && n1 == 1; }));
+
+    g2->subscribe(
+        "r.x", [&](bus::Message&) { ++n2; }, "g");
+    flush(g2);
+    for (int i = 0; i < 10; ++i)
+        pub->publish_bytes("r.x", "4");
+    ASSERT_TRUE(run_until(io_, [&] { return na == 13 && nb == 12 && n1 + n2 == 11; }));
+    EXPECT_EQ(n2, 5); // the group's turn goes on across the change: 1 + 5 and 5
+    EXPECT_EQ(n1, 6);
+
+    a->unsubscribe(sid);
+    flush(a);
+    pub->publish_bytes("r.x", "5");
+    pub->publish_bytes("r.y", "6"); // a subject first seen now
+    ASSERT_TRUE(run_until(io_, [&] { return nb == 14 && n1 + n2 == 13; }));
+    flush(pub);
+    flush(a);
+    EXPECT_EQ(na, 13);
 }
 
 TEST_P(BrokerTest, UnsubscribeStopsDelivery) {
@@ -283,6 +374,26 @@ TEST_P(BrokerTest, RequestNobodyAnswersTimesOut) {
                           [&](std::error_code ec, bus::Message&) { result = ec; });
     ASSERT_TRUE(run_until(io_, [&] { return result.has_value(); }));
     EXPECT_EQ(*result, bus::errc::timeout);
+
+    // One timer serves every deadline: calls time out in deadline order, whatever order they
+    // were made in, and one that is answered in time is not timed out.
+    server->serve("answered", [](bus::Message&, bus::Responder& r) { r.reply_bytes("!"); });
+    flush(server);
+    std::vector<std::string> order;
+    auto note = [&](std::string name) {
+        return [&, name](std::error_code ec, bus::Message&) {
+            order.push_back(name + (ec == bus::errc::timeout ? ":timeout" : ec ? ":error" : ":ok"));
+        };
+    };
+    caller->request_bytes("silent", "?", 1500ms, note("c"));
+    caller->request_bytes("silent", "?", 200ms, note("a"));
+    caller->request_bytes("answered", "?", 5s, note("ok"));
+    caller->request_bytes("silent", "?", 700ms, note("b"));
+    ASSERT_TRUE(run_until(io_, [&] { return order.size() == 4; }));
+    const auto ok = std::find(order.begin(), order.end(), "ok:ok");
+    ASSERT_NE(ok, order.end());
+    order.erase(ok);
+    EXPECT_EQ(order, (std::vector<std::string>{"a:timeout", "b:timeout", "c:timeout"}));
 }
 
 TEST_P(BrokerTest, ServiceKilledWhileHoldingARequestGivesServiceLost) {
@@ -422,6 +533,55 @@ TEST_P(BrokerTest, SentTypesAreRegisteredSoToolsCanDecodeThem) {
     EXPECT_EQ(*unknown, bus::errc::no_responders);
 }
 
+// busd lists the shared-memory queues its clients announce, with figures read from the
+// segment (the records never pass through it), and forgets them with their client.
+TEST_P(BrokerTest, AnnouncedQueuesAreListedWithTheirDepthAndForgottenWithTheirClient) {
+    const std::string name = "bus-test-queue-" + std::to_string(::getpid()) + "-" + GetParam();
+    struct Unlink {
+        std::string name;
+        ~Unlink() { bus::shm::remove(name, true); } // even when an assertion fails
+    } unlink{name};
+    auto queue = bus::shm::Queue::create(name, 4096);
+    ASSERT_TRUE(queue) << queue.error().message();
+    for (int i = 0; i < 3; ++i)
+        ASSERT_FALSE(queue.value().try_push(beat(static_cast<std::uint64_t>(i))));
+
+    auto owner = connect("owner");
+    auto viewer = connect("viewer");
+    owner->announce_queue(name);
+    owner->announce_queue("not a valid name!"); // refused with an error, not kept
+    flush(owner);
+    auto queues = [&] {
+        std::optional<bus::v1::QueueList> list;
+        viewer->request("$sys.queues", beat(0), 5s, [&](std::error_code ec, bus::Message& m) {
+            ASSERT_FALSE(ec) << ec.message();
+            list = m.as<bus::v1::QueueList>().value();
+        });
+        EXPECT_TRUE(run_until(io_, [&] { return list.has_value(); }));
+        return list.value_or(bus::v1::QueueList{});
+    };
+    auto list = queues();
+    ASSERT_EQ(list.queues_size(), 1);
+    const auto& q = list.queues(0);
+    EXPECT_EQ(q.name(), name);
+    EXPECT_EQ(q.client_id(), owner->id());
+    EXPECT_EQ(q.error(), "");
+    EXPECT_EQ(q.mode(), "spsc");
+    EXPECT_EQ(q.depth_records(), 3u);
+    EXPECT_EQ(q.produced(), 3u);
+    EXPECT_EQ(q.consumed(), 0u);
+    EXPECT_GE(q.capacity(), 4096u);
+    EXPECT_EQ(q.owner_pid(), static_cast<std::uint32_t>(::getpid()));
+    EXPECT_TRUE(q.owner_alive());
+
+    // Gone with its client (a unix:// client at once; ZeroMQ's after its heartbeat or at the
+    // next probe).
+    clients_.erase(std::find(clients_.begin(), clients_.end(), owner));
+    owner.reset();
+    ASSERT_TRUE(run_until(
+        io_, [&] { return queues().queues_size() == 0; }, 20s));
+}
+
 TEST_P(BrokerTest, ConnectAndDisconnectAreAnnounced) {
     auto watcher = connect();
     std::vector<std::string> events;
@@ -523,6 +683,55 @@ TEST_P(BrokerTest, SubscriberThatFellBehindIsToldHowManyItLost) {
     EXPECT_GT(got, 0);
 }
 
+// An instance that stops reading: once its bounded queue is full, the requests busd cannot
+// hand it fail at once with service_lost (on ZeroMQ, when the batch holding them is refused),
+// never by silence until their deadline.
+TEST_P(BrokerTest, RequestsAStalledInstanceCannotTakeFailWithServiceLost) {
+    auto requester = connect("requester");
+    auto stalled = child("serve-stall", "stuck.svc");
+    bool ready = false; // it answers one "ready", then stops reading
+    ASSERT_TRUE(run_until(
+        io_,
+        [&] {
+            if (ready)
+                return true;
+            std::optional<std::error_code> result;
+            requester->request_bytes("stuck.svc.ready", "", 1s,
+                                     [&](std::error_code ec, bus::Message&) { result = ec; });
+            run_until(io_, [&] { return result.has_value(); });
+            return ready = result && !*result;
+        },
+        20s));
+    const std::string payload(1024, 'r');
+    // busd says why: "instance overloaded" for a request it could not hand over (as opposed
+    // to the instance going away, which a stalled ZeroMQ client also does, once silent for
+    // three heartbeats).
+    auto detail = [](const bus::Message& m) {
+        for (const auto& h : m.envelope.headers())
+            if (h.key() == "detail")
+                return h.value();
+        return std::string();
+    };
+    int overloaded = 0, other = 0;
+    constexpr int n = 12000; // 12 MB: past every queue between busd and the stalled instance
+    for (int i = 0; i < n && overloaded == 0; ++i) {
+        requester->request_bytes("stuck.svc", payload, 60s,
+                                 [&](std::error_code ec, bus::Message& m) {
+                                     if (ec != bus::errc::service_lost)
+                                         ++other;
+                                     else if (detail(m) == "instance overloaded")
+                                         ++overloaded;
+                                 });
+        if (i % 200 == 199)
+            run_until(
+                io_, [] { return false; }, 10ms);
+    }
+    ASSERT_TRUE(run_until(
+        io_, [&] { return overloaded > 0; }, 20s))
+        << "no request failed as overloaded";
+    EXPECT_EQ(other, 0); // no timeout, no other error
+}
+
 TEST_P(BrokerTest, RequesterKilledMidRequestCostsTheServiceNothing) {
     auto server = connect("server");
     std::vector<bus::Responder> held;
@@ -605,14 +814,34 @@ TEST_P(BrokerTest, GarbageFromOneClientCostsOnlyThatClient) {
         zmq::socket_t raw(ctx, zmq::socket_type::dealer);
         raw.set(zmq::sockopt::linger, 0);
         raw.connect(busd_->ipc());
+        // A message is one part holding whole frames; each of these is malformed and gets an
+        // error back, not silence: two parts, three parts, a part too short for a frame, and
+        // a frame whose length runs past the part.
+        raw.send(zmq::str_buffer("two"), zmq::send_flags::sndmore);
+        raw.send(zmq::str_buffer("parts"), zmq::send_flags::none);
         raw.send(zmq::str_buffer("not an envelope"), zmq::send_flags::sndmore);
         raw.send(zmq::str_buffer("x"), zmq::send_flags::sndmore);
-        raw.send(zmq::str_buffer("three frames"), zmq::send_flags::none);
-        raw.send(zmq::str_buffer("\xff\xff"), zmq::send_flags::sndmore);
-        raw.send(zmq::str_buffer(""), zmq::send_flags::none);
-        zmq::message_t reply;
+        raw.send(zmq::str_buffer("three parts"), zmq::send_flags::none);
+        raw.send(zmq::str_buffer("\xff\xff"), zmq::send_flags::none);
+        raw.send(zmq::str_buffer("\x10\x00\x00\x00short"), zmq::send_flags::none);
         raw.set(zmq::sockopt::rcvtimeo, 5000);
-        ASSERT_TRUE(raw.recv(reply)); // an error comes back, not silence
+        int errors = 0;
+        while (errors < 4) {
+            zmq::message_t reply;
+            ASSERT_TRUE(raw.recv(reply)) << "errors for only " << errors << " of 4";
+            ASSERT_FALSE(reply.more());
+            // busd's replies are batches of frames too.
+            for (auto frames = reply.to_string_view(); !frames.empty(); ++errors) {
+                auto body = bus::frame::take_frame(frames, 1 << 20);
+                ASSERT_TRUE(body);
+                bus::v1::Envelope error;
+                ASSERT_TRUE(error.ParseFromArray(body.value().data(),
+                                                 static_cast<int>(body.value().size())));
+                EXPECT_EQ(error.kind(), bus::v1::KIND_ERROR);
+                EXPECT_EQ(error.subject(), "bad_request");
+            }
+        }
+        EXPECT_EQ(errors, 4);
     }
     flush(good);
     int got = 0;
@@ -930,6 +1159,23 @@ int child_main(const std::string& mode, const std::string& endpoint, const std::
         };
         burst();
         io.run();
+        return 0;
+    }
+    if (mode == "serve-stall") {
+        // Answers one "<arg>.ready" (so the test knows it serves), then never reads again.
+        bool ready = false;
+        c->serve(arg + ".ready", [&](bus::Message&, bus::Responder& r) {
+            r.reply_bytes("yes");
+            ready = true;
+        });
+        c->serve(arg, [](bus::Message&, bus::Responder&) {});
+        while (!ready && io.run_one()) {
+        }
+        bool flushed = false; // the reply is on its way
+        c->flush([&](std::error_code) { flushed = true; });
+        while (!flushed && io.run_one()) {
+        }
+        ::pause();
         return 0;
     }
     if (mode == "serve-hold") {

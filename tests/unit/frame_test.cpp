@@ -96,17 +96,21 @@ TEST(Frame, SplitReturnsThePayloadInPlaceAndTheRestAsHeader) {
 
 TEST(Frame, SplitRejectsMalformedBodies) {
     bus::v1::Envelope header;
-    for (std::string bad : {std::string("\x22\x05"
-                                        "ab",
-                                        4), // payload longer than the body
-                            std::string("\x22\x01"
-                                        "a"
-                                        "\x22\x01"
-                                        "b",
-                                        6),                // two payloads
-                            std::string("\x21\x01", 2),    // field 4 with a fixed64 type
-                            std::string("\x0a", 1),        // truncated tag's field
-                            std::string("\x00\x01", 2)}) { // tag 0
+    for (std::string bad :
+         {std::string("\x22\x05"
+                      "ab",
+                      4), // payload longer than the body
+          std::string("\x22\x01"
+                      "a"
+                      "\x22\x01"
+                      "b",
+                      6),                                         // two payloads
+          std::string("\x21\x01", 2),                             // field 4 with a fixed64 type
+          std::string("\x0a", 1),                                 // truncated tag's field
+          std::string("\x00\x01", 2),                             // tag 0
+          std::string("\x0b\x0c", 2),                             // a group: not an Envelope's
+          std::string("\x28") + std::string(10, '\xff') + "\x01", // 11-byte varint
+          std::string("\x4d\x01\x02", 3)}) {                      // a truncated fixed32
         EXPECT_FALSE(bus::frame::split(bad, header)) << testing::PrintToString(bad);
     }
     EXPECT_TRUE(bus::frame::split("", header)); // the empty envelope

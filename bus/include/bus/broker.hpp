@@ -33,7 +33,9 @@ namespace bus::broker {
 
 struct Limits {
     std::size_t max_message_size = 8u << 20;
-    // Per client: messages queued by ZeroMQ (its SNDHWM), bytes queued on a unix:// link.
+    // Per client: bytes queued on a unix:// link; on ZeroMQ, as many batches (ZeroMQ messages
+    // of up to 16 KiB, see docs/protocol.md) as that holds, at least 16 and at most
+    // client_queue_messages (ZeroMQ's SNDHWM counts batches).
     int client_queue_messages = 2000;
     std::size_t client_queue_bytes = 2u << 20;
     std::size_t max_subscriptions = 10000; // per client

@@ -8,8 +8,8 @@
 //
 //   [limits]
 //   max_message_size = 8388608      # bytes
-//   client_queue_messages = 2000    # per ZeroMQ client
-//   client_queue_bytes = 2097152    # per unix:// client
+//   client_queue_messages = 2000    # per ZeroMQ client, in batches (see client_queue_bytes)
+//   client_queue_bytes = 2097152    # per client (ZeroMQ: as many 16 KiB batches)
 //   max_subscriptions = 10000       # per client
 //   max_services = 1000             # per client
 //

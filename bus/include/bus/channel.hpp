@@ -131,6 +131,9 @@ public:
     // buffer: how a router forwards what it never parsed. Bus serialization only.
     bool send_split(const v1::Envelope& header, std::string_view payload, Fds fds = {},
                     SendHandler done = {});
+    // The same with the header already serialized, its fd_count equal to fds.size().
+    bool send_split(std::string_view header, std::string_view payload, Fds fds = {},
+                    SendHandler done = {});
 
     // Stops delivering, writes what is queued, then closes. The channel stays alive for that
     // even if the caller drops it; dropping it without close() is a disconnect().

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -144,6 +145,12 @@ public:
     void serve(std::string_view service, ServeHandler handler);
     void unserve(std::string_view service);
 
+    // Tells the broker about a shared-memory queue (bus::shm::Queue) this program uses, so that
+    // `bus ls queues` ($sys.queues) shows it with its depth and counters, read from the
+    // segment. The records never pass through the broker. Kept across reconnects; forgotten
+    // when this client disconnects.
+    void announce_queue(std::string_view name);
+
     // To one client, by the id the broker gave it (Message::envelope.source()).
     void send_to(std::string_view client_id, const google::protobuf::Message& message,
                  Fds fds = {});
@@ -180,7 +187,9 @@ private:
                       std::uint64_t id = 0);
     void send_request(std::string_view service, std::string_view type_url, std::string_view payload,
                       std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds);
-    void receive(v1::Envelope& header, std::string_view payload, std::vector<UniqueFd>& fds);
+    v1::Envelope& publish_header(std::string_view subject);
+    void arm_deadline_timer(std::chrono::steady_clock::time_point when);
+    void receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds);
     void handle_control(const v1::Envelope& header, std::string_view payload);
     void register_type(const google::protobuf::Descriptor* type);
     void link_up();
@@ -207,13 +216,19 @@ private:
 
     struct Subscription {
         std::string pattern, queue;
-        MessageHandler handler;
+        std::shared_ptr<MessageHandler> handler; // shared: it may unsubscribe while it runs
     };
     std::unordered_map<std::uint64_t, Subscription> subscriptions_;
     std::unordered_map<std::string, ServeHandler> services_;
+    std::set<std::string> queues_; // announced
+    v1::Envelope publish_header_;
+    std::string publish_payload_;
     // Types described to the current broker, so tools can decode what we send.
     std::unordered_set<const google::protobuf::Descriptor*> registered_types_;
     std::unordered_map<std::uint64_t, std::unique_ptr<Pending>> pending_;
+    std::set<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>> deadlines_;
+    std::unique_ptr<boost::asio::steady_timer> deadline_timer_;
+    std::chrono::steady_clock::time_point armed_for_ = std::chrono::steady_clock::time_point::max();
     MessageHandler on_direct_;
     EventHandler on_event_;
     Message message_; // reused for deliveries

@@ -49,6 +49,13 @@ void append_bytes(std::string& out, std::string_view bytes, std::uint32_t fd_cou
 // Appends one frame holding `header` (whose own payload must be empty) with `payload` as its
 // payload field, written last: how a router forwards a payload it never parsed.
 void append_split(std::string& out, const v1::Envelope& header, std::string_view payload);
+// The same with the header already serialized (a router serializes it once for all recipients).
+void append_split(std::string& out, std::string_view header, std::string_view payload);
+
+// Takes the first frame off `frames`, a buffer that holds whole frames only (a ZeroMQ message
+// carries one or more): its body, or errc::bad_frame when `frames` does not start with a whole
+// frame whose body is at most `max_body` bytes.
+Result<std::string_view> take_frame(std::string_view& frames, std::size_t max_body);
 
 // Parses a frame body into `header` without its payload field, and returns the payload's bytes
 // in place (a view into `body`). errc::bad_frame when the body is not a valid Envelope.

@@ -324,6 +324,9 @@ struct QueueInfo {
     mode_t permissions = 0;   // its mode bits
 };
 
+// A queue name: [A-Za-z0-9._-], 1 to 200 characters.
+bool valid_name(std::string_view name) noexcept;
+
 // Every bus queue on this host the caller can see (segments named bus.* in /dev/shm).
 Result<std::vector<QueueInfo>> list();
 // One queue; std::errc::no_such_file_or_directory if there is none.

@@ -2,10 +2,12 @@
 // transports (ZeroMQ ROUTER, unix:// channels) that feed them.
 //
 // Everything runs on one io_context thread. Inbound envelopes from either transport reach
-// Impl::handle() as a parsed header plus the payload bytes in place; outbound, the header is
-// written anew for each recipient (the broker stamps `source`, never trusting the client's)
-// and the payload is forwarded as it came: a ZeroMQ frame is shared by reference count, bytes
-// from a channel are copied once into the recipient's write buffer.
+// Impl::handle() as a parsed header plus the payload bytes in place (both transports carry
+// the same bytes: a header with the payload field last, see frame::split). Outbound, the
+// header is the broker's (it stamps `source`, never trusting the client's), serialized once
+// per routed message, and the payload is copied unparsed behind it, once per recipient. Where a
+// subject's publishes go is worked out on its first publish and kept until a subscription
+// changes.
 //
 // A recipient that cannot take a message now (ZeroMQ's per-peer queue at its SNDHWM, or a
 // channel over its byte bound) loses that message alone: it is counted and the client is told
@@ -17,6 +19,7 @@
 #include "bus/channel.hpp"
 #include "bus/endpoint.hpp"
 #include "bus/frame.hpp"
+#include "bus/shm_queue.hpp"
 #include "bus/subject.hpp"
 
 #include <boost/asio/local/stream_protocol.hpp>
@@ -42,6 +45,8 @@ using Clock = std::chrono::steady_clock;
 
 constexpr const char* version = "0.1.0";
 constexpr std::size_t max_subject_stats = 4096;
+constexpr std::size_t max_routes = 4096; // subjects whose routes are cached
+constexpr std::size_t max_queues_per_client = 256;
 constexpr int zmq_batch = 256; // messages received per wake-up before yielding
 
 std::int64_t now_unix_ns() {
@@ -95,14 +100,56 @@ std::string error_name(errc e) {
     }
 }
 
-// The payload of an inbound message: its bytes, and the ZeroMQ frame they live in if any (so
-// a ZeroMQ recipient shares the frame instead of copying it).
-struct Payload {
-    std::string_view bytes;
-    zmq::message_t* frame = nullptr;
+// Appends protobuf fields to a serialized message (proto3: zero and empty fields are left out).
+struct FieldWriter {
+    std::string& out;
+
+    void varint(std::uint64_t v) {
+        while (v >= 0x80) {
+            out.push_back(static_cast<char>(v | 0x80));
+            v >>= 7;
+        }
+        out.push_back(static_cast<char>(v));
+    }
+    void tag(int field, int wire_type) {
+        varint(static_cast<std::uint64_t>(field << 3 | wire_type));
+    }
+    void varint_field(int field, std::uint64_t v) {
+        if (v != 0) {
+            tag(field, 0);
+            varint(v);
+        }
+    }
+    void bytes_field(int field, std::string_view bytes) {
+        if (!bytes.empty()) {
+            tag(field, 2);
+            varint(bytes.size());
+            out.append(bytes);
+        }
+    }
+    // A bytes field's size, for a field number below 16.
+    static std::size_t bytes_field_size(std::string_view bytes) {
+        std::size_t n = bytes.size(), size = 2;
+        while (n >= 0x80) {
+            n >>= 7;
+            ++size;
+        }
+        return bytes.empty() ? 0 : size + bytes.size();
+    }
 };
 
 } // namespace
+
+// A message in a ZeroMQ client's batch, and what busd must undo if the batch is refused (the
+// client's queue is full): the counts of a delivery, a slow_consumer notice's report, a
+// request in flight.
+struct Queued {
+    bool delivery = false;             // counted as sent to the client (deliver())
+    std::uint64_t told = 0;            // a slow_consumer notice: the drops it reported
+    v1::SubjectStats* stats = nullptr; // a publish: its subject's counters
+    std::uint64_t request = 0;         // a request: its broker id
+    std::size_t bytes = 0;
+};
 
 struct Broker::Impl {
     // One ROUTER per ZeroMQ transport: ipc:// (peers known by kernel credentials) and tcp://
@@ -130,11 +177,16 @@ struct Broker::Impl {
         const AccessRule* rule = nullptr; // restrictions, if a rule names it
         std::uint64_t msgs_in = 0, msgs_out = 0, bytes_in = 0, bytes_out = 0, dropped = 0;
         std::uint64_t unreported_drops = 0; // told with the next message it can take
+        // ZeroMQ: what this loop turn sends it, one batch of frames (see flush_zmq)
+        std::string batch;
+        std::vector<Queued> batch_items;
+        bool batch_listed = false; // in Impl::unflushed
         struct Sub {
             std::string pattern, queue;
         };
         std::unordered_map<std::uint64_t, Sub> subs;
         std::set<std::string> services;
+        std::set<std::string> queues;    // shared-memory queues it announced
         std::set<std::uint64_t> serving; // broker request ids this client must answer
         std::set<std::uint64_t> waiting; // broker request ids this client waits for
     };
@@ -188,7 +240,21 @@ struct Broker::Impl {
     };
     std::unordered_map<std::string, Type> types;
     std::uint64_t msgs_routed = 0, dropped_total = 0;
-    v1::Envelope out; // reused outbound header
+    v1::Envelope out;         // reused header of the broker's own answers
+    v1::Envelope zmq_in;      // reused inbound header (ZeroMQ; a channel keeps its own)
+    std::string fanout_head;  // a publish's outbound header, serialized once for all recipients
+    std::string header_bytes; // any other outbound header, serialized
+
+    // Where a subject's publishes go, worked out on its first publish (subject check, trie
+    // walk, grouping) and kept until any subscription changes.
+    struct Route {
+        std::vector<SubRef> plain;               // each gets every message
+        std::vector<std::vector<SubRef>> groups; // each queue group gets it once...
+        std::vector<std::uint64_t*> turns;       // ...round-robin (into queue_turns)
+        v1::SubjectStats* stats = nullptr;
+    };
+    std::unordered_map<std::string, Route> routes;
+    std::vector<std::uint64_t> unflushed; // ZeroMQ clients with a batch to send
 
     // --- set-up -------------------------------------------------------------------------
 
@@ -263,10 +329,16 @@ struct Broker::Impl {
             auto& router = server->router;
             router = std::make_unique<zmq::socket_t>(zmq_context, zmq::socket_type::router);
             router->set(zmq::sockopt::router_mandatory, 1);
-            router->set(zmq::sockopt::sndhwm, options.limits.client_queue_messages);
-            router->set(zmq::sockopt::rcvhwm, options.limits.client_queue_messages);
+            // ZeroMQ counts messages, which are batches here: as many as client_queue_bytes
+            // holds in full batches, so the bound stays in bytes too.
+            const auto batches = static_cast<int>(std::clamp<std::size_t>(
+                options.limits.client_queue_bytes / detail::zmq_batch_bytes, 16,
+                static_cast<std::size_t>(options.limits.client_queue_messages)));
+            router->set(zmq::sockopt::sndhwm, batches);
+            router->set(zmq::sockopt::rcvhwm, batches);
             router->set(zmq::sockopt::maxmsgsize,
-                        static_cast<int64_t>(options.limits.max_message_size + 64 * 1024));
+                        static_cast<int64_t>(options.limits.max_message_size + 64 * 1024 +
+                                             frame::header_size));
             router->set(zmq::sockopt::linger, 0);
             if (tcp) {
                 // Clients must know the server's public key; without it the handshake fails.
@@ -400,7 +472,7 @@ struct Broker::Impl {
         c.channel->on_envelope([this, num](v1::Envelope& header, std::string_view payload,
                                            std::vector<UniqueFd>& fds) {
             if (auto* client = find(num))
-                handle(*client, header, Payload{payload}, fds);
+                handle(*client, header, payload, fds);
         });
         c.channel->on_disconnect([this, num](std::error_code) { remove_client(num); });
     }
@@ -437,41 +509,53 @@ struct Broker::Impl {
     void read_zmq(ZmqServer& server) {
         auto& router = server.router;
         for (int i = 0; i < zmq_batch; ++i) {
-            zmq::message_t identity, header, payload;
+            zmq::message_t identity, body;
             try {
                 if (!router->recv(identity, zmq::recv_flags::dontwait))
                     return;
-                // Expected: [identity][header][payload]. Anything else is malformed; the rest of
-                // it is drained so the next message starts clean.
-                bool ok = identity.more() && router->recv(header, zmq::recv_flags::dontwait) &&
-                          header.more() && router->recv(payload, zmq::recv_flags::dontwait);
-                if (ok && payload.more()) {
+                // Expected: [identity][one or more channel frames]. Anything else is malformed;
+                // the rest of it is drained so the next message starts clean.
+                bool ok = identity.more() && router->recv(body, zmq::recv_flags::dontwait);
+                if (ok && body.more()) {
                     ok = false;
                     zmq::message_t extra;
                     while (router->get(zmq::sockopt::rcvmore) &&
                            router->recv(extra, zmq::recv_flags::dontwait)) {
                     }
                 }
-                Client& c = zmq_client(server, identity, header);
+                Client& c = zmq_client(server, identity, body);
                 c.last_seen = Clock::now();
                 if (!c.allowed)
                     continue;
-                v1::Envelope env;
-                if (!ok || !env.ParseFromArray(header.data(), static_cast<int>(header.size())) ||
-                    !env.payload().empty()) {
+                if (!ok) {
                     send_error(c, 0, errc::bad_frame, "malformed message");
                     continue;
                 }
-                std::vector<UniqueFd> no_fds;
-                if (env.fd_count() != 0) {
-                    send_error(c, env.id(), errc::fds_not_supported,
-                               "file descriptors need a unix:// link");
-                    continue;
-                }
-                handle(c, env, Payload{payload.to_string_view(), &payload}, no_fds);
+                read_frames(c.num, body.to_string_view());
             } catch (const zmq::error_t&) {
                 return;
             }
+        }
+    }
+
+    // The frames of one ZeroMQ message, in order; a malformed one ends the message.
+    void read_frames(std::uint64_t num, std::string_view frames) {
+        std::vector<UniqueFd> no_fds;
+        while (!frames.empty()) {
+            Client* c = find(num);
+            if (!c)
+                return;
+            auto body = frame::take_frame(frames, options.limits.max_message_size + 64 * 1024);
+            auto payload = body ? frame::split(body.value(), zmq_in)
+                                : Result<std::string_view>(errc::bad_frame);
+            if (!payload || !zmq_in.payload().empty())
+                return send_error(*c, 0, errc::bad_frame, "malformed message");
+            if (zmq_in.fd_count() != 0) {
+                send_error(*c, zmq_in.id(), errc::fds_not_supported,
+                           "file descriptors need a unix:// link");
+                continue;
+            }
+            handle(*c, zmq_in, payload.value(), no_fds);
         }
     }
 
@@ -538,14 +622,14 @@ struct Broker::Impl {
 
     // --- routing ------------------------------------------------------------------------
 
-    void handle(Client& c, v1::Envelope& in, const Payload& payload, std::vector<UniqueFd>& fds) {
+    void handle(Client& c, v1::Envelope& in, std::string_view payload, std::vector<UniqueFd>& fds) {
         ++c.msgs_in;
-        c.bytes_in += payload.bytes.size();
-        if (payload.bytes.size() > options.limits.max_message_size)
+        c.bytes_in += payload.size();
+        if (payload.size() > options.limits.max_message_size)
             return send_error(c, in.id(), errc::message_too_large, "");
         switch (in.kind()) {
         case v1::KIND_CONTROL:
-            return handle_control(c, in, payload.bytes);
+            return handle_control(c, in, payload);
         case v1::KIND_PUBLISH:
             return publish(c, in, payload, fds);
         case v1::KIND_REQUEST:
@@ -594,6 +678,7 @@ struct Broker::Impl {
             if (c.subs.size() >= options.limits.max_subscriptions || c.subs.count(sub.sid()))
                 return send_error(c, sub.sid(), errc::forbidden, "subscription limit or id reused");
             subscriptions.insert(sub.pattern(), SubRef{c.num, sub.sid(), sub.queue_group()});
+            routes.clear();
             c.subs.emplace(sub.sid(), Client::Sub{sub.pattern(), sub.queue_group()});
             return;
         }
@@ -603,12 +688,23 @@ struct Broker::Impl {
                 return send_error(c, in.id(), errc::bad_frame, "bad unsubscribe");
             if (auto it = c.subs.find(unsub.sid()); it != c.subs.end()) {
                 subscriptions.erase(it->second.pattern, SubRef{c.num, unsub.sid(), {}});
+                routes.clear();
                 c.subs.erase(it);
             }
             return;
         }
         if (op == "register_type")
             return register_type(c, in, body);
+        if (op == "queue") {
+            v1::QueueAnnounce queue;
+            if (!queue.ParseFromArray(body.data(), static_cast<int>(body.size())) ||
+                !shm::valid_name(queue.name()))
+                return send_error(c, in.id(), errc::bad_frame, "bad queue announcement");
+            if (c.queues.size() >= max_queues_per_client)
+                return send_error(c, in.id(), errc::forbidden, "queue limit");
+            c.queues.insert(queue.name());
+            return;
+        }
         if (op == "serve" || op == "unserve") {
             v1::Serve serve;
             if (!serve.ParseFromArray(body.data(), static_cast<int>(body.size())))
@@ -653,19 +749,30 @@ struct Broker::Impl {
         types[name] = Type{std::string(body), c.id};
     }
 
-    // The header every delivery starts from: what the recipient may see of the sender's.
-    v1::Envelope& outbound(const Client& from, const v1::Envelope& in, v1::Kind kind) {
-        out.Clear();
-        out.set_kind(kind);
-        out.set_subject(in.subject());
-        out.set_type_url(in.type_url());
-        out.set_source(from.id);
-        out.set_deadline_unix_ns(in.deadline_unix_ns());
-        *out.mutable_headers() = in.headers();
+    // The header every delivery starts from, serialized into `out`: what the recipient may see
+    // of the sender's, stamped with the sender's id. Written field by field rather than through
+    // an Envelope (copying the strings in and serializing them out again was a third of what
+    // busd spent on a publish); callers append the fields that differ per delivery.
+    static std::string& outbound(std::string& out, const Client& from, const v1::Envelope& in,
+                                 v1::Kind kind) {
+        out.clear();
+        FieldWriter w{out};
+        w.varint_field(1, static_cast<std::uint64_t>(kind));
+        w.bytes_field(2, in.subject());
+        w.bytes_field(3, in.type_url());
+        w.bytes_field(8, from.id);
+        w.varint_field(9, static_cast<std::uint64_t>(in.deadline_unix_ns()));
+        for (const auto& h : in.headers()) {
+            w.tag(10, 2);
+            w.varint(FieldWriter::bytes_field_size(h.key()) +
+                     FieldWriter::bytes_field_size(h.value()));
+            w.bytes_field(1, h.key());
+            w.bytes_field(2, h.value());
+        }
         return out;
     }
 
-    void count_subject(const std::string& subject, std::size_t bytes, bool dropped) {
+    v1::SubjectStats& stats_for(const std::string& subject) {
         auto it = subject_stats.find(subject);
         if (it == subject_stats.end()) {
             if (subject_stats.size() >= max_subject_stats)
@@ -674,7 +781,10 @@ struct Broker::Impl {
                 it = subject_stats.try_emplace(subject).first;
             it->second.set_subject(it->first);
         }
-        auto& s = it->second;
+        return it->second;
+    }
+
+    static void count(v1::SubjectStats& s, std::size_t bytes, bool dropped) {
         if (dropped) {
             s.set_dropped(s.dropped() + 1);
         } else {
@@ -683,10 +793,8 @@ struct Broker::Impl {
         }
     }
 
-    void publish(Client& c, const v1::Envelope& in, const Payload& payload,
+    void publish(Client& c, const v1::Envelope& in, std::string_view payload,
                  std::vector<UniqueFd>& fds) {
-        if (!valid_subject(in.subject()))
-            return send_error(c, in.id(), errc::invalid_subject, in.subject());
         if (is_sys(in.subject()))
             return send_error(c, in.id(), errc::forbidden, "$sys is the broker's");
         if (!may_publish(c, in.subject()))
@@ -694,39 +802,66 @@ struct Broker::Impl {
         if (!fds.empty())
             return send_error(c, in.id(), errc::fds_not_supported,
                               "file descriptors go to one receiver: use a request or send_to");
-        fan_out(c, in, payload);
+        Route* route = route_for(in.subject());
+        if (!route)
+            return send_error(c, in.id(), errc::invalid_subject, in.subject());
+        fan_out(c, in, payload, *route);
     }
 
-    void fan_out(const Client& from, const v1::Envelope& in, const Payload& payload) {
-        // Plain subscriptions all get it; each queue group gets it once, round-robin.
-        std::vector<const SubRef*> matches;
-        subscriptions.match(in.subject(), [&](const SubRef& s) { matches.push_back(&s); });
-        std::unordered_map<std::string_view, std::vector<const SubRef*>> groups;
-        v1::Envelope& header = outbound(from, in, v1::KIND_PUBLISH);
-        auto deliver_to = [&](const SubRef& s) {
-            if (auto* to = find(s.client)) {
-                header.set_subscription_id(s.sid);
-                const bool sent = deliver(*to, header, payload, {});
-                count_subject(in.subject(), payload.bytes.size(), !sent);
+    // The cached route of a valid subject; nullptr for an invalid one.
+    Route* route_for(const std::string& subject) {
+        if (auto it = routes.find(subject); it != routes.end())
+            return &it->second;
+        if (!valid_subject(subject))
+            return nullptr;
+        if (routes.size() >= max_routes)
+            routes.clear();
+        Route& route = routes[subject];
+        route.stats = &stats_for(subject);
+        std::unordered_map<std::string_view, std::size_t> group_index;
+        subscriptions.match(subject, [&](const SubRef& s) {
+            if (s.queue.empty())
+                return route.plain.push_back(s);
+            auto [it, added] = group_index.try_emplace(s.queue, route.groups.size());
+            if (added) {
+                route.groups.emplace_back();
+                route.turns.push_back(&queue_turns[s.queue]);
             }
+            route.groups[it->second].push_back(s);
+        });
+        return &route;
+    }
+
+    // Plain subscriptions all get it; each queue group gets it once, round-robin. The header is
+    // serialized once; each recipient's copy differs only by its subscription id, appended.
+    void fan_out(const Client& from, const v1::Envelope& in, std::string_view payload,
+                 Route& route) {
+        outbound(fanout_head, from, in, v1::KIND_PUBLISH);
+        const std::size_t base = fanout_head.size();
+        auto deliver_to = [&](const SubRef& s) {
+            auto* to = find(s.client);
+            if (!to)
+                return;
+            fanout_head.resize(base);
+            FieldWriter{fanout_head}.varint_field(12, s.sid);
+            const bool sent = deliver(*to, fanout_head, payload, {}, Queued{.stats = route.stats});
+            count(*route.stats, payload.size(), !sent);
         };
-        for (const SubRef* s : matches) {
-            if (s->queue.empty())
-                deliver_to(*s);
-            else
-                groups[s->queue].push_back(s);
-        }
-        for (auto& [group, members] : groups) {
-            auto& turn = queue_turns[std::string(group)];
-            deliver_to(*members[turn++ % members.size()]);
+        // A delivery never removes a client on the spot (a gone ZeroMQ peer is removed from a
+        // posted handler, a channel reports its end from the loop), so the route stays valid.
+        for (const SubRef& s : route.plain)
+            deliver_to(s);
+        for (std::size_t g = 0; g < route.groups.size(); ++g) {
+            const auto& members = route.groups[g];
+            deliver_to(members[(*route.turns[g])++ % members.size()]);
         }
         ++msgs_routed;
     }
 
-    void request(Client& c, const v1::Envelope& in, const Payload& payload,
+    void request(Client& c, const v1::Envelope& in, std::string_view payload,
                  std::vector<UniqueFd>& fds) {
         if (is_sys(in.subject()))
-            return sys_request(c, in, payload.bytes);
+            return sys_request(c, in, payload);
         if (!valid_subject(in.subject()))
             return send_error(c, in.id(), errc::invalid_subject, in.subject());
         if (!may_publish(c, in.subject()))
@@ -742,9 +877,10 @@ struct Broker::Impl {
             return send_error(c, in.id(), errc::fds_not_supported,
                               "the serving instance has no unix:// link");
         const std::uint64_t id = next_request++;
-        auto& header = outbound(c, in, v1::KIND_REQUEST);
-        header.set_id(id);
-        if (!deliver(*server, header, payload, std::move(fds)))
+        FieldWriter w{outbound(header_bytes, c, in, v1::KIND_REQUEST)};
+        w.varint_field(5, id);
+        w.varint_field(11, fds.size());
+        if (!deliver(*server, header_bytes, payload, std::move(fds), Queued{.request = id}))
             return send_error(c, in.id(), errc::service_lost, "instance overloaded");
         ++service.requests;
         in_flight.emplace(id, InFlight{c.num, server->num, in.id(), in.deadline_unix_ns()});
@@ -753,7 +889,7 @@ struct Broker::Impl {
         ++msgs_routed;
     }
 
-    void reply(Client& c, const v1::Envelope& in, const Payload& payload,
+    void reply(Client& c, const v1::Envelope& in, std::string_view payload,
                std::vector<UniqueFd>& fds) {
         auto it = in_flight.find(in.correlation_id());
         if (it == in_flight.end() || it->second.server != c.num)
@@ -768,13 +904,14 @@ struct Broker::Impl {
         if (!fds.empty() && requester->zmq)
             return send_error(*requester, f.client_request_id, errc::fds_not_supported,
                               "the reply carried file descriptors");
-        auto& header = outbound(c, in, in.kind());
-        header.set_correlation_id(f.client_request_id);
-        deliver(*requester, header, payload, std::move(fds));
+        FieldWriter w{outbound(header_bytes, c, in, in.kind())};
+        w.varint_field(6, f.client_request_id);
+        w.varint_field(11, fds.size());
+        deliver(*requester, header_bytes, payload, std::move(fds));
         ++msgs_routed;
     }
 
-    void direct(Client& c, const v1::Envelope& in, const Payload& payload,
+    void direct(Client& c, const v1::Envelope& in, std::string_view payload,
                 std::vector<UniqueFd>& fds) {
         Client* to = find_by_id(in.subject());
         if (!to || !to->allowed)
@@ -782,9 +919,10 @@ struct Broker::Impl {
         if (!fds.empty() && to->zmq)
             return send_error(c, in.id(), errc::fds_not_supported,
                               "the receiver has no unix:// link");
-        auto& header = outbound(c, in, v1::KIND_DIRECT);
-        header.set_id(in.id());
-        deliver(*to, header, payload, std::move(fds));
+        FieldWriter w{outbound(header_bytes, c, in, v1::KIND_DIRECT)};
+        w.varint_field(5, in.id());
+        w.varint_field(11, fds.size());
+        deliver(*to, header_bytes, payload, std::move(fds));
         ++msgs_routed;
     }
 
@@ -808,6 +946,36 @@ struct Broker::Impl {
         if (c.channel)
             i.set_queued(c.channel->queued_bytes());
         return i;
+    }
+
+    // Read from the queue's segment header, as `bus shm ls` does; the records stay where they
+    // are.
+    static v1::QueueInfo queue_info(const std::string& name, const std::string& client_id) {
+        v1::QueueInfo q;
+        q.set_name(name);
+        q.set_client_id(client_id);
+        auto found = shm::inspect(name);
+        if (!found) {
+            q.set_error(found.error().message());
+            return q;
+        }
+        const auto& i = found.value();
+        if (i.error) {
+            q.set_error(i.error.message());
+            return q;
+        }
+        q.set_mode(i.mode == shm::Mode::mpsc ? "mpsc" : "spsc");
+        q.set_capacity(i.stats.capacity);
+        q.set_depth_bytes(i.stats.depth_bytes);
+        q.set_depth_records(i.stats.depth_records);
+        q.set_produced(i.stats.produced);
+        q.set_consumed(i.stats.consumed);
+        q.set_skipped(i.stats.skipped);
+        q.set_owner_pid(static_cast<std::uint32_t>(i.owner_pid));
+        q.set_owner_alive(i.owner_alive);
+        q.set_producers(static_cast<std::uint32_t>(i.producers));
+        q.set_consumer(i.consumer);
+        return q;
     }
 
     v1::BrokerStats make_stats() const {
@@ -873,6 +1041,12 @@ struct Broker::Impl {
             auto set = std::make_unique<google::protobuf::FileDescriptorSet>();
             set->ParseFromString(it->second.descriptor_set);
             answer = std::move(set);
+        } else if (what == "$sys.queues") {
+            auto list = std::make_unique<v1::QueueList>();
+            for (const auto& [num, client] : clients)
+                for (const auto& name : client->queues)
+                    *list->add_queues() = queue_info(name, client->id);
+            answer = std::move(list);
         } else if (what == "$sys.stats") {
             answer = std::make_unique<v1::BrokerStats>(make_stats());
         } else {
@@ -893,7 +1067,7 @@ struct Broker::Impl {
         header.set_source("busd");
         header.set_correlation_id(in.id());
         const std::string body = answer->SerializeAsString();
-        deliver(c, header, Payload{body}, {});
+        deliver(c, header, body, {});
     }
 
     // Broker events go to whoever subscribed to them, like any publish.
@@ -907,22 +1081,35 @@ struct Broker::Impl {
         const std::string body = event.SerializeAsString();
         Client broker_self;
         broker_self.id = "busd";
-        fan_out(broker_self, in, Payload{body});
+        if (Route* route = route_for(in.subject()))
+            fan_out(broker_self, in, body, *route);
     }
 
     // --- output -------------------------------------------------------------------------
 
     // Sends to one client without ever waiting; false when its queue is full (the message is
-    // dropped for it alone and counted) or it is gone.
-    bool deliver(Client& to, const v1::Envelope& header, const Payload& payload,
-                 std::vector<UniqueFd> fds) {
+    // dropped for it alone and counted) or it is gone. `header` is serialized, with an
+    // fd_count equal to fds.size().
+    // Sends to one client without ever waiting; false when its queue is full (the message is
+    // dropped for it alone and counted) or it is gone. `header` is serialized, with an
+    // fd_count equal to fds.size().
+    bool deliver(Client& to, std::string_view header, std::string_view payload,
+                 std::vector<UniqueFd> fds, Queued queued = {}) {
         if (to.unreported_drops && !report_drops(to))
             return drop(to);
-        if (!send_raw(to, header, payload, std::move(fds)))
+        queued.delivery = true;
+        if (!send_raw(to, header, payload, std::move(fds), queued))
             return drop(to);
         ++to.msgs_out;
-        to.bytes_out += payload.bytes.size();
+        to.bytes_out += payload.size();
         return true;
+    }
+
+    bool deliver(Client& to, v1::Envelope& header, std::string_view payload,
+                 std::vector<UniqueFd> fds) {
+        header.set_fd_count(static_cast<std::uint32_t>(fds.size()));
+        header.SerializeToString(&header_bytes);
+        return deliver(to, header_bytes, payload, std::move(fds));
     }
 
     bool drop(Client& to) {
@@ -939,46 +1126,112 @@ struct Broker::Impl {
         header.set_kind(v1::KIND_CONTROL);
         header.set_subject("slow_consumer");
         header.set_source("busd");
-        const std::string body = notice.SerializeAsString();
-        if (!send_raw(to, header, Payload{body}, {}))
+        // Its own buffer: this runs in the middle of deliveries that use the shared ones.
+        const std::string head = header.SerializeAsString();
+        if (!send_raw(to, head, notice.SerializeAsString(), {},
+                      Queued{.told = to.unreported_drops}))
             return false;
         to.unreported_drops = 0;
         return true;
     }
 
-    bool send_raw(Client& to, const v1::Envelope& header, const Payload& payload,
-                  std::vector<UniqueFd> fds) {
+    // A unix:// client's channel takes the frame or refuses it now. A ZeroMQ client's frame
+    // joins its batch for this loop turn, which flush_zmq() hands to ZeroMQ; a refusal then is
+    // undone message by message (refused()).
+    bool send_raw(Client& to, std::string_view header, std::string_view payload,
+                  std::vector<UniqueFd> fds, Queued queued = {}) {
         if (!to.zmq) {
             if (!to.channel->connected() ||
                 to.channel->queued_bytes() >= options.limits.client_queue_bytes)
                 return false;
-            to.channel->send_split(header, payload.bytes, std::move(fds));
+            to.channel->send_split(header, payload, std::move(fds));
             return true;
         }
+        // A batch that would outgrow its size goes first; never with the frame being added, so
+        // that a refusal finds the caller's bookkeeping (a request in flight) in place.
+        if (!to.batch.empty() &&
+            to.batch.size() + header.size() + payload.size() + 16 > detail::zmq_batch_bytes)
+            flush_zmq(to);
+        frame::append_split(to.batch, header, payload);
+        queued.bytes = payload.size();
+        to.batch_items.push_back(queued);
+        if (!to.batch_listed) {
+            to.batch_listed = true;
+            if (unflushed.empty())
+                asio::post(io, [this] { flush_all(); });
+            unflushed.push_back(to.num);
+        }
+        return true;
+    }
+
+    void flush_all() {
+        // A refusal sends errors, which may list more clients: by index, not iterator.
+        for (std::size_t i = 0; i < unflushed.size(); ++i) {
+            if (Client* c = find(unflushed[i])) {
+                c->batch_listed = false;
+                flush_zmq(*c);
+            }
+        }
+        unflushed.clear();
+    }
+
+    void flush_zmq(Client& to) {
+        if (to.batch.empty())
+            return;
+        bool sent = false;
         try {
-            zmq::message_t head(header.ByteSizeLong());
-            header.SerializeWithCachedSizesToArray(static_cast<std::uint8_t*>(head.data()));
-            zmq::message_t body;
-            if (payload.frame)
-                body.copy(*payload.frame);   // shares the frame's buffer, no byte copy
-            else if (!payload.bytes.empty()) // (a null pointer must not reach memcpy)
-                body.rebuild(payload.bytes.data(), payload.bytes.size());
-            // ROUTER checks the peer's queue on the first frame only: if that is accepted,
-            // the others are too.
+            zmq::message_t msg(to.batch.data(), to.batch.size());
+            // ROUTER checks the peer's queue on the first part only: if that is accepted, the
+            // other is too.
             auto& router = *to.server->router;
-            if (!router.send(zmq::buffer(to.routing_id),
-                             zmq::send_flags::sndmore | zmq::send_flags::dontwait))
-                return false;
-            router.send(head, zmq::send_flags::sndmore);
-            router.send(body, zmq::send_flags::none);
-            to.server->watch->kick();
-            return true;
+            if (router.send(zmq::buffer(to.routing_id),
+                            zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+                router.send(msg, zmq::send_flags::none);
+                to.server->watch->kick();
+                sent = true;
+            }
         } catch (const zmq::error_t& e) {
             if (e.num() == EHOSTUNREACH) {
                 // Gone. Removing it here would pull the client out from under the caller.
                 asio::post(io, [this, num = to.num] { remove_client(num); });
             }
-            return false;
+        }
+        to.batch.clear();
+        std::vector<Queued> items;
+        items.swap(to.batch_items);
+        if (!sent)
+            for (const auto& q : items)
+                refused(to, q);
+        items.clear();
+        if (to.batch_items.empty())
+            to.batch_items.swap(items); // keep the capacity
+    }
+
+    // One message of a batch ZeroMQ refused: dropped for `to` alone, as if refused at once.
+    void refused(Client& to, const Queued& q) {
+        if (q.delivery) {
+            drop(to);
+            --to.msgs_out;
+            to.bytes_out -= q.bytes;
+        }
+        to.unreported_drops += q.told;
+        if (q.stats) {
+            q.stats->set_msgs(q.stats->msgs() - 1);
+            q.stats->set_bytes(q.stats->bytes() - q.bytes);
+            q.stats->set_dropped(q.stats->dropped() + 1);
+        }
+        if (q.request) {
+            auto f = in_flight.find(q.request);
+            if (f == in_flight.end())
+                return;
+            const InFlight flight = f->second;
+            in_flight.erase(f);
+            to.serving.erase(q.request);
+            if (Client* requester = find(flight.requester)) {
+                requester->waiting.erase(q.request);
+                send_error(*requester, flight.client_request_id, errc::service_lost,
+                           "instance overloaded");
+            }
         }
     }
 
@@ -990,7 +1243,7 @@ struct Broker::Impl {
         header.set_source("busd");
         header.set_correlation_id(id);
         const std::string bytes = body ? body->SerializeAsString() : std::string();
-        send_raw(to, header, Payload{bytes}, {});
+        send_raw(to, header.SerializeAsString(), bytes, {});
     }
 
     void send_error(Client& to, std::uint64_t correlation_id, errc code, std::string_view detail) {
@@ -1002,7 +1255,7 @@ struct Broker::Impl {
         auto* h = header.add_headers();
         h->set_key("detail");
         h->set_value(std::string(detail.substr(0, 256)));
-        deliver(to, header, Payload{}, {});
+        deliver(to, header, {}, {});
     }
 
     // --- leaving ------------------------------------------------------------------------
@@ -1027,6 +1280,8 @@ struct Broker::Impl {
             by_routing_id.erase((c->server->tcp ? "t" : "i") + c->routing_id);
         for (const auto& [sid, sub] : c->subs)
             subscriptions.erase(sub.pattern, SubRef{num, sid, {}});
+        if (!c->subs.empty())
+            routes.clear();
         for (const auto& name : c->services)
             drop_instance(name, num);
         // Requests it was serving: their requesters learn now, not at their deadline.

@@ -90,7 +90,7 @@ class ChannelLink final : public Client::Link {
 public:
     ChannelLink(asio::io_context& io, std::weak_ptr<Client> client, std::string path,
                 std::shared_ptr<Channel> channel, ClientOptions options,
-                std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx,
+                std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx,
                 std::function<void()> up, std::function<void(std::error_code)> down)
         : io_(io), client_(std::move(client)), path_(std::move(path)), options_(options),
           rx_(std::move(rx)), up_(std::move(up)), down_(std::move(down)), timer_(io) {
@@ -100,7 +100,7 @@ public:
         timer_.cancel();
         if (channel_) {
             // Its handlers point here: the channel outlives this link for one more loop turn.
-            channel_->on_envelope(nullptr);
+            channel_->on_message(nullptr);
             channel_->on_disconnect(nullptr);
             channel_->disconnect();
         }
@@ -117,8 +117,8 @@ public:
 private:
     void attach(std::shared_ptr<Channel> channel) {
         channel_ = std::move(channel);
-        channel_->on_envelope([this](v1::Envelope& h, std::string_view p,
-                                     std::vector<UniqueFd>& fds) { rx_(h, p, fds); });
+        // The whole envelope, parsed in one pass: unlike a router, a client keeps the payload.
+        channel_->on_message([this](Message& m) { rx_(m.envelope, m.fds); });
         channel_->on_disconnect([this, c = channel_.get()](std::error_code ec) {
             if (c != channel_.get())
                 return;
@@ -150,7 +150,7 @@ private:
     std::weak_ptr<Client> client_;
     std::string path_; // empty: the parent's channel, not reconnectable
     ClientOptions options_;
-    std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx_;
+    std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx_;
     std::function<void()> up_;
     std::function<void(std::error_code)> down_;
     asio::steady_timer timer_;
@@ -161,8 +161,9 @@ class ZmqLink final : public Client::Link {
 public:
     ZmqLink(asio::io_context& io, const std::string& endpoint, std::size_t max_message_size,
             const std::string& server_key,
-            std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx)
-        : socket_(context_, zmq::socket_type::dealer), rx_(std::move(rx)) {
+            std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx)
+        : io_(io), max_frame_(max_message_size + 64 * 1024),
+          socket_(context_, zmq::socket_type::dealer), rx_(std::move(rx)) {
         if (!server_key.empty()) {
             // CURVE with a fresh key pair of our own: the broker authenticates itself to us by
             // its key, and the link is encrypted.
@@ -174,11 +175,12 @@ public:
             socket_.set(zmq::sockopt::curve_secretkey, std::string(secret_key, 40));
         }
         socket_.set(zmq::sockopt::linger, 0);
-        socket_.set(zmq::sockopt::sndhwm, 10000);
+        socket_.set(zmq::sockopt::sndhwm, 1000); // batches
         // What the broker cannot hand over waits in its own bounded queue and is dropped there,
         // counted and reported; a deep queue here would only hide a slow consumer.
-        socket_.set(zmq::sockopt::rcvhwm, 1000);
-        socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(max_message_size + 65536));
+        socket_.set(zmq::sockopt::rcvhwm, 256);
+        socket_.set(zmq::sockopt::maxmsgsize,
+                    static_cast<int64_t>(max_frame_ + frame::header_size));
         socket_.set(zmq::sockopt::reconnect_ivl, 50);
         socket_.set(zmq::sockopt::reconnect_ivl_max, 1000);
         socket_.connect(endpoint);
@@ -190,38 +192,51 @@ public:
 
     bool carries_fds() const override { return false; }
     bool needs_heartbeat_timeout() const override { return true; }
-    // ZeroMQ's own queue (SNDHWM) is the bound; when it is full, messages wait here, in
-    // order, and send() says so, as a channel does past its high-water mark.
+    // What one loop turn sends travels as one ZeroMQ message, a batch of channel frames (ZeroMQ
+    // costs per message, not per byte). Batches go into ZeroMQ's own queue, bounded by SNDHWM;
+    // when it is full they wait here, in order, and send() says so, as a channel does past
+    // its high-water mark.
     Sent send(const v1::Envelope& header, std::string_view payload, Fds) override {
-        zmq::message_t head(header.ByteSizeLong());
-        header.SerializeWithCachedSizesToArray(static_cast<std::uint8_t*>(head.data()));
-        zmq::message_t body(payload.size());
-        if (!payload.empty())
-            std::memcpy(body.data(), payload.data(), payload.size());
-        if (pending_.empty() && try_send(head, body)) {
-            watch_->kick();
-            return Sent::ok;
+        if (!batch_.empty() &&
+            batch_.size() + header.ByteSizeLong() + payload.size() + 16 > detail::zmq_batch_bytes)
+            flush();
+        frame::append_split(batch_, header, payload);
+        if (!flush_posted_) {
+            flush_posted_ = true;
+            asio::post(io_, [this, alive = std::weak_ptr<void>(alive_)] {
+                if (alive.expired())
+                    return;
+                flush_posted_ = false;
+                flush();
+            });
         }
-        pending_.emplace_back(std::move(head), std::move(body));
-        watch_->want_write(true);
-        return Sent::ok_but_full;
+        return pending_.empty() ? Sent::ok : Sent::ok_but_full;
     }
 
 private:
-    bool try_send(zmq::message_t& head, zmq::message_t& body) {
+    void flush() {
+        if (batch_.empty())
+            return;
+        zmq::message_t msg(batch_.data(), batch_.size());
+        batch_.clear();
+        if (pending_.empty() && try_send(msg)) {
+            watch_->kick();
+            return;
+        }
+        pending_.push_back(std::move(msg));
+        watch_->want_write(true);
+    }
+
+    bool try_send(zmq::message_t& msg) {
         try {
-            // A DEALER takes all parts of a message or none.
-            if (!socket_.send(head, zmq::send_flags::sndmore | zmq::send_flags::dontwait))
-                return false;
-            socket_.send(body, zmq::send_flags::none);
-            return true;
+            return socket_.send(msg, zmq::send_flags::dontwait).has_value();
         } catch (const zmq::error_t&) {
             return false;
         }
     }
 
     void write_pending() {
-        while (!pending_.empty() && try_send(pending_.front().first, pending_.front().second))
+        while (!pending_.empty() && try_send(pending_.front()))
             pending_.pop_front();
         if (pending_.empty())
             watch_->want_write(false);
@@ -230,26 +245,45 @@ private:
     void read() {
         std::vector<UniqueFd> no_fds;
         for (int i = 0; i < 256; ++i) {
-            zmq::message_t head, body;
+            zmq::message_t msg;
             try {
-                if (!socket_.recv(head, zmq::recv_flags::dontwait))
+                if (!socket_.recv(msg, zmq::recv_flags::dontwait))
                     return;
-                if (!head.more() || !socket_.recv(body, zmq::recv_flags::dontwait) || body.more())
-                    continue; // not from a broker: ignore
+                if (msg.more()) { // not from a broker: drop the whole message
+                    zmq::message_t rest;
+                    while (socket_.get(zmq::sockopt::rcvmore) &&
+                           socket_.recv(rest, zmq::recv_flags::dontwait)) {
+                    }
+                    continue;
+                }
             } catch (const zmq::error_t&) {
                 return;
             }
-            if (!header_.ParseFromArray(head.data(), static_cast<int>(head.size())))
-                continue;
-            rx_(header_, body.to_string_view(), no_fds);
+            auto alive = std::weak_ptr<void>(alive_); // a handler may close the client
+            for (auto frames = msg.to_string_view(); !frames.empty();) {
+                auto body = frame::take_frame(frames, max_frame_);
+                if (!body)
+                    break; // not from a broker: ignore the rest
+                if (!header_.ParseFromArray(body.value().data(),
+                                            static_cast<int>(body.value().size())))
+                    continue;
+                rx_(header_, no_fds);
+                if (alive.expired())
+                    return;
+            }
         }
     }
 
+    asio::io_context& io_;
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0); // expires with the link
+    std::size_t max_frame_;
+    std::string batch_;
+    bool flush_posted_ = false;
     zmq::context_t context_{1};
     zmq::socket_t socket_;
-    std::function<void(v1::Envelope&, std::string_view, std::vector<UniqueFd>&)> rx_;
+    std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx_;
     std::unique_ptr<detail::ZmqWatch> watch_;
-    std::deque<std::pair<zmq::message_t, zmq::message_t>> pending_;
+    std::deque<zmq::message_t> pending_;
     v1::Envelope header_;
 };
 
@@ -259,8 +293,7 @@ private:
 
 struct Client::Pending {
     ReplyHandler handler;
-    asio::steady_timer timer;
-    Pending(asio::io_context& io, ReplyHandler h) : handler(std::move(h)), timer(io) {}
+    Clock::time_point deadline;
 };
 
 void Responder::reply(const google::protobuf::Message& message, Fds fds) {
@@ -294,6 +327,8 @@ Client::~Client() {
     closed_ = true;
     if (heartbeat_timer_)
         heartbeat_timer_->cancel();
+    if (deadline_timer_)
+        deadline_timer_->cancel();
     link_.reset();
 }
 
@@ -311,9 +346,9 @@ Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::strin
         return parsed.error();
     std::shared_ptr<Client> client(new Client(io, options));
     std::weak_ptr<Client> weak = client;
-    auto rx = [weak](v1::Envelope& h, std::string_view p, std::vector<UniqueFd>& fds) {
+    auto rx = [weak](v1::Envelope& e, std::vector<UniqueFd>& fds) {
         if (auto c = weak.lock())
-            c->receive(h, p, fds);
+            c->receive(e, fds);
     };
     switch (parsed.value().scheme) {
     case Endpoint::Scheme::ipc:
@@ -371,9 +406,9 @@ Result<std::shared_ptr<Client>> Client::from_parent(asio::io_context& io, Client
     std::weak_ptr<Client> weak = client;
     client->link_ = std::make_unique<ChannelLink>(
         io, weak, std::string(), std::move(channel).value(), options,
-        [weak](v1::Envelope& h, std::string_view p, std::vector<UniqueFd>& fds) {
+        [weak](v1::Envelope& e, std::vector<UniqueFd>& fds) {
             if (auto c = weak.lock())
-                c->receive(h, p, fds);
+                c->receive(e, fds);
         },
         [] {},
         [weak](std::error_code ec) {
@@ -459,25 +494,32 @@ void Client::register_type(const google::protobuf::Descriptor* type) {
 
 bool Client::publish(std::string_view subject, const google::protobuf::Message& message) {
     register_type(message.GetDescriptor());
-    v1::Envelope header;
-    header.set_kind(v1::KIND_PUBLISH);
-    header.set_subject(std::string(subject));
-    header.set_type_url(frame::type_url_of(message));
-    return send(header, message.SerializeAsString(), {});
+    message.SerializeToString(&publish_payload_);
+    auto& header = publish_header(subject);
+    const auto& type = message.GetDescriptor()->full_name();
+    header.mutable_type_url()->reserve(frame::type_url_prefix.size() + type.size());
+    header.mutable_type_url()->assign(frame::type_url_prefix).append(type);
+    return send(header, publish_payload_, {});
 }
 
 bool Client::publish_bytes(std::string_view subject, std::string_view payload) {
-    v1::Envelope header;
-    header.set_kind(v1::KIND_PUBLISH);
-    header.set_subject(std::string(subject));
-    return send(header, payload, {});
+    return send(publish_header(subject), payload, {});
+}
+
+// Publishes reuse one header and one payload buffer (their capacity, that is): a link
+// serializes what it is given before send() returns, so nothing holds on to them.
+v1::Envelope& Client::publish_header(std::string_view subject) {
+    publish_header_.Clear();
+    publish_header_.set_kind(v1::KIND_PUBLISH);
+    publish_header_.set_subject(subject.data(), subject.size());
+    return publish_header_;
 }
 
 std::uint64_t Client::subscribe(std::string_view pattern, MessageHandler handler,
                                 std::string_view queue_group) {
     const std::uint64_t sid = next_id_++;
-    subscriptions_.emplace(
-        sid, Subscription{std::string(pattern), std::string(queue_group), std::move(handler)});
+    subscriptions_.emplace(sid, Subscription{std::string(pattern), std::string(queue_group),
+                                             std::make_shared<MessageHandler>(std::move(handler))});
     v1::Subscribe sub;
     sub.set_sid(sid);
     sub.set_pattern(std::string(pattern));
@@ -524,21 +566,37 @@ void Client::request_bytes(std::string_view service, std::string_view payload,
 }
 
 // A call awaiting its answer, completed by complete(): with the answer, with an error, or
-// with errc::timeout when its timer fires first.
+// with errc::timeout at its deadline. One timer serves every deadline: armed for the earliest,
+// never cancelled when a call completes (that would cost a trip through the loop per call);
+// when it fires it times out what is due and re-arms for the next.
 std::uint64_t Client::add_pending(ReplyHandler handler, std::chrono::milliseconds timeout) {
     const std::uint64_t id = next_id_++;
-    auto pending = std::make_unique<Pending>(io_, std::move(handler));
-    pending->timer.expires_after(timeout);
-    pending->timer.async_wait([weak = weak_from_this(), id](boost::system::error_code ec) {
-        if (ec)
-            return;
-        if (auto c = weak.lock()) {
-            Message empty;
-            c->complete(id, errc::timeout, empty);
-        }
-    });
-    pending_.emplace(id, std::move(pending));
+    const auto deadline = Clock::now() + timeout;
+    pending_.emplace(id, std::make_unique<Pending>(Pending{std::move(handler), deadline}));
+    deadlines_.emplace(deadline, id);
+    if (deadline < armed_for_)
+        arm_deadline_timer(deadline);
     return id;
+}
+
+void Client::arm_deadline_timer(Clock::time_point when) {
+    if (!deadline_timer_)
+        deadline_timer_ = std::make_unique<asio::steady_timer>(io_);
+    armed_for_ = when;
+    deadline_timer_->expires_at(when);
+    deadline_timer_->async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+        auto c = weak.lock();
+        if (ec || !c)
+            return; // re-armed for an earlier deadline, or closed
+        c->armed_for_ = Clock::time_point::max();
+        const auto now = Clock::now();
+        while (!c->deadlines_.empty() && c->deadlines_.begin()->first <= now) {
+            Message empty;
+            c->complete(c->deadlines_.begin()->second, errc::timeout, empty);
+        }
+        if (!c->deadlines_.empty() && c->deadlines_.begin()->first < c->armed_for_)
+            c->arm_deadline_timer(c->deadlines_.begin()->first);
+    });
 }
 
 void Client::send_request(std::string_view service, std::string_view type_url,
@@ -633,24 +691,23 @@ void Client::complete(std::uint64_t id, std::error_code ec, Message& message) {
         return; // already completed (timed out, then the reply came)
     auto pending = std::move(it->second);
     pending_.erase(it);
-    pending->timer.cancel();
+    deadlines_.erase({pending->deadline, id});
     pending->handler(ec, message);
 }
 
-void Client::receive(v1::Envelope& header, std::string_view payload, std::vector<UniqueFd>& fds) {
+void Client::receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds) {
     last_heard_ = Clock::now();
     auto keep = shared_from_this(); // a handler may drop the last reference
-    if (header.kind() == v1::KIND_CONTROL)
-        return handle_control(header, payload);
-    message_.envelope.Swap(&header);
-    message_.envelope.set_payload(payload.data(), payload.size());
+    if (envelope.kind() == v1::KIND_CONTROL)
+        return handle_control(envelope, envelope.payload());
+    message_.envelope.Swap(&envelope);
     message_.fds = std::move(fds);
     const auto& env = message_.envelope;
     switch (env.kind()) {
     case v1::KIND_PUBLISH:
         if (auto it = subscriptions_.find(env.subscription_id()); it != subscriptions_.end()) {
             auto handler = it->second.handler; // the handler may unsubscribe itself
-            handler(message_);
+            (*handler)(message_);
         }
         break;
     case v1::KIND_REQUEST: {
@@ -737,6 +794,19 @@ void Client::register_everything() {
         s.set_service(name);
         send_control("serve", &s);
     }
+    for (const auto& name : queues_) {
+        v1::QueueAnnounce q;
+        q.set_name(name);
+        send_control("queue", &q);
+    }
+}
+
+void Client::announce_queue(std::string_view name) {
+    if (!queues_.emplace(name).second)
+        return;
+    v1::QueueAnnounce q;
+    q.set_name(std::string(name));
+    send_control("queue", &q);
 }
 
 void Client::link_up() {
@@ -761,11 +831,10 @@ void Client::link_down(std::error_code ec) {
 void Client::fail_pending(std::error_code ec) {
     auto pending = std::move(pending_);
     pending_.clear();
+    deadlines_.clear();
     Message empty;
-    for (auto& [id, p] : pending) {
-        p->timer.cancel();
+    for (auto& [id, p] : pending)
         p->handler(ec, empty);
-    }
 }
 
 void Client::heartbeat() {

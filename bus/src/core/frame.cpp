@@ -103,48 +103,109 @@ void append_bytes(std::string& out, std::string_view bytes, std::uint32_t fd_cou
     });
 }
 
-void append_split(std::string& out, const v1::Envelope& header, std::string_view payload) {
-    const std::size_t head = header.ByteSizeLong();
-    const std::size_t body = head + (payload.empty() ? 0 : delimited_size(payload.size()));
-    const std::size_t start = out.size();
-    out.resize(start + header_size + body);
-    write_header(out.data() + start, static_cast<std::uint32_t>(body));
-    auto* p = header.SerializeWithCachedSizesToArray(
-        reinterpret_cast<std::uint8_t*>(out.data() + start + header_size));
+namespace {
+// Writes the payload field after a header that ends at `p`.
+void write_payload_field(std::uint8_t* p, std::string_view payload) {
     if (!payload.empty()) {
         p = write_delimited_header(4, payload.size(), p);
         std::memcpy(p, payload.data(), payload.size());
     }
 }
 
+std::size_t split_body_size(std::size_t header_bytes, std::size_t payload_size) {
+    return header_bytes + (payload_size == 0 ? 0 : delimited_size(payload_size));
+}
+} // namespace
+
+void append_split(std::string& out, const v1::Envelope& header, std::string_view payload) {
+    const std::size_t body = split_body_size(header.ByteSizeLong(), payload.size());
+    const std::size_t start = out.size();
+    out.resize(start + header_size + body);
+    write_header(out.data() + start, static_cast<std::uint32_t>(body));
+    write_payload_field(header.SerializeWithCachedSizesToArray(
+                            reinterpret_cast<std::uint8_t*>(out.data() + start + header_size)),
+                        payload);
+}
+
+void append_split(std::string& out, std::string_view header, std::string_view payload) {
+    const std::size_t body = split_body_size(header.size(), payload.size());
+    const std::size_t start = out.size();
+    out.resize(start + header_size + body);
+    write_header(out.data() + start, static_cast<std::uint32_t>(body));
+    std::memcpy(out.data() + start + header_size, header.data(), header.size());
+    write_payload_field(
+        reinterpret_cast<std::uint8_t*>(out.data() + start + header_size + header.size()), payload);
+}
+
+Result<std::string_view> take_frame(std::string_view& frames, std::size_t max_body) {
+    if (frames.size() < header_size)
+        return errc::bad_frame;
+    const std::size_t n = read_header(frames.data());
+    if (n > max_body || n > frames.size() - header_size)
+        return errc::bad_frame;
+    const auto body = frames.substr(header_size, n);
+    frames.remove_prefix(header_size + n);
+    return body;
+}
+
+namespace {
+// Reads the varint at `p` (before `end`): the position after it, or nullptr if it is
+// truncated or longer than ten bytes.
+const char* read_varint(const char* p, const char* end, std::uint64_t& value) {
+    value = 0;
+    for (int shift = 0; shift < 64 && p < end; shift += 7) {
+        const auto byte = static_cast<unsigned char>(*p++);
+        value |= static_cast<std::uint64_t>(byte & 0x7f) << shift;
+        if (!(byte & 0x80))
+            return p;
+    }
+    return nullptr;
+}
+} // namespace
+
 Result<std::string_view> split(std::string_view body, v1::Envelope& header) {
-    using google::protobuf::io::CodedInputStream;
-    constexpr std::uint32_t payload_tag = (4 << 3) | WFL::WIRETYPE_LENGTH_DELIMITED;
-    CodedInputStream in(reinterpret_cast<const std::uint8_t*>(body.data()),
-                        static_cast<int>(body.size()));
+    // Finds the payload field by walking the tags (by hand: this runs for every message busd
+    // routes), then parses the header as the bytes around it. Groups (wire types 3 and 4) are
+    // not part of an Envelope and are refused.
+    const char* const begin = body.data();
+    const char* const end = begin + body.size();
     std::size_t field_begin = body.size(), field_end = body.size();
     std::string_view payload;
     bool seen = false;
-    while (true) {
-        const auto at = static_cast<std::size_t>(in.CurrentPosition());
-        const std::uint32_t tag = in.ReadTag();
-        if (tag == 0) {
-            if (at != body.size())
-                return errc::bad_frame; // a zero tag or a truncated one
+    for (const char* p = begin; p < end;) {
+        const char* const at = p;
+        std::uint64_t tag, n;
+        if (!(p = read_varint(p, end, tag)) || (tag >> 3) == 0 || (tag >> 3) > 0x1fffffff)
+            return errc::bad_frame;
+        switch (tag & 7) {
+        case WFL::WIRETYPE_VARINT:
+            if ((tag >> 3) == 4 || !(p = read_varint(p, end, n)))
+                return errc::bad_frame;
             break;
-        }
-        if ((tag >> 3) == 4) {
-            std::uint32_t length;
-            if (tag != payload_tag || seen || !in.ReadVarint32(&length))
+        case WFL::WIRETYPE_FIXED64:
+            if ((tag >> 3) == 4 || end - p < 8)
                 return errc::bad_frame;
-            const auto data = static_cast<std::size_t>(in.CurrentPosition());
-            if (length > body.size() - data || !in.Skip(static_cast<int>(length)))
+            p += 8;
+            break;
+        case WFL::WIRETYPE_FIXED32:
+            if ((tag >> 3) == 4 || end - p < 4)
                 return errc::bad_frame;
-            seen = true;
-            field_begin = at;
-            field_end = data + length;
-            payload = body.substr(data, length);
-        } else if (!WFL::SkipField(&in, tag)) {
+            p += 4;
+            break;
+        case WFL::WIRETYPE_LENGTH_DELIMITED:
+            if (!(p = read_varint(p, end, n)) || n > static_cast<std::uint64_t>(end - p))
+                return errc::bad_frame;
+            if ((tag >> 3) == 4) {
+                if (seen)
+                    return errc::bad_frame;
+                seen = true;
+                field_begin = static_cast<std::size_t>(at - begin);
+                field_end = static_cast<std::size_t>(p - begin) + n;
+                payload = std::string_view(p, n);
+            }
+            p += n;
+            break;
+        default:
             return errc::bad_frame;
         }
     }

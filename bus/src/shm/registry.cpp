@@ -94,6 +94,14 @@ Result<QueueInfo> inspect(std::string_view name) {
     return describe(fd.get(), name);
 }
 
+bool valid_name(std::string_view name) noexcept {
+    try {
+        return static_cast<bool>(segment_name(name));
+    } catch (...) {
+        return false; // out of memory for the name: not one to keep either
+    }
+}
+
 Result<std::vector<QueueInfo>> list() {
     DIR* dir = ::opendir(shm_directory);
     if (!dir)

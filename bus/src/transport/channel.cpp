@@ -200,6 +200,16 @@ bool Channel::send_split(const v1::Envelope& header, std::string_view payload, F
     return enqueue(start, std::move(fds), std::move(done));
 }
 
+bool Channel::send_split(std::string_view header, std::string_view payload, Fds fds,
+                         SendHandler done) {
+    if (options_.serialization == Serialization::node_json)
+        throw std::invalid_argument("bus::Channel: send_split needs bus serialization");
+    const std::size_t start = out_.size();
+    if (state_ == State::open)
+        frame::append_split(out_, header, payload);
+    return enqueue(start, std::move(fds), std::move(done));
+}
+
 // The frame that starts at out_[frame_start] has been appended (unless the channel is closed).
 bool Channel::enqueue(std::size_t frame_start, Fds fds, SendHandler done) {
     if (fds.size() > options_.max_fds_per_message) {
@@ -546,11 +556,21 @@ void Channel::on_readable() {
         } else {
             frames_.commit(static_cast<std::size_t>(n));
         }
-        if (auto ec = node ? drain(lines_, &Channel::deliver_node)
-                           : drain(frames_, &Channel::deliver_frame))
+        delivering_ = true;
+        const auto ec = node ? drain(lines_, &Channel::deliver_node)
+                             : drain(frames_, &Channel::deliver_frame);
+        delivering_ = false;
+        if (ec)
             return fail(ec);
         if (state_ == State::closed)
             return;
+        if (flush_after_delivery_) {
+            // What the handlers sent leaves now, in one sendmsg, without a turn of the loop.
+            flush_after_delivery_ = false;
+            flush();
+            if (state_ == State::closed)
+                return;
+        }
         // Every frame that began in this read has claimed its fds; any left have no frame.
         if (!received_fds_.empty() && !(node ? lines_.mid_frame() : frames_.mid_frame()))
             return fail(errc::unexpected_fds);

@@ -16,6 +16,11 @@
 
 namespace bus::detail {
 
+// A ZeroMQ link (client <-> busd) carries batches: each ZeroMQ message holds one or more
+// channel frames, up to this many bytes unless a single frame is larger. ZeroMQ's costs are per
+// message, so a busy link pays them once per batch.
+inline constexpr std::size_t zmq_batch_bytes = 16 * 1024;
+
 class ZmqWatch {
 public:
     // `on_readable` is called on the loop whenever ZMQ_EVENTS reports ZMQ_POLLIN; it should

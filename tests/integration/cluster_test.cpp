@@ -388,7 +388,12 @@ protected:
         busd_ = std::make_unique<Busd>(io_, toml);
         ASSERT_TRUE(busd_->wait_log(") ready", ready)) << busd_->log();
     }
-    void TearDown() override { busd_.reset(); }
+    void TearDown() override {
+        busd_.reset();
+        // The files a test made, even when it failed half-way.
+        for (const char* suffix : {"", ".ready", ".conf", ".conf.tmp"})
+            std::filesystem::remove(marker() + suffix);
+    }
     std::string marker() const { return busd_dir_marker_; }
 
     boost::asio::io_context io_;

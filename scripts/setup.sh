@@ -26,6 +26,8 @@ packages=(
 # systemd-socket-activate, from the systemd package), sd-bus for the D-Bus clients.
 if [ "$bench" -eq 1 ]; then
   packages+=(nats-server dbus dbus-broker systemd libsystemd-dev)
+  # bench/run cluster: the HTTP load generator.
+  packages+=(wrk)
 fi
 
 missing=()

@@ -3,6 +3,7 @@
 // default, which is what systemd wants (scripts/busd.service).
 #include <bus/broker.hpp>
 #include <bus/broker_config.hpp>
+#include <bus/cluster_supervisor.hpp>
 #include <bus/endpoint.hpp>
 
 #include <boost/asio/signal_set.hpp>
@@ -11,11 +12,13 @@
 #include <toml++/toml.h>
 #include <zmq.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -108,10 +111,15 @@ int main(int argc, char** argv) {
     }
 
     bus::broker::Options options;
+    std::vector<bus::cluster::AppConfig> apps;
     if (!config_file.empty()) {
         try {
             options = bus::broker::load_config(config_file);
+            apps = bus::cluster::load_apps(config_file);
         } catch (const bus::broker::ConfigError& e) {
+            std::fprintf(stderr, "busd: bad config: %s\n", e.what());
+            return 2;
+        } catch (const bus::cluster::ConfigError& e) {
             std::fprintf(stderr, "busd: bad config: %s\n", e.what());
             return 2;
         }
@@ -161,9 +169,11 @@ int main(int argc, char** argv) {
     }
 
     boost::asio::io_context io;
+    bool stopping = false;
     // Before the endpoints exist: a SIGTERM as soon as a client can connect is a clean stop
     // (the set keeps a signal that arrives before the wait below).
     boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+    boost::asio::signal_set reload(io, SIGHUP); // reloads the cluster's apps, below
     std::string failed;
     auto broker = bus::broker::Broker::start(io, options, &failed);
     if (!broker) {
@@ -191,13 +201,89 @@ int main(int argc, char** argv) {
         ::close(ready);
     }
 
-    signals.async_wait([&](boost::system::error_code ec, int signal) {
-        if (ec)
-            return;
-        std::fprintf(stderr, "busd: signal %d, stopping\n", signal);
+    // The cluster: [[app]] workers, each a child with a channel, told where the broker is.
+    std::unique_ptr<bus::cluster::Supervisor> cluster;
+    if (!apps.empty()) {
+        bus::cluster::Supervisor::Options cluster_options;
+        const auto& served = broker.value()->endpoints();
+        auto local = std::find_if(served.begin(), served.end(),
+                                  [](const std::string& e) { return e.starts_with("unix://"); });
+        if (local == served.end())
+            local = std::find_if(served.begin(), served.end(),
+                                 [](const std::string& e) { return e.starts_with("ipc://"); });
+        if (local != served.end())
+            cluster_options.env.push_back("BUS_ENDPOINT=" + *local);
+        cluster_options.log = [](const std::string& line) {
+            std::fprintf(stderr, "busd: %s\n", line.c_str());
+            std::fflush(stderr);
+        };
+        std::string failed_app;
+        auto started = bus::cluster::Supervisor::start(io, std::move(apps),
+                                                       std::move(cluster_options), &failed_app);
+        if (!started) {
+            std::fprintf(stderr, "busd: cannot listen for %s: %s\n", failed_app.c_str(),
+                         started.error().message().c_str());
+            return 1;
+        }
+        cluster = std::move(started).value();
+        // Control at run time: $sys.cluster.ls, .reload, .restart, .start, .stop, .scale.
+        broker.value()->on_sys_request(
+            "$sys.cluster.",
+            [&cluster](const std::string& subject, std::string_view payload, std::uint32_t uid) {
+                bus::broker::Broker::SysAnswer answer;
+                bus::v1::ClusterCommand command;
+                if (!cluster) {
+                    answer.error = bus::errc::no_responders;
+                    answer.detail = "busd is stopping";
+                    return answer;
+                }
+                if (!command.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) {
+                    answer.detail = "the payload is not a bus.v1.ClusterCommand";
+                    return answer;
+                }
+                auto apps_now = std::make_unique<bus::v1::ClusterList>();
+                const auto ec = cluster->control(subject.substr(13), command, uid == ::getuid(),
+                                                 *apps_now, answer.detail);
+                if (!ec)
+                    answer.reply = std::move(apps_now);
+                else if (ec.category() == bus::bus_category())
+                    answer.error = static_cast<bus::errc>(ec.value());
+                return answer;
+            });
+    }
+
+    // SIGHUP: zero-downtime reload of every app. SIGTERM/SIGINT: workers shut down gracefully
+    // (a second signal stops at once).
+    std::function<void()> wait_reload = [&] {
+        reload.async_wait([&](boost::system::error_code ec, int) {
+            if (ec)
+                return;
+            if (cluster)
+                cluster->reload();
+            wait_reload();
+        });
+    };
+    wait_reload();
+    auto finish = [&] {
+        cluster.reset();
         broker.value().reset();
         io.stop();
-    });
+    };
+    std::function<void()> wait_signal = [&] {
+        signals.async_wait([&](boost::system::error_code ec, int signal) {
+            if (ec)
+                return;
+            std::fprintf(stderr, "busd: signal %d, stopping\n", signal);
+            if (cluster && !stopping) {
+                stopping = true;
+                reload.cancel();
+                cluster->stop(finish);
+                return wait_signal();
+            }
+            finish();
+        });
+    };
+    wait_signal();
     io.run();
     if (daemon)
         ::unlink(pid_file.c_str());

@@ -17,6 +17,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -85,6 +86,18 @@ public:
     // the workers it starts, which pick the channel up with Client::from_parent. The peer's
     // credentials come from the kernel, as for unix:// clients.
     void adopt(std::shared_ptr<Channel> channel);
+
+    // Requests to `$sys.<prefix>...` that the broker does not answer itself go to `handler`
+    // (busd's cluster answers "$sys.cluster."), with the requester's uid from the kernel
+    // (4294967295 over tcp://). No reply is an ERROR reply named after `error`, with `detail`.
+    struct SysAnswer {
+        std::unique_ptr<google::protobuf::Message> reply;
+        errc error = errc::request_failed;
+        std::string detail;
+    };
+    using SysHandler = std::function<SysAnswer(const std::string& subject, std::string_view payload,
+                                               std::uint32_t uid)>;
+    void on_sys_request(std::string prefix, SysHandler handler);
 
     const std::vector<std::string>& endpoints() const noexcept;
     v1::BrokerStats stats() const;

@@ -22,6 +22,10 @@
 //   uid = 1001                      # (or gid = ...)
 //   publish = ["orders.>"]          # publish and request
 //   subscribe = ["orders.>", "$sys.client.>"]   # subscribe and serve
+//
+//   [[app]]                         # cluster workers: bus/cluster_supervisor.hpp, docs/cluster.md
+//   name = "web"
+//   command = "/usr/local/bin/bus-http-hello"
 #pragma once
 
 #include "bus/broker.hpp"

@@ -29,6 +29,10 @@ struct SpawnOptions {
     std::string cwd;
     // The descriptor number the channel gets in the child (Node uses its stdio index).
     int channel_fd = 3;
+    // Sent to the child when this process dies (PR_SET_PDEATHSIG), so a parent killed outright
+    // leaves no orphan; 0 for none. Set before exec: a child whose parent is already gone gets
+    // it at once.
+    int parent_death_signal = 0;
 };
 
 class ChildProcess : public std::enable_shared_from_this<ChildProcess> {

@@ -213,6 +213,7 @@ struct Broker::Impl {
     asio::io_context& io;
     Options options;
     std::vector<std::string> endpoints;
+    std::vector<std::pair<std::string, Broker::SysHandler>> sys_handlers; // on_sys_request
     asio::steady_timer heartbeat_timer;
     std::string broker_id;
     std::int64_t started_ns;
@@ -1068,7 +1069,14 @@ struct Broker::Impl {
         } else if (what == "$sys.stats") {
             answer = std::make_unique<v1::BrokerStats>(make_stats());
         } else {
-            return send_error(c, in.id(), errc::no_responders, what);
+            auto h = std::find_if(sys_handlers.begin(), sys_handlers.end(),
+                                  [&](const auto& e) { return what.starts_with(e.first); });
+            if (h == sys_handlers.end())
+                return send_error(c, in.id(), errc::no_responders, what);
+            auto a = h->second(what, payload, c.uid);
+            if (!a.reply)
+                return send_error(c, in.id(), a.error, a.detail);
+            answer = std::move(a.reply);
         }
         v1::Envelope& header = out;
         header.Clear();
@@ -1456,6 +1464,10 @@ Result<std::unique_ptr<Broker>> Broker::start(boost::asio::io_context& io, Optio
 
 void Broker::adopt(std::shared_ptr<Channel> channel) {
     impl_->adopt_channel(std::move(channel));
+}
+
+void Broker::on_sys_request(std::string prefix, SysHandler handler) {
+    impl_->sys_handlers.emplace_back(std::move(prefix), std::move(handler));
 }
 
 const std::vector<std::string>& Broker::endpoints() const noexcept {

@@ -106,7 +106,8 @@ Options load_config(const std::string& path) {
                           std::string(e.description()));
     }
     Reader r(path, root);
-    r.only(root, "", {"broker", "limits", "access"});
+    // [[app]] tables are the cluster's (bus::cluster::load_apps).
+    r.only(root, "", {"broker", "limits", "access", "app"});
     Options options;
 
     if (const auto* broker = r.section("broker")) {

@@ -9,6 +9,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -66,7 +67,7 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
 
 // Runs in the child between fork() and exec(): async-signal-safe calls only.
 [[noreturn]] void exec_child(int channel, int target, int report, const char* cwd, char** argv,
-                             char** envp) {
+                             char** envp, int death_signal, pid_t parent) {
     if (report == target)
         report = ::fcntl(report, F_DUPFD_CLOEXEC, target + 1);
     if (channel == target) {
@@ -85,6 +86,12 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
         sigset_t none;
         sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    }
+    if (death_signal > 0) {
+        if (::prctl(PR_SET_PDEATHSIG, death_signal) < 0)
+            goto failed;
+        if (::getppid() != parent) // died before the prctl: nobody will send it
+            ::raise(death_signal);
     }
     ::execvpe(argv[0], argv, envp);
 failed:
@@ -189,12 +196,13 @@ spawn(asio::io_context& io, const std::vector<std::string>& argv, SpawnOptions o
     auto c_env = c_strings(env);
     const char* cwd = options.cwd.empty() ? nullptr : options.cwd.c_str();
 
+    const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid < 0)
         return last_error();
     if (pid == 0)
         exec_child(theirs.get(), options.channel_fd, report_write.get(), cwd, c_args.data(),
-                   c_env.data());
+                   c_env.data(), options.parent_death_signal, parent);
     theirs.reset();
     report_write.reset();
 

@@ -1,0 +1,252 @@
+#include "bus/cluster.hpp"
+
+#include "bus/v1/cluster.pb.h"
+#include "wire.hpp"
+
+#include <boost/asio/post.hpp>
+
+#include <arpa/inet.h>
+#include <csignal>
+#include <cstdlib>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace bus::cluster {
+namespace {
+
+std::string address_text(const sockaddr_storage& ss) {
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (ss.ss_family == AF_INET) {
+        const auto& a = reinterpret_cast<const sockaddr_in&>(ss);
+        ::inet_ntop(AF_INET, &a.sin_addr, host, sizeof host);
+        return std::string(host) + ":" + std::to_string(ntohs(a.sin_port));
+    }
+    if (ss.ss_family == AF_INET6) {
+        const auto& a = reinterpret_cast<const sockaddr_in6&>(ss);
+        ::inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof host);
+        return "[" + std::string(host) + "]:" + std::to_string(ntohs(a.sin6_port));
+    }
+    return "?";
+}
+
+// Binds tcp://HOST:PORT with SO_REUSEPORT (so every worker can) and listens.
+Result<UniqueFd> bind_reuseport(const std::string& address) {
+    if (!address.starts_with("tcp://"))
+        return std::make_error_code(std::errc::invalid_argument);
+    const std::string rest = address.substr(6);
+    const auto colon = rest.rfind(':');
+    if (colon == std::string::npos)
+        return std::make_error_code(std::errc::invalid_argument);
+    std::string host = rest.substr(0, colon);
+    const std::string port = rest.substr(colon + 1);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+        host = host.substr(1, host.size() - 2);
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    addrinfo* found = nullptr;
+    if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0)
+        return std::make_error_code(std::errc::address_not_available);
+    std::error_code last = std::make_error_code(std::errc::address_not_available);
+    for (auto* ai = found; ai; ai = ai->ai_next) {
+        UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+        const int one = 1;
+        if (!fd || ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+            ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+            ::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) < 0 || ::listen(fd.get(), 511) < 0) {
+            last = last_error();
+            continue;
+        }
+        ::freeaddrinfo(found);
+        return fd;
+    }
+    ::freeaddrinfo(found);
+    return last;
+}
+
+} // namespace
+
+using detail::control_is;
+using detail::send_control;
+
+Result<std::unique_ptr<Worker>> Worker::from_parent(boost::asio::io_context& io) {
+    auto channel = Channel::from_parent(io);
+    if (!channel)
+        return channel.error();
+    auto worker = adopt(io, std::move(channel).value());
+    worker->signals_ = std::make_unique<boost::asio::signal_set>(io, SIGTERM);
+    worker->signals_->async_wait([w = worker.get()](boost::system::error_code ec, int) {
+        if (!ec)
+            w->shutdown(default_grace);
+    });
+    return worker;
+}
+
+std::unique_ptr<Worker> Worker::adopt(boost::asio::io_context& io,
+                                      std::shared_ptr<Channel> channel) {
+    return std::unique_ptr<Worker>(new Worker(io, std::move(channel)));
+}
+
+Worker::Worker(boost::asio::io_context& io, std::shared_ptr<Channel> channel)
+    : io_(io), channel_(std::move(channel)), load_timer_(io) {
+    if (const char* app = std::getenv("BUS_APP"))
+        app_ = app;
+    if (const char* instance = std::getenv("BUS_INSTANCE"))
+        instance_ = std::atoi(instance);
+    channel_->on_message([this](Message& m) { handle(m); });
+    channel_->on_disconnect([this](std::error_code) { shutdown(default_grace); });
+}
+
+Worker::~Worker() {
+    if (signals_)
+        signals_->cancel();
+    channel_->on_message({});
+    channel_->on_disconnect({});
+    channel_->close();
+}
+
+void Worker::ready() {
+    v1::Ready ready;
+    ready.set_pid(static_cast<std::uint32_t>(::getpid()));
+    send_control(*channel_, ready);
+}
+
+void Worker::report_load(std::uint32_t open_connections) {
+    load_ = open_connections;
+    if (load_timer_armed_)
+        return; // the timer sends the latest value
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_load_sent_ >= load_interval) {
+        send_load();
+        return;
+    }
+    load_timer_armed_ = true;
+    load_timer_.expires_at(last_load_sent_ + load_interval);
+    load_timer_.async_wait(
+        [this, alive = std::weak_ptr<int>(alive_)](boost::system::error_code ec) {
+            if (ec || alive.expired())
+                return;
+            load_timer_armed_ = false;
+            send_load();
+        });
+}
+
+void Worker::send_load() {
+    last_load_sent_ = std::chrono::steady_clock::now();
+    v1::Load load;
+    load.set_connections(load_);
+    send_control(*channel_, load);
+}
+
+void Worker::request_replacement(const std::string& reason) {
+    v1::RequestReplacement request;
+    request.set_reason(reason);
+    send_control(*channel_, request);
+}
+
+void Worker::handle(Message& m) {
+    v1::NewConn conn;
+    v1::Heartbeat beat;
+    v1::Shutdown stop;
+    v1::Listen listen_to;
+    if (control_is(m, listen_to)) {
+        listen(listen_to.address(), listen_to.reuseport(), m.fds);
+    } else if (control_is(m, conn)) {
+        v1::NewConnAck ack;
+        ack.set_id(conn.id());
+        if (m.fds.size() != 1 || !on_connection_ || shutting_down_) {
+            // Not ours to serve: busd gives it to another worker.
+            ack.set_accepted(false);
+            ack.set_reason(m.fds.size() != 1 ? "no descriptor" : "not accepting");
+            send_control(*channel_, ack);
+            return;
+        }
+        Connection c{std::move(m.fds.front()), conn.peer_address(), conn.local_address(),
+                     conn.id()};
+        on_connection_(std::move(c));
+        ack.set_accepted(true);
+        send_control(*channel_, ack);
+    } else if (control_is(m, beat)) {
+        beat.set_connections(load_);
+        send_control(*channel_, beat);
+    } else if (control_is(m, stop)) {
+        shutdown(std::chrono::milliseconds(stop.grace_ms()));
+    }
+    // Anything else is for a newer worker library: ignored.
+}
+
+void Worker::listen(const std::string& address, bool reuseport, std::vector<UniqueFd>& fds) {
+    v1::Listening answer;
+    answer.set_address(address);
+    UniqueFd fd;
+    if (reuseport) {
+        auto bound = bind_reuseport(address);
+        if (bound)
+            fd = std::move(bound).value();
+        else
+            answer.set_error(bound.error().message());
+    } else if (fds.size() == 1) {
+        fd = std::move(fds.front());
+    } else {
+        answer.set_error("no listening socket came with the message");
+    }
+    if (fd && !shutting_down_) {
+        sockaddr_storage ss{};
+        socklen_t len = sizeof ss;
+        ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
+        listeners_.push_back(std::make_unique<Listener>(io_, fd.release(), address_text(ss)));
+        accept(*listeners_.back());
+    }
+    send_control(*channel_, answer);
+}
+
+void Worker::accept(Listener& l) {
+    l.socket.async_wait(
+        boost::asio::posix::stream_descriptor::wait_read,
+        [this, &l, alive = std::weak_ptr<int>(alive_)](boost::system::error_code ec) {
+            if (!ec && !alive.expired() && !shutting_down_)
+                accept_batch(l);
+        });
+}
+
+// Accepts on the application's loop: until the backlog is empty, 64 per loop turn.
+void Worker::accept_batch(Listener& l) {
+    std::weak_ptr<int> alive = alive_;
+    for (int i = 0; i < 64; ++i) {
+        sockaddr_storage ss{};
+        socklen_t len = sizeof ss;
+        const int fd = ::accept4(l.socket.native_handle(), reinterpret_cast<sockaddr*>(&ss), &len,
+                                 SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            return accept(l); // EAGAIN: the backlog is empty (or another worker took it)
+        }
+        Connection c{UniqueFd(fd), address_text(ss), l.address, 0};
+        if (on_connection_)
+            on_connection_(std::move(c));
+        if (alive.expired() || shutting_down_)
+            return; // the handler shut us down or destroyed us
+    }
+    // More may wait, and no new edge will say so: once round the loop first.
+    boost::asio::post(io_, [this, &l, alive] {
+        if (!alive.expired() && !shutting_down_)
+            accept_batch(l);
+    });
+}
+
+void Worker::shutdown(std::chrono::milliseconds grace) {
+    if (shutting_down_)
+        return;
+    shutting_down_ = true;
+    listeners_.clear(); // accept no more
+    if (on_shutdown_)
+        on_shutdown_(grace);
+    else
+        std::exit(0);
+}
+
+} // namespace bus::cluster

@@ -64,6 +64,7 @@ void add_ls(CLI::App& app, Global& g, Runner& run);  // ls, status, types
 void add_monitor(CLI::App& app, Global& g, Runner& run);
 void add_top(CLI::App& app, Global& g, Runner& run);
 void add_bench(CLI::App& app, Global& g, Runner& run);
+void add_shm(CLI::App& app, Global& g, Runner& run); // shm ls, shm rm (no broker)
 
 // A connected, welcomed client, or Failure(unavailable) naming the endpoint and what to do.
 std::shared_ptr<Client> connect(boost::asio::io_context& io, const Global& g,

@@ -122,6 +122,26 @@ int run_ls(const std::string& what, const Global& g) {
             t.add({s.name(), instances.empty() ? "-" : instances, num(s.requests())});
         }
         t.print(stdout, style);
+    } else if (what == "queues") {
+        const auto list = ask<v1::QueueList>(io, *client, g, "$sys.queues");
+        if (g.json) {
+            for (const auto& q : list.queues())
+                print_line(to_json(q));
+            return exit_code::ok;
+        }
+        Table t({"QUEUE", "CLIENT", "MODE", "CAPACITY", "DEPTH", "RECORDS", "PRODUCED", "CONSUMED",
+                 "SKIPPED", "OWNER PID", "PRODUCERS", "CONSUMER"});
+        for (const auto& q : list.queues()) {
+            if (!q.error().empty()) {
+                t.add({q.name(), q.client_id(), style.red(q.error())});
+                continue;
+            }
+            t.add({q.name(), q.client_id(), q.mode(), num(q.capacity()), num(q.depth_bytes()),
+                   num(q.depth_records()), num(q.produced()), num(q.consumed()), num(q.skipped()),
+                   num(q.owner_pid()) + (q.owner_alive() ? "" : style.yellow(" (dead)")),
+                   num(q.producers()), q.consumer() ? "yes" : "no"});
+        }
+        t.print(stdout, style);
     } else {
         const auto list = ask<v1::TypeList>(io, *client, g, "$sys.types");
         if (g.json) {
@@ -195,15 +215,18 @@ int run_types_show(const std::string& name, bool whole_file, const Global& g) {
 void add_ls(CLI::App& app, Global& g, Runner& run) {
     auto what = std::make_shared<std::string>();
     auto* ls = app.add_subcommand("ls", "List what the broker knows, as a table (or --json)");
-    ls->add_option("what", *what, "clients, subjects, subscriptions, services or types")
+    ls->add_option("what", *what, "clients, subjects, subscriptions, services, types or queues")
         ->required()
-        ->check(CLI::IsMember({"clients", "subjects", "subscriptions", "services", "types"}));
+        ->check(
+            CLI::IsMember({"clients", "subjects", "subscriptions", "services", "types", "queues"}));
     ls->footer("\n  clients        connected clients: id, name, pid, uid, link, traffic, drops, "
                "queue\n"
                "  subjects       subjects busd delivered so far: messages, bytes, drops\n"
                "  subscriptions  patterns subscribed to, by client\n"
                "  services       services and their instances\n"
-               "  types          protobuf types in busd's registry\n\n"
+               "  types          protobuf types in busd's registry\n"
+               "  queues         shared-memory queues clients announced: depth, counters\n"
+               "                 (every queue on this host, announced or not: bus shm ls)\n\n"
                "Examples:\n"
                "  bus ls clients\n"
                "  bus ls --json services | jq .name");

@@ -28,7 +28,8 @@ int main(int argc, char** argv) {
                            "  bus monitor                          everything busd routes\n"
                            "  bus top                              live rates and drops\n"
                            "  bus ls clients                       who is connected\n"
-                           "  bus types show pkg.Msg               a type's schema\n\n") +
+                           "  bus types show pkg.Msg               a type's schema\n"
+                           "  bus shm ls                           shared-memory queues here\n\n") +
                exit_codes_help);
     app.require_subcommand(1);
     app.fallthrough();
@@ -51,6 +52,7 @@ int main(int argc, char** argv) {
     add_monitor(app, g, run);
     add_top(app, g, run);
     add_bench(app, g, run);
+    add_shm(app, g, run);
 
     try {
         app.parse(argc, argv);

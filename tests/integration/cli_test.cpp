@@ -8,7 +8,9 @@
 
 #include <bus/child_process.hpp>
 #include <bus/client.hpp>
+#include <bus/shm_queue.hpp>
 #include <bus/v1/broker.pb.h>
+#include <bus/v1/cluster.pb.h>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -16,6 +18,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -594,6 +597,76 @@ TEST_F(CliTest, LsListsClientsServicesSubscriptionsAndTypes) {
     for (const auto& line : lines_of(subjects.out))
         found |= json::parse(line)["subject"] == "watched.counted";
     EXPECT_TRUE(found) << subjects.out;
+}
+
+// Shared-memory queues: `bus ls queues` shows what clients announced to busd (figures from the
+// segment); `bus shm ls` reads every queue on the host without busd, and `bus shm rm --stale`
+// removes those whose creator died and that nobody holds.
+TEST_F(CliTest, QueuesAreListedThroughBusdAndOnTheHostAndStaleOnesRemoved) {
+    const std::string live = "cli-test-live-" + std::to_string(::getpid());
+    const std::string dead = "cli-test-dead-" + std::to_string(::getpid());
+    struct Unlink {
+        std::vector<std::string> names;
+        ~Unlink() {
+            for (const auto& n : names)
+                bus::shm::remove(n, true);
+        }
+    } unlink{{live, dead}};
+    auto queue = bus::shm::Queue::create(live, 4096);
+    ASSERT_TRUE(queue) << queue.error().message();
+    bus::v1::Heartbeat record;
+    record.set_seq(1);
+    ASSERT_FALSE(queue.value().try_push(record));
+    ASSERT_FALSE(queue.value().try_push(record));
+    // A creator that dies without removing its queue leaves it stale.
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        auto q = bus::shm::Queue::create(dead, 4096);
+        ::_exit(q ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    client().announce_queue(live);
+    ASSERT_TRUE(
+        run_until(io_, [&] { return ask<bus::v1::QueueList>("$sys.queues").queues_size() == 1; }));
+    auto through_busd = run({"ls", "--json", "queues"});
+    ASSERT_EQ(through_busd.code, 0) << through_busd.err;
+    const auto announced = lines_of(through_busd.out);
+    ASSERT_EQ(announced.size(), 1u) << through_busd.out;
+    const auto q = json::parse(announced[0]);
+    EXPECT_EQ(q["name"], live);
+    EXPECT_EQ(q["client_id"], client().id());
+    EXPECT_EQ(q["depth_records"], "2") << q.dump(); // protobuf's JSON: 64-bit as strings
+    auto table = run({"ls", "queues"});
+    EXPECT_EQ(lines_of(table.out).at(0).rfind("QUEUE\t", 0), 0u) << table.out;
+
+    auto host = run({"shm", "ls", "--json"});
+    ASSERT_EQ(host.code, 0) << host.err;
+    std::map<std::string, json> seen;
+    for (const auto& line : lines_of(host.out)) {
+        ASSERT_TRUE(json::accept(line)) << line;
+        auto j = json::parse(line);
+        seen[j["name"].get<std::string>()] = j;
+    }
+    ASSERT_TRUE(seen.count(live) && seen.count(dead)) << host.out;
+    EXPECT_EQ(seen[live]["depth_records"], 2);
+    EXPECT_EQ(seen[live]["stale"], false);
+    EXPECT_EQ(seen[dead]["stale"], true);
+    EXPECT_EQ(seen[dead]["owner_alive"], false);
+
+    auto bad = run({"shm", "rm"});
+    EXPECT_EQ(bad.code, 2) << "rm needs a name or --stale";
+    auto held = run({"shm", "rm", live});
+    EXPECT_NE(held.code, 0) << "a queue a live process holds stays";
+    EXPECT_NE(held.err.find("--force"), std::string::npos) << held.err;
+    auto removed = run({"shm", "rm", "--stale"});
+    ASSERT_EQ(removed.code, 0) << removed.err;
+    auto after = run({"shm", "ls", "--json"});
+    EXPECT_EQ(after.out.find("\"" + dead + "\""), std::string::npos) << after.out;
+    EXPECT_NE(after.out.find("\"" + live + "\""), std::string::npos) << after.out;
 }
 
 TEST_F(CliTest, StatusNamesTheBrokerAndFailsWithTheEndpointWhenNoneAnswers) {

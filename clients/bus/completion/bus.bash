@@ -10,7 +10,7 @@ _bus_ask() { # $1: what to list (types, services, subjects); prints the first co
 
 _bus() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
-    local commands="sub pub req serve monitor top bench ls status types"
+    local commands="sub pub req serve monitor top bench ls status types shm"
     local global="-e --endpoint --json --no-color --connect-timeout -h --help"
     local cmd="" sub="" i positional=0
     _bus_cmd=("${COMP_WORDS[0]}")
@@ -78,7 +78,14 @@ _bus() {
         opts="-n --count -s --size -t --timeout --serve"
         ((positional == 0)) && words="pub sub req"
         ;;
-    ls) ((positional == 0)) && words="clients subjects subscriptions services types" ;;
+    ls) ((positional == 0)) && words="clients subjects subscriptions services types queues" ;;
+    shm)
+        if ((positional == 0)); then
+            words="ls rm"
+        elif [[ "$sub" == rm ]]; then
+            opts="--stale --force"
+        fi
+        ;;
     types)
         if ((positional == 0)); then
             words="ls show"

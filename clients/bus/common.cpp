@@ -70,6 +70,11 @@ std::shared_ptr<Client> connect(boost::asio::io_context& io, const Global& g,
     ClientOptions options;
     options.name = "bus-" + name;
     auto client = Client::connect(io, g.endpoint, options);
+    if (!client && client.error() == errc::no_server_key)
+        throw Failure(exit_code::unavailable,
+                      "cannot connect to " + g.endpoint +
+                          ": tcp:// needs the broker's public CURVE key in BUS_SERVER_KEY (the "
+                          "40 characters `busd --generate-keys FILE` printed)");
     if (!client)
         throw Failure(exit_code::unavailable, "cannot connect to " + g.endpoint + ": " +
                                                   client.error().message() + "." +

@@ -873,18 +873,6 @@ std::string run_and_read(const std::string& command) {
     return out;
 }
 
-int free_tcp_port() {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    socklen_t len = sizeof addr;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-    ::close(fd);
-    return ntohs(addr.sin_port);
-}
-
 TEST(BusdTcp, OnlyClientsWithTheServersCurveKeyGetIn) {
     boost::asio::io_context io;
     char tmpl[] = "/tmp/bus-tcp-XXXXXX";
@@ -895,7 +883,7 @@ TEST(BusdTcp, OnlyClientsWithTheServersCurveKeyGetIn) {
     struct stat st {};
     ASSERT_EQ(::stat((keys_dir + "/k").c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0600u);
-    const std::string tcp = "tcp://127.0.0.1:" + std::to_string(free_tcp_port());
+    const std::string tcp = "tcp://127.0.0.1:" + std::to_string(bus::test::free_tcp_port());
 
     // Without keys, busd refuses to listen on tcp://.
     const int rc = std::system((busd_bin + " --listen " + tcp + " 2>/dev/null").c_str());

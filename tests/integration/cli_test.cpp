@@ -900,6 +900,53 @@ TEST_F(CliTest, MonitorPatternLeavesOtherSubjectsOut) {
 }
 
 // Another uid may connect ([access] allow_uids) but monitor only when monitor_uids names it.
+// Against a busd on tcp:// with CURVE: with the server's public key (BUS_SERVER_KEY) bus works
+// as over a local endpoint; without it, it says what is missing and exits with the no-broker code.
+TEST(CliTcp, WorksAgainstARemoteBusdWithItsCurveKey) {
+    boost::asio::io_context io;
+    TempDir keys;
+    Command generate(io, {bus::test::busd_path(), "--generate-keys", keys.path + "/k"});
+    ASSERT_TRUE(generate.wait());
+    std::string key = generate.out();
+    while (!key.empty() && (key.back() == '\n' || key.back() == ' '))
+        key.pop_back();
+    ASSERT_EQ(key.size(), 40u) << generate.out() << generate.err();
+    const std::string tcp = "tcp://127.0.0.1:" + std::to_string(bus::test::free_tcp_port());
+    Busd busd(io, {"--listen", tcp, "--curve-keys", keys.path + "/k"});
+    auto bus_over_tcp = [&](std::vector<std::string> args) {
+        std::vector<std::string> argv = {"env", "BUS_SERVER_KEY=" + key, bus_bin, "-e", tcp};
+        argv.insert(argv.end(), args.begin(), args.end());
+        return std::make_unique<Command>(io, argv);
+    };
+
+    auto status = bus_over_tcp({"status"});
+    ASSERT_TRUE(status->wait());
+    EXPECT_EQ(status->code(), 0) << status->err();
+    EXPECT_NE(status->out().find(tcp), std::string::npos) << status->out();
+
+    auto server = bus_over_tcp({"serve", "tcp.echo"});
+    ASSERT_TRUE(run_until(
+        io,
+        [&] {
+            auto ls = bus_over_tcp({"ls", "services"});
+            return ls->wait() && ls->out().find("tcp.echo") != std::string::npos;
+        },
+        20s));
+    auto call = bus_over_tcp({"req", "tcp.echo", "over curve"});
+    ASSERT_TRUE(call->wait());
+    EXPECT_EQ(call->code(), 0) << call->err();
+    EXPECT_NE(call->out().find("over curve"), std::string::npos) << call->out();
+}
+
+TEST(CliTcp, WithoutTheServersKeyBusSaysWhatIsMissing) {
+    boost::asio::io_context io;
+    const std::string tcp = "tcp://127.0.0.1:" + std::to_string(bus::test::free_tcp_port());
+    Command keyless(io, {"env", "-u", "BUS_SERVER_KEY", bus_bin, "-e", tcp, "status"});
+    ASSERT_TRUE(keyless.wait());
+    EXPECT_EQ(keyless.code(), 3) << keyless.err();
+    EXPECT_NE(keyless.err().find("BUS_SERVER_KEY"), std::string::npos) << keyless.err();
+}
+
 TEST(CliMonitorAccess, OtherUidsMonitorOnlyWhenTheConfigNamesThem) {
     if (::geteuid() != 0)
         GTEST_SKIP() << "running bus as another uid needs root";

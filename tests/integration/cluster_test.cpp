@@ -199,17 +199,6 @@ int worker_main(const std::string& mode) {
 
 // --- the test side ---------------------------------------------------------------------------
 
-int free_port() {
-    bus::UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    ::getsockname(s.get(), reinterpret_cast<sockaddr*>(&a), &len);
-    return ntohs(a.sin_port);
-}
-
 struct Response {
     int status = 0;
     std::map<std::string, std::string> headers;
@@ -397,7 +386,7 @@ protected:
     std::string marker() const { return busd_dir_marker_; }
 
     boost::asio::io_context io_;
-    int port_ = free_port();
+    int port_ = bus::test::free_tcp_port();
     std::unique_ptr<Busd> busd_;
     std::string busd_dir_marker_ =
         "/tmp/bus-cluster-marker-" + std::to_string(::getpid()) + "-" + std::to_string(port_);

@@ -29,7 +29,8 @@ int main(int argc, char** argv) {
                            "  bus top                              live rates and drops\n"
                            "  bus ls clients                       who is connected\n"
                            "  bus types show pkg.Msg               a type's schema\n"
-                           "  bus shm ls                           shared-memory queues here\n\n") +
+                           "  bus shm ls                           shared-memory queues here\n"
+                           "  bus cluster ls                       busd's apps and workers\n\n") +
                exit_codes_help);
     app.require_subcommand(1);
     app.fallthrough();
@@ -53,6 +54,7 @@ int main(int argc, char** argv) {
     add_top(app, g, run);
     add_bench(app, g, run);
     add_shm(app, g, run);
+    add_cluster(app, g, run);
 
     try {
         app.parse(argc, argv);

@@ -13,13 +13,6 @@ struct ReqOptions {
     std::string timeout = "5s";
 };
 
-std::string header_value(const v1::Envelope& e, std::string_view key) {
-    for (const auto& h : e.headers())
-        if (h.key() == key)
-            return h.value();
-    return {};
-}
-
 void check_service(const std::string& service, bool allow_sys) {
     if (!valid_subject(service))
         throw Failure(exit_code::usage, "'" + service +

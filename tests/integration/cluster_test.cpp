@@ -12,6 +12,7 @@
 #include <bus/cluster.hpp>
 #include <bus/v1/cluster.pb.h>
 
+#include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
 #include <boost/asio/ip/tcp.hpp>
@@ -810,6 +811,48 @@ TEST_F(ClusterControlTest, ScaleUpAndDown) {
         ASSERT_TRUE(r);
         EXPECT_EQ(r->instance(), 0);
     }
+}
+
+// `bus cluster` as a person runs it: the same control from the command line.
+TEST_F(ClusterControlTest, BusClusterCommandListsScalesStopsAndNamesWhatIsWrong) {
+    start(app_config(hello_bin, {}, port_, 2));
+    // Runs `bus -e ENDPOINT ARGS` (a real process); its exit code and what it printed.
+    auto bus_cli = [&](const std::string& args) {
+        const std::string command =
+            std::string(BUS_CLI) + " -e unix://" + busd_->dir() + "/busd.sock " + args + " 2>&1";
+        std::string out;
+        FILE* p = ::popen(command.c_str(), "r");
+        char buf[4096];
+        for (std::size_t n; p && (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
+            out.append(buf, n);
+        const int status = p ? ::pclose(p) : -1;
+        return std::pair<int, std::string>(WIFEXITED(status) ? WEXITSTATUS(status) : -1, out);
+    };
+    auto [code, out] = bus_cli("cluster ls --json");
+    ASSERT_EQ(code, 0) << out;
+    bus::v1::ClusterApp app;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(out, &app).ok()) << out;
+    EXPECT_EQ(app.name(), "web");
+    EXPECT_EQ(app.state(), "running");
+    EXPECT_EQ(app.workers_size(), 2);
+
+    std::tie(code, out) = bus_cli("cluster scale web 3");
+    ASSERT_EQ(code, 0) << out;
+    EXPECT_NE(out.find("web"), std::string::npos) << out;
+    ASSERT_TRUE(wait_for("running", 3)) << busd_->log();
+    std::tie(code, out) = bus_cli("cluster ls");
+    ASSERT_EQ(code, 0) << out;
+    EXPECT_EQ(out.rfind("APP\t", 0), 0u) << "a table, tab-separated when piped: " << out;
+
+    std::tie(code, out) = bus_cli("cluster stop web");
+    ASSERT_EQ(code, 0) << out;
+    ASSERT_TRUE(wait_for("stopped", 0)) << busd_->log();
+
+    std::tie(code, out) = bus_cli("cluster scale nosuch 2");
+    EXPECT_NE(code, 0) << out;
+    EXPECT_NE(out.find("nosuch"), std::string::npos) << out;
+    std::tie(code, out) = bus_cli("cluster scale web 0");
+    EXPECT_EQ(code, 2) << "a usage error: " << out;
 }
 
 TEST_F(ClusterControlTest, StopThenStartAgain) {

@@ -10,7 +10,7 @@ _bus_ask() { # $1: what to list (types, services, subjects); prints the first co
 
 _bus() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
-    local commands="sub pub req serve monitor top bench ls status types shm"
+    local commands="sub pub req serve monitor top bench ls status types shm cluster"
     local global="-e --endpoint --json --no-color --connect-timeout -h --help"
     local cmd="" sub="" i positional=0
     _bus_cmd=("${COMP_WORDS[0]}")
@@ -79,6 +79,7 @@ _bus() {
         ((positional == 0)) && words="pub sub req"
         ;;
     ls) ((positional == 0)) && words="clients subjects subscriptions services types queues" ;;
+    cluster) ((positional == 0)) && words="ls reload restart start stop scale" ;;
     shm)
         if ((positional == 0)); then
             words="ls rm"

@@ -1,0 +1,148 @@
+// bus cluster ls|reload|restart|start|stop|scale: busd's applications and their workers, and
+// control of them at run time, through busd's $sys.cluster.* requests (docs/cluster.md).
+#include "common.hpp"
+
+#include <bus/v1/cluster.pb.h>
+
+namespace bus::cli {
+namespace {
+
+std::string mib(std::uint64_t bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
+    return buf;
+}
+
+std::string uptime(std::int64_t started_ns) {
+    if (started_ns <= 0)
+        return "-";
+    const auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+    const auto s = std::max<std::int64_t>(0, now - started_ns / 1'000'000'000);
+    char buf[32];
+    if (s >= 3600)
+        std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(s / 3600),
+                      static_cast<long long>(s % 3600 / 60));
+    else if (s >= 60)
+        std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60),
+                      static_cast<long long>(s % 60));
+    else
+        std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
+    return buf;
+}
+
+void print(const v1::ClusterList& list, const Global& g) {
+    if (g.json) {
+        for (const auto& app : list.apps())
+            std::printf("%s\n", to_json(app).c_str());
+        return;
+    }
+    const Style style{g.color()};
+    Table apps({"APP", "STATE", "MODE", "INSTANCES", "RESTARTS", "PENDING", "LISTENING"});
+    Table workers({"APP", "INSTANCE", "PID", "STATE", "CONNECTIONS", "UPTIME", "MEMORY", "CPU"});
+    for (const auto& app : list.apps()) {
+        std::string listening;
+        for (const auto& l : app.listening())
+            listening += (listening.empty() ? "" : " ") + l;
+        std::string state = app.state();
+        if (state == "errored")
+            state = style.red(state + (app.reason().empty() ? "" : ": " + app.reason()));
+        else if (state == "running")
+            state = style.green(state);
+        apps.add({app.name(), state, app.mode(), std::to_string(app.instances()),
+                  std::to_string(app.restarts()), std::to_string(app.pending()),
+                  listening.empty() ? "-" : listening});
+        for (const auto& w : app.workers())
+            workers.add({app.name(), std::to_string(w.instance()), std::to_string(w.pid()),
+                         w.state(), std::to_string(w.connections()), uptime(w.started_unix_ns()),
+                         mib(w.rss_bytes()), std::to_string(w.cpu_ms()) + " ms"});
+    }
+    apps.print(stdout, style);
+    std::printf("\n");
+    workers.print(stdout, style);
+}
+
+int run_cluster(const std::string& op, const std::string& app, std::uint32_t instances,
+                double timeout_s, const Global& g) {
+    boost::asio::io_context io;
+    const auto signals = watch_signals(io);
+    auto client = connect(io, g, "cluster");
+    v1::ClusterCommand command;
+    command.set_app(app);
+    command.set_instances(instances);
+    std::optional<std::error_code> result;
+    Message reply;
+    client->request("$sys.cluster." + op, command,
+                    std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000)),
+                    [&](std::error_code ec, Message& m) {
+                        result = ec;
+                        reply = std::move(m);
+                    });
+    run_until_done(io, [&] { return result.has_value(); });
+    client->close();
+    if (!result)
+        throw Failure(exit_code::failure, "interrupted");
+    if (*result) {
+        std::string text = "busd refused cluster " + op + (app.empty() ? "" : " " + app) + ": ";
+        const auto detail = header_value(reply.envelope, "detail");
+        text += detail.empty() ? result->message() : detail;
+        if (*result == errc::no_responders && detail.find("cluster") == std::string::npos)
+            text += " (is this busd running applications? docs/cluster.md)";
+        throw Failure(exit_code_for(*result), text);
+    }
+    v1::ClusterList list;
+    if (!list.ParseFromString(std::string(reply.payload())))
+        throw Failure(exit_code::failure,
+                      "busd's answer to $sys.cluster." + op + " does not parse");
+    print(list, g);
+    return exit_code::ok;
+}
+
+} // namespace
+
+void add_cluster(CLI::App& app, Global& g, Runner& run) {
+    auto* cluster =
+        app.add_subcommand("cluster", "busd's applications and workers: list and control them");
+    cluster->require_subcommand(1);
+    cluster->footer("\nExamples:\n"
+                    "  bus cluster ls                  apps, then one row per worker\n"
+                    "  bus cluster reload web          zero-downtime, one worker at a time\n"
+                    "  bus cluster scale web 4\n"
+                    "  bus cluster ls --json | jq '.workers[].pid'");
+    struct Args {
+        std::string app;
+        std::uint32_t instances = 0;
+        double timeout_s = 120;
+    };
+    auto add = [&](const char* op, const char* help, bool app_required, bool with_count) {
+        auto args = std::make_shared<Args>();
+        auto* sub = cluster->add_subcommand(op, help);
+        auto* name = sub->add_option("app", args->app, "the application's name");
+        if (app_required)
+            name->required();
+        if (with_count)
+            sub->add_option("instances", args->instances, "how many workers")
+                ->required()
+                ->check(CLI::Range(1, 1024));
+        sub->add_option("--timeout", args->timeout_s,
+                        "seconds to wait for busd to finish (default 120: a reload waits for "
+                        "each new worker)");
+        sub->callback([op, args, &g, &run] {
+            run = [op, args, &g] {
+                return run_cluster(op, args->app, args->instances, args->timeout_s, g);
+            };
+        });
+    };
+    add("ls",
+        "Apps (state, mode, restarts, addresses) and workers (pid, state, connections, "
+        "uptime, memory, cpu)",
+        false, false);
+    add("reload", "Zero-downtime reload of an app (none named: every app)", false, false);
+    add("restart", "Reload a running app; start a stopped or errored one", true, false);
+    add("start", "Start a stopped or errored app", true, false);
+    add("stop", "Stop an app gracefully (busd goes on)", true, false);
+    add("scale", "Run N workers of an app", true, true);
+}
+
+} // namespace bus::cli

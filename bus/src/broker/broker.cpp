@@ -1231,13 +1231,18 @@ struct Broker::Impl {
             return true;
         }
         // A batch that would outgrow its size goes first; never with the frame being added, so
-        // that a refusal finds the caller's bookkeeping (a request in flight) in place.
+        // that a refusal finds the caller's bookkeeping (a request in flight) in place. A
+        // refusal is undone only after the frame is added: its errors reuse the buffers that
+        // `header` may point into.
+        std::vector<Queued> undo;
         if (!to.batch.empty() &&
             to.batch.size() + header.size() + payload.size() + 16 > detail::zmq_batch_bytes)
-            flush_zmq(to);
+            undo = hand_over(to);
         frame::append_split(to.batch, header, payload);
         queued.bytes = payload.size();
         to.batch_items.push_back(queued);
+        for (const auto& q : undo)
+            refused(to, q);
         if (!to.batch_listed) {
             to.batch_listed = true;
             if (unflushed.empty())
@@ -1259,8 +1264,16 @@ struct Broker::Impl {
     }
 
     void flush_zmq(Client& to) {
+        for (const auto& q : hand_over(to))
+            refused(to, q);
+    }
+
+    // Hands `to`'s batch to ZeroMQ. Refused (its queue is at SNDHWM), the batch's messages are
+    // returned for the caller to undo.
+    std::vector<Queued> hand_over(Client& to) {
+        std::vector<Queued> items;
         if (to.batch.empty())
-            return;
+            return items;
         bool sent = false;
         try {
             zmq::message_t msg(to.batch.data(), to.batch.size());
@@ -1280,14 +1293,10 @@ struct Broker::Impl {
             }
         }
         to.batch.clear();
-        std::vector<Queued> items;
         items.swap(to.batch_items);
-        if (!sent)
-            for (const auto& q : items)
-                refused(to, q);
-        items.clear();
-        if (to.batch_items.empty())
-            to.batch_items.swap(items); // keep the capacity
+        if (sent)
+            items.clear();
+        return items;
     }
 
     // One message of a batch ZeroMQ refused: dropped for `to` alone, as if refused at once.

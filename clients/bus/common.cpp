@@ -6,6 +6,7 @@
 #include <bus/v1/cluster.pb.h>
 
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <google/protobuf/descriptor.pb.h>
 #include <google/protobuf/util/json_util.h>
 
@@ -174,6 +175,32 @@ bool run_until_done(boost::asio::io_context& io, const std::function<bool()>& do
         io.run_one();
     }
     return done();
+}
+
+void receive_until(boost::asio::io_context& io, Client& client,
+                   std::optional<std::chrono::milliseconds> timeout, bool& done,
+                   const std::optional<Failure>& failed, const std::uint64_t& shown,
+                   std::uint64_t count, const std::string& timeout_text) {
+    boost::asio::steady_timer timer(io);
+    bool timed_out = false;
+    if (timeout) {
+        timer.expires_after(*timeout);
+        timer.async_wait([&](const boost::system::error_code& ec) {
+            if (!ec) {
+                timed_out = true;
+                done = true;
+            }
+        });
+    }
+    run_until_done(io, [&] { return done; });
+    timer.cancel();
+    client.close();
+    if (failed)
+        throw *failed;
+    if (timed_out && count && shown < count)
+        throw Failure(exit_code::timeout, "timeout: " + std::to_string(shown) + " of " +
+                                              std::to_string(count) + " messages arrived in " +
+                                              timeout_text);
 }
 
 // --- output ------------------------------------------------------------------------------------

@@ -80,6 +80,13 @@ std::chrono::milliseconds parse_duration(const std::string& text, const std::str
 
 // Runs `io` until `done` or until SIGINT/SIGTERM; true when `done`.
 bool run_until_done(boost::asio::io_context& io, const std::function<bool()>& done);
+// The end of a receiving command (sub, monitor): runs `io` until `done` or until `timeout`
+// passes, then closes `client`. Throws `failed` if a handler set it, else Failure(timeout) when
+// `count` messages were asked for and fewer were shown in time (`timeout_text`: the flag).
+void receive_until(boost::asio::io_context& io, Client& client,
+                   std::optional<std::chrono::milliseconds> timeout, bool& done,
+                   const std::optional<Failure>& failed, const std::uint64_t& shown,
+                   std::uint64_t count, const std::string& timeout_text);
 // True once SIGINT/SIGTERM arrived (Ctrl-C ends commands cleanly).
 bool interrupted();
 // Watches SIGINT/SIGTERM on `io` for as long as the returned handle lives (keep it beside

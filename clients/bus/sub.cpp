@@ -105,26 +105,7 @@ int run_sub(const SubOptions& o, const Global& g) {
     for (const auto& p : o.patterns)
         client->subscribe(p, on_message, o.queue);
 
-    boost::asio::steady_timer timer(io);
-    bool timed_out = false;
-    if (timeout) {
-        timer.expires_after(*timeout);
-        timer.async_wait([&](const boost::system::error_code& ec) {
-            if (!ec) {
-                timed_out = true;
-                done = true;
-            }
-        });
-    }
-    run_until_done(io, [&] { return done; });
-    timer.cancel();
-    client->close();
-    if (failed)
-        throw *failed;
-    if (timed_out && o.count && shown < o.count)
-        throw Failure(exit_code::timeout, "timeout: " + std::to_string(shown) + " of " +
-                                              std::to_string(o.count) + " messages arrived in " +
-                                              o.timeout);
+    receive_until(io, *client, timeout, done, failed, shown, o.count, o.timeout);
     return exit_code::ok;
 }
 

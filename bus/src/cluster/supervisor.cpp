@@ -10,6 +10,7 @@
 
 #include "bus/child_process.hpp"
 #include "bus/v1/cluster.pb.h"
+#include "listen.hpp"
 #include "wire.hpp"
 
 #include <boost/asio/post.hpp>
@@ -65,40 +66,6 @@ std::string local_text(int fd) {
     if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0)
         return "?";
     return address_text(ss);
-}
-
-// Binds and listens on tcp://HOST:PORT (validated by the config reader).
-Result<UniqueFd> bind_tcp(const std::string& address) {
-    std::string rest = address.substr(6);
-    const auto colon = rest.rfind(':');
-    std::string host = rest.substr(0, colon), port = rest.substr(colon + 1);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-        host = host.substr(1, host.size() - 2);
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    addrinfo* found = nullptr;
-    if (const int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found); rc != 0)
-        return std::make_error_code(std::errc::address_not_available);
-    std::error_code last = std::make_error_code(std::errc::address_not_available);
-    for (auto* ai = found; ai; ai = ai->ai_next) {
-        UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-        if (!fd) {
-            last = last_error();
-            continue;
-        }
-        const int one = 1;
-        ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) < 0 || ::listen(fd.get(), 511) < 0) {
-            last = last_error();
-            continue;
-        }
-        ::freeaddrinfo(found);
-        return fd;
-    }
-    ::freeaddrinfo(found);
-    return last;
 }
 
 } // namespace
@@ -858,7 +825,7 @@ struct Supervisor::Impl {
         for (const auto& address : a.config.listen) {
             if (a.config.mode == Mode::reuseport)
                 break; // the workers bind
-            auto fd = bind_tcp(address);
+            auto fd = detail::listen_tcp(address, false);
             if (!fd) {
                 detail = "cannot listen on " + address + ": " + fd.error().message();
                 return errc::request_failed;
@@ -959,7 +926,7 @@ Result<std::unique_ptr<Supervisor>> Supervisor::start(asio::io_context& io,
         for (const auto& address : a->config.listen) {
             if (a->config.mode == Mode::reuseport)
                 break; // the workers bind
-            auto fd = bind_tcp(address);
+            auto fd = detail::listen_tcp(address, false);
             if (!fd) {
                 if (failed)
                     *failed = "app '" + a->config.name + "' " + address;

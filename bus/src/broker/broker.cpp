@@ -1293,9 +1293,10 @@ struct Broker::Impl {
             }
         }
         to.batch.clear();
-        items.swap(to.batch_items);
         if (sent)
-            items.clear();
+            to.batch_items.clear(); // keeps its capacity for the next batch
+        else
+            items.swap(to.batch_items);
         return items;
     }
 

@@ -1,8 +1,15 @@
-// bus cluster ls|reload|restart|start|stop|scale: busd's applications and their workers, and
-// control of them at run time, through busd's $sys.cluster.* requests (docs/cluster.md).
+// bus cluster ls|reload|restart|start|stop|scale|delete: busd's applications and their workers,
+// and control of them at run time, through busd's $sys.cluster.* requests (docs/cluster.md).
 #include "common.hpp"
 
+#include <bus/cluster_supervisor.hpp>
 #include <bus/v1/cluster.pb.h>
+
+#include <toml++/toml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 
 namespace bus::cli {
 namespace {
@@ -63,14 +70,12 @@ void print(const v1::ClusterList& list, const Global& g) {
     workers.print(stdout, style);
 }
 
-int run_cluster(const std::string& op, const std::string& app, std::uint32_t instances,
-                double timeout_s, const Global& g) {
+int run_cluster(const std::string& op, const v1::ClusterCommand& command, double timeout_s,
+                const Global& g) {
+    const std::string& app = command.app();
     boost::asio::io_context io;
     const auto signals = watch_signals(io);
     auto client = connect(io, g, "cluster");
-    v1::ClusterCommand command;
-    command.set_app(app);
-    command.set_instances(instances);
     std::optional<std::error_code> result;
     Message reply;
     client->request("$sys.cluster." + op, command,
@@ -99,6 +104,81 @@ int run_cluster(const std::string& op, const std::string& app, std::uint32_t ins
     return exit_code::ok;
 }
 
+// `bus cluster start` with a definition: [[app]] tables as in busd's config, checked here with
+// busd's own reader (a bad key is a usage error naming it) before busd gets them.
+v1::ClusterCommand start_command(std::string text, const std::string& source,
+                                 const std::string& base_dir) {
+    try {
+        cluster::parse_apps(text, source, base_dir);
+    } catch (const cluster::ConfigError& e) {
+        throw Failure(exit_code::usage, e.what());
+    }
+    v1::ClusterCommand command;
+    command.set_config(std::move(text));
+    command.set_cwd(base_dir);
+    return command;
+}
+
+struct StartArgs {
+    std::vector<std::string> args; // APP, FILE, or with --name: CMD ARGS...
+    std::string name, mode, cwd;
+    int instances = 1;
+    std::vector<std::string> listen, env;
+    double timeout_s = 120;
+};
+
+v1::ClusterCommand start_command(const StartArgs& a) {
+    std::error_code ec;
+    const auto here = std::filesystem::current_path(ec).string();
+    if (a.name.empty()) {
+        if (a.args.size() != 1)
+            throw Failure(exit_code::usage,
+                          "cluster start: give an APP, a FILE of [[app]] tables, or --name NAME "
+                          "-- CMD ARGS...");
+        const std::string& target = a.args[0];
+        v1::ClusterCommand command;
+        if (!std::filesystem::is_regular_file(target, ec)) {
+            command.set_app(target); // a stopped or errored app of busd's
+            return command;
+        }
+        std::ifstream in(target);
+        std::ostringstream text;
+        text << in.rdbuf();
+        if (!in)
+            throw Failure(exit_code::usage, "cannot read " + target);
+        const auto dir = std::filesystem::absolute(target, ec).parent_path().string();
+        return start_command(text.str(), target, dir);
+    }
+    // The PM2-like short form, written as the [[app]] table it stands for.
+    if (a.args.empty())
+        throw Failure(exit_code::usage, "cluster start --name: give the command after --");
+    toml::table app{{"name", a.name}, {"command", a.args[0]}, {"instances", a.instances}};
+    toml::array args, listen;
+    for (std::size_t i = 1; i < a.args.size(); ++i)
+        args.push_back(a.args[i]);
+    for (const auto& l : a.listen)
+        listen.push_back(l);
+    app.insert("args", std::move(args));
+    app.insert("listen", std::move(listen));
+    if (!a.mode.empty())
+        app.insert("mode", a.mode);
+    if (!a.cwd.empty())
+        app.insert("cwd", a.cwd);
+    toml::table env;
+    for (const auto& kv : a.env) {
+        const auto eq = kv.find('=');
+        if (eq == std::string::npos || eq == 0)
+            throw Failure(exit_code::usage, "--env '" + kv + "': give NAME=VALUE");
+        env.insert(kv.substr(0, eq), kv.substr(eq + 1));
+    }
+    if (!env.empty())
+        app.insert("env", std::move(env));
+    toml::table root{{"app", toml::array{std::move(app)}}};
+    std::ostringstream text;
+    text << root;
+    return start_command(text.str(), "--name " + a.name, here);
+}
+
 } // namespace
 
 void add_cluster(CLI::App& app, Global& g, Runner& run) {
@@ -109,6 +189,9 @@ void add_cluster(CLI::App& app, Global& g, Runner& run) {
                     "  bus cluster ls                  apps, then one row per worker\n"
                     "  bus cluster reload web          zero-downtime, one worker at a time\n"
                     "  bus cluster scale web 4\n"
+                    "  bus cluster start apps.toml     [[app]] tables, as in busd's config\n"
+                    "  bus cluster start --name web --instances 2 \\\n"
+                    "      --listen tcp://127.0.0.1:8080 -- ./server --port 0\n"
                     "  bus cluster ls --json | jq '.workers[].pid'");
     struct Args {
         std::string app;
@@ -130,7 +213,10 @@ void add_cluster(CLI::App& app, Global& g, Runner& run) {
                         "each new worker)");
         sub->callback([op, args, &g, &run] {
             run = [op, args, &g] {
-                return run_cluster(op, args->app, args->instances, args->timeout_s, g);
+                v1::ClusterCommand command;
+                command.set_app(args->app);
+                command.set_instances(args->instances);
+                return run_cluster(op, command, args->timeout_s, g);
             };
         });
     };
@@ -140,9 +226,30 @@ void add_cluster(CLI::App& app, Global& g, Runner& run) {
         false, false);
     add("reload", "Zero-downtime reload of an app (none named: every app)", false, false);
     add("restart", "Reload a running app; start a stopped or errored one", true, false);
-    add("start", "Start a stopped or errored app", true, false);
     add("stop", "Stop an app gracefully (busd goes on)", true, false);
     add("scale", "Run N workers of an app", true, true);
+    add("delete", "Stop an app gracefully, then forget it", true, false);
+
+    auto start = std::make_shared<StartArgs>();
+    auto* sub = cluster->add_subcommand(
+        "start", "Start a stopped or errored APP; add and start the apps of a FILE ([[app]] "
+                 "tables as in busd's config); or add one app: --name NAME ... -- CMD ARGS...");
+    sub->add_option("target", start->args, "APP, FILE, or with --name: CMD ARGS... (after --)");
+    sub->add_option("--name", start->name, "a new app's name (the short form)");
+    sub->add_option("-i,--instances", start->instances, "workers (short form; default 1)")
+        ->check(CLI::Range(1, 1024));
+    sub->add_option("--listen", start->listen, "tcp://HOST:PORT (short form; repeatable)");
+    sub->add_option("--mode", start->mode,
+                    "round_robin (default), least_connections, shared or reuseport")
+        ->check(CLI::IsMember({"round_robin", "least_connections", "shared", "reuseport"}));
+    sub->add_option("--cwd", start->cwd, "the workers' directory (short form; default: here)");
+    sub->add_option("--env", start->env, "NAME=VALUE for the workers (short form; repeatable)");
+    sub->add_option("--timeout", start->timeout_s, "seconds to wait for busd (default 120)");
+    sub->callback([start, &g, &run] {
+        run = [start, &g] {
+            return run_cluster("start", start_command(*start), start->timeout_s, g);
+        };
+    });
 }
 
 } // namespace bus::cli

@@ -202,8 +202,9 @@ int main(int argc, char** argv) {
     }
 
     // The cluster: [[app]] workers, each a child with a channel, told where the broker is.
+    // Always there, even with no [[app]]: `bus cluster start` adds apps at run time.
     std::unique_ptr<bus::cluster::Supervisor> cluster;
-    if (!apps.empty()) {
+    {
         bus::cluster::Supervisor::Options cluster_options;
         const auto& served = broker.value()->endpoints();
         auto local = std::find_if(served.begin(), served.end(),
@@ -217,12 +218,15 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "busd: %s\n", line.c_str());
             std::fflush(stderr);
         };
+        cluster_options.event = [&broker](const std::string& subject,
+                                          const google::protobuf::Message& event) {
+            broker.value()->publish_event(subject, event);
+        };
         std::string failed_app;
         auto started = bus::cluster::Supervisor::start(io, std::move(apps),
                                                        std::move(cluster_options), &failed_app);
         if (!started) {
-            std::fprintf(stderr, "busd: cannot listen for %s: %s\n", failed_app.c_str(),
-                         started.error().message().c_str());
+            std::fprintf(stderr, "busd: %s\n", failed_app.c_str());
             return 1;
         }
         cluster = std::move(started).value();

@@ -759,6 +759,27 @@ protected:
             },
             20s);
     }
+    // Runs `bus -e ENDPOINT ARGS` (a real process) in /; its exit code and what it printed.
+    std::pair<int, std::string> bus_cli(const std::string& args) {
+        const std::string command = "cd / && " + std::string(BUS_CLI) + " -e unix://" +
+                                    busd_->dir() + "/busd.sock " + args + " 2>&1";
+        std::string out;
+        FILE* p = ::popen(command.c_str(), "r");
+        char buf[4096];
+        for (std::size_t n; p && (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
+            out.append(buf, n);
+        const int status = p ? ::pclose(p) : -1;
+        return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+    }
+    // The app named `name` in `ls`, if busd has one.
+    std::optional<bus::v1::ClusterApp> app(const std::string& name) {
+        auto ls = control("ls");
+        if (ls)
+            for (const auto& a : ls.value().apps())
+                if (a.name() == name)
+                    return a;
+        return std::nullopt;
+    }
     void TearDown() override {
         client_.reset();
         ClusterTest::TearDown();
@@ -816,18 +837,6 @@ TEST_F(ClusterControlTest, ScaleUpAndDown) {
 // `bus cluster` as a person runs it: the same control from the command line.
 TEST_F(ClusterControlTest, BusClusterCommandListsScalesStopsAndNamesWhatIsWrong) {
     start(app_config(hello_bin, {}, port_, 2));
-    // Runs `bus -e ENDPOINT ARGS` (a real process); its exit code and what it printed.
-    auto bus_cli = [&](const std::string& args) {
-        const std::string command =
-            std::string(BUS_CLI) + " -e unix://" + busd_->dir() + "/busd.sock " + args + " 2>&1";
-        std::string out;
-        FILE* p = ::popen(command.c_str(), "r");
-        char buf[4096];
-        for (std::size_t n; p && (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
-            out.append(buf, n);
-        const int status = p ? ::pclose(p) : -1;
-        return std::pair<int, std::string>(WIFEXITED(status) ? WEXITSTATUS(status) : -1, out);
-    };
     auto [code, out] = bus_cli("cluster ls --json");
     ASSERT_EQ(code, 0) << out;
     bus::v1::ClusterApp app;
@@ -1015,3 +1024,134 @@ int main(int argc, char** argv) {
     ::testing::InitGoogleTest(&argc, argv);
     return RUN_ALL_TESTS();
 }
+
+namespace {
+
+// `bus cluster start FILE` and the short form add apps to a running busd; relative paths in a
+// file are the file's, in the short form the caller's; a taken name or a bad key is refused.
+TEST_F(ClusterControlTest, StartAddsAppsFromAFileAndFromTheShortForm) {
+    start(app_config(hello_bin, {}, port_, 1), 1);
+    const std::string dir = busd_->dir();
+    std::filesystem::create_directory(dir + "/app");
+    std::filesystem::create_symlink(hello_bin, dir + "/app/hello");
+    const int file_port = bus::test::free_tcp_port();
+    std::ofstream(dir + "/app/apps.toml")
+        << "[[app]]\nname = \"fromfile\"\ncommand = \"./hello\"\ninstances = 2\n"
+        << "listen = [\"tcp://127.0.0.1:" << file_port << "\"]\n";
+    auto [code, out] = bus_cli("cluster start " + dir + "/app/apps.toml");
+    ASSERT_EQ(code, 0) << out;
+    EXPECT_NE(out.find("fromfile"), std::string::npos) << out;
+    ASSERT_TRUE(busd_->wait_log("app 'fromfile' worker 1 (pid", 1)) << busd_->log();
+    ASSERT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
+    std::set<int> instances;
+    for (int i = 0; i < 4; ++i) {
+        auto r = http_get(file_port);
+        ASSERT_TRUE(r) << busd_->log();
+        instances.insert(r->instance());
+    }
+    EXPECT_EQ(instances, (std::set<int>{0, 1}));
+
+    const int short_port = bus::test::free_tcp_port();
+    std::tie(code, out) =
+        bus_cli("cluster start --name short -i 1 --mode least_connections --listen "
+                "tcp://127.0.0.1:" +
+                std::to_string(short_port) + " --cwd " + dir + "/app -- ./hello");
+    ASSERT_EQ(code, 0) << out;
+    ASSERT_TRUE(busd_->wait_log(") ready", 4)) << busd_->log();
+    auto r = http_get(short_port);
+    ASSERT_TRUE(r) << busd_->log();
+    EXPECT_EQ(r->status, 200);
+    auto added = app("short");
+    ASSERT_TRUE(added);
+    EXPECT_EQ(added->mode(), "least_connections");
+    ASSERT_TRUE(app("web"));
+
+    // A name taken: refused, and the running app untouched.
+    std::tie(code, out) = bus_cli("cluster start --name web -- ./hello");
+    EXPECT_NE(code, 0) << out;
+    EXPECT_NE(out.find("'web' exists"), std::string::npos) << out;
+    // A bad key: a usage error naming it, before busd is asked.
+    std::ofstream(dir + "/bad.toml") << "[[app]]\nname = \"bad\"\ncommand = \"x\"\ninstances = 0\n";
+    std::tie(code, out) = bus_cli("cluster start " + dir + "/bad.toml");
+    EXPECT_EQ(code, 2) << out;
+    EXPECT_NE(out.find("app[0].instances"), std::string::npos) << out;
+    EXPECT_FALSE(app("bad"));
+    // An address it cannot bind: refused, and the app not kept.
+    std::tie(code, out) =
+        bus_cli("cluster start --name clash --listen tcp://127.0.0.1:" + std::to_string(port_) +
+                " -- ./hello");
+    EXPECT_NE(code, 0) << out;
+    EXPECT_NE(out.find("cannot listen"), std::string::npos) << out;
+    EXPECT_FALSE(app("clash"));
+    // Asked directly with a definition that is not TOML: a clear refusal.
+    bus::v1::ClusterCommand command;
+    command.set_config("[[app]\n");
+    auto reply = client_->request_wait("$sys.cluster.start", command, 10s);
+    ASSERT_FALSE(reply);
+    EXPECT_TRUE(app("web"));
+}
+
+// `delete` stops the app gracefully and forgets it: its port is closed, its workers gone, and
+// its name free for a new app.
+TEST_F(ClusterControlTest, DeleteStopsTheAppAndForgetsIt) {
+    start(app_config(hello_bin, {}, port_, 2));
+    const auto pids = busd_->worker_pids();
+    auto [code, out] = bus_cli("cluster delete web");
+    ASSERT_EQ(code, 0) << out;
+    ASSERT_TRUE(run_until(io_, [&] {
+        auto ls = control("ls");
+        return ls && ls.value().apps_size() == 0;
+    })) << busd_->log();
+    EXPECT_EQ(count(busd_->log(), "shutting down (stopping)"), 2u) << busd_->log();
+    for (pid_t pid : pids)
+        EXPECT_TRUE(run_until(io_, [&] { return process_gone(pid); })) << pid;
+    EXPECT_FALSE(http_get(port_));
+    std::tie(code, out) = bus_cli("cluster delete web");
+    EXPECT_NE(code, 0) << out;
+    EXPECT_NE(out.find("no app named 'web'"), std::string::npos) << out;
+
+    std::tie(code, out) =
+        bus_cli("cluster start --name web --listen tcp://127.0.0.1:" + std::to_string(port_) +
+                " -- " + hello_bin);
+    ASSERT_EQ(code, 0) << out;
+    ASSERT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
+    auto r = http_get(port_);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+}
+
+// An app that becomes errored is announced on the bus, with the reason.
+TEST_F(ClusterControlTest, ErroredAppIsAnnouncedOnTheBus) {
+    busd_ = std::make_unique<Busd>(
+        io_, app_config(self_exe, {"--worker", "crash"}, port_, 1,
+                        "max_restarts = 3\nmin_uptime_ms = 5000\nrestart_delay_ms = 400\n"));
+    std::shared_ptr<bus::Client> watcher;
+    ASSERT_TRUE(run_until(io_, [&] {
+        auto c = bus::Client::connect(io_, "unix://" + busd_->dir() + "/busd.sock");
+        if (c)
+            watcher = c.value();
+        return watcher != nullptr;
+    }));
+    std::optional<bus::v1::ClusterApp> event;
+    std::string source;
+    watcher->subscribe<bus::v1::ClusterApp>(
+        "$sys.cluster.errored",
+        [&](std::error_code ec, const bus::v1::ClusterApp& a, bus::Message& m) {
+            ASSERT_FALSE(ec) << ec.message();
+            event = a;
+            source = m.envelope.source();
+        });
+    ASSERT_FALSE(busd_->log().find("errored") != std::string::npos)
+        << "errored before the watcher subscribed: raise restart_delay_ms";
+    ASSERT_TRUE(run_until(
+        io_, [&] { return event.has_value(); }, 20s))
+        << busd_->log();
+    EXPECT_EQ(event->name(), "web");
+    EXPECT_EQ(event->state(), "errored");
+    EXPECT_NE(event->reason().find("exited 3 times in a row"), std::string::npos)
+        << event->reason();
+    EXPECT_EQ(source, "busd");
+    watcher->close();
+}
+
+} // namespace

@@ -99,6 +99,10 @@ public:
                                                std::uint32_t uid)>;
     void on_sys_request(std::string prefix, SysHandler handler);
 
+    // Publishes a `$sys` event from busd itself (source "busd", kind EVENT to monitors), e.g.
+    // the cluster's `$sys.cluster.errored` and `$sys.log.APP`. Costs nothing without subscribers.
+    void publish_event(const std::string& subject, const google::protobuf::Message& event);
+
     const std::vector<std::string>& endpoints() const noexcept;
     v1::BrokerStats stats() const;
 

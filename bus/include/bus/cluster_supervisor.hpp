@@ -74,6 +74,11 @@ struct ConfigError : std::runtime_error {
 // The `[[app]]` tables of busd's TOML config. Throws ConfigError naming the key
 // ("FILE: key 'app[0].instances': must be between 1 and 1024").
 std::vector<AppConfig> load_apps(const std::string& path);
+// The same from TOML text (`bus cluster start FILE` sends the file's text); `source` names it in
+// errors. A relative `cwd` or `watch` path is taken relative to `base_dir` (when given), which is
+// also the working directory of an app that names none.
+std::vector<AppConfig> parse_apps(std::string_view text, const std::string& source,
+                                  const std::string& base_dir = {});
 
 // --- pure policy, unit-tested --------------------------------------------------------------
 
@@ -114,6 +119,9 @@ public:
         std::vector<std::string> env;
         // One line per event worth telling (worker started, exited, errored, ...).
         std::function<void(const std::string&)> log;
+        // Events for the bus: `$sys.cluster.errored` (a ClusterApp saying why).
+        std::function<void(const std::string& subject, const google::protobuf::Message& event)>
+            event;
     };
 
     // Binds every app's listen addresses and starts its workers. On failure, `failed` (if
@@ -137,11 +145,11 @@ public:
     v1::ClusterList list() const;
 
     // Control at run time (busd serves it on `$sys.cluster.<op>`): ls, reload, restart (a
-    // reload when running, a start when stopped or errored), start, stop, scale
-    // (`command.instances`). Only a `privileged` requester (busd's own uid) may change
-    // anything. Fills `out` with the apps after the command; on failure returns
-    // errc::forbidden, errc::no_responders (unknown op) or errc::request_failed with `detail`
-    // (which busd's ERROR reply names "bad_request").
+    // reload when running, a start when stopped or errored), start (with `command.config`: new
+    // apps from TOML text), stop, scale (`command.instances`), delete (stop, then forget). Only a
+    // `privileged` requester (busd's own uid) may change anything. Fills `out` with the apps after
+    // the command; on failure returns errc::forbidden, errc::no_responders (unknown op) or
+    // errc::request_failed with `detail` (which busd's ERROR reply names "bad_request").
     std::error_code control(std::string_view op, const v1::ClusterCommand& command, bool privileged,
                             v1::ClusterList& out, std::string& detail);
 

@@ -1089,13 +1089,18 @@ struct Broker::Impl {
         deliver(c, header, body, {});
     }
 
-    // Broker events go to whoever subscribed to them, like any publish.
     void announce(const Client& c, const char* subject) {
+        if (subscriptions.size() == 0 && monitors.empty())
+            return;
+        publish_event(subject, info(c));
+    }
+
+    // Broker events go to whoever subscribed to them, like any publish, from source "busd".
+    void publish_event(const std::string& subject, const google::protobuf::Message& event) {
         if (subscriptions.size() == 0 && monitors.empty())
             return;
         v1::Envelope in;
         in.set_subject(subject);
-        const auto event = info(c);
         in.set_type_url(frame::type_url_of(event));
         const std::string body = event.SerializeAsString();
         Client broker_self;
@@ -1474,6 +1479,10 @@ Result<std::unique_ptr<Broker>> Broker::start(boost::asio::io_context& io, Optio
 
 void Broker::adopt(std::shared_ptr<Channel> channel) {
     impl_->adopt_channel(std::move(channel));
+}
+
+void Broker::publish_event(const std::string& subject, const google::protobuf::Message& event) {
+    impl_->publish_event(subject, event);
 }
 
 void Broker::on_sys_request(std::string prefix, SysHandler handler) {

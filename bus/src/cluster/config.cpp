@@ -5,8 +5,12 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <set>
+#include <sstream>
 
 namespace bus::cluster {
 namespace {
@@ -105,13 +109,29 @@ constexpr std::int64_t hour_ms = 3600 * 1000;
 } // namespace
 
 std::vector<AppConfig> load_apps(const std::string& path) {
+    std::ifstream in(path);
+    if (!in)
+        throw ConfigError(path + ": cannot read: " + std::strerror(errno));
+    std::ostringstream text;
+    text << in.rdbuf();
+    return parse_apps(text.str(), path);
+}
+
+std::vector<AppConfig> parse_apps(std::string_view text, const std::string& path,
+                                  const std::string& base_dir) {
     toml::table root;
     try {
-        root = toml::parse_file(path);
+        root = toml::parse(text, path);
     } catch (const toml::parse_error& e) {
         throw ConfigError(path + ":" + std::to_string(e.source().begin.line) + ": " +
                           std::string(e.description()));
     }
+    // Relative to base_dir, when there is one (else relative to busd's own directory).
+    const auto resolve = [&](const std::string& p) {
+        if (base_dir.empty() || p.empty() || p.front() == '/')
+            return p;
+        return (std::filesystem::path(base_dir) / p).lexically_normal().string();
+    };
     std::vector<AppConfig> apps;
     const auto* node = root.get("app");
     if (!node)
@@ -157,6 +177,10 @@ std::vector<AppConfig> load_apps(const std::string& path) {
         for (auto& arg : r.strings("args"))
             app.argv.push_back(std::move(arg));
         app.cwd = r.string("cwd").value_or("");
+        if (app.cwd.empty())
+            app.cwd = base_dir;
+        else
+            app.cwd = resolve(app.cwd);
         if (const auto* env = r.get("env")) {
             if (!env->is_table())
                 r.fail("env", "must be a table of strings (NAME = \"value\")");
@@ -216,6 +240,8 @@ std::vector<AppConfig> load_apps(const std::string& path) {
         r.integer("max_memory_mb", max_memory_mb, 1, 1 << 20);
         app.max_memory = max_memory_mb << 20;
         app.watch = r.strings("watch");
+        for (auto& watched : app.watch)
+            watched = resolve(watched);
         for (const auto& watched : app.watch)
             if (watched.empty() || !std::filesystem::exists(watched))
                 r.fail("watch", "'" + watched + "' does not exist");

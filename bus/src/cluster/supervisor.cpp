@@ -144,7 +144,8 @@ struct App {
     explicit App(asio::io_context& io) : heartbeat_timer(io), watch_timer(io) {}
     AppConfig config;
     AppState state = AppState::running;
-    std::string reason; // why it is errored
+    std::string reason;    // why it is errored
+    bool deleting = false; // `delete`: forgotten once stopped
     std::vector<std::unique_ptr<Listener>> listeners;
     std::deque<Pending> pending;
     std::vector<std::unique_ptr<Slot>> slots;
@@ -177,6 +178,71 @@ std::uint64_t rss_bytes(pid_t pid) {
 bool busd_accepts(Mode mode) {
     return mode == Mode::round_robin || mode == Mode::least_connections;
 }
+
+namespace {
+
+// Resident memory and CPU time of a process, from /proc (0 when it cannot be read).
+void add_usage(v1::ClusterWorker& w) {
+    const std::string dir = "/proc/" + std::to_string(w.pid());
+    w.set_rss_bytes(rss_bytes(static_cast<pid_t>(w.pid())));
+    if (FILE* f = std::fopen((dir + "/stat").c_str(), "re")) {
+        char buffer[1024];
+        const std::size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);
+        std::fclose(f);
+        buffer[n] = '\0';
+        // Fields after the command (which may hold spaces) start after the last ')'.
+        if (const char* p = std::strrchr(buffer, ')')) {
+            unsigned long long utime = 0, stime = 0;
+            // state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+            if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                            &stime) == 2)
+                w.set_cpu_ms((utime + stime) * 1000 /
+                             static_cast<unsigned long long>(::sysconf(_SC_CLK_TCK)));
+        }
+    }
+}
+
+// What `ls` and the `$sys.cluster.errored` event say of an app.
+void describe(const App& a, v1::ClusterApp& info) {
+    const auto now_steady = Clock::now();
+    const auto now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+    info.set_name(a.config.name);
+    info.set_state(a.state == AppState::running    ? "running"
+                   : a.state == AppState::stopping ? "stopping"
+                   : a.state == AppState::stopped  ? "stopped"
+                                                   : "errored");
+    info.set_instances(static_cast<std::uint32_t>(a.config.instances));
+    info.set_mode(a.config.mode == Mode::round_robin         ? "round_robin"
+                  : a.config.mode == Mode::least_connections ? "least_connections"
+                  : a.config.mode == Mode::shared            ? "shared"
+                                                             : "reuseport");
+    int restarts = 0;
+    for (const auto& s : a.slots)
+        restarts += s->tracker.restarts();
+    info.set_restarts(static_cast<std::uint32_t>(restarts));
+    for (const auto& l : a.listeners)
+        info.add_listening(l->address);
+    if (a.config.mode == Mode::reuseport && a.state == AppState::running)
+        for (const auto& address : a.config.listen)
+            info.add_listening(address);
+    info.set_pending(static_cast<std::uint32_t>(a.pending.size()));
+    info.set_reason(a.reason);
+    for (const auto& p : a.procs) {
+        auto* w = info.add_workers();
+        w->set_instance(static_cast<std::uint32_t>(p->instance));
+        w->set_pid(static_cast<std::uint32_t>(p->pid()));
+        w->set_state(p->state_name());
+        w->set_connections(p->reported_load + p->sent_since_report);
+        w->set_started_unix_ns(
+            now_ns -
+            std::chrono::duration_cast<std::chrono::nanoseconds>(now_steady - p->started).count());
+        add_usage(*w);
+    }
+}
+
+} // namespace
 
 struct Supervisor::Impl {
     asio::io_context& io;
@@ -584,6 +650,11 @@ struct Supervisor::Impl {
                        std::to_string(s.tracker.quick_exits()) +
                        " times in a row within min_uptime";
             stop_app(a, AppState::errored);
+            if (options.event) {
+                v1::ClusterApp event;
+                describe(a, event);
+                options.event("$sys.cluster.errored", event);
+            }
             return;
         case RestartTracker::Action::restart:
             break;
@@ -813,6 +884,45 @@ struct Supervisor::Impl {
         return nullptr;
     }
 
+    // A new app, started; on failure (an address it cannot bind) it is not kept.
+    std::error_code add_app(AppConfig config, std::string& detail) {
+        if (find_app(config.name)) {
+            detail = "an app named '" + config.name + "' exists (restart or delete it)";
+            return errc::request_failed;
+        }
+        auto owned = std::make_unique<App>(io);
+        App& a = *owned;
+        a.config = std::move(config);
+        a.state = AppState::stopped;
+        apps.push_back(std::move(owned));
+        if (const auto ec = start_app(a, detail)) {
+            apps.pop_back();
+            return ec;
+        }
+        start_watch(a);
+        return {};
+    }
+
+    // `delete`: stopped first (gracefully), forgotten once its last worker has exited. Every
+    // handler armed for it holds a reference to it, so it goes only after they have run: its
+    // timers and descriptors are cancelled now, and their (aborted) completions are queued
+    // before the posted erase.
+    void erase_app(App& a) {
+        a.deleting = false;
+        a.heartbeat_timer.cancel();
+        a.watch_timer.cancel();
+        if (a.inotify)
+            a.inotify->close();
+        for (auto& s : a.slots)
+            s->restart_timer.cancel();
+        log("app '" + a.config.name + "' deleted");
+        asio::post(io, [this, &a, alive = std::weak_ptr<int>(alive)] {
+            if (alive.expired())
+                return;
+            std::erase_if(apps, [&](const std::unique_ptr<App>& app) { return app.get() == &a; });
+        });
+    }
+
     // Binds the listeners and starts every instance of a stopped or errored app.
     std::error_code start_app(App& a, std::string& detail) {
         if (a.state == AppState::running)
@@ -892,6 +1002,8 @@ struct Supervisor::Impl {
             a.state = AppState::stopped;
             log("app '" + a.config.name + "' stopped");
         }
+        if (a.deleting && a.state != AppState::stopping)
+            erase_app(a);
         if (!stopping || !stopped)
             return;
         for (auto& app : apps)
@@ -919,40 +1031,15 @@ Supervisor::~Supervisor() {
 Result<std::unique_ptr<Supervisor>> Supervisor::start(asio::io_context& io,
                                                       std::vector<AppConfig> apps, Options options,
                                                       std::string* failed) {
-    auto impl = std::make_unique<Impl>(io, std::move(options));
+    std::unique_ptr<Supervisor> s(new Supervisor(std::make_unique<Impl>(io, std::move(options))));
     for (auto& config : apps) {
-        auto a = std::make_unique<App>(io);
-        a->config = std::move(config);
-        for (const auto& address : a->config.listen) {
-            if (a->config.mode == Mode::reuseport)
-                break; // the workers bind
-            auto fd = detail::listen_tcp(address, false);
-            if (!fd) {
-                if (failed)
-                    *failed = "app '" + a->config.name + "' " + address;
-                return fd.error();
-            }
-            const std::string bound = "tcp://" + local_text(fd.value().get());
-            a->listeners.push_back(std::make_unique<Listener>(io, std::move(fd).value(), bound));
+        const std::string name = config.name;
+        std::string detail;
+        if (const auto ec = s->impl_->add_app(std::move(config), detail)) {
+            if (failed)
+                *failed = "app '" + name + "': " + detail;
+            return ec;
         }
-        for (int i = 0; i < a->config.instances; ++i)
-            a->slots.push_back(std::make_unique<Slot>(io));
-        impl->apps.push_back(std::move(a));
-    }
-    std::unique_ptr<Supervisor> s(new Supervisor(std::move(impl)));
-    auto& m = *s->impl_;
-    for (auto& a : m.apps) {
-        for (auto& l : a->listeners)
-            m.log("app '" + a->config.name + "' listening on " + l->address);
-        for (int i = 0; i < a->config.instances; ++i) {
-            a->slots[i]->current = m.spawn_worker(*a, i, false);
-            if (!a->slots[i]->current)
-                m.restart_after_exit(*a, *a->slots[i], i, 127, 0, milliseconds(0));
-        }
-        for (auto& l : a->listeners)
-            m.arm(*a, *l);
-        m.heartbeat(*a);
-        m.start_watch(*a);
     }
     return s;
 }
@@ -988,72 +1075,10 @@ void Supervisor::stop(std::function<void()> done) {
     }
 }
 
-namespace {
-
-// Resident memory and CPU time of a process, from /proc (0 when it cannot be read).
-void add_usage(v1::ClusterWorker& w) {
-    const std::string dir = "/proc/" + std::to_string(w.pid());
-    w.set_rss_bytes(rss_bytes(static_cast<pid_t>(w.pid())));
-    if (FILE* f = std::fopen((dir + "/stat").c_str(), "re")) {
-        char buffer[1024];
-        const std::size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);
-        std::fclose(f);
-        buffer[n] = '\0';
-        // Fields after the command (which may hold spaces) start after the last ')'.
-        if (const char* p = std::strrchr(buffer, ')')) {
-            unsigned long long utime = 0, stime = 0;
-            // state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-            if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
-                            &stime) == 2)
-                w.set_cpu_ms((utime + stime) * 1000 /
-                             static_cast<unsigned long long>(::sysconf(_SC_CLK_TCK)));
-        }
-    }
-}
-
-} // namespace
-
 v1::ClusterList Supervisor::list() const {
     v1::ClusterList out;
-    const auto now_steady = Clock::now();
-    const auto now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                            std::chrono::system_clock::now().time_since_epoch())
-                            .count();
-    for (const auto& a : impl_->apps) {
-        auto* info = out.add_apps();
-        info->set_name(a->config.name);
-        info->set_state(a->state == AppState::running    ? "running"
-                        : a->state == AppState::stopping ? "stopping"
-                        : a->state == AppState::stopped  ? "stopped"
-                                                         : "errored");
-        info->set_instances(static_cast<std::uint32_t>(a->config.instances));
-        info->set_mode(a->config.mode == Mode::round_robin         ? "round_robin"
-                       : a->config.mode == Mode::least_connections ? "least_connections"
-                       : a->config.mode == Mode::shared            ? "shared"
-                                                                   : "reuseport");
-        int restarts = 0;
-        for (const auto& s : a->slots)
-            restarts += s->tracker.restarts();
-        info->set_restarts(static_cast<std::uint32_t>(restarts));
-        for (const auto& l : a->listeners)
-            info->add_listening(l->address);
-        if (a->config.mode == Mode::reuseport && a->state == AppState::running)
-            for (const auto& address : a->config.listen)
-                info->add_listening(address);
-        info->set_pending(static_cast<std::uint32_t>(a->pending.size()));
-        info->set_reason(a->reason);
-        for (const auto& p : a->procs) {
-            auto* w = info->add_workers();
-            w->set_instance(static_cast<std::uint32_t>(p->instance));
-            w->set_pid(static_cast<std::uint32_t>(p->pid()));
-            w->set_state(p->state_name());
-            w->set_connections(p->reported_load + p->sent_since_report);
-            w->set_started_unix_ns(now_ns - std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                now_steady - p->started)
-                                                .count());
-            add_usage(*w);
-        }
-    }
+    for (const auto& a : impl_->apps)
+        describe(*a, *out.add_apps());
     return out;
 }
 
@@ -1062,7 +1087,8 @@ std::error_code Supervisor::control(std::string_view op, const v1::ClusterComman
     auto& m = *impl_;
     std::error_code ec;
     if (op != "ls") {
-        if (op != "reload" && op != "restart" && op != "start" && op != "stop" && op != "scale") {
+        if (op != "reload" && op != "restart" && op != "start" && op != "stop" && op != "scale" &&
+            op != "delete") {
             detail = "no cluster command '" + std::string(op) + "'";
             return errc::no_responders;
         }
@@ -1073,6 +1099,31 @@ std::error_code Supervisor::control(std::string_view op, const v1::ClusterComman
         if (m.stopping) {
             detail = "busd is stopping";
             return errc::request_failed;
+        }
+        if (op == "start" && !command.config().empty()) {
+            // New apps, defined as in busd's config file (`bus cluster start FILE` and the
+            // short form); relative paths are the requester's.
+            std::vector<AppConfig> added;
+            try {
+                added = parse_apps(command.config(), "start", command.cwd());
+            } catch (const ConfigError& e) {
+                detail = e.what();
+                return errc::request_failed;
+            }
+            if (added.empty()) {
+                detail = "start: no [[app]] table";
+                return errc::request_failed;
+            }
+            for (const auto& a : added)
+                if (m.find_app(a.name)) {
+                    detail = "an app named '" + a.name + "' exists (restart or delete it)";
+                    return errc::request_failed;
+                }
+            for (auto& a : added)
+                if ((ec = m.add_app(std::move(a), detail)))
+                    return ec;
+            out = list();
+            return {};
         }
         App* app = command.app().empty() ? nullptr : m.find_app(command.app());
         if (!app && (op != "reload" || !command.app().empty())) {
@@ -1099,6 +1150,12 @@ std::error_code Supervisor::control(std::string_view op, const v1::ClusterComman
                 return errc::request_failed;
             }
             m.scale(*app, static_cast<int>(command.instances()));
+        } else if (op == "delete") {
+            if (app->state == AppState::errored)
+                app->state = app->procs.empty() ? AppState::stopped : AppState::stopping;
+            app->deleting = true;
+            m.stop_app(*app, AppState::stopping);
+            m.check_stopped(*app);
         }
         if (ec)
             return ec;

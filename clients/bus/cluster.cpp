@@ -1,5 +1,6 @@
-// bus cluster ls|reload|restart|start|stop|scale|delete: busd's applications and their workers,
-// and control of them at run time, through busd's $sys.cluster.* requests (docs/cluster.md).
+// bus cluster ls|reload|restart|start|stop|scale|delete|logs: busd's applications and their
+// workers, and control of them at run time, through busd's $sys.cluster.* requests
+// (docs/cluster.md).
 #include "common.hpp"
 
 #include <bus/cluster_supervisor.hpp>
@@ -9,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 namespace bus::cli {
@@ -70,22 +72,19 @@ void print(const v1::ClusterList& list, const Global& g) {
     workers.print(stdout, style);
 }
 
-int run_cluster(const std::string& op, const v1::ClusterCommand& command, double timeout_s,
-                const Global& g) {
+// busd's answer to `$sys.cluster.OP`, or Failure saying why there is none.
+Message ask(boost::asio::io_context& io, Client& client, const std::string& op,
+            const v1::ClusterCommand& command, double timeout_s) {
     const std::string& app = command.app();
-    boost::asio::io_context io;
-    const auto signals = watch_signals(io);
-    auto client = connect(io, g, "cluster");
     std::optional<std::error_code> result;
     Message reply;
-    client->request("$sys.cluster." + op, command,
-                    std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000)),
-                    [&](std::error_code ec, Message& m) {
-                        result = ec;
-                        reply = std::move(m);
-                    });
+    client.request("$sys.cluster." + op, command,
+                   std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000)),
+                   [&](std::error_code ec, Message& m) {
+                       result = ec;
+                       reply = std::move(m);
+                   });
     run_until_done(io, [&] { return result.has_value(); });
-    client->close();
     if (!result)
         throw Failure(exit_code::failure, "interrupted");
     if (*result) {
@@ -96,11 +95,92 @@ int run_cluster(const std::string& op, const v1::ClusterCommand& command, double
             text += " (is this busd running applications? docs/cluster.md)";
         throw Failure(exit_code_for(*result), text);
     }
+    return reply;
+}
+
+int run_cluster(const std::string& op, const v1::ClusterCommand& command, double timeout_s,
+                const Global& g) {
+    boost::asio::io_context io;
+    const auto signals = watch_signals(io);
+    auto client = connect(io, g, "cluster");
+    const Message reply = ask(io, *client, op, command, timeout_s);
+    client->close();
     v1::ClusterList list;
     if (!list.ParseFromString(std::string(reply.payload())))
         throw Failure(exit_code::failure,
                       "busd's answer to $sys.cluster." + op + " does not parse");
     print(list, g);
+    return exit_code::ok;
+}
+
+void print(const v1::LogLine& line, const Global& g) {
+    if (g.json) {
+        std::printf("%s\n", to_json(line).c_str());
+    } else {
+        const Style style{g.color()};
+        const auto at = std::chrono::system_clock::time_point(
+            std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                std::chrono::nanoseconds(line.unix_ns())));
+        const std::string who = line.app() + "[" + std::to_string(line.instance()) + "]";
+        std::printf("%s %s %s %s\n", style.dim(local_time(at)).c_str(), style.cyan(who).c_str(),
+                    line.stream() == "err" ? style.red("err|").c_str() : style.dim("out|").c_str(),
+                    line.text().c_str());
+    }
+    std::fflush(stdout);
+}
+
+// `bus cluster logs APP`: the last lines of its log files, then (-f) what its workers write
+// from now on, from `$sys.log.APP`. Subscribed before the tail is asked for, so nothing falls
+// between the two; what both hold is shown once.
+int run_logs(const std::string& app, std::uint32_t lines, bool follow,
+             const std::optional<std::string>& timeout, const Global& g) {
+    boost::asio::io_context io;
+    const auto signals = watch_signals(io);
+    auto client = connect(io, g, "cluster logs");
+    std::vector<v1::LogLine> live;
+    bool tail_shown = false, done = false;
+    std::set<std::string> tail_keys; // lines of the tail, as they may arrive live too
+    auto key = [](const v1::LogLine& l) {
+        return std::to_string(l.unix_ns()) + " " + std::to_string(l.pid()) + " " + l.stream() +
+               " " + l.text();
+    };
+    std::uint64_t shown = 0;
+    std::optional<Failure> failed;
+    if (follow)
+        client->subscribe<v1::LogLine>("$sys.log." + app,
+                                       [&](std::error_code ec, const v1::LogLine& line, Message&) {
+                                           if (ec)
+                                               return;
+                                           if (!tail_shown)
+                                               live.push_back(line);
+                                           else if (!tail_keys.count(key(line)))
+                                               print(line, g), ++shown;
+                                       });
+    v1::ClusterCommand command;
+    command.set_app(app);
+    command.set_lines(lines);
+    const Message reply = ask(io, *client, "logs", command, 10);
+    v1::LogTail tail;
+    if (!tail.ParseFromString(std::string(reply.payload())))
+        throw Failure(exit_code::failure, "busd's answer to $sys.cluster.logs does not parse");
+    if (!g.json && !follow && tail.lines().empty())
+        std::fprintf(stderr, "bus: %s holds nothing yet\n", tail.path().c_str());
+    for (const auto& line : tail.lines()) {
+        print(line, g);
+        tail_keys.insert(key(line));
+    }
+    tail_shown = true;
+    for (const auto& line : live)
+        if (!tail_keys.count(key(line)))
+            print(line, g), ++shown;
+    if (!follow) {
+        client->close();
+        return exit_code::ok;
+    }
+    std::optional<std::chrono::milliseconds> limit;
+    if (timeout)
+        limit = parse_duration(*timeout, "--timeout");
+    receive_until(io, *client, limit, done, failed, shown, 0, "--timeout");
     return exit_code::ok;
 }
 
@@ -189,6 +269,7 @@ void add_cluster(CLI::App& app, Global& g, Runner& run) {
                     "  bus cluster ls                  apps, then one row per worker\n"
                     "  bus cluster reload web          zero-downtime, one worker at a time\n"
                     "  bus cluster scale web 4\n"
+                    "  bus cluster logs web -f         its workers' output, then what follows\n"
                     "  bus cluster start apps.toml     [[app]] tables, as in busd's config\n"
                     "  bus cluster start --name web --instances 2 \\\n"
                     "      --listen tcp://127.0.0.1:8080 -- ./server --port 0\n"
@@ -229,6 +310,27 @@ void add_cluster(CLI::App& app, Global& g, Runner& run) {
     add("stop", "Stop an app gracefully (busd goes on)", true, false);
     add("scale", "Run N workers of an app", true, true);
     add("delete", "Stop an app gracefully, then forget it", true, false);
+
+    struct LogsArgs {
+        std::string app;
+        std::uint32_t lines = 15;
+        bool follow = false;
+        std::optional<std::string> timeout;
+    };
+    auto logs = std::make_shared<LogsArgs>();
+    auto* logs_cmd = cluster->add_subcommand(
+        "logs", "The last lines its workers wrote (stdout and stderr), then with -f what they "
+                "write next");
+    logs_cmd->add_option("app", logs->app, "the application's name")->required();
+    logs_cmd->add_option("-n,--lines", logs->lines, "how many of the last lines (default 15)")
+        ->check(CLI::Range(1, 10000));
+    logs_cmd->add_flag("-f,--follow", logs->follow, "then go on printing (Ctrl-C ends)");
+    logs_cmd->add_option("--timeout", logs->timeout, "with -f: stop after this long (5s, 1m)");
+    logs_cmd->callback([logs, &g, &run] {
+        run = [logs, &g] {
+            return run_logs(logs->app, logs->lines, logs->follow, logs->timeout, g);
+        };
+    });
 
     auto start = std::make_shared<StartArgs>();
     auto* sub = cluster->add_subcommand(

@@ -64,12 +64,23 @@ int daemonize(const std::string& log_file, int& ready) {
 
 } // namespace
 
+// Cluster apps' output: $XDG_STATE_HOME/bus/logs, ~/.local/state/bus/logs, or beside the
+// sockets for a user with no home.
+static std::string default_apps_log_dir() {
+    if (const char* state = std::getenv("XDG_STATE_HOME"); state && *state == '/')
+        return std::string(state) + "/bus/logs";
+    if (const char* home = std::getenv("HOME"); home && *home == '/')
+        return std::string(home) + "/.local/state/bus/logs";
+    auto dir = bus::runtime_dir();
+    return (dir ? dir.value() : std::string("/tmp")) + "/logs";
+}
+
 int main(int argc, char** argv) {
     CLI::App app{"busd: the bus broker. Routes typed messages between processes over ZeroMQ "
                  "(ipc://) and unix:// sockets.\n\nWith no options it serves "
                  "$XDG_RUNTIME_DIR/bus/busd.zmq and busd.sock (or /tmp/bus-$UID/...)."};
     std::vector<std::string> endpoints, listen;
-    std::string config_file, pid_file, log_file, keys_file, generate_keys;
+    std::string config_file, pid_file, log_file, keys_file, generate_keys, apps_log_dir;
     bool daemon = false;
     app.add_option("-e,--endpoint", endpoints,
                    "endpoint to serve: ipc://PATH or unix://PATH (repeatable; default: "
@@ -86,6 +97,9 @@ int main(int argc, char** argv) {
     app.add_flag("-d,--daemon", daemon, "detach, with a pid file and a log file");
     app.add_option("--pid-file", pid_file, "with --daemon (default: RUNTIME_DIR/busd.pid)");
     app.add_option("--log-file", log_file, "with --daemon (default: RUNTIME_DIR/busd.log)");
+    app.add_option("--apps-log-dir", apps_log_dir,
+                   "where cluster apps' output is kept, APP.log (default: "
+                   "$XDG_STATE_HOME/bus/logs, else ~/.local/state/bus/logs)");
     CLI11_PARSE(app, argc, argv);
 
     if (!generate_keys.empty()) {
@@ -218,6 +232,7 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "busd: %s\n", line.c_str());
             std::fflush(stderr);
         };
+        cluster_options.log_dir = apps_log_dir.empty() ? default_apps_log_dir() : apps_log_dir;
         cluster_options.event = [&broker](const std::string& subject,
                                           const google::protobuf::Message& event) {
             broker.value()->publish_event(subject, event);
@@ -230,7 +245,8 @@ int main(int argc, char** argv) {
             return 1;
         }
         cluster = std::move(started).value();
-        // Control at run time: $sys.cluster.ls, .reload, .restart, .start, .stop, .scale.
+        // Control at run time: $sys.cluster.ls, .reload, .restart, .start, .stop, .scale,
+        // .delete, and .logs.
         broker.value()->on_sys_request(
             "$sys.cluster.",
             [&cluster](const std::string& subject, std::string_view payload, std::uint32_t uid) {
@@ -245,12 +261,20 @@ int main(int argc, char** argv) {
                     answer.detail = "the payload is not a bus.v1.ClusterCommand";
                     return answer;
                 }
-                auto apps_now = std::make_unique<bus::v1::ClusterList>();
-                const auto ec = cluster->control(subject.substr(13), command, uid == ::getuid(),
-                                                 *apps_now, answer.detail);
-                if (!ec)
-                    answer.reply = std::move(apps_now);
-                else if (ec.category() == bus::bus_category())
+                std::error_code ec;
+                const std::string op = subject.substr(13);
+                if (op == "logs") {
+                    auto tail = std::make_unique<bus::v1::LogTail>();
+                    ec = cluster->logs(command, uid == ::getuid(), *tail, answer.detail);
+                    if (!ec)
+                        answer.reply = std::move(tail);
+                } else {
+                    auto apps_now = std::make_unique<bus::v1::ClusterList>();
+                    ec = cluster->control(op, command, uid == ::getuid(), *apps_now, answer.detail);
+                    if (!ec)
+                        answer.reply = std::move(apps_now);
+                }
+                if (ec && ec.category() == bus::bus_category())
                     answer.error = static_cast<bus::errc>(ec.value());
                 return answer;
             });

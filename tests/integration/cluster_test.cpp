@@ -171,8 +171,18 @@ int worker_main(const std::string& mode) {
             for (;;)
                 std::this_thread::sleep_for(1s); // a loop that never comes back
         }
+        if (mode == "chatty") { // a line on each stream per connection
+            std::printf("served %s on instance %s\n", c.peer_address.c_str(),
+                        std::getenv("BUS_INSTANCE"));
+            std::fflush(stdout);
+            std::fprintf(stderr, "bad byte \xff here\n");
+        }
         serve_once(io, std::move(c));
     });
+    if (mode == "chatty") {
+        std::printf("starting instance %s\n", std::getenv("BUS_INSTANCE"));
+        std::fflush(stdout);
+    }
     worker.value()->on_shutdown([](std::chrono::milliseconds) {
         draining = true;
         if (open_connections == 0)
@@ -297,7 +307,12 @@ bool process_gone(pid_t pid) {
     return paren != std::string::npos && paren + 2 < text.size() && text[paren + 2] == 'Z';
 }
 
-// A busd running one app; stderr in DIR/busd.log.
+std::string read_file(const std::string& path) {
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+// A busd running one app; stderr in DIR/busd.log, its apps' logs in DIR/logs.
 class Busd {
 public:
     Busd(boost::asio::io_context& io, const std::string& app_toml) : io_(io) {
@@ -316,7 +331,8 @@ public:
     }
     void start() {
         const std::string command = "exec " + busd_bin + " -e unix://" + dir_ + "/busd.sock -c " +
-                                    dir_ + "/busd.toml 2>>" + dir_ + "/busd.log";
+                                    dir_ + "/busd.toml --apps-log-dir " + dir_ + "/logs 2>>" +
+                                    dir_ + "/busd.log";
         auto p = bus::spawn(io_, {"/bin/sh", "-c", command});
         ASSERT_TRUE(p) << p.error().message();
         process_ = std::move(p).value();
@@ -329,10 +345,7 @@ public:
                 io_, [&] { return exit_.has_value(); }, 30s);
         }
     }
-    std::string log() const {
-        std::ifstream in(dir_ + "/busd.log");
-        return std::string((std::istreambuf_iterator<char>(in)), {});
-    }
+    std::string log() const { return read_file(dir_ + "/busd.log"); }
     // Waits until `what` appears `n` times in the log.
     bool wait_log(const std::string& what, std::size_t n = 1,
                   std::chrono::milliseconds timeout = 20s) {
@@ -761,8 +774,12 @@ protected:
     }
     // Runs `bus -e ENDPOINT ARGS` (a real process) in /; its exit code and what it printed.
     std::pair<int, std::string> bus_cli(const std::string& args) {
-        const std::string command = "cd / && " + std::string(BUS_CLI) + " -e unix://" +
-                                    busd_->dir() + "/busd.sock " + args + " 2>&1";
+        return bus_cli_raw(std::string(BUS_CLI) + " -e unix://" + busd_->dir() + "/busd.sock " +
+                           args + " 2>&1");
+    }
+    // Runs a shell command in /; its exit code and what it printed on stdout.
+    static std::pair<int, std::string> bus_cli_raw(const std::string& shell) {
+        const std::string command = "cd / && " + shell;
         std::string out;
         FILE* p = ::popen(command.c_str(), "r");
         char buf[4096];
@@ -1152,6 +1169,106 @@ TEST_F(ClusterControlTest, ErroredAppIsAnnouncedOnTheBus) {
         << event->reason();
     EXPECT_EQ(source, "busd");
     watcher->close();
+}
+
+} // namespace
+
+namespace {
+
+// What workers write on stdout and stderr: kept in the app's log file, published on
+// `$sys.log.APP`, and shown by `bus cluster logs` (the tail, then -f what follows).
+TEST_F(ClusterControlTest, WorkerOutputIsLoggedPublishedAndShown) {
+    start(app_config(self_exe, {"--worker", "chatty"}, port_, 2));
+    ASSERT_TRUE(run_until(io_, [&] {
+        return count(read_file(busd_->dir() + "/logs/web.log"), "starting instance") == 2;
+    })) << read_file(busd_->dir() + "/logs/web.log");
+    const std::string file = read_file(busd_->dir() + "/logs/web.log");
+    EXPECT_NE(file.find(" web[0] "), std::string::npos) << file;
+    EXPECT_NE(file.find(" web[1] "), std::string::npos) << file;
+    EXPECT_NE(file.find(" out: starting instance 1"), std::string::npos) << file;
+
+    // Published: one LogLine per line, with who wrote it.
+    std::vector<bus::v1::LogLine> published;
+    ASSERT_TRUE(control("ls")); // connects client_
+    client_->subscribe<bus::v1::LogLine>(
+        "$sys.log.web", [&](std::error_code ec, const bus::v1::LogLine& line, bus::Message&) {
+            ASSERT_FALSE(ec);
+            published.push_back(line);
+        });
+    ASSERT_TRUE(control("ls")); // the subscription is in place once this answer is back
+    ASSERT_TRUE(http_get(port_));
+    ASSERT_TRUE(run_until(io_, [&] { return published.size() >= 2; })) << busd_->log();
+    const auto pids = busd_->worker_pids();
+    std::set<std::string> streams;
+    for (const auto& line : published) {
+        EXPECT_EQ(line.app(), "web");
+        EXPECT_TRUE(pids.count(static_cast<pid_t>(line.pid()))) << line.pid();
+        EXPECT_GT(line.unix_ns(), 0);
+        streams.insert(line.stream());
+        if (line.stream() == "out") {
+            EXPECT_EQ(line.text().rfind("served 127.0.0.1:", 0), 0u) << line.text();
+            EXPECT_TRUE(line.text().ends_with(" on instance " + std::to_string(line.instance())))
+                << line.text();
+        } else {
+            EXPECT_EQ(line.text(), "bad byte \xEF\xBF\xBD here") << "not UTF-8: replaced";
+        }
+    }
+    EXPECT_EQ(streams, (std::set<std::string>{"out", "err"}));
+
+    // The tail through busd, as `bus cluster logs` shows it.
+    auto [code, out] = bus_cli("cluster logs web -n 50 --json");
+    ASSERT_EQ(code, 0) << out;
+    std::istringstream lines(out);
+    int starting = 0, served = 0;
+    for (std::string json; std::getline(lines, json);) {
+        bus::v1::LogLine line;
+        ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json, &line).ok()) << json;
+        starting += line.text().rfind("starting instance", 0) == 0;
+        served += line.text().rfind("served ", 0) == 0;
+    }
+    EXPECT_EQ(starting, 2) << out;
+    EXPECT_EQ(served, 1) << out;
+    std::tie(code, out) = bus_cli("cluster logs web -n 1");
+    ASSERT_EQ(code, 0) << out;
+    EXPECT_EQ(count(out, "\n"), 1u) << out;
+
+    // -f: the tail, then lines written afterwards, each once.
+    const std::string follow = "cd / && exec " + std::string(BUS_CLI) + " -e unix://" +
+                               busd_->dir() + "/busd.sock cluster logs web -f -n 3 --timeout 3s";
+    FILE* p = ::popen(follow.c_str(), "r");
+    ASSERT_TRUE(p);
+    std::this_thread::sleep_for(500ms);
+    ASSERT_TRUE(http_get(port_));
+    std::string followed;
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
+        followed.append(buf, n);
+    EXPECT_EQ(::pclose(p), 0) << followed;
+    EXPECT_EQ(count(followed, "served "), 2u) << "one from the tail, one new: " << followed;
+
+    std::tie(code, out) = bus_cli("cluster logs nosuch");
+    EXPECT_NE(code, 0);
+    EXPECT_NE(out.find("no app named 'nosuch'"), std::string::npos) << out;
+}
+
+} // namespace
+
+namespace {
+
+TEST_F(ClusterControlTest, BashCompletionOffersClusterCommandsAndAppNames) {
+    start(app_config(hello_bin, {}, port_, 1), 1);
+    auto complete = [&](const std::string& words) {
+        return bus_cli_raw("bash -c 'source \"$0\"; COMP_WORDS=(\"$@\"); "
+                           "COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _bus; "
+                           "printf \"%s\\n\" \"${COMPREPLY[@]}\"' " BUS_COMPLETION " " +
+                           std::string(BUS_CLI) + " -e unix://" + busd_->dir() + "/busd.sock " +
+                           words);
+    };
+    EXPECT_EQ(complete("cluster de").second, "delete\n");
+    EXPECT_EQ(complete("cluster lo").second, "logs\n");
+    EXPECT_EQ(complete("cluster logs w").second, "web\n");
+    EXPECT_EQ(complete("cluster reload ''").second, "web\n");
+    EXPECT_EQ(complete("cluster logs web --fo").second, "--follow\n");
 }
 
 } // namespace

@@ -33,6 +33,10 @@ struct SpawnOptions {
     // leaves no orphan; 0 for none. Set before exec: a child whose parent is already gone gets
     // it at once.
     int parent_death_signal = 0;
+    // Descriptors the child gets as its stdout and stderr (busd's cluster passes pipes to
+    // capture worker output); -1: this process's own.
+    int stdout_fd = -1;
+    int stderr_fd = -1;
 };
 
 class ChildProcess : public std::enable_shared_from_this<ChildProcess> {

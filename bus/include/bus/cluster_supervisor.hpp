@@ -65,6 +65,11 @@ struct AppConfig {
     // of saves makes one reload or none.
     std::vector<std::string> watch;
     milliseconds watch_debounce{300};
+    // Workers' stdout and stderr: LOG_DIR/NAME.log, rotated past log_max_bytes, log_files kept
+    // in all (NAME.log, NAME.log.1, ...). Empty log_dir: the supervisor's default.
+    std::string log_dir;
+    std::uint64_t log_max_bytes = 10 << 20;
+    int log_files = 5;
 };
 
 struct ConfigError : std::runtime_error {
@@ -119,7 +124,10 @@ public:
         std::vector<std::string> env;
         // One line per event worth telling (worker started, exited, errored, ...).
         std::function<void(const std::string&)> log;
-        // Events for the bus: `$sys.cluster.errored` (a ClusterApp saying why).
+        // Where apps that name no log_dir keep their logs.
+        std::string log_dir;
+        // Events for the bus: `$sys.cluster.errored` (a ClusterApp saying why), and each line a
+        // worker writes on `$sys.log.APP` (a LogLine).
         std::function<void(const std::string& subject, const google::protobuf::Message& event)>
             event;
     };
@@ -152,6 +160,11 @@ public:
     // errc::request_failed with `detail` (which busd's ERROR reply names "bad_request").
     std::error_code control(std::string_view op, const v1::ClusterCommand& command, bool privileged,
                             v1::ClusterList& out, std::string& detail);
+
+    // `$sys.cluster.logs`: the last `command.lines` lines of the app's logs (busd's own uid only:
+    // logs may hold what a worker should not show others).
+    std::error_code logs(const v1::ClusterCommand& command, bool privileged, v1::LogTail& out,
+                         std::string& detail);
 
     struct Impl;
 

@@ -163,7 +163,10 @@ std::vector<AppConfig> parse_apps(std::string_view text, const std::string& path
                 "max_pending",
                 "max_memory_mb",
                 "watch",
-                "watch_debounce_ms"});
+                "watch_debounce_ms",
+                "log_dir",
+                "log_max_mb",
+                "log_files"});
         AppConfig app;
         app.name = r.string("name").value_or("");
         if (!valid_name(app.name))
@@ -246,6 +249,11 @@ std::vector<AppConfig> parse_apps(std::string_view text, const std::string& path
             if (watched.empty() || !std::filesystem::exists(watched))
                 r.fail("watch", "'" + watched + "' does not exist");
         r.duration("watch_debounce_ms", app.watch_debounce, 10, 60000);
+        app.log_dir = resolve(r.string("log_dir").value_or(""));
+        std::uint64_t log_max_mb = app.log_max_bytes >> 20;
+        r.integer("log_max_mb", log_max_mb, 1, 1 << 16);
+        app.log_max_bytes = log_max_mb << 20;
+        r.integer("log_files", app.log_files, 1, 100);
         apps.push_back(std::move(app));
     }
     return apps;

@@ -11,6 +11,7 @@
 #include "bus/child_process.hpp"
 #include "bus/v1/cluster.pb.h"
 #include "listen.hpp"
+#include "logs.hpp"
 #include "wire.hpp"
 
 #include <boost/asio/post.hpp>
@@ -21,6 +22,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <fcntl.h>
 #include <sys/inotify.h>
 
 #include <csignal>
@@ -160,6 +162,7 @@ struct App {
     std::unique_ptr<asio::posix::stream_descriptor> inotify;
     asio::steady_timer watch_timer;
     std::uint64_t watch_hash = 0;
+    std::unique_ptr<detail::LogFile> logs; // the workers' stdout and stderr
 };
 
 // Resident memory of a process, from /proc (0 when it cannot be read).
@@ -403,6 +406,19 @@ struct Supervisor::Impl {
         so.env.push_back("BUS_APP=" + a.config.name);
         so.env.push_back("BUS_INSTANCE=" + std::to_string(instance));
         so.parent_death_signal = SIGTERM;
+        // stdout and stderr: pipes busd reads into the app's log (a worker that cannot have them
+        // runs with busd's own).
+        int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
+        if (::pipe2(out_pipe, O_CLOEXEC) == 0 && ::pipe2(err_pipe, O_CLOEXEC) < 0) {
+            ::close(out_pipe[0]);
+            ::close(out_pipe[1]);
+            out_pipe[0] = -1;
+        }
+        UniqueFd out_read(out_pipe[0]), out_write(out_pipe[0] >= 0 ? out_pipe[1] : -1),
+            err_read(out_pipe[0] >= 0 ? err_pipe[0] : -1),
+            err_write(out_pipe[0] >= 0 ? err_pipe[1] : -1);
+        so.stdout_fd = out_write.get();
+        so.stderr_fd = err_write.get();
         auto child = bus::spawn(io, a.config.argv, so);
         if (!child) {
             log("app '" + a.config.name + "' worker " + std::to_string(instance) +
@@ -416,6 +432,10 @@ struct Supervisor::Impl {
         p->window_allowance = flood_allowance(*p);
         p->child = std::move(child).value();
         a.procs.push_back(p);
+        if (out_read) {
+            capture(a, instance, p->pid(), "out", std::move(out_read));
+            capture(a, instance, p->pid(), "err", std::move(err_read));
+        }
         std::weak_ptr<Proc> weak = p;
         auto& channel = *p->child->channel();
         channel.on_message([this, weak](Message& m) {
@@ -854,6 +874,50 @@ struct Supervisor::Impl {
             });
     }
 
+    // --- logs --------------------------------------------------------------------------------
+
+    detail::LogFile& log_file(App& a) {
+        if (!a.logs)
+            a.logs = std::make_unique<detail::LogFile>(
+                a.config.log_dir.empty() ? options.log_dir : a.config.log_dir, a.config.name,
+                a.config.log_max_bytes, a.config.log_files);
+        return *a.logs;
+    }
+
+    // Lines from one of a worker's pipes, until the worker and its children have closed it:
+    // appended to the app's log file and published on `$sys.log.APP`.
+    void capture(App& a, int instance, pid_t pid, const char* stream, UniqueFd pipe) {
+        const std::string app = a.config.name;
+        detail::OutputReader::start(
+            io, std::move(pipe),
+            [this, app, instance, pid, stream,
+             alive = std::weak_ptr<int>(alive)](std::vector<std::string>& lines) {
+                if (alive.expired())
+                    return;
+                App* owner = find_app(app); // by name: the app may have been deleted since
+                if (!owner)
+                    return;
+                const auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::system_clock::now().time_since_epoch())
+                                     .count();
+                v1::LogLine line;
+                line.set_app(app);
+                line.set_instance(static_cast<std::uint32_t>(instance));
+                line.set_pid(static_cast<std::uint32_t>(pid));
+                line.set_stream(stream);
+                line.set_unix_ns(now);
+                std::string text;
+                for (auto& raw : lines) {
+                    line.set_text(detail::valid_utf8(raw));
+                    text += detail::format_log_line(line);
+                    text += '\n';
+                    if (options.event)
+                        options.event("$sys.log." + app, line);
+                }
+                log_file(*owner).append(text, [this](const std::string& error) { log(error); });
+            });
+    }
+
     // --- stopping ----------------------------------------------------------------------------
 
     void stop_app(App& a, AppState final_state) {
@@ -1080,6 +1144,30 @@ v1::ClusterList Supervisor::list() const {
     for (const auto& a : impl_->apps)
         describe(*a, *out.add_apps());
     return out;
+}
+
+std::error_code Supervisor::logs(const v1::ClusterCommand& command, bool privileged,
+                                 v1::LogTail& out, std::string& detail) {
+    if (!privileged) {
+        detail = "only busd's own user reads its apps' logs";
+        return errc::forbidden;
+    }
+    App* app = impl_->find_app(command.app());
+    if (!app) {
+        detail = command.app().empty() ? "which app?" : "no app named '" + command.app() + "'";
+        return errc::request_failed;
+    }
+    const std::size_t n = std::min<std::uint32_t>(command.lines() ? command.lines() : 15, 10000);
+    auto& file = impl_->log_file(*app);
+    for (const auto& text : file.tail(n)) {
+        auto* line = out.add_lines();
+        if (auto parsed = detail::parse_log_line(text))
+            *line = std::move(*parsed);
+        else
+            line->set_text(detail::valid_utf8(text));
+    }
+    out.set_path(file.path());
+    return {};
 }
 
 std::error_code Supervisor::control(std::string_view op, const v1::ClusterCommand& command,

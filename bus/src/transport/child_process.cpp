@@ -2,6 +2,7 @@
 
 #include <boost/asio/post.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -66,10 +67,21 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
 }
 
 // Runs in the child between fork() and exec(): async-signal-safe calls only.
-[[noreturn]] void exec_child(int channel, int target, int report, const char* cwd, char** argv,
-                             char** envp, int death_signal, pid_t parent) {
-    if (report == target)
-        report = ::fcntl(report, F_DUPFD_CLOEXEC, target + 1);
+[[noreturn]] void exec_child(int channel, int target, int report, int out, int error_out,
+                             const char* cwd, char** argv, char** envp, int death_signal,
+                             pid_t parent) {
+    // Out of the way of the descriptors the child is given (1, 2 and target), first.
+    const int above = std::max(target, 2) + 1;
+    auto lift = [above](int fd) {
+        return fd >= 0 && fd < above ? ::fcntl(fd, F_DUPFD_CLOEXEC, above) : fd;
+    };
+    report = lift(report);
+    out = lift(out);
+    error_out = lift(error_out);
+    if (channel != target)
+        channel = lift(channel);
+    if ((out >= 0 && ::dup2(out, 1) < 0) || (error_out >= 0 && ::dup2(error_out, 2) < 0))
+        goto failed;
     if (channel == target) {
         ::fcntl(channel, F_SETFD, 0);
     } else if (::dup2(channel, target) < 0) {
@@ -201,8 +213,9 @@ spawn(asio::io_context& io, const std::vector<std::string>& argv, SpawnOptions o
     if (pid < 0)
         return last_error();
     if (pid == 0)
-        exec_child(theirs.get(), options.channel_fd, report_write.get(), cwd, c_args.data(),
-                   c_env.data(), options.parent_death_signal, parent);
+        exec_child(theirs.get(), options.channel_fd, report_write.get(), options.stdout_fd,
+                   options.stderr_fd, cwd, c_args.data(), c_env.data(), options.parent_death_signal,
+                   parent);
     theirs.reset();
     report_write.reset();
 

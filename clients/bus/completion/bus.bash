@@ -22,7 +22,8 @@ _bus() {
             ;;
         --connect-timeout | --type | --proto | -I | --proto-path | --descriptor-set | -n | \
             --count | -t | --timeout | -q | --queue | -r | --rate | -H | --header | --reply | \
-            --fail | -i | --interval | --rows | -s | --size | --pcap)
+            --fail | -i | --interval | --rows | -s | --size | --pcap | --lines | --name | \
+            --instances | --listen | --mode | --cwd | --env)
             ((i++))
             ;;
         -*) ;;
@@ -79,7 +80,18 @@ _bus() {
         ((positional == 0)) && words="pub sub req"
         ;;
     ls) ((positional == 0)) && words="clients subjects subscriptions services types queues" ;;
-    cluster) ((positional == 0)) && words="ls reload restart start stop scale" ;;
+    cluster)
+        if ((positional == 0)); then
+            words="ls reload restart start stop scale delete logs"
+        elif ((positional == 1)); then # app names: the first table of `bus cluster ls`
+            words="$("${_bus_cmd[@]}" --no-color --connect-timeout 0.5 cluster ls 2>/dev/null |
+                awk 'NR > 1 && NF == 0 { exit } NR > 1 { print $1 }')"
+        fi
+        case "$sub" in
+        logs) opts="-n --lines -f --follow --timeout" ;;
+        start) opts="--name -i --instances --listen --mode --cwd --env --timeout" ;;
+        esac
+        ;;
     shm)
         if ((positional == 0)); then
             words="ls rm"

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <limits>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -93,9 +94,13 @@ std::optional<v1::LogLine> parse_log_line(std::string_view text) {
     if (open == std::string_view::npos || open == 0 || who.back() != ']' ||
         !number(who.substr(open + 1, who.size() - open - 2), instance) || !number(pid, process))
         return std::nullopt;
+    // Nanoseconds since 1970 fit an int64 until 2262.
+    const std::int64_t seconds = ::timegm(&tm);
+    if (seconds < 0 || seconds >= std::numeric_limits<std::int64_t>::max() / 1'000'000'000)
+        return std::nullopt;
     v1::LogLine line;
-    line.set_unix_ns((static_cast<std::int64_t>(::timegm(&tm)) * 1'000'000 + micros) * 1000);
-    line.set_app(std::string(who.substr(0, open)));
+    line.set_unix_ns((seconds * 1'000'000 + static_cast<std::int64_t>(micros)) * 1000);
+    line.set_app(valid_utf8(who.substr(0, open)));
     line.set_instance(instance);
     line.set_pid(process);
     line.set_stream(std::string(stream.substr(0, 3)));

@@ -68,7 +68,9 @@ TEST(LogLineFormat, RefusesLinesNotInTheForm) {
           "2026-11-26T15:40:01.123456Z web 12 out: x", "2026-11-26T15:40:01.123456Z [0] 12 out: x",
           "2026-11-26T15:40:01.123456Z web[x] 12 out: x",
           "2026-11-26T15:40:01.123456Z web[0] -1 out: x",
-          "2026-11-26T15:40:01.123456Z web[0] 99999999999 out: x"})
+          "2026-11-26T15:40:01.123456Z web[0] 99999999999 out: x",
+          "6026-11-26T15:40:01.123456Z web[0] 12 out: x", // past int64 nanoseconds
+          "1969-12-31T23:59:59.000000Z web[0] 12 out: x"})
         EXPECT_FALSE(parse_log_line(bad)) << bad;
 }
 

@@ -226,8 +226,12 @@ int main(int argc, char** argv) {
         if (local == served.end())
             local = std::find_if(served.begin(), served.end(),
                                  [](const std::string& e) { return e.starts_with("ipc://"); });
-        if (local != served.end())
+        if (local != served.end()) {
             cluster_options.env.push_back("BUS_ENDPOINT=" + *local);
+            // Workers busd did not start join its apps here (Worker::join).
+            if (auto path = bus::cluster_socket_beside(*local))
+                cluster_options.join_path = path.value();
+        }
         cluster_options.log = [](const std::string& line) {
             std::fprintf(stderr, "busd: %s\n", line.c_str());
             std::fflush(stderr);

@@ -8,7 +8,11 @@
 //
 // busd accepts; this worker gets each connection from bus::cluster::Worker and answers every
 // request on it with "Hello, world!" (keep-alive, pipelining). Responses say which worker
-// answered: X-Instance (BUS_INSTANCE) and X-Pid.
+// answered: X-Instance (BUS_INSTANCE, or the number busd gave a worker that joined) and X-Pid.
+//
+// Started some other way (by hand, by systemd), it joins a running app of busd instead:
+//
+//   bus-http-hello --join hello [--endpoint unix:///run/user/1000/bus/busd.sock]
 //
 // On Shutdown (a reload, busd stopping, or busd gone) it drains: idle connections are closed,
 // a request already begun is answered with "Connection: close", and the process exits once no
@@ -94,9 +98,8 @@ class Server {
 public:
     Server(asio::io_context& io, bus::cluster::Worker& worker)
         : io_(io), worker_(worker), exit_timer_(io) {
-        const std::string instance =
-            std::getenv("BUS_INSTANCE") ? std::getenv("BUS_INSTANCE") : "0";
-        headers_ = "X-Instance: " + instance + "\r\nX-Pid: " + std::to_string(::getpid()) + "\r\n";
+        headers_ = "X-Instance: " + std::to_string(worker.instance()) +
+                   "\r\nX-Pid: " + std::to_string(::getpid()) + "\r\n";
     }
 
     void accept(bus::cluster::Connection c) {
@@ -250,12 +253,23 @@ void Session::finish() {
 
 } // namespace
 
-int main() {
+int main(int argc, char** argv) {
     asio::io_context io;
-    auto worker = bus::cluster::Worker::from_parent(io);
+    std::string join, endpoint, why;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const std::string flag = argv[i];
+        if (flag == "--join")
+            join = argv[i + 1];
+        else if (flag == "--endpoint")
+            endpoint = argv[i + 1];
+    }
+    auto worker = join.empty() ? bus::cluster::Worker::from_parent(io)
+                               : bus::cluster::Worker::join(io, join, endpoint,
+                                                            std::chrono::seconds(5), &why);
     if (!worker) {
-        std::fprintf(stderr, "bus-http-hello: %s (run it as a busd [[app]])\n",
-                     worker.error().message().c_str());
+        std::fprintf(stderr, "bus-http-hello: %s%s\n",
+                     (why.empty() ? worker.error().message() : why).c_str(),
+                     join.empty() ? " (run it as a busd [[app]], or with --join APP)" : "");
         return 2;
     }
     Server server(io, *worker.value());

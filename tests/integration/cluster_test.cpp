@@ -23,6 +23,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <fcntl.h>
 #include <fstream>
 #include <future>
@@ -31,6 +32,7 @@
 #include <netinet/tcp.h>
 #include <set>
 #include <sstream>
+#include <sys/un.h>
 #include <thread>
 
 namespace {
@@ -1269,6 +1271,115 @@ TEST_F(ClusterControlTest, BashCompletionOffersClusterCommandsAndAppNames) {
     EXPECT_EQ(complete("cluster logs w").second, "web\n");
     EXPECT_EQ(complete("cluster reload ''").second, "web\n");
     EXPECT_EQ(complete("cluster logs web --fo").second, "--follow\n");
+}
+
+} // namespace
+
+namespace {
+
+// A worker busd did not start joins a running app through busd's cluster socket: it gets
+// connections like busd's own, is listed as joined, and is dropped, not restarted, when it dies.
+TEST_F(ClusterControlTest, WorkerStartedElsewhereJoinsTheAppAndIsDroppedWhenItDies) {
+    start(app_config(hello_bin, {}, port_, 1), 1);
+    auto joined = bus::spawn(
+        io_, {hello_bin, "--join", "web", "--endpoint", "unix://" + busd_->dir() + "/busd.sock"});
+    ASSERT_TRUE(joined) << joined.error().message();
+    const pid_t pid = joined.value()->pid();
+    ASSERT_TRUE(busd_->wait_log("joined worker 1 (pid " + std::to_string(pid) + ") ready"))
+        << busd_->log();
+    std::set<int> instances;
+    std::set<pid_t> pids;
+    for (int i = 0; i < 6; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r);
+        instances.insert(r->instance());
+        pids.insert(r->pid());
+    }
+    EXPECT_EQ(instances, (std::set<int>{0, 1}));
+    EXPECT_TRUE(pids.count(pid));
+    auto listed = app("web");
+    ASSERT_TRUE(listed);
+    ASSERT_EQ(listed->workers_size(), 2);
+    for (const auto& w : listed->workers())
+        EXPECT_EQ(w.joined(), w.pid() == static_cast<std::uint32_t>(pid)) << w.pid();
+
+    // Killed: busd sees it go (its pidfd), serves on with its own worker, starts nothing new.
+    joined.value()->kill(SIGKILL);
+    // Its connection ends (the kernel closes it) a moment before its pidfd says it exited:
+    // busd notices whichever comes first.
+    const std::string who = "joined worker 1 (pid " + std::to_string(pid) + ")";
+    ASSERT_TRUE(run_until(io_, [&] {
+        const auto log = busd_->log();
+        return log.find(who + " left (its connection ended)") != std::string::npos ||
+               log.find(who + " exited") != std::string::npos;
+    })) << busd_->log();
+    for (int i = 0; i < 6; ++i) {
+        auto r = http_get(port_);
+        ASSERT_TRUE(r) << "no connection may hang on the dead worker";
+        EXPECT_EQ(r->instance(), 0);
+    }
+    listed = app("web");
+    ASSERT_TRUE(listed);
+    EXPECT_EQ(listed->workers_size(), 1);
+    EXPECT_EQ(count(busd_->log(), ") started"), 1u) << "busd restarts only its own";
+}
+
+// Stopping the app (or busd) shuts a joined worker down like busd's own.
+TEST_F(ClusterControlTest, JoinedWorkerIsShutDownWhenItsAppStops) {
+    start(app_config(hello_bin, {}, port_, 1), 1);
+    auto joined = bus::spawn(
+        io_, {hello_bin, "--join", "web", "--endpoint", "unix://" + busd_->dir() + "/busd.sock"});
+    ASSERT_TRUE(joined);
+    std::optional<int> exit_code;
+    joined.value()->on_exit([&](int code, int) { exit_code = code; });
+    ASSERT_TRUE(busd_->wait_log("joined worker 1 (pid")) << busd_->log();
+    ASSERT_TRUE(busd_->wait_log(") ready", 2)) << busd_->log();
+    ASSERT_TRUE(control("stop", "web"));
+    ASSERT_TRUE(run_until(
+        io_, [&] { return exit_code.has_value(); }, 20s))
+        << busd_->log();
+    EXPECT_EQ(*exit_code, 0) << "drained and exited on Shutdown";
+    ASSERT_TRUE(wait_for("stopped", 0)) << busd_->log();
+}
+
+// Refused: an app busd does not have, an app that is stopped, and a first message that is not
+// Join (the connection is closed). busd's own workers are untouched.
+TEST_F(ClusterControlTest, JoiningIsRefusedWithAReason) {
+    start(app_config(hello_bin, {}, port_, 1), 1);
+    auto join = [&](const std::string& app) {
+        return bus_cli_raw(hello_bin + " --join " + app + " --endpoint unix://" + busd_->dir() +
+                           "/busd.sock 2>&1");
+    };
+    auto [code, out] = join("nosuch");
+    EXPECT_EQ(code, 2);
+    EXPECT_NE(out.find("no app named 'nosuch'"), std::string::npos) << out;
+    ASSERT_TRUE(control("stop", "web"));
+    ASSERT_TRUE(wait_for("stopped", 0)) << busd_->log();
+    std::tie(code, out) = join("web");
+    EXPECT_EQ(code, 2);
+    EXPECT_NE(out.find("'web' is not running"), std::string::npos) << out;
+
+    // Another message instead of Join (an empty envelope): refused and closed.
+    bus::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string path = busd_->dir() + "/busd.cluster.sock";
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    ASSERT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << path;
+    const char junk[] = "\x00\x00\x00\x00";
+    ASSERT_EQ(::write(fd.get(), junk, sizeof junk - 1), static_cast<ssize_t>(sizeof junk - 1));
+    char buf[256];
+    ssize_t n;
+    std::string answer;
+    while ((n = ::read(fd.get(), buf, sizeof buf)) > 0)
+        answer.append(buf, static_cast<std::size_t>(n));
+    EXPECT_EQ(n, 0) << "busd closes the connection";
+    EXPECT_NE(answer.find("JoinAck"), std::string::npos) << "after saying why";
+    EXPECT_NE(busd_->log().find("refused pid"), std::string::npos) << busd_->log();
+
+    // busd's own app is none the worse.
+    ASSERT_TRUE(control("start", "web"));
+    ASSERT_TRUE(wait_for("running", 1)) << busd_->log();
 }
 
 } // namespace

@@ -60,7 +60,16 @@ public:
     // SIGTERM then means shutdown too (with the default grace): busd asks its workers for
     // it as their parent-death signal, so a worker whose busd was killed outright drains.
     static Result<std::unique_ptr<Worker>> from_parent(boost::asio::io_context& io);
-    // On a channel made some other way (tests; a worker that joins over unix:// later).
+    // A worker busd did not start (by hand, by systemd, under another supervisor) joins `app`
+    // of the busd serving `endpoint` (default: BUS_ENDPOINT, else busd's default), through
+    // busd's cluster socket beside it; as busd's own user only. Waits up to `timeout` for
+    // busd's answer; on refusal (no such app, not running) `reason` (if given) says why. busd
+    // dispatches to it, heartbeats it and drops it when it goes, but never restarts or kills it.
+    static Result<std::unique_ptr<Worker>>
+    join(boost::asio::io_context& io, const std::string& app, const std::string& endpoint = {},
+         std::chrono::milliseconds timeout = std::chrono::seconds(5),
+         std::string* reason = nullptr);
+    // On a channel made some other way (tests).
     static std::unique_ptr<Worker> adopt(boost::asio::io_context& io,
                                          std::shared_ptr<Channel> channel);
 
@@ -83,7 +92,8 @@ public:
     // Asks busd to start a new worker in this one's place; this one then gets Shutdown.
     void request_replacement(const std::string& reason);
 
-    // From the environment busd gives its workers: BUS_APP, BUS_INSTANCE (0 when absent).
+    // From the environment busd gives its workers: BUS_APP, BUS_INSTANCE (0 when absent); for
+    // a worker that joined, the app it joined and the instance number busd gave it.
     const std::string& app() const noexcept { return app_; }
     int instance() const noexcept { return instance_; }
     bool shutting_down() const noexcept { return shutting_down_; }

@@ -126,6 +126,9 @@ public:
         std::function<void(const std::string&)> log;
         // Where apps that name no log_dir keep their logs.
         std::string log_dir;
+        // A Unix socket path where workers busd did not start join an app (Worker::join);
+        // empty: none.
+        std::string join_path;
         // Events for the bus: `$sys.cluster.errored` (a ClusterApp saying why), and each line a
         // worker writes on `$sys.log.APP` (a LogLine).
         std::function<void(const std::string& subject, const google::protobuf::Message& event)>

@@ -31,4 +31,9 @@ Result<std::string> default_endpoint();
 // unix://<runtime_dir>/busd.sock
 Result<std::string> default_unix_endpoint();
 
+// Where the busd serving `endpoint` (ipc:// or unix://) takes cluster workers it did not start
+// (bus::cluster::Worker::join): busd.cluster.sock in the same directory. errc::bad_endpoint for
+// tcp:// (workers join only on busd's own host, as its own user).
+Result<std::string> cluster_socket_beside(std::string_view endpoint);
+
 } // namespace bus

@@ -24,6 +24,8 @@
 
 #include <fcntl.h>
 #include <sys/inotify.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
 
 #include <csignal>
 #include <cstdio>
@@ -87,16 +89,24 @@ struct Proc : std::enable_shared_from_this<Proc> {
 
     Proc(asio::io_context& io) : timer(io) {}
     ~Proc() {
-        if (child && child->channel()) {
-            child->channel()->on_message({});
-            child->channel()->on_disconnect({});
-            child->channel()->on_drain({});
+        if (channel) {
+            channel->on_message({});
+            channel->on_disconnect({});
+            channel->on_drain({});
         }
+        if (joined)
+            channel->close();
     }
 
     App* app = nullptr;
     int instance = 0;
-    std::shared_ptr<ChildProcess> child;
+    std::shared_ptr<ChildProcess> child; // busd's own worker; none when it joined
+    std::shared_ptr<Channel> channel;    // the child's channel, or the joined connection
+    // Joined (Worker::join): its pid from the kernel, and a pidfd that says when it exits.
+    bool joined = false;
+    pid_t joined_pid = 0;
+    std::unique_ptr<asio::posix::stream_descriptor> exit_watch;
+    bool exited = false;
     State state = State::starting;
     Clock::time_point started = Clock::now();
     std::map<std::uint64_t, Pending> in_flight; // sent, not acknowledged yet
@@ -115,7 +125,8 @@ struct Proc : std::enable_shared_from_this<Proc> {
     bool over_memory = false; // above max_memory: its replacement is queued
     asio::steady_timer timer; // listen_timeout while starting, kill_timeout while draining
 
-    pid_t pid() const { return child ? child->pid() : 0; }
+    pid_t pid() const { return child ? child->pid() : joined_pid; }
+    bool running() const { return child ? child->running() : !exited; }
     const char* state_name() const {
         return state == State::starting ? "starting" : state == State::ready ? "ready" : "draining";
     }
@@ -235,6 +246,7 @@ void describe(const App& a, v1::ClusterApp& info) {
     for (const auto& p : a.procs) {
         auto* w = info.add_workers();
         w->set_instance(static_cast<std::uint32_t>(p->instance));
+        w->set_joined(p->joined);
         w->set_pid(static_cast<std::uint32_t>(p->pid()));
         w->set_state(p->state_name());
         w->set_connections(p->reported_load + p->sent_since_report);
@@ -263,8 +275,8 @@ struct Supervisor::Impl {
             options.log(line);
     }
     static std::string who(const Proc& p) {
-        return "app '" + p.app->config.name + "' worker " + std::to_string(p.instance) + " (pid " +
-               std::to_string(p.pid()) + ")";
+        return "app '" + p.app->config.name + "' " + (p.joined ? "joined worker " : "worker ") +
+               std::to_string(p.instance) + " (pid " + std::to_string(p.pid()) + ")";
     }
 
     // --- accepting ---------------------------------------------------------------------------
@@ -379,7 +391,7 @@ struct Supervisor::Impl {
             ++p.sent_since_report;
             p.window_allowance += 4;
             ++candidates[*chosen].load;
-            if (!send_control(*p.child->channel(), msg, Fds{fd})) {
+            if (!send_control(*p.channel, msg, Fds{fd})) {
                 p.congested = true;
                 candidates[*chosen].ready = false;
             }
@@ -431,21 +443,49 @@ struct Supervisor::Impl {
         p->replacement = replacement;
         p->window_allowance = flood_allowance(*p);
         p->child = std::move(child).value();
+        p->channel = p->child->channel();
         a.procs.push_back(p);
         if (out_read) {
             capture(a, instance, p->pid(), "out", std::move(out_read));
             capture(a, instance, p->pid(), "err", std::move(err_read));
         }
+        watch_worker(*p);
         std::weak_ptr<Proc> weak = p;
-        auto& channel = *p->child->channel();
+        p->child->on_exit([this, weak](int code, int signal) {
+            if (auto self = weak.lock())
+                on_exit(*self, code, signal);
+        });
+        log(who(*p) + " started");
+        return p;
+    }
+
+    // A new worker's channel (its messages, its end, room again after congestion), and the
+    // time it has to say ready.
+    void watch_worker(Proc& proc) {
+        std::weak_ptr<Proc> weak = proc.shared_from_this();
+        proc.timer.expires_after(proc.app->config.listen_timeout);
+        proc.timer.async_wait([this, weak](boost::system::error_code ec) {
+            auto self = weak.lock();
+            if (ec || !self || self->state != Proc::State::starting)
+                return;
+            cut(*self, "not ready within listen_timeout");
+        });
+        auto& channel = *proc.channel;
         channel.on_message([this, weak](Message& m) {
             if (auto self = weak.lock())
                 on_message(*self, m);
         });
         channel.on_disconnect([this, weak](std::error_code ec) {
             auto self = weak.lock();
-            if (!self || !self->child->running())
+            if (!self || !self->running())
                 return;
+            // A joined worker gone from its channel has left (the Worker library acknowledges
+            // each connection before its handler returns, so what it had not acknowledged was
+            // still unread, and closed with its socket): what it had comes back now.
+            if (self->joined)
+                return leave(*self,
+                             ec ? "its connection failed: " + ec.message() : "its connection ended",
+                             false);
             if (ec)
                 return cut(*self, "its channel failed: " + ec.message());
             // A clean end: usually the worker exiting. One that goes on running without
@@ -460,19 +500,6 @@ struct Supervisor::Impl {
                 dispatch(*self->app);
             }
         });
-        p->child->on_exit([this, weak](int code, int signal) {
-            if (auto self = weak.lock())
-                on_exit(*self, code, signal);
-        });
-        p->timer.expires_after(a.config.listen_timeout);
-        p->timer.async_wait([this, weak](boost::system::error_code ec) {
-            auto self = weak.lock();
-            if (ec || !self || self->state != Proc::State::starting)
-                return;
-            cut(*self, "not ready within listen_timeout");
-        });
-        log(who(*p) + " started");
-        return p;
     }
 
     // What a worker may send in one heartbeat interval before it counts as flooding: a
@@ -489,7 +516,24 @@ struct Supervisor::Impl {
             return;
         p.cut = true;
         log(who(p) + " cut off: " + why);
+        if (p.joined) // not busd's to kill: dropped, its connections back once it has exited
+            return leave(p, "cut off", p.app->state == AppState::running);
         p.child->kill(SIGKILL);
+    }
+
+    // A joined worker leaves the app: busd closes its end and forgets it, at once or (when it
+    // may still hold connections it was sent) once its pidfd says it has exited.
+    void leave(Proc& p, const std::string& why, bool wait_for_exit) {
+        if (p.exited)
+            return;
+        p.channel->close();
+        if (wait_for_exit && p.exit_watch) {
+            log(who(p) + " dropped (" + why + "); its connections wait for its exit");
+            return;
+        }
+        log(who(p) + " left (" + why + ")");
+        p.exited = true;
+        on_exit(p, -1, 0);
     }
 
     void on_message(Proc& p, Message& m) {
@@ -552,6 +596,8 @@ struct Supervisor::Impl {
                 promote(a, p);
         } else if (control_is(m, replace) && m.fds.empty()) {
             log(who(p) + " asks to be replaced: " + replace.reason());
+            if (p.joined) // busd cannot start its like: it only stops taking connections
+                return retire(a, p, "asked to be replaced; busd did not start it");
             queue_replacement(a, p.instance);
         } else {
             cut(p, "sent a message that is not a cluster message (kind " +
@@ -566,7 +612,7 @@ struct Supervisor::Impl {
             for (auto& l : a.listeners) {
                 v1::Listen listen;
                 listen.set_address(l->address);
-                send_control(*p.child->channel(), listen, Fds{l->socket.native_handle()});
+                send_control(*p.channel, listen, Fds{l->socket.native_handle()});
                 ++p.listens_pending;
             }
         } else if (a.config.mode == Mode::reuseport) {
@@ -574,7 +620,7 @@ struct Supervisor::Impl {
                 v1::Listen listen;
                 listen.set_address(address);
                 listen.set_reuseport(true);
-                send_control(*p.child->channel(), listen);
+                send_control(*p.channel, listen);
                 ++p.listens_pending;
             }
         }
@@ -603,14 +649,17 @@ struct Supervisor::Impl {
         v1::Shutdown stop;
         stop.set_grace_ms(static_cast<std::uint32_t>(a.config.kill_timeout.count()));
         stop.set_reason(why);
-        send_control(*p.child->channel(), stop);
+        send_control(*p.channel, stop);
         p.timer.cancel();
         p.timer.expires_after(a.config.kill_timeout);
         std::weak_ptr<Proc> weak = p.shared_from_this();
         p.timer.async_wait([this, weak](boost::system::error_code ec) {
             auto self = weak.lock();
-            if (ec || !self || !self->child->running())
+            if (ec || !self || !self->running())
                 return;
+            if (self->joined) // a stopping busd does not wait for it
+                return leave(*self, "still there after kill_timeout",
+                             self->app->state == AppState::running);
             log(who(*self) + " still running after kill_timeout: SIGKILL");
             self->child->kill(SIGKILL);
         });
@@ -624,12 +673,17 @@ struct Supervisor::Impl {
         auto self = p.shared_from_this();
         p.timer.cancel();
         a.procs.remove(self);
-        log(who(p) + (signal ? " killed by signal " + std::to_string(signal)
-                             : " exited with code " + std::to_string(code)));
+        if (!p.joined)
+            log(who(p) + (signal ? " killed by signal " + std::to_string(signal)
+                                 : " exited with code " + std::to_string(code)));
         if (a.state == AppState::running)
             requeue(a, p);
         else
             p.in_flight.clear();
+        if (p.joined) { // not busd's to restart
+            dispatch(a);
+            return check_stopped(a);
+        }
         Slot& s = *a.slots[p.instance];
         const auto uptime = std::chrono::duration_cast<milliseconds>(Clock::now() - p.started);
         if (s.incoming.get() == &p) {
@@ -849,7 +903,7 @@ struct Supervisor::Impl {
                     }
                     if (p->state != Proc::State::ready)
                         continue;
-                    if (a.config.max_memory && !p->over_memory && !p->retiring &&
+                    if (a.config.max_memory && !p->over_memory && !p->retiring && !p->joined &&
                         a.slots[p->instance]->current == p) {
                         if (const auto rss = rss_bytes(p->pid()); rss > a.config.max_memory) {
                             p->over_memory = true;
@@ -868,10 +922,155 @@ struct Supervisor::Impl {
                                               std::chrono::system_clock::now().time_since_epoch())
                                               .count());
                     ++p->unanswered_pings;
-                    send_control(*p->child->channel(), beat);
+                    send_control(*p->channel, beat);
                 }
                 heartbeat(a);
             });
+    }
+
+    // --- workers that join -------------------------------------------------------------------
+
+    // busd's cluster socket: workers it did not start join an app here (Worker::join). Only
+    // busd's own user may (the kernel's peer credentials), and the first message must be Join.
+    std::unique_ptr<asio::posix::stream_descriptor> join_socket;
+    std::string join_path;
+
+    std::error_code listen_for_joins(const std::string& path) {
+        UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        if (!fd || path.size() >= sizeof addr.sun_path)
+            return fd ? make_error_code(std::errc::filename_too_long)
+                      : std::error_code(errno, std::system_category());
+        std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+        ::unlink(path.c_str()); // busd owns its runtime directory: a leftover of a dead busd
+        const mode_t old = ::umask(0177);
+        const int bound = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+        ::umask(old);
+        if (bound < 0 || ::listen(fd.get(), 64) < 0)
+            return {errno, std::system_category()};
+        join_socket = std::make_unique<asio::posix::stream_descriptor>(io, fd.release());
+        join_path = path;
+        accept_joins();
+        return {};
+    }
+
+    void accept_joins() {
+        join_socket->async_wait(
+            asio::posix::stream_descriptor::wait_read,
+            [this, alive = std::weak_ptr<int>(alive)](boost::system::error_code ec) {
+                if (ec || alive.expired())
+                    return;
+                for (;;) {
+                    UniqueFd fd(::accept4(join_socket->native_handle(), nullptr, nullptr,
+                                          SOCK_NONBLOCK | SOCK_CLOEXEC));
+                    if (!fd) {
+                        if (errno == EINTR || errno == ECONNABORTED)
+                            continue;
+                        break;
+                    }
+                    on_join_connection(std::move(fd));
+                }
+                accept_joins();
+            });
+    }
+
+    void on_join_connection(UniqueFd fd) {
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+            cred.uid != ::geteuid()) {
+            log("cluster socket: refused a worker of uid " + std::to_string(cred.uid) +
+                " (only busd's own user may join)");
+            return;
+        }
+        UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, cred.pid, 0)));
+        auto channel = Channel::adopt(io, std::move(fd));
+        if (!channel)
+            return;
+        auto conn = channel.value();
+        // Until Join: one message, within a few seconds, or the connection is closed.
+        auto timer = std::make_shared<asio::steady_timer>(io, std::chrono::seconds(5));
+        timer->async_wait([conn](boost::system::error_code ec) {
+            if (!ec)
+                conn->close();
+        });
+        auto watch = std::make_shared<UniqueFd>(std::move(pidfd));
+        auto answered = std::make_shared<bool>(false);
+        conn->on_message([this, conn, timer, watch, answered, pid = cred.pid,
+                          alive = std::weak_ptr<int>(alive)](Message& m) {
+            // Only the first message counts (a worker waits for the answer before it says
+            // more). It is handled after this call: the handlers it replaces are running now.
+            if (std::exchange(*answered, true))
+                return;
+            timer->cancel();
+            auto first = std::make_shared<Message>(std::move(m));
+            asio::post(io, [this, conn, first, watch, pid, alive] {
+                if (alive.expired())
+                    return conn->close();
+                conn->on_disconnect({});
+                on_join(conn, *first, pid, std::move(*watch));
+            });
+        });
+        conn->on_disconnect([conn, timer](std::error_code) { timer->cancel(); });
+    }
+
+    void on_join(std::shared_ptr<Channel> conn, Message& m, pid_t pid, UniqueFd pidfd) {
+        v1::Join join;
+        v1::JoinAck ack;
+        App* a = nullptr;
+        if (!control_is(m, join) || !m.fds.empty())
+            ack.set_reason("the first message must be a bus.v1.Join");
+        else if (!(a = find_app(join.app())))
+            ack.set_reason("no app named '" + join.app() + "'");
+        else if (a->state != AppState::running || a->deleting)
+            ack.set_reason("app '" + join.app() + "' is not running");
+        if (!ack.reason().empty()) {
+            log("cluster socket: refused pid " + std::to_string(pid) + ": " + ack.reason());
+            conn->on_message({});
+            send_control(*conn, ack);
+            conn->close();
+            return;
+        }
+        adopt_joined(*a, std::move(conn), pid, std::move(pidfd));
+    }
+
+    void adopt_joined(App& a, std::shared_ptr<Channel> channel, pid_t pid, UniqueFd pidfd) {
+        // The lowest instance number no worker of the app has, from the app's own count up.
+        int instance = std::max(a.config.instances, static_cast<int>(a.slots.size()));
+        for (bool taken = true; taken; instance += taken) {
+            taken = false;
+            for (const auto& p : a.procs)
+                taken = taken || p->instance == instance;
+        }
+        auto p = std::make_shared<Proc>(io);
+        p->app = &a;
+        p->instance = instance;
+        p->joined = true;
+        p->joined_pid = pid;
+        p->channel = std::move(channel);
+        p->window_allowance = flood_allowance(*p);
+        a.procs.push_back(p);
+        watch_worker(*p);
+        if (pidfd) {
+            p->exit_watch = std::make_unique<asio::posix::stream_descriptor>(io, pidfd.release());
+            std::weak_ptr<Proc> weak = p;
+            p->exit_watch->async_wait(asio::posix::stream_descriptor::wait_read,
+                                      [this, weak](boost::system::error_code ec) {
+                                          auto self = weak.lock();
+                                          if (ec || !self || self->exited)
+                                              return;
+                                          log(who(*self) + " exited");
+                                          self->exited = true;
+                                          self->channel->close();
+                                          on_exit(*self, -1, 0);
+                                      });
+        }
+        v1::JoinAck ack;
+        ack.set_accepted(true);
+        ack.set_instance(static_cast<std::uint32_t>(instance));
+        send_control(*p->channel, ack);
+        log(who(*p) + " joined");
     }
 
     // --- logs --------------------------------------------------------------------------------
@@ -1082,6 +1281,8 @@ struct Supervisor::Impl {
 Supervisor::Supervisor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Supervisor::~Supervisor() {
+    if (!impl_->join_path.empty())
+        ::unlink(impl_->join_path.c_str());
     // ChildProcess's destructor kills (SIGKILL) and reaps whatever still runs.
     for (auto& a : impl_->apps) {
         a->procs.clear();
@@ -1096,6 +1297,12 @@ Result<std::unique_ptr<Supervisor>> Supervisor::start(asio::io_context& io,
                                                       std::vector<AppConfig> apps, Options options,
                                                       std::string* failed) {
     std::unique_ptr<Supervisor> s(new Supervisor(std::make_unique<Impl>(io, std::move(options))));
+    if (const auto& path = s->impl_->options.join_path; !path.empty())
+        if (const auto ec = s->impl_->listen_for_joins(path)) {
+            if (failed)
+                *failed = "cluster socket " + path + ": " + ec.message();
+            return ec;
+        }
     for (auto& config : apps) {
         const std::string name = config.name;
         std::string detail;

@@ -1,5 +1,7 @@
 #include "bus/cluster.hpp"
 
+#include "bus/endpoint.hpp"
+#include "bus/frame.hpp"
 #include "bus/v1/cluster.pb.h"
 #include "listen.hpp"
 #include "wire.hpp"
@@ -9,9 +11,12 @@
 #include <arpa/inet.h>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 namespace bus::cluster {
@@ -47,6 +52,93 @@ Result<std::unique_ptr<Worker>> Worker::from_parent(boost::asio::io_context& io)
         if (!ec)
             w->shutdown(default_grace);
     });
+    return worker;
+}
+
+Result<std::unique_ptr<Worker>> Worker::join(boost::asio::io_context& io, const std::string& app,
+                                             const std::string& endpoint,
+                                             std::chrono::milliseconds timeout,
+                                             std::string* reason) {
+    auto busd = endpoint.empty() ? default_endpoint() : Result<std::string>(endpoint);
+    if (!busd)
+        return busd.error();
+    auto path = cluster_socket_beside(busd.value());
+    if (!path)
+        return path.error();
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (!fd)
+        return std::error_code(errno, std::system_category());
+    if (path.value().size() >= sizeof addr.sun_path)
+        return make_error_code(std::errc::filename_too_long);
+    std::memcpy(addr.sun_path, path.value().c_str(), path.value().size() + 1);
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+        if (reason)
+            *reason = "no busd cluster socket at " + path.value() + ": " + std::strerror(errno);
+        return make_error_code(errc::broker_unavailable);
+    }
+    // The handshake is blocking and reads exactly one frame, so that nothing busd sends after
+    // its answer is taken from the socket before the Channel owns it.
+    v1::Join request;
+    request.set_app(app);
+    v1::Envelope envelope;
+    envelope.set_kind(v1::KIND_CONTROL);
+    envelope.set_type_url(frame::type_url_of(request));
+    request.SerializeToString(envelope.mutable_payload());
+    std::string out;
+    frame::append(out, envelope);
+    if (::send(fd.get(), out.data(), out.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(out.size()))
+        return std::error_code(errno, std::system_category());
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto read_exactly = [&](char* into, std::size_t n) -> std::error_code {
+        while (n > 0) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
+            pollfd p{fd.get(), POLLIN, 0};
+            const int ready =
+                ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(0, left.count())));
+            if (ready == 0)
+                return make_error_code(errc::timeout);
+            if (ready < 0 && errno == EINTR)
+                continue;
+            const ssize_t got = ready < 0 ? -1 : ::recv(fd.get(), into, n, 0);
+            if (got == 0)
+                return make_error_code(errc::channel_closed);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got < 0)
+                return {errno, std::system_category()};
+            into += got;
+            n -= static_cast<std::size_t>(got);
+        }
+        return {};
+    };
+    unsigned char header[frame::header_size];
+    if (auto ec = read_exactly(reinterpret_cast<char*>(header), sizeof header))
+        return ec;
+    const std::uint32_t length =
+        header[0] | header[1] << 8 | header[2] << 16 | static_cast<std::uint32_t>(header[3]) << 24;
+    if (length > 64 * 1024)
+        return make_error_code(errc::frame_too_large);
+    std::string body(length, '\0');
+    if (auto ec = read_exactly(body.data(), body.size()))
+        return ec;
+    v1::JoinAck ack;
+    if (!envelope.ParseFromString(body) || envelope.kind() != v1::KIND_CONTROL ||
+        envelope.type_url() != frame::type_url_of(ack) || !ack.ParseFromString(envelope.payload()))
+        return make_error_code(errc::bad_frame);
+    if (!ack.accepted()) {
+        if (reason)
+            *reason = ack.reason();
+        return make_error_code(errc::request_failed);
+    }
+    auto channel = Channel::adopt(io, std::move(fd));
+    if (!channel)
+        return channel.error();
+    auto worker = adopt(io, std::move(channel).value());
+    worker->app_ = app;
+    worker->instance_ = static_cast<int>(ack.instance());
     return worker;
 }
 

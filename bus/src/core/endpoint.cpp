@@ -70,4 +70,16 @@ Result<std::string> default_unix_endpoint() {
     return "unix://" + dir.value() + "/busd.sock";
 }
 
+Result<std::string> cluster_socket_beside(std::string_view endpoint) {
+    auto parsed = parse_endpoint(endpoint);
+    if (!parsed)
+        return parsed.error();
+    if (parsed.value().scheme == Endpoint::Scheme::tcp)
+        return make_error_code(errc::bad_endpoint);
+    const auto& path = parsed.value().address;
+    const auto slash = path.rfind('/');
+    return (slash == std::string::npos ? std::string(".") : path.substr(0, slash)) +
+           "/busd.cluster.sock";
+}
+
 } // namespace bus

@@ -237,6 +237,9 @@ int main(int argc, char** argv) {
             std::fflush(stderr);
         };
         cluster_options.log_dir = apps_log_dir.empty() ? default_apps_log_dir() : apps_log_dir;
+        cluster_options.bus_link = [&broker](bus::UniqueFd socket, pid_t pid) {
+            broker.value()->adopt(std::move(socket), pid);
+        };
         cluster_options.event = [&broker](const std::string& subject,
                                           const google::protobuf::Message& event) {
             broker.value()->publish_event(subject, event);

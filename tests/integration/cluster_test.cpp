@@ -10,6 +10,7 @@
 #include <bus/child_process.hpp>
 #include <bus/client.hpp>
 #include <bus/cluster.hpp>
+#include <bus/v1/broker.pb.h>
 #include <bus/v1/cluster.pb.h>
 
 #include <google/protobuf/util/json_util.h>
@@ -152,6 +153,21 @@ int worker_main(const std::string& mode) {
         send(ready);
         io.run();
         return 0;
+    }
+    // client: on the bus through the link busd gives each worker (no endpoint needed),
+    // answering web.whoami with its pid.
+    std::shared_ptr<bus::Client> client;
+    if (mode == "client") {
+        ::unsetenv("BUS_ENDPOINT");
+        auto c = bus::Client::from_parent(io);
+        if (!c)
+            return 4;
+        client = c.value();
+        client->serve("web.whoami", [](bus::Message&, bus::Responder& r) {
+            bus::v1::Ready me;
+            me.set_pid(static_cast<std::uint32_t>(::getpid()));
+            r.reply(me);
+        });
     }
     std::vector<char> fat;
     if (misbehave && mode == "fat")
@@ -1380,6 +1396,50 @@ TEST_F(ClusterControlTest, JoiningIsRefusedWithAReason) {
     // busd's own app is none the worse.
     ASSERT_TRUE(control("start", "web"));
     ASSERT_TRUE(wait_for("running", 1)) << busd_->log();
+}
+
+} // namespace
+
+namespace {
+
+// A worker is on the bus through the link busd gave it (Client::from_parent, beside the
+// Worker's cluster channel), listed with its own pid.
+TEST_F(ClusterControlTest, WorkerReachesTheBusWithClientFromParent) {
+    start(app_config(self_exe, {"--worker", "client"}, port_, 2));
+    ASSERT_TRUE(control("ls"));
+    const auto pids = busd_->worker_pids();
+    std::set<std::uint32_t> answered;
+    std::string last_error;
+    ASSERT_TRUE(run_until(io_,
+                          [&] {
+                              auto reply =
+                                  client_->request_wait("web.whoami", bus::v1::Ready(), 5s);
+                              if (!reply) {
+                                  last_error = reply.error().message();
+                                  return false;
+                              }
+                              auto me = reply.value().as<bus::v1::Ready>();
+                              if (me)
+                                  answered.insert(me.value().pid());
+                              return answered.size() == 2;
+                          }))
+        << last_error << "\n"
+        << busd_->log();
+    for (auto pid : answered)
+        EXPECT_TRUE(pids.count(static_cast<pid_t>(pid))) << pid;
+    auto clients = client_->request_wait("$sys.clients", bus::v1::Ready(), 5s);
+    ASSERT_TRUE(clients) << clients.error().message();
+    auto list = clients.value().as<bus::v1::ClientList>();
+    ASSERT_TRUE(list);
+    std::set<std::uint32_t> listed;
+    for (const auto& c : list.value().clients())
+        listed.insert(c.pid());
+    for (auto pid : answered)
+        EXPECT_TRUE(listed.count(pid)) << "listed with the worker's pid, not busd's: " << pid;
+    // And it is still a worker: it serves HTTP.
+    auto r = http_get(port_);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
 }
 
 } // namespace

@@ -12,6 +12,7 @@
 #pragma once
 
 #include "bus/error.hpp"
+#include "bus/unique_fd.hpp"
 #include "bus/v1/broker.pb.h"
 
 #include <boost/asio/io_context.hpp>
@@ -86,6 +87,10 @@ public:
     // the workers it starts, which pick the channel up with Client::from_parent. The peer's
     // credentials come from the kernel, as for unix:// clients.
     void adopt(std::shared_ptr<Channel> channel);
+    // The same on a connected socket, with the broker's limits; `pid` names the client when
+    // the socket's peer credentials do not (a socketpair's name the process that made it):
+    // busd's link to each cluster worker, which Client::from_parent picks up (BUS_CLIENT_FD).
+    void adopt(UniqueFd socket, pid_t pid);
 
     // Requests to `$sys.<prefix>...` that the broker does not answer itself go to `handler`
     // (busd's cluster answers "$sys.cluster."), with the requester's uid from the kernel

@@ -108,6 +108,10 @@ public:
     // grandchildren do not inherit it. errc::no_parent_channel if there is none.
     static Result<std::shared_ptr<Channel>> from_parent(asio::io_context& io,
                                                         ChannelOptions options = {});
+    // The same from the fd that environment `variable` names (bus serialization), e.g.
+    // BUS_CLIENT_FD, the bus link busd gives a cluster worker beside its cluster channel.
+    static Result<std::shared_ptr<Channel>>
+    from_environment(asio::io_context& io, const char* variable, ChannelOptions options = {});
 
     ~Channel();
     Channel(const Channel&) = delete;

@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <sys/types.h>
@@ -37,6 +38,9 @@ struct SpawnOptions {
     // capture worker output); -1: this process's own.
     int stdout_fd = -1;
     int stderr_fd = -1;
+    // More descriptors for the child: (fd here, its number in the child), e.g. busd's second
+    // channel to a cluster worker, for Client::from_parent.
+    std::vector<std::pair<int, int>> inherit;
 };
 
 class ChildProcess : public std::enable_shared_from_this<ChildProcess> {

@@ -90,7 +90,8 @@ public:
     static Result<std::shared_ptr<Client>> connect(boost::asio::io_context& io,
                                                    std::string_view endpoint = {},
                                                    ClientOptions options = {});
-    // In a process busd started: the bus over the inherited channel.
+    // In a process busd started: the bus over the inherited channel (a cluster worker's
+    // BUS_CLIENT_FD, else BUS_CHANNEL_FD).
     static Result<std::shared_ptr<Client>> from_parent(boost::asio::io_context& io,
                                                        ClientOptions options = {});
     ~Client();

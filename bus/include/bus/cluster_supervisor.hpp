@@ -8,6 +8,7 @@
 #pragma once
 
 #include "bus/error.hpp"
+#include "bus/unique_fd.hpp"
 #include "bus/v1/cluster.pb.h"
 
 #include <boost/asio/io_context.hpp>
@@ -126,6 +127,10 @@ public:
         std::function<void(const std::string&)> log;
         // Where apps that name no log_dir keep their logs.
         std::string log_dir;
+        // Each worker's link to the bus, beside its cluster channel: the worker gets one end
+        // (BUS_CLIENT_FD, for Client::from_parent), this gets the other and the worker's pid
+        // (busd hands it to its broker). Unset: workers get no link.
+        std::function<void(UniqueFd socket, pid_t pid)> bus_link;
         // A Unix socket path where workers busd did not start join an app (Worker::join);
         // empty: none.
         std::string join_path;

@@ -451,17 +451,19 @@ struct Broker::Impl {
                std::find(g.begin(), g.end(), gid) != g.end();
     }
 
-    void adopt_unix(UniqueFd fd) {
+    // `pid`: the client's, when the kernel's peer credentials name another process (a
+    // socketpair's name its creator: busd for the link it gives a cluster worker).
+    void adopt_unix(UniqueFd fd, pid_t pid = 0) {
         ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
         ChannelOptions channel_options;
         channel_options.max_message_size = options.limits.max_message_size;
         channel_options.high_water_mark = options.limits.client_queue_bytes;
         auto channel = Channel::adopt(io, std::move(fd), channel_options);
         if (channel)
-            adopt_channel(std::move(channel).value());
+            adopt_channel(std::move(channel).value(), pid);
     }
 
-    void adopt_channel(std::shared_ptr<Channel> channel) {
+    void adopt_channel(std::shared_ptr<Channel> channel, pid_t pid = 0) {
         ucred cred{};
         socklen_t len = sizeof cred;
         if (::getsockopt(channel->native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
@@ -470,7 +472,7 @@ struct Broker::Impl {
             return;
         }
         auto& c = add_client(false);
-        c.pid = static_cast<std::uint32_t>(cred.pid);
+        c.pid = static_cast<std::uint32_t>(pid ? pid : cred.pid);
         c.uid = cred.uid;
         c.gid = cred.gid;
         c.rule = rule_for(c.uid, c.gid);
@@ -1479,6 +1481,10 @@ Result<std::unique_ptr<Broker>> Broker::start(boost::asio::io_context& io, Optio
 
 void Broker::adopt(std::shared_ptr<Channel> channel) {
     impl_->adopt_channel(std::move(channel));
+}
+
+void Broker::adopt(UniqueFd socket, pid_t pid) {
+    impl_->adopt_unix(std::move(socket), pid);
 }
 
 void Broker::publish_event(const std::string& subject, const google::protobuf::Message& event) {

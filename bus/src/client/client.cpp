@@ -397,7 +397,9 @@ Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::strin
 Result<std::shared_ptr<Client>> Client::from_parent(asio::io_context& io, ClientOptions options) {
     ChannelOptions co;
     co.max_message_size = options.max_message_size;
-    auto channel = Channel::from_parent(io, co);
+    // A cluster worker has two: its cluster channel (the Worker's) and its bus link.
+    auto channel = std::getenv("BUS_CLIENT_FD") ? Channel::from_environment(io, "BUS_CLIENT_FD", co)
+                                                : Channel::from_parent(io, co);
     if (!channel)
         return channel.error();
     if (channel.value()->options().serialization != Serialization::bus)

@@ -431,6 +431,17 @@ struct Supervisor::Impl {
             err_write(out_pipe[0] >= 0 ? err_pipe[1] : -1);
         so.stdout_fd = out_write.get();
         so.stderr_fd = err_write.get();
+        // Its bus link, for Client::from_parent (the cluster channel is the Worker's).
+        UniqueFd link_ours, link_theirs;
+        if (options.bus_link) {
+            int sv[2];
+            if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0) {
+                link_ours = UniqueFd(sv[0]);
+                link_theirs = UniqueFd(sv[1]);
+                so.inherit.emplace_back(link_theirs.get(), so.channel_fd + 1);
+                so.env.push_back("BUS_CLIENT_FD=" + std::to_string(so.channel_fd + 1));
+            }
+        }
         auto child = bus::spawn(io, a.config.argv, so);
         if (!child) {
             log("app '" + a.config.name + "' worker " + std::to_string(instance) +
@@ -444,6 +455,8 @@ struct Supervisor::Impl {
         p->window_allowance = flood_allowance(*p);
         p->child = std::move(child).value();
         p->channel = p->child->channel();
+        if (link_ours)
+            options.bus_link(std::move(link_ours), p->pid());
         a.procs.push_back(p);
         if (out_read) {
             capture(a, instance, p->pid(), "out", std::move(out_read));

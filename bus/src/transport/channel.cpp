@@ -119,12 +119,20 @@ Result<std::shared_ptr<Channel>> Channel::from_parent(asio::io_context& io,
     } else {
         return errc::no_parent_channel;
     }
+    ::unsetenv("NODE_CHANNEL_SERIALIZATION_MODE");
+    return from_environment(io, variable, options);
+}
+
+Result<std::shared_ptr<Channel>>
+Channel::from_environment(asio::io_context& io, const char* variable, ChannelOptions options) {
+    const char* value = std::getenv(variable);
+    if (!value)
+        return errc::no_parent_channel;
     char* end = nullptr;
     errno = 0;
     const long fd = std::strtol(value, &end, 10);
     const bool valid = errno == 0 && end != value && *end == '\0' && fd >= 0 && fd < (1 << 20);
     ::unsetenv(variable);
-    ::unsetenv("NODE_CHANNEL_SERIALIZATION_MODE");
     if (!valid)
         return std::make_error_code(std::errc::bad_file_descriptor);
     if (::fcntl(static_cast<int>(fd), F_SETFD, FD_CLOEXEC) < 0)

@@ -66,27 +66,29 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
     return out;
 }
 
+// One descriptor the child gets: `from` here becomes `to` there.
+struct FdMapping {
+    int from;
+    int to;
+};
+
 // Runs in the child between fork() and exec(): async-signal-safe calls only.
-[[noreturn]] void exec_child(int channel, int target, int report, int out, int error_out,
-                             const char* cwd, char** argv, char** envp, int death_signal,
-                             pid_t parent) {
-    // Out of the way of the descriptors the child is given (1, 2 and target), first.
-    const int above = std::max(target, 2) + 1;
-    auto lift = [above](int fd) {
-        return fd >= 0 && fd < above ? ::fcntl(fd, F_DUPFD_CLOEXEC, above) : fd;
-    };
-    report = lift(report);
-    out = lift(out);
-    error_out = lift(error_out);
-    if (channel != target)
-        channel = lift(channel);
-    if ((out >= 0 && ::dup2(out, 1) < 0) || (error_out >= 0 && ::dup2(error_out, 2) < 0))
-        goto failed;
-    if (channel == target) {
-        ::fcntl(channel, F_SETFD, 0);
-    } else if (::dup2(channel, target) < 0) {
-        goto failed;
-    }
+[[noreturn]] void exec_child(FdMapping* fds, std::size_t count, int report, const char* cwd,
+                             char** argv, char** envp, int death_signal, pid_t parent) {
+    // Every source out of the way of every target first (one may sit on another's target),
+    // then dup2, which also clears close-on-exec on the copy.
+    int above = 2;
+    for (std::size_t i = 0; i < count; ++i)
+        above = std::max(above, fds[i].to);
+    ++above;
+    if (report < above)
+        report = ::fcntl(report, F_DUPFD_CLOEXEC, above);
+    for (std::size_t i = 0; i < count; ++i)
+        if (fds[i].from < above && (fds[i].from = ::fcntl(fds[i].from, F_DUPFD_CLOEXEC, above)) < 0)
+            goto failed;
+    for (std::size_t i = 0; i < count; ++i)
+        if (::dup2(fds[i].from, fds[i].to) < 0)
+            goto failed;
     if (cwd && ::chdir(cwd) < 0)
         goto failed;
     {
@@ -207,15 +209,21 @@ spawn(asio::io_context& io, const std::vector<std::string>& argv, SpawnOptions o
     auto c_args = c_strings(args);
     auto c_env = c_strings(env);
     const char* cwd = options.cwd.empty() ? nullptr : options.cwd.c_str();
+    std::vector<FdMapping> fds{{theirs.get(), options.channel_fd}};
+    if (options.stdout_fd >= 0)
+        fds.push_back({options.stdout_fd, 1});
+    if (options.stderr_fd >= 0)
+        fds.push_back({options.stderr_fd, 2});
+    for (const auto& [fd, number] : options.inherit)
+        fds.push_back({fd, number});
 
     const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid < 0)
         return last_error();
     if (pid == 0)
-        exec_child(theirs.get(), options.channel_fd, report_write.get(), options.stdout_fd,
-                   options.stderr_fd, cwd, c_args.data(), c_env.data(), options.parent_death_signal,
-                   parent);
+        exec_child(fds.data(), fds.size(), report_write.get(), cwd, c_args.data(), c_env.data(),
+                   options.parent_death_signal, parent);
     theirs.reset();
     report_write.reset();
 

@@ -158,6 +158,16 @@ public:
         reaped_ = true;
         return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     }
+    // Reads what the program writes for `how_long`.
+    void read_for(std::chrono::milliseconds how_long) {
+        const auto until = std::chrono::steady_clock::now() + how_long;
+        read_until([&](const std::string&) { return std::chrono::steady_clock::now() >= until; });
+    }
+    // Types `keys` at the program.
+    void type(const std::string& keys) {
+        EXPECT_EQ(::write(master_, keys.data(), keys.size()), static_cast<ssize_t>(keys.size()));
+    }
+    pid_t pid() const { return pid_; }
     const std::string& output() const { return output_; }
 
 private:
@@ -743,14 +753,125 @@ TEST_F(CliTest, TopInATerminalRefreshesInPlaceShowingSubjectsAndClients) {
     EXPECT_EQ(top.stop(SIGINT), 0) << "Ctrl-C ends it cleanly";
 }
 
+// `bus top` in a terminal run from a shell, which reports its exit code and then the
+// terminal's mode (`stty -a`): what a person sees after it ended.
+std::vector<std::string> top_in_shell(const std::string& endpoint) {
+    return {"/bin/sh", "-c",
+            "ulimit -c 0; \"$0\" -e \"$1\" top --interval 100ms; echo \"top exited $?\"; "
+            "stty -a",
+            bus_bin, endpoint};
+}
+
+// The screen last drawn (everything after the last clear).
+std::string last_screen(const std::string& out) {
+    const std::string clear = "\x1b[H\x1b[2J";
+    const auto at = out.rfind(clear);
+    return at == std::string::npos ? std::string() : out.substr(at + clear.size());
+}
+
+bool has(const std::string& text, const std::string& what) {
+    return text.find(what) != std::string::npos;
+}
+
+// After the shell's `stty -a`: the terminal is back in canonical mode with echo.
+void expect_terminal_restored(const std::string& out) {
+    const auto stty = out.substr(out.find("top exited"));
+    EXPECT_TRUE(has(stty, " icanon")) << stty;
+    EXPECT_FALSE(has(stty, "-icanon")) << stty;
+    EXPECT_TRUE(has(stty, " echo ")) << stty;
+    EXPECT_FALSE(has(stty, "-echo ")) << stty;
+}
+
+TEST_F(CliTest, TopKeysSortPauseShowHelpAndQuitLeavingTheTerminalAsItWas) {
+    auto sub = start({"sub", "top.>"});
+    ASSERT_TRUE(subscribed("top.>"));
+    publish_readings("top.b", 3); // more messages and bytes than top.a
+    publish_readings("top.a", 1);
+    PtyCommand top(top_in_shell(busd_->ipc()));
+    const std::string clear = "\x1b[H\x1b[2J";
+    auto screen_with = [&](const std::vector<std::string>& all) {
+        return top.read_until([&](const std::string& out) {
+            const auto screen = last_screen(out);
+            return std::all_of(all.begin(), all.end(), [&](auto& w) { return has(screen, w); });
+        });
+    };
+    // Sorted by msgs/s first: equal rates, so the larger total (top.b) leads.
+    ASSERT_TRUE(screen_with({"sort msgs/s", "(? for keys)", "top.a", "top.b"})) << top.output();
+    auto screen = last_screen(top.output());
+    EXPECT_LT(screen.find("top.b"), screen.find("top.a")) << screen;
+
+    top.type("s");
+    ASSERT_TRUE(screen_with({"sort bytes/s"})) << top.output();
+    top.type("s");
+    ASSERT_TRUE(screen_with({"sort drops"})) << top.output();
+    top.type("s");
+    ASSERT_TRUE(screen_with({"sort name", "top.a", "top.b"})) << top.output();
+    screen = last_screen(top.output());
+    EXPECT_LT(screen.find("top.a"), screen.find("top.b")) << "by name: " << screen;
+    top.type("s");
+    ASSERT_TRUE(screen_with({"sort msgs/s"})) << "s comes back round: " << top.output();
+
+    // p: the screen stays as it is (no redraw for six intervals), then refreshes again.
+    top.type("p");
+    ASSERT_TRUE(screen_with({"[paused]", "DROPPED"})) << top.output();
+    const auto paused_at = count_of(top.output(), clear);
+    top.read_for(600ms);
+    EXPECT_EQ(count_of(top.output(), clear), paused_at) << "refreshed while paused";
+    top.type("p");
+    ASSERT_TRUE(top.read_until([&](const std::string& out) {
+        return count_of(out, clear) >= paused_at + 3;
+    })) << top.output();
+    EXPECT_FALSE(has(last_screen(top.output()), "[paused]"));
+
+    top.type("?");
+    ASSERT_TRUE(screen_with({"keys: q quit"})) << top.output();
+    EXPECT_FALSE(has(last_screen(top.output()), "(? for keys)"));
+
+    top.type("q");
+    ASSERT_TRUE(top.read_until([](const std::string& out) {
+        return has(out, "top exited") && has(out.substr(out.find("top exited")), "icanon");
+    })) << top.output();
+    EXPECT_TRUE(has(top.output(), "top exited 0\r\n")) << top.output();
+    expect_terminal_restored(top.output());
+    EXPECT_EQ(top.stop(0), 0);
+}
+
+// Ended by a signal instead of q, top still puts the terminal back: SIGTERM ends it cleanly,
+// SIGHUP and SIGQUIT kill it (their default action) after the mode is restored.
+TEST_F(CliTest, TopRestoresTheTerminalWhenASignalEndsIt) {
+    for (const auto& [sig, status] : std::vector<std::pair<int, int>>{
+             {SIGTERM, 0}, {SIGHUP, 128 + SIGHUP}, {SIGQUIT, 128 + SIGQUIT}}) {
+        SCOPED_TRACE(::strsignal(sig));
+        PtyCommand top(top_in_shell(busd_->ipc()));
+        ASSERT_TRUE(top.read_until([](const std::string& out) { return has(out, "CLIENT"); }))
+            << top.output();
+        // top is the shell's only child.
+        std::ifstream children("/proc/" + std::to_string(top.pid()) + "/task/" +
+                               std::to_string(top.pid()) + "/children");
+        pid_t pid = 0;
+        ASSERT_TRUE(children >> pid);
+        ASSERT_EQ(::kill(pid, sig), 0);
+        ASSERT_TRUE(top.read_until([](const std::string& out) {
+            return has(out, "top exited") && has(out.substr(out.find("top exited")), "icanon");
+        })) << top.output();
+        EXPECT_TRUE(has(top.output(), "top exited " + std::to_string(status) + "\r\n"))
+            << top.output();
+        expect_terminal_restored(top.output());
+        EXPECT_EQ(top.stop(0), 0);
+    }
+}
+
 TEST_F(CliTest, TopPipedPrintsSnapshotsAndJson) {
     auto sub = start({"sub", "top.>"});
     ASSERT_TRUE(subscribed("top.>"));
     publish_readings("top.piped", 2);
-    auto plain = run({"top", "-n", "2", "--interval", "50ms"});
+    // stdin is not a terminal: its "q" is not read as a key.
+    auto plain = run({"top", "-n", "2", "--interval", "50ms"}, "q");
     ASSERT_EQ(plain.code, 0) << plain.err;
     EXPECT_EQ(plain.out.find('\x1b'), std::string::npos) << "no escapes when piped";
     EXPECT_EQ(count_of(plain.out, "SUBJECT\t"), 2u) << plain.out;
+    EXPECT_EQ(count_of(plain.out, "sort msgs/s"), 2u) << plain.out;
+    EXPECT_EQ(plain.out.find("? for keys"), std::string::npos) << "no keys without a terminal";
     auto j = run({"top", "--json", "-n", "2", "--interval", "50ms"});
     ASSERT_EQ(j.code, 0) << j.err;
     const auto lines = lines_of(j.out);

@@ -14,7 +14,7 @@ for arg in "$@"; do
   esac
 done
 
-# groff-base: the man pages' test (tests/man/check.sh).
+# groff-base: the man pages' test (tests/man/check.sh); zsh: the zsh completion's test.
 packages=(
   build-essential cmake ninja-build pkg-config git
   libboost-dev libzmq3-dev cppzmq-dev libprotobuf-dev libprotoc-dev protobuf-compiler
@@ -22,7 +22,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-dev clang-format
   nodejs npm
-  groff-base
+  groff-base zsh
 )
 # bench/run broker: nats-server, dbus-daemon and dbus-broker (run outside systemd through
 # systemd-socket-activate, from the systemd package), sd-bus for the D-Bus clients.

@@ -940,6 +940,37 @@ TEST_F(CliTest, BashCompletionOffersCommandsOptionsAndWhatBusdKnows) {
     EXPECT_EQ(complete({"types", "show", "testonly"}), Lines{"testonly.v1.Reading"});
 }
 
+TEST_F(CliTest, ZshCompletionOffersCommandsOptionsAndWhatBusdKnows) {
+    register_reading_type();
+    auto service = start({"serve", "completed.service"});
+    ASSERT_TRUE(served("completed.service"));
+    // What a real interactive zsh offers for `bus -e ENDPOINT LINE<TAB>` (complete.zsh).
+    auto complete = [&](const std::string& line) {
+        Command c(io_, {"zsh", ZSH_COMPLETE, BUS_COMPLETION_DIR,
+                        bus_bin + " -e " + busd_->ipc() + " " + line});
+        EXPECT_TRUE(c.wait());
+        EXPECT_EQ(c.code(), 0) << c.err();
+        auto offered = lines_of(c.out());
+        std::sort(offered.begin(), offered.end());
+        return offered;
+    };
+    using Lines = std::vector<std::string>;
+    EXPECT_EQ(complete(""), (Lines{"bench", "cluster", "ls", "monitor", "pub", "req", "serve",
+                                   "shm", "status", "sub", "top", "types"}));
+    EXPECT_EQ(complete("mo"), Lines{"monitor"});
+    EXPECT_EQ(complete("req "), Lines{"completed.service"});
+    EXPECT_EQ(complete("req completed.service "), Lines{}) << "the body is free text";
+    EXPECT_EQ(complete("ls su"), (Lines{"subjects", "subscriptions"}));
+    EXPECT_EQ(complete("sub --hea"), Lines{"--headers"});
+    EXPECT_EQ(complete("top --"), (Lines{"--count", "--interval", "--rows"}));
+    EXPECT_EQ(complete("pub --type testonly."), Lines{"testonly.v1.Reading"});
+    EXPECT_EQ(complete("types show testonly"), Lines{"testonly.v1.Reading"});
+    EXPECT_EQ(complete("cluster "),
+              (Lines{"delete", "logs", "ls", "reload", "restart", "scale", "start", "stop"}));
+    EXPECT_EQ(complete("cluster logs --"), (Lines{"--follow", "--lines", "--timeout"}));
+    EXPECT_EQ(complete("cluster start --mo"), Lines{"--mode"});
+}
+
 // --- monitor -------------------------------------------------------------------------------------
 
 TEST_F(CliTest, MonitorShowsPublishesRequestsAndRepliesDecoded) {

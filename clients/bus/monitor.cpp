@@ -22,8 +22,9 @@ struct MonitorOptions {
 };
 
 // --pcap: a classic pcap file of link type LINKTYPE_USER0 (147), one packet per message: the
-// bus.v1.Envelope as it was routed (its kind, not the monitor's), payload included. Packets
-// over 256 KiB are cut there (orig_len keeps the size), as Wireshark reads no larger ones.
+// bus.v1.Envelope as it was routed (its kind, not the monitor's), payload included and written
+// last. Packets over 256 KiB are cut there (orig_len keeps the size), as Wireshark reads no
+// larger ones; clients/bus/wireshark/bus.lua dissects them.
 class PcapWriter {
 public:
     static constexpr std::uint32_t link_type_user0 = 147;
@@ -51,7 +52,19 @@ public:
         e.set_kind(e.monitored_kind());
         e.clear_monitored_kind();
         e.clear_subscription_id();
-        const std::string bytes = e.SerializeAsString();
+        e.clear_payload();
+        // The payload goes last (field 4, any order parses), so a packet cut at the snap
+        // length loses only payload bytes, never the source or headers after it.
+        std::string bytes = e.SerializeAsString();
+        if (!copy.payload().empty()) {
+            bytes.push_back(static_cast<char>((4 << 3) | 2)); // field 4, length-delimited
+            for (auto n = copy.payload().size();; n >>= 7) {
+                bytes.push_back(static_cast<char>((n & 0x7f) | (n > 0x7f ? 0x80 : 0)));
+                if (n <= 0x7f)
+                    break;
+            }
+            bytes += copy.payload();
+        }
         const auto us =
             std::chrono::duration_cast<std::chrono::microseconds>(at.time_since_epoch()).count();
         const auto kept = std::min<std::size_t>(bytes.size(), snap_length);

@@ -1040,6 +1040,90 @@ TEST_F(CliTest, MonitorPcapHoldsEachMessageAsAnEnvelope) {
     EXPECT_EQ(packets[1].subscription_id(), 0u);
 }
 
+// The Wireshark dissector (clients/bus/wireshark/bus.lua) in the real tshark, reading what a
+// real `bus monitor --pcap` wrote: each packet's Envelope fields as the monitor's JSON shows them.
+TEST_F(CliTest, WiresharkDissectorDecodesAMonitorPcap) {
+    const TempDir dir;
+    const std::string file = dir.path + "/capture.pcap";
+    auto monitor = start({"monitor", "--json", "--pcap", file, "-n", "5", "cap.>"});
+    ASSERT_TRUE(monitoring("cap.>"));
+    ASSERT_EQ(run({"pub", "-H", "k=v", "-H", "trace=abc", "cap.one", "first"}).code, 0);
+    publish_readings("cap.readings", 1);
+    auto service = start({"serve", "--quiet", "cap.svc"});
+    ASSERT_TRUE(served("cap.svc"));
+    ASSERT_EQ(run({"req", "cap.svc", "ping"}).code, 0); // a request and its reply
+    const std::string big(300000, 'x');                 // over the 256 KiB snap length
+    ASSERT_EQ(run({"pub", "cap.big"}, big).code, 0);
+    ASSERT_TRUE(monitor->wait());
+    ASSERT_EQ(monitor->code(), 0) << monitor->err();
+    std::vector<json> shown;
+    for (const auto& line : lines_of(monitor->out()))
+        shown.push_back(json::parse(line));
+    ASSERT_EQ(shown.size(), 5u) << monitor->out();
+
+    const std::vector<std::string> columns = {
+        "bus.kind",       "bus.subject",       "bus.source",       "bus.type", "bus.payload_length",
+        "bus.header.key", "bus.header.value",  "bus.payload_text", "bus.id",   "bus.correlation_id",
+        "frame.cap_len",  "_ws.expert.message"};
+    std::vector<std::string> argv = {
+        "tshark",      "-X",           std::string("lua_script:") + BUS_WIRESHARK_LUA,
+        "-r",          file,           "-T",
+        "fields",      "-E",           "separator=|",
+        "-E",          "occurrence=a", "-E",
+        "aggregator=,"};
+    for (const auto& c : columns)
+        argv.insert(argv.end(), {"-e", c});
+    Command tshark(io_, argv);
+    ASSERT_TRUE(tshark.wait());
+    ASSERT_EQ(tshark.code(), 0) << tshark.err();
+    EXPECT_EQ(tshark.err().find("Lua"), std::string::npos) << tshark.err();
+    std::vector<std::map<std::string, std::string>> packets;
+    for (const auto& line : lines_of(tshark.out())) {
+        std::map<std::string, std::string> p;
+        std::istringstream cells(line);
+        std::string cell;
+        for (const auto& c : columns) {
+            std::getline(cells, cell, '|');
+            p[c] = cell;
+        }
+        packets.push_back(p);
+    }
+    ASSERT_EQ(packets.size(), 5u) << tshark.out();
+    const std::map<std::string, std::string> kinds = {
+        {"publish", "2"}, {"request", "3"}, {"reply", "4"}, {"error", "6"}};
+    for (std::size_t i = 0; i < packets.size(); ++i) {
+        SCOPED_TRACE("packet " + std::to_string(i + 1));
+        auto& p = packets[i];
+        EXPECT_EQ(p["bus.kind"], kinds.at(shown[i]["kind"].get<std::string>()));
+        EXPECT_EQ(p["bus.source"], shown[i]["source"]);
+        EXPECT_EQ(p["bus.subject"], shown[i].value("subject", ""));
+        EXPECT_EQ(p["bus.type"], shown[i].value("type", ""));
+    }
+    EXPECT_EQ(packets[0]["bus.subject"], "cap.one");
+    EXPECT_EQ(packets[0]["bus.payload_length"], "5");
+    EXPECT_EQ(packets[0]["bus.payload_text"], "first");
+    EXPECT_EQ(packets[0]["bus.header.key"], "k,trace");
+    EXPECT_EQ(packets[0]["bus.header.value"], "v,abc");
+    EXPECT_EQ(packets[1]["bus.subject"], "cap.readings");
+    EXPECT_EQ(packets[1]["bus.type"], "testonly.v1.Reading");
+    EXPECT_NE(packets[1]["bus.payload_length"], "0");
+    EXPECT_EQ(packets[2]["bus.kind"], "3");
+    EXPECT_EQ(packets[2]["bus.subject"], "cap.svc");
+    EXPECT_EQ(packets[2]["bus.payload_text"], "ping");
+    EXPECT_EQ(packets[3]["bus.kind"], "4");
+    EXPECT_EQ(packets[3]["bus.payload_text"], "ping") << "the echo";
+    EXPECT_NE(packets[3]["bus.correlation_id"], "");
+    EXPECT_NE(packets[3]["bus.correlation_id"], "0");
+    EXPECT_EQ(packets[4]["bus.subject"], "cap.big");
+    EXPECT_EQ(packets[4]["bus.payload_length"], "300000") << "the length as sent";
+    EXPECT_EQ(packets[4]["frame.cap_len"], "262144");
+    EXPECT_FALSE(packets[4]["bus.source"].empty()) << "the source is before the cut payload";
+    EXPECT_NE(packets[4]["_ws.expert.message"].find("snap length"), std::string::npos)
+        << packets[4]["_ws.expert.message"];
+    for (std::size_t i = 0; i < 4; ++i)
+        EXPECT_EQ(packets[i]["_ws.expert.message"], "") << "packet " << i + 1;
+}
+
 TEST_F(CliTest, MonitorPatternLeavesOtherSubjectsOut) {
     auto monitor = start({"monitor", "--json", "-n", "1", "wanted.*"});
     ASSERT_TRUE(monitoring("wanted.*"));

@@ -491,6 +491,17 @@ TEST_F(CliTest, BadInputIsAUsageErrorThatSaysWhatIsWrong) {
         EXPECT_EQ(r.code, 2) << joined << "\n" << r.err;
         EXPECT_NE(r.err.find(c.says), std::string::npos) << joined << "\nstderr: " << r.err;
     }
+    // An unknown command is told with the list of every command there is.
+    const auto unknown = run({"frobnicate"}).err;
+    const auto from = unknown.find("commands: ");
+    ASSERT_NE(from, std::string::npos) << unknown;
+    std::set<std::string> listed;
+    std::istringstream names(unknown.substr(from + 10, unknown.find(';', from) - from - 10));
+    for (std::string name; std::getline(names >> std::ws, name, ',');)
+        listed.insert(name);
+    EXPECT_EQ(listed, (std::set<std::string>{"sub", "pub", "req", "serve", "ls", "status", "types",
+                                             "monitor", "top", "bench", "shm", "cluster"}))
+        << unknown;
     // `bus` without a command prints its help on stderr (with the exit codes) and fails.
     Command bare(io_, {bus_bin});
     ASSERT_TRUE(bare.wait());

@@ -68,33 +68,46 @@ constexpr const char* keys_help = "keys: q quit  s sort (msgs/s, bytes/s, drops,
 // Keys are read one at a time without echo (non-canonical mode, ISIG kept so Ctrl-C still
 // interrupts). The mode the terminal had is put back however top ends: returning or throwing
 // (the destructor), SIGINT/SIGTERM (handled on the io_context, so top returns), a signal that
-// kills it (SIGHUP, SIGQUIT, SIGABRT, a crash: restored in the handler, then the signal is
-// raised again with its default action), and Ctrl-Z (restored while stopped, raw again after).
+// ends it (SIGHUP, SIGQUIT, SIGABRT, a crash: restored in a handler, which then gives the
+// signal to the action there was before, the default one or a sanitizer's), and Ctrl-Z
+// (restored while stopped, raw again after).
 
 termios g_saved_mode{};
-volatile std::sig_atomic_t g_raw = 0;
 termios g_raw_mode{};
+volatile std::sig_atomic_t g_raw = 0;
 
-constexpr std::array<int, 7> fatal_signals = {SIGHUP, SIGQUIT, SIGABRT, SIGSEGV,
-                                              SIGBUS, SIGFPE,  SIGILL};
+constexpr std::array<int, 7> ending_signals = {SIGHUP, SIGQUIT, SIGABRT, SIGSEGV,
+                                               SIGBUS, SIGFPE,  SIGILL};
+std::array<struct sigaction, NSIG> g_previous{};
 
-void restore_and_reraise(int sig) {
+void restore_mode() {
     if (g_raw)
         ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &g_saved_mode);
     g_raw = 0;
-    std::signal(sig, SIG_DFL);
-    ::raise(sig);
+}
+
+void on_ending_signal(int sig) {
+    restore_mode();
+    ::sigaction(sig, &g_previous[static_cast<std::size_t>(sig)], nullptr);
+    // A fault comes back when the instruction runs again, to the previous action; others are
+    // sent again (delivered once this handler returns).
+    if (sig != SIGSEGV && sig != SIGBUS && sig != SIGFPE && sig != SIGILL)
+        ::raise(sig);
 }
 
 void on_stop(int) {
     const int saved_errno = errno;
-    if (g_raw)
-        ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &g_saved_mode);
+    const bool was_raw = g_raw != 0;
+    restore_mode();
     std::signal(SIGTSTP, SIG_DFL);
-    ::raise(SIGTSTP); // stops here; continues below on SIGCONT
+    sigset_t tstp;
+    sigemptyset(&tstp);
+    sigaddset(&tstp, SIGTSTP);
+    ::sigprocmask(SIG_UNBLOCK, &tstp, nullptr); // blocked while its handler runs
+    ::raise(SIGTSTP);                           // stops here; goes on below at SIGCONT
     std::signal(SIGTSTP, on_stop);
-    if (g_raw)
-        ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &g_raw_mode);
+    if (was_raw && ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &g_raw_mode) == 0)
+        g_raw = 1;
     errno = saved_errno;
 }
 
@@ -107,23 +120,32 @@ public:
         g_raw_mode.c_lflag &= ~static_cast<tcflag_t>(ICANON | ECHO);
         g_raw_mode.c_cc[VMIN] = 1;
         g_raw_mode.c_cc[VTIME] = 0;
-        for (const int sig : fatal_signals)
-            std::signal(sig, restore_and_reraise);
-        std::signal(SIGTSTP, on_stop);
+        struct sigaction action {};
+        action.sa_handler = on_ending_signal;
+        sigemptyset(&action.sa_mask);
+        for (const int sig : ending_signals)
+            ::sigaction(sig, &action, &g_previous[static_cast<std::size_t>(sig)]);
+        action.sa_handler = on_stop;
+        action.sa_flags = SA_RESTART;
+        ::sigaction(SIGTSTP, &action, &g_previous[SIGTSTP]);
+        installed_ = true;
         g_raw = 1;
         if (::tcsetattr(STDIN_FILENO, TCSAFLUSH, &g_raw_mode) != 0)
             g_raw = 0;
     }
     ~RawTerminal() {
-        if (g_raw)
-            ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &g_saved_mode);
-        g_raw = 0;
-        for (const int sig : fatal_signals)
-            std::signal(sig, SIG_DFL);
-        std::signal(SIGTSTP, SIG_DFL);
+        restore_mode();
+        if (!installed_)
+            return;
+        for (const int sig : ending_signals)
+            ::sigaction(sig, &g_previous[static_cast<std::size_t>(sig)], nullptr);
+        ::sigaction(SIGTSTP, &g_previous[SIGTSTP], nullptr);
     }
     RawTerminal(const RawTerminal&) = delete;
     RawTerminal& operator=(const RawTerminal&) = delete;
+
+private:
+    bool installed_ = false;
 };
 
 struct Sample {

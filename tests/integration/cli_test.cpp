@@ -22,9 +22,11 @@
 #include <set>
 #include <sstream>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
 #include <sys/wait.h>
+#include <termios.h>
 
 namespace {
 
@@ -168,6 +170,14 @@ public:
         EXPECT_EQ(::write(master_, keys.data(), keys.size()), static_cast<ssize_t>(keys.size()));
     }
     pid_t pid() const { return pid_; }
+    // The terminal's local modes (c_lflag) as the program sees them now.
+    tcflag_t local_modes() const {
+        const int slave = ::open(::ptsname(master_), O_RDWR | O_NOCTTY);
+        termios mode{};
+        EXPECT_EQ(::tcgetattr(slave, &mode), 0);
+        ::close(slave);
+        return mode.c_lflag;
+    }
     const std::string& output() const { return output_; }
 
 private:
@@ -810,6 +820,9 @@ TEST_F(CliTest, TopKeysSortPauseShowHelpAndQuitLeavingTheTerminalAsItWas) {
     ASSERT_TRUE(screen_with({"sort msgs/s", "(? for keys)", "top.a", "top.b"})) << top.output();
     auto screen = last_screen(top.output());
     EXPECT_LT(screen.find("top.b"), screen.find("top.a")) << screen;
+    // Keys come one at a time and are not echoed; Ctrl-C still interrupts.
+    EXPECT_EQ(top.local_modes() & (ICANON | ECHO), 0u);
+    EXPECT_NE(top.local_modes() & ISIG, 0u);
 
     top.type("s");
     ASSERT_TRUE(screen_with({"sort bytes/s"})) << top.output();

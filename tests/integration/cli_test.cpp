@@ -964,20 +964,23 @@ TEST_F(CliTest, BashCompletionOffersCommandsOptionsAndWhatBusdKnows) {
     EXPECT_EQ(complete({"types", "show", "testonly"}), Lines{"testonly.v1.Reading"});
 }
 
+// What a real interactive zsh offers for `bus -e ENDPOINT LINE<TAB>` (complete.zsh), sorted.
+std::vector<std::string> zsh_complete(boost::asio::io_context& io, const std::string& endpoint,
+                                      const std::string& line) {
+    Command c(io,
+              {"zsh", ZSH_COMPLETE, BUS_COMPLETION_DIR, bus_bin + " -e " + endpoint + " " + line});
+    EXPECT_TRUE(c.wait());
+    EXPECT_EQ(c.code(), 0) << c.err();
+    auto offered = lines_of(c.out());
+    std::sort(offered.begin(), offered.end());
+    return offered;
+}
+
 TEST_F(CliTest, ZshCompletionOffersCommandsOptionsAndWhatBusdKnows) {
     register_reading_type();
     auto service = start({"serve", "completed.service"});
     ASSERT_TRUE(served("completed.service"));
-    // What a real interactive zsh offers for `bus -e ENDPOINT LINE<TAB>` (complete.zsh).
-    auto complete = [&](const std::string& line) {
-        Command c(io_, {"zsh", ZSH_COMPLETE, BUS_COMPLETION_DIR,
-                        bus_bin + " -e " + busd_->ipc() + " " + line});
-        EXPECT_TRUE(c.wait());
-        EXPECT_EQ(c.code(), 0) << c.err();
-        auto offered = lines_of(c.out());
-        std::sort(offered.begin(), offered.end());
-        return offered;
-    };
+    auto complete = [&](const std::string& line) { return zsh_complete(io_, busd_->ipc(), line); };
     using Lines = std::vector<std::string>;
     EXPECT_EQ(complete(""), (Lines{"bench", "cluster", "ls", "monitor", "pub", "req", "serve",
                                    "shm", "status", "sub", "top", "types"}));
@@ -993,6 +996,23 @@ TEST_F(CliTest, ZshCompletionOffersCommandsOptionsAndWhatBusdKnows) {
               (Lines{"delete", "logs", "ls", "reload", "restart", "scale", "start", "stop"}));
     EXPECT_EQ(complete("cluster logs --"), (Lines{"--follow", "--lines", "--timeout"}));
     EXPECT_EQ(complete("cluster start --mo"), Lines{"--mode"});
+}
+
+// After `bus cluster logs|scale|...`, the apps busd runs (the first table of `bus cluster ls`).
+TEST(CliZsh, CompletionOffersTheAppsOfBusdsCluster) {
+    boost::asio::io_context io;
+    const TempDir dir;
+    std::ofstream(dir.path + "/busd.toml")
+        << "[[app]]\nname = \"hello\"\ncommand = \"" << BUS_BIN_DIR
+        << "/bus-http-hello\"\nlisten = [\"tcp://127.0.0.1:0\"]\n"
+        << "[[app]]\nname = \"help\"\ncommand = \"" << BUS_BIN_DIR
+        << "/bus-http-hello\"\nlisten = [\"tcp://127.0.0.1:0\"]\n";
+    Busd busd(io, {"-c", dir.path + "/busd.toml", "--apps-log-dir", dir.path + "/logs"});
+    auto complete = [&](const std::string& line) { return zsh_complete(io, busd.ipc(), line); };
+    using Lines = std::vector<std::string>;
+    EXPECT_EQ(complete("cluster logs "), (Lines{"hello", "help"}));
+    EXPECT_EQ(complete("cluster scale hel"), (Lines{"hello", "help"}));
+    EXPECT_EQ(complete("cluster delete hell"), Lines{"hello"});
 }
 
 // --- monitor -------------------------------------------------------------------------------------

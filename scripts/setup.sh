@@ -14,6 +14,8 @@ for arg in "$@"; do
   esac
 done
 
+# groff-base: the man pages' test (tests/man/check.sh); zsh: the zsh completion's test;
+# tshark: the Wireshark dissector's test (its debconf question is answered non-interactively).
 packages=(
   build-essential cmake ninja-build pkg-config git
   libboost-dev libzmq3-dev cppzmq-dev libprotobuf-dev libprotoc-dev protobuf-compiler
@@ -21,6 +23,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-dev clang-format
   nodejs npm
+  groff-base zsh tshark
 )
 # bench/run broker: nats-server, dbus-daemon and dbus-broker (run outside systemd through
 # systemd-socket-activate, from the systemd package), sd-bus for the D-Bus clients.

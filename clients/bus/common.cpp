@@ -540,6 +540,35 @@ const pb::Descriptor* Types::resolve(boost::asio::io_context& io, Client& client
     throw Failure(exit_code::usage, error);
 }
 
+bool ArrivalQueue::ready(const Entry& e) const {
+    if (raw_ || e.envelope.type_url().empty() || e.envelope.type_url() == json_type_url)
+        return true;
+    const auto name = type_name_of(e.envelope.type_url());
+    return types_.find_local(name) || types_.fetched(name);
+}
+
+void ArrivalQueue::push(const v1::Envelope& envelope) {
+    if (done_)
+        return;
+    queue_.push_back({std::chrono::system_clock::now(), envelope});
+    const auto& e = queue_.back();
+    if (!ready(e))
+        types_.fetch(client_, type_name_of(e.envelope.type_url()), [this] { drain(); });
+    drain();
+}
+
+void ArrivalQueue::drain() {
+    while (!queue_.empty() && !done_ && ready(queue_.front())) {
+        const auto line = format_(queue_.front().at, queue_.front().envelope);
+        std::fwrite(line.data(), 1, line.size(), stdout);
+        std::fputc('\n', stdout);
+        std::fflush(stdout);
+        queue_.pop_front();
+        if (count_ && ++shown_ >= count_)
+            done_ = true;
+    }
+}
+
 std::unique_ptr<pb::Message> Types::make(const pb::Descriptor* d) const {
     const pb::Message* prototype = nullptr;
     if (d->file()->pool() == pb::DescriptorPool::generated_pool())

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -178,6 +179,45 @@ private:
     std::vector<std::unique_ptr<Pool>> pools_; // --descriptor-set, then one per fetched type
     std::map<std::string, Fetched> fetched_;
     std::map<std::string, std::vector<std::function<void()>>> waiting_;
+};
+
+// What a receiving command (sub, monitor) prints, one line per message on stdout, in arrival
+// order: a message whose type neither the binary nor --raw settles waits for busd's registry to
+// answer (Types::fetch), and the messages after it wait too. Done after `count` lines (0: no
+// limit) or stop().
+class ArrivalQueue {
+public:
+    // One message's line (and whatever else a command does with it: monitor's --pcap).
+    using Format =
+        std::function<std::string(std::chrono::system_clock::time_point, const v1::Envelope&)>;
+    ArrivalQueue(Types& types, Client& client, bool raw, std::uint64_t count, Format format)
+        : types_(types), client_(client), raw_(raw), count_(count), format_(std::move(format)) {}
+    ArrivalQueue(const ArrivalQueue&) = delete;
+    ArrivalQueue& operator=(const ArrivalQueue&) = delete;
+
+    // A message that arrived now: queued, then every line that is ready is printed.
+    void push(const v1::Envelope& envelope);
+    void stop() { done_ = true; }
+    // For receive_until().
+    bool& done() { return done_; }
+    const std::uint64_t& shown() const { return shown_; }
+
+private:
+    struct Entry {
+        std::chrono::system_clock::time_point at;
+        v1::Envelope envelope;
+    };
+    bool ready(const Entry& e) const;
+    void drain();
+
+    Types& types_;
+    Client& client_;
+    bool raw_;
+    std::uint64_t count_;
+    Format format_;
+    std::deque<Entry> queue_;
+    std::uint64_t shown_ = 0;
+    bool done_ = false;
 };
 
 // How a command with a body (pub, req, serve) says what the body is: raw bytes, or JSON of a

@@ -62,10 +62,11 @@ int main(int argc, char** argv) {
         // An unknown command reads better named than as "a subcommand is required".
         if (app.get_subcommands().empty() && !app.remaining().empty() &&
             app.remaining().front().rfind("-", 0) != 0) {
-            std::fprintf(stderr,
-                         "bus: unknown command '%s' (commands: sub, pub, req, serve, monitor, top, "
-                         "ls, status, types, bench; see bus --help)\n",
-                         app.remaining().front().c_str());
+            std::string names;
+            for (const auto* cmd : app.get_subcommands([](CLI::App*) { return true; }))
+                names += (names.empty() ? "" : ", ") + cmd->get_name();
+            std::fprintf(stderr, "bus: unknown command '%s' (commands: %s; see bus --help)\n",
+                         app.remaining().front().c_str(), names.c_str());
             return exit_code::usage;
         }
         // No command at all: the help, which lists them.

@@ -8,7 +8,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <deque>
 
 namespace bus::cli {
 namespace {
@@ -23,8 +22,9 @@ struct MonitorOptions {
 };
 
 // --pcap: a classic pcap file of link type LINKTYPE_USER0 (147), one packet per message: the
-// bus.v1.Envelope as it was routed (its kind, not the monitor's), payload included. Packets
-// over 256 KiB are cut there (orig_len keeps the size), as Wireshark reads no larger ones.
+// bus.v1.Envelope as it was routed (its kind, not the monitor's), payload included and written
+// last. Packets over 256 KiB are cut there (orig_len keeps the size), as Wireshark reads no
+// larger ones; clients/bus/wireshark/bus.lua dissects them.
 class PcapWriter {
 public:
     static constexpr std::uint32_t link_type_user0 = 147;
@@ -52,7 +52,19 @@ public:
         e.set_kind(e.monitored_kind());
         e.clear_monitored_kind();
         e.clear_subscription_id();
-        const std::string bytes = e.SerializeAsString();
+        e.clear_payload();
+        // The payload goes last (field 4, any order parses), so a packet cut at the snap
+        // length loses only payload bytes, never the source or headers after it.
+        std::string bytes = e.SerializeAsString();
+        if (!copy.payload().empty()) {
+            bytes.push_back(static_cast<char>((4 << 3) | 2)); // field 4, length-delimited
+            for (auto n = copy.payload().size();; n >>= 7) {
+                bytes.push_back(static_cast<char>((n & 0x7f) | (n > 0x7f ? 0x80 : 0)));
+                if (n <= 0x7f)
+                    break;
+            }
+            bytes += copy.payload();
+        }
         const auto us =
             std::chrono::duration_cast<std::chrono::microseconds>(at.time_since_epoch()).count();
         const auto kept = std::min<std::size_t>(bytes.size(), snap_length);
@@ -109,42 +121,19 @@ int run_monitor(const MonitorOptions& o, const Global& g) {
     Types types;
     const Style style{g.color()};
 
-    struct Entry {
-        std::chrono::system_clock::time_point at;
-        v1::Envelope envelope;
-    };
-    std::deque<Entry> queue;
-    std::uint64_t shown = 0;
-    bool done = false;
     std::optional<Failure> failed;
-
-    auto ready = [&](const Entry& e) {
-        if (o.raw || e.envelope.type_url().empty() || e.envelope.type_url() == json_type_url)
-            return true;
-        const auto name = type_name_of(e.envelope.type_url());
-        return types.find_local(name) || types.fetched(name);
-    };
-    auto drain = [&] {
-        while (!queue.empty() && !done && ready(queue.front())) {
-            const auto& e = queue.front().envelope;
-            Shown s{queue.front().at, kind_name(e.monitored_kind()), &e, o.raw, o.headers};
-            if (pcap)
-                pcap->write(queue.front().at, e);
-            const auto line = format_message(types, s, g, style);
-            std::fwrite(line.data(), 1, line.size(), stdout);
-            std::fputc('\n', stdout);
-            std::fflush(stdout);
-            queue.pop_front();
-            if (o.count && ++shown >= o.count)
-                done = true;
-        }
-    };
+    ArrivalQueue queue(types, *client, o.raw, o.count, [&](auto at, const v1::Envelope& e) {
+        if (pcap)
+            pcap->write(at, e);
+        return format_message(types, Shown{at, kind_name(e.monitored_kind()), &e, o.raw, o.headers},
+                              g, style);
+    });
     client->on_event([&](const ClientEvent& e) {
         if (e.kind == ClientEvent::Kind::error) {
             failed.emplace(exit_code_for(e.error),
                            "the broker at " + g.endpoint + " refused to be monitored: " +
                                e.error.message() + (e.detail.empty() ? "" : " (" + e.detail + ")"));
-            done = true;
+            queue.stop();
         } else if (e.kind == ClientEvent::Kind::disconnected) {
             std::fprintf(stderr, "bus: lost the broker at %s; waiting for it to come back\n",
                          g.endpoint.c_str());
@@ -153,16 +142,9 @@ int run_monitor(const MonitorOptions& o, const Global& g) {
                          static_cast<unsigned long long>(e.dropped));
         }
     });
-    client->monitor(o.pattern, [&](Message& m) {
-        if (done)
-            return;
-        queue.push_back({std::chrono::system_clock::now(), m.envelope});
-        if (!ready(queue.back()))
-            types.fetch(*client, type_name_of(queue.back().envelope.type_url()), drain);
-        drain();
-    });
+    client->monitor(o.pattern, [&](Message& m) { queue.push(m.envelope); });
 
-    receive_until(io, *client, timeout, done, failed, shown, o.count, o.timeout);
+    receive_until(io, *client, timeout, queue.done(), failed, queue.shown(), o.count, o.timeout);
     return exit_code::ok;
 }
 

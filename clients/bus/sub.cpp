@@ -5,8 +5,6 @@
 
 #include <boost/asio/steady_timer.hpp>
 
-#include <deque>
-
 namespace bus::cli {
 namespace {
 
@@ -45,50 +43,17 @@ int run_sub(const SubOptions& o, const Global& g) {
     Types types;
     const Style style{g.color()};
 
-    struct Entry {
-        std::chrono::system_clock::time_point at;
-        v1::Envelope envelope;
-    };
-    std::deque<Entry> queue;
-    std::uint64_t shown = 0;
-    bool done = false;
     std::optional<Failure> failed;
-
-    auto ready = [&](const Entry& e) {
-        if (o.raw || e.envelope.type_url().empty() || e.envelope.type_url() == json_type_url)
-            return true;
-        const auto name = type_name_of(e.envelope.type_url());
-        return types.find_local(name) || types.fetched(name);
-    };
-    // In arrival order: a message waits for its type's descriptor, and those after it wait too.
-    auto drain = [&] {
-        while (!queue.empty() && !done && ready(queue.front())) {
-            Shown s{queue.front().at, {}, &queue.front().envelope, o.raw, o.headers};
-            const auto line = format_message(types, s, g, style);
-            std::fwrite(line.data(), 1, line.size(), stdout);
-            std::fputc('\n', stdout);
-            std::fflush(stdout);
-            queue.pop_front();
-            if (o.count && ++shown >= o.count)
-                done = true;
-        }
-    };
-    auto on_message = [&](Message& m) {
-        if (done)
-            return;
-        queue.push_back({std::chrono::system_clock::now(), m.envelope});
-        const auto& e = queue.back();
-        if (!ready(e))
-            types.fetch(*client, type_name_of(e.envelope.type_url()), drain);
-        drain();
-    };
+    ArrivalQueue queue(types, *client, o.raw, o.count, [&](auto at, const v1::Envelope& e) {
+        return format_message(types, Shown{at, {}, &e, o.raw, o.headers}, g, style);
+    });
     client->on_event([&](const ClientEvent& e) {
         switch (e.kind) {
         case ClientEvent::Kind::error:
             failed.emplace(exit_code_for(e.error),
                            "the broker refused the subscription: " + e.error.message() +
                                (e.detail.empty() ? "" : " (" + e.detail + ")"));
-            done = true;
+            queue.stop();
             break;
         case ClientEvent::Kind::disconnected:
             std::fprintf(stderr, "bus: lost the broker at %s; waiting for it to come back\n",
@@ -103,9 +68,10 @@ int run_sub(const SubOptions& o, const Global& g) {
         }
     });
     for (const auto& p : o.patterns)
-        client->subscribe(p, on_message, o.queue);
+        client->subscribe(
+            p, [&](Message& m) { queue.push(m.envelope); }, o.queue);
 
-    receive_until(io, *client, timeout, done, failed, shown, o.count, o.timeout);
+    receive_until(io, *client, timeout, queue.done(), failed, queue.shown(), o.count, o.timeout);
     return exit_code::ok;
 }
 

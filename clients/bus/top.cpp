@@ -1,14 +1,23 @@
 // bus top: a live view of message rates and drops per subject and per client, refreshed in
 // place on a terminal (one snapshot after another when piped; one JSON object each with --json).
+// With a terminal on stdin it reads keys: q quits, s changes the sort, p pauses, ? or h shows
+// them.
 #include "common.hpp"
 
 #include <bus/v1/broker.pb.h>
 
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
+#include <array>
+#include <cerrno>
 #include <cmath>
+#include <csignal>
 #include <map>
+
+#include <termios.h>
+#include <unistd.h>
 
 namespace bus::cli {
 namespace {
@@ -17,6 +26,126 @@ struct TopOptions {
     std::string interval = "1s";
     std::uint64_t count = 0;
     std::size_t rows = 20;
+};
+
+// What the rows are sorted by; `s` goes to the next one.
+enum class SortBy { msgs, bytes, drops, name };
+constexpr std::array<SortBy, 4> sort_order = {SortBy::msgs, SortBy::bytes, SortBy::drops,
+                                              SortBy::name};
+
+const char* sort_name(SortBy by) {
+    switch (by) {
+    case SortBy::msgs:
+        return "msgs/s";
+    case SortBy::bytes:
+        return "bytes/s";
+    case SortBy::drops:
+        return "drops";
+    case SortBy::name:
+        return "name";
+    }
+    return "?";
+}
+
+SortBy next_sort(SortBy by) {
+    const auto at = std::find(sort_order.begin(), sort_order.end(), by) - sort_order.begin();
+    return sort_order[static_cast<std::size_t>(at + 1) % sort_order.size()];
+}
+
+// What the keys changed, and what render() shows of it.
+struct View {
+    SortBy sort = SortBy::msgs;
+    bool paused = false;
+    bool help = false;
+    bool keys = false; // stdin is a terminal: keys are read
+};
+
+constexpr const char* keys_help = "keys: q quit  s sort (msgs/s, bytes/s, drops, name)  "
+                                  "p pause/resume  ? or h this line";
+
+// --- the terminal's mode -----------------------------------------------------------------------
+//
+// Keys are read one at a time without echo (non-canonical mode, ISIG kept so Ctrl-C still
+// interrupts). The mode the terminal had is put back however top ends: returning or throwing
+// (the destructor), SIGINT/SIGTERM (handled on the io_context, so top returns), a signal that
+// ends it (SIGHUP, SIGQUIT, SIGABRT, a crash: restored in a handler, which then gives the
+// signal to the action there was before, the default one or a sanitizer's), and Ctrl-Z
+// (restored while stopped, raw again after).
+
+termios g_saved_mode{};
+termios g_raw_mode{};
+volatile std::sig_atomic_t g_raw = 0;
+
+constexpr std::array<int, 7> ending_signals = {SIGHUP, SIGQUIT, SIGABRT, SIGSEGV,
+                                               SIGBUS, SIGFPE,  SIGILL};
+std::array<struct sigaction, NSIG> g_previous{};
+
+void restore_mode() {
+    if (g_raw)
+        ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &g_saved_mode);
+    g_raw = 0;
+}
+
+void on_ending_signal(int sig) {
+    restore_mode();
+    ::sigaction(sig, &g_previous[static_cast<std::size_t>(sig)], nullptr);
+    // A fault comes back when the instruction runs again, to the previous action; others are
+    // sent again (delivered once this handler returns).
+    if (sig != SIGSEGV && sig != SIGBUS && sig != SIGFPE && sig != SIGILL)
+        ::raise(sig);
+}
+
+void on_stop(int) {
+    const int saved_errno = errno;
+    const bool was_raw = g_raw != 0;
+    restore_mode();
+    std::signal(SIGTSTP, SIG_DFL);
+    sigset_t tstp;
+    sigemptyset(&tstp);
+    sigaddset(&tstp, SIGTSTP);
+    ::sigprocmask(SIG_UNBLOCK, &tstp, nullptr); // blocked while its handler runs
+    ::raise(SIGTSTP);                           // stops here; goes on below at SIGCONT
+    std::signal(SIGTSTP, on_stop);
+    if (was_raw && ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &g_raw_mode) == 0)
+        g_raw = 1;
+    errno = saved_errno;
+}
+
+class RawTerminal {
+public:
+    RawTerminal() {
+        if (::tcgetattr(STDIN_FILENO, &g_saved_mode) != 0)
+            return;
+        g_raw_mode = g_saved_mode;
+        g_raw_mode.c_lflag &= ~static_cast<tcflag_t>(ICANON | ECHO);
+        g_raw_mode.c_cc[VMIN] = 1;
+        g_raw_mode.c_cc[VTIME] = 0;
+        struct sigaction action {};
+        action.sa_handler = on_ending_signal;
+        sigemptyset(&action.sa_mask);
+        for (const int sig : ending_signals)
+            ::sigaction(sig, &action, &g_previous[static_cast<std::size_t>(sig)]);
+        action.sa_handler = on_stop;
+        action.sa_flags = SA_RESTART;
+        ::sigaction(SIGTSTP, &action, &g_previous[SIGTSTP]);
+        installed_ = true;
+        g_raw = 1;
+        if (::tcsetattr(STDIN_FILENO, TCSAFLUSH, &g_raw_mode) != 0)
+            g_raw = 0;
+    }
+    ~RawTerminal() {
+        restore_mode();
+        if (!installed_)
+            return;
+        for (const int sig : ending_signals)
+            ::sigaction(sig, &g_previous[static_cast<std::size_t>(sig)], nullptr);
+        ::sigaction(SIGTSTP, &g_previous[SIGTSTP], nullptr);
+    }
+    RawTerminal(const RawTerminal&) = delete;
+    RawTerminal& operator=(const RawTerminal&) = delete;
+
+private:
+    bool installed_ = false;
 };
 
 struct Sample {
@@ -55,8 +184,8 @@ double per_second(std::uint64_t now, std::uint64_t before, double seconds) {
     return static_cast<double>(now - before) / seconds;
 }
 
-void render(const Sample& now, const Sample* before, const TopOptions& o, const Global& g,
-            const Style& style, bool terminal) {
+void render(const Sample& now, const Sample* before, const TopOptions& o, const View& view,
+            const Global& g, const Style& style, bool terminal) {
     const double dt = before ? std::chrono::duration<double>(now.at - before->at).count() : 0.0;
     std::map<std::string, const v1::SubjectStats*> old_subjects;
     std::map<std::string, const v1::ClientInfo*> old_clients;
@@ -77,22 +206,47 @@ void render(const Sample& now, const Sample* before, const TopOptions& o, const 
                             old ? per_second(s.bytes(), old->bytes(), dt) : 0,
                             old ? per_second(s.dropped(), old->dropped(), dt) : 0});
     }
-    std::stable_sort(subjects.begin(), subjects.end(), [](const auto& a, const auto& b) {
-        return a.msgs != b.msgs ? a.msgs > b.msgs : a.s->msgs() > b.s->msgs();
+    // Highest first (ties: the larger total), except by name: A to Z.
+    std::stable_sort(subjects.begin(), subjects.end(), [&](const auto& a, const auto& b) {
+        switch (view.sort) {
+        case SortBy::msgs:
+            return a.msgs != b.msgs ? a.msgs > b.msgs : a.s->msgs() > b.s->msgs();
+        case SortBy::bytes:
+            return a.bytes != b.bytes ? a.bytes > b.bytes : a.s->bytes() > b.s->bytes();
+        case SortBy::drops:
+            return a.drops != b.drops ? a.drops > b.drops : a.s->dropped() > b.s->dropped();
+        case SortBy::name:
+            return a.s->subject() < b.s->subject();
+        }
+        return false;
     });
     struct ClientRow {
         const v1::ClientInfo* c;
-        double in, out, drops;
+        double in, out, bytes, drops;
     };
     std::vector<ClientRow> clients;
     for (const auto& c : now.clients.clients()) {
         const auto* old = old_clients.count(c.id()) ? old_clients[c.id()] : nullptr;
-        clients.push_back({&c, old ? per_second(c.msgs_in(), old->msgs_in(), dt) : 0,
-                           old ? per_second(c.msgs_out(), old->msgs_out(), dt) : 0,
-                           old ? per_second(c.dropped(), old->dropped(), dt) : 0});
+        clients.push_back(
+            {&c, old ? per_second(c.msgs_in(), old->msgs_in(), dt) : 0,
+             old ? per_second(c.msgs_out(), old->msgs_out(), dt) : 0,
+             old ? per_second(c.bytes_in() + c.bytes_out(), old->bytes_in() + old->bytes_out(), dt)
+                 : 0,
+             old ? per_second(c.dropped(), old->dropped(), dt) : 0});
     }
-    std::stable_sort(clients.begin(), clients.end(),
-                     [](const auto& a, const auto& b) { return a.in + a.out > b.in + b.out; });
+    std::stable_sort(clients.begin(), clients.end(), [&](const auto& a, const auto& b) {
+        switch (view.sort) {
+        case SortBy::msgs:
+            return a.in + a.out > b.in + b.out;
+        case SortBy::bytes:
+            return a.bytes > b.bytes;
+        case SortBy::drops:
+            return a.drops != b.drops ? a.drops > b.drops : a.c->dropped() > b.c->dropped();
+        case SortBy::name:
+            return a.c->name() != b.c->name() ? a.c->name() < b.c->name() : a.c->id() < b.c->id();
+        }
+        return false;
+    });
     const double routed =
         before ? per_second(now.stats.msgs_routed(), before->stats.msgs_routed(), dt) : 0;
 
@@ -102,6 +256,7 @@ void render(const Sample& now, const Sample* before, const TopOptions& o, const 
         j["routed_per_s"] = routed;
         j["dropped"] = now.stats.dropped();
         j["clients"] = now.stats.clients();
+        j["sort"] = sort_name(view.sort);
         auto& js = j["subjects"] = nlohmann::ordered_json::array();
         for (const auto& r : subjects)
             js.push_back({{"subject", r.s->subject()},
@@ -116,6 +271,7 @@ void render(const Sample& now, const Sample* before, const TopOptions& o, const 
                           {"name", r.c->name()},
                           {"in_per_s", r.in},
                           {"out_per_s", r.out},
+                          {"bytes_per_s", r.bytes},
                           {"dropped_per_s", r.drops},
                           {"queued", r.c->queued()}});
         std::printf("%s\n", j.dump().c_str());
@@ -127,7 +283,12 @@ void render(const Sample& now, const Sample* before, const TopOptions& o, const 
         head += "\x1b[H\x1b[2J"; // home, clear: refresh in place
     head += style.bold("busd " + now.stats.version()) + "  " + g.endpoint + "  clients " +
             std::to_string(now.stats.clients()) + "  routed " + rate_text(routed) + "/s" +
-            "  dropped " + std::to_string(now.stats.dropped()) + "\n\n";
+            "  dropped " + std::to_string(now.stats.dropped()) + "  sort " + sort_name(view.sort) +
+            (view.paused ? "  " + style.yellow("[paused]") : "") +
+            (view.keys && !view.help ? "  (? for keys)" : "") + "\n";
+    if (view.help)
+        head += std::string(keys_help) + "\n";
+    head += "\n";
     std::fputs(head.c_str(), stdout);
     Table st({"SUBJECT", "MSGS/S", "BYTES/S", "DROPS/S", "MSGS", "DROPPED"});
     for (std::size_t i = 0; i < subjects.size() && i < o.rows; ++i) {
@@ -138,11 +299,12 @@ void render(const Sample& now, const Sample* before, const TopOptions& o, const 
     }
     st.print(stdout, style);
     std::fputc('\n', stdout);
-    Table ct({"CLIENT", "NAME", "PID", "IN/S", "OUT/S", "DROPS/S", "QUEUED", "DROPPED"});
+    Table ct({"CLIENT", "NAME", "PID", "IN/S", "OUT/S", "BYTES/S", "DROPS/S", "QUEUED", "DROPPED"});
     for (std::size_t i = 0; i < clients.size() && i < o.rows; ++i) {
         const auto& r = clients[i];
         ct.add({r.c->id(), r.c->name(), std::to_string(r.c->pid()), rate_text(r.in),
-                rate_text(r.out), rate_text(r.drops), std::to_string(r.c->queued()),
+                rate_text(r.out), bytes_text(r.bytes), rate_text(r.drops),
+                std::to_string(r.c->queued()),
                 r.c->dropped() ? style.red(std::to_string(r.c->dropped())) : "0"});
     }
     ct.print(stdout, style);
@@ -150,6 +312,42 @@ void render(const Sample& now, const Sample* before, const TopOptions& o, const 
         std::fputc('\n', stdout); // snapshots apart when piped
     std::fflush(stdout);
 }
+
+// Reads keys from a terminal on stdin, one at a time, as they come. Waits for readability
+// only (reading itself is a plain read of what is there), so stdin's file description is never
+// made non-blocking under the shell that shares it.
+class Keys {
+public:
+    Keys(boost::asio::io_context& io, std::function<void(char)> on_key)
+        : stdin_(io, STDIN_FILENO), on_key_(std::move(on_key)) {
+        wait();
+    }
+    ~Keys() {
+        boost::system::error_code ignored;
+        stdin_.cancel(ignored);
+        stdin_.release(); // stdin stays open
+    }
+    Keys(const Keys&) = delete;
+    Keys& operator=(const Keys&) = delete;
+
+private:
+    void wait() {
+        stdin_.async_wait(boost::asio::posix::descriptor_base::wait_read,
+                          [this](const boost::system::error_code& ec) {
+                              if (ec)
+                                  return;
+                              char buf[64];
+                              const ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
+                              if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
+                                  return; // the terminal went away: no more keys
+                              for (ssize_t i = 0; i < n; ++i)
+                                  on_key_(buf[i]);
+                              wait();
+                          });
+    }
+    boost::asio::posix::stream_descriptor stdin_;
+    std::function<void(char)> on_key_;
+};
 
 int run_top(const TopOptions& o, const Global& g) {
     const auto interval = parse_duration(o.interval, "--interval");
@@ -161,41 +359,98 @@ int run_top(const TopOptions& o, const Global& g) {
     const bool terminal = ::isatty(STDOUT_FILENO) != 0;
     const Style style{g.color()};
 
-    std::optional<Sample> previous;
-    std::uint64_t shown = 0;
-    boost::asio::steady_timer timer(io);
-    while (!interrupted()) {
-        Sample now;
-        std::optional<std::error_code> result;
-        auto ask = [&](const char* what, google::protobuf::Message& into) {
-            result.reset();
-            client->request_bytes(what, {}, std::chrono::seconds(5),
-                                  [&](std::error_code ec, Message& m) {
-                                      result = ec;
-                                      if (!ec)
-                                          into.ParseFromString(std::string(m.payload()));
-                                  });
-            run_until_done(io, [&] { return result.has_value(); });
-            if (result && *result)
-                throw Failure(exit_code_for(*result), "busd at " + g.endpoint + " did not answer " +
-                                                          what + ": " + result->message());
-        };
-        ask("$sys.stats", now.stats);
-        if (interrupted())
-            break;
-        ask("$sys.clients", now.clients);
-        if (interrupted())
-            break;
-        now.at = std::chrono::steady_clock::now();
-        render(now, previous ? &*previous : nullptr, o, g, style, terminal);
-        previous = std::move(now);
-        if (o.count && ++shown >= o.count)
-            break;
-        bool fired = false;
-        timer.expires_after(interval);
-        timer.async_wait([&](const boost::system::error_code&) { fired = true; });
-        run_until_done(io, [&] { return fired; });
+    View view;
+    view.keys = ::isatty(STDIN_FILENO) != 0;
+    bool quit = false;
+    bool redraw = false;
+    std::optional<RawTerminal> raw;
+    std::unique_ptr<Keys> keys;
+    if (view.keys) {
+        raw.emplace();
+        keys = std::make_unique<Keys>(io, [&](char key) {
+            switch (key) {
+            case 'q':
+            case 'Q':
+                quit = true;
+                break;
+            case 's':
+                view.sort = next_sort(view.sort);
+                redraw = true;
+                break;
+            case 'p':
+            case ' ':
+                view.paused = !view.paused;
+                redraw = true;
+                break;
+            case '?':
+            case 'h':
+                view.help = !view.help;
+                redraw = true;
+                break;
+            default:
+                break;
+            }
+        });
     }
+
+    std::optional<Sample> previous, latest;
+    std::uint64_t shown = 0;
+    bool due = true; // time for the next sample
+    bool fired = false;
+    boost::asio::steady_timer timer(io);
+    auto show = [&] {
+        render(*latest, previous ? &*previous : nullptr, o, view, g, style, terminal);
+    };
+    while (!interrupted() && !quit) {
+        if (due && !view.paused) {
+            Sample now;
+            std::optional<std::error_code> result;
+            auto ask = [&](const char* what, google::protobuf::Message& into) {
+                result.reset();
+                client->request_bytes(what, {}, std::chrono::seconds(5),
+                                      [&](std::error_code ec, Message& m) {
+                                          result = ec;
+                                          if (!ec)
+                                              into.ParseFromString(std::string(m.payload()));
+                                      });
+                run_until_done(io, [&] { return result.has_value(); });
+                if (result && *result)
+                    throw Failure(exit_code_for(*result), "busd at " + g.endpoint +
+                                                              " did not answer " + what + ": " +
+                                                              result->message());
+            };
+            ask("$sys.stats", now.stats);
+            if (interrupted())
+                break;
+            ask("$sys.clients", now.clients);
+            if (interrupted())
+                break;
+            now.at = std::chrono::steady_clock::now();
+            previous = std::move(latest);
+            latest = std::move(now);
+            show();
+            redraw = false;
+            if (o.count && ++shown >= o.count)
+                break;
+            due = fired = false;
+            timer.expires_after(interval);
+            timer.async_wait([&](const boost::system::error_code& ec) {
+                if (!ec)
+                    fired = true;
+            });
+        }
+        run_until_done(io, [&] { return fired || redraw || quit; });
+        if (fired) {
+            fired = false;
+            due = true;
+        }
+        if (redraw && latest && !quit) {
+            show(); // a key changed the view: at once, from the samples there are
+            redraw = false;
+        }
+    }
+    timer.cancel();
+    keys.reset();
     client->close();
     return exit_code::ok;
 }
@@ -213,6 +468,8 @@ void add_top(CLI::App& app, Global& g, Runner& run) {
                 "with --json, one object per refresh. Rates are the change since the last "
                 "refresh\n(the first shows totals only). busd counts a subject when it delivers "
                 "it.\n\n"
+                "Keys (when stdin is a terminal): q quit, s sort by the next column (msgs/s,\n"
+                "bytes/s, drops, name), p pause/resume the refresh, ? or h show the keys.\n\n"
                 "Examples:\n"
                 "  bus top\n"
                 "  bus top --json --interval 5s | jq '.subjects[0]'");

@@ -22,9 +22,11 @@
 #include <set>
 #include <sstream>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
 #include <sys/wait.h>
+#include <termios.h>
 
 namespace {
 
@@ -157,6 +159,24 @@ public:
         ::waitpid(pid_, &status, 0);
         reaped_ = true;
         return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    // Reads what the program writes for `how_long`.
+    void read_for(std::chrono::milliseconds how_long) {
+        const auto until = std::chrono::steady_clock::now() + how_long;
+        read_until([&](const std::string&) { return std::chrono::steady_clock::now() >= until; });
+    }
+    // Types `keys` at the program.
+    void type(const std::string& keys) {
+        EXPECT_EQ(::write(master_, keys.data(), keys.size()), static_cast<ssize_t>(keys.size()));
+    }
+    pid_t pid() const { return pid_; }
+    // The terminal's local modes (c_lflag) as the program sees them now.
+    tcflag_t local_modes() const {
+        const int slave = ::open(::ptsname(master_), O_RDWR | O_NOCTTY);
+        termios mode{};
+        EXPECT_EQ(::tcgetattr(slave, &mode), 0);
+        ::close(slave);
+        return mode.c_lflag;
     }
     const std::string& output() const { return output_; }
 
@@ -481,6 +501,17 @@ TEST_F(CliTest, BadInputIsAUsageErrorThatSaysWhatIsWrong) {
         EXPECT_EQ(r.code, 2) << joined << "\n" << r.err;
         EXPECT_NE(r.err.find(c.says), std::string::npos) << joined << "\nstderr: " << r.err;
     }
+    // An unknown command is told with the list of every command there is.
+    const auto unknown = run({"frobnicate"}).err;
+    const auto from = unknown.find("commands: ");
+    ASSERT_NE(from, std::string::npos) << unknown;
+    std::set<std::string> listed;
+    std::istringstream names(unknown.substr(from + 10, unknown.find(';', from) - from - 10));
+    for (std::string name; std::getline(names >> std::ws, name, ',');)
+        listed.insert(name);
+    EXPECT_EQ(listed, (std::set<std::string>{"sub", "pub", "req", "serve", "ls", "status", "types",
+                                             "monitor", "top", "bench", "shm", "cluster"}))
+        << unknown;
     // `bus` without a command prints its help on stderr (with the exit codes) and fails.
     Command bare(io_, {bus_bin});
     ASSERT_TRUE(bare.wait());
@@ -743,14 +774,128 @@ TEST_F(CliTest, TopInATerminalRefreshesInPlaceShowingSubjectsAndClients) {
     EXPECT_EQ(top.stop(SIGINT), 0) << "Ctrl-C ends it cleanly";
 }
 
+// `bus top` in a terminal run from a shell, which reports its exit code and then the
+// terminal's mode (`stty -a`): what a person sees after it ended.
+std::vector<std::string> top_in_shell(const std::string& endpoint) {
+    return {"/bin/sh", "-c",
+            "ulimit -c 0; \"$0\" -e \"$1\" top --interval 100ms; echo \"top exited $?\"; "
+            "stty -a",
+            bus_bin, endpoint};
+}
+
+// The screen last drawn (everything after the last clear).
+std::string last_screen(const std::string& out) {
+    const std::string clear = "\x1b[H\x1b[2J";
+    const auto at = out.rfind(clear);
+    return at == std::string::npos ? std::string() : out.substr(at + clear.size());
+}
+
+bool has(const std::string& text, const std::string& what) {
+    return text.find(what) != std::string::npos;
+}
+
+// After the shell's `stty -a`: the terminal is back in canonical mode with echo.
+void expect_terminal_restored(const std::string& out) {
+    const auto stty = out.substr(out.find("top exited"));
+    EXPECT_TRUE(has(stty, " icanon")) << stty;
+    EXPECT_FALSE(has(stty, "-icanon")) << stty;
+    EXPECT_TRUE(has(stty, " echo ")) << stty;
+    EXPECT_FALSE(has(stty, "-echo ")) << stty;
+}
+
+TEST_F(CliTest, TopKeysSortPauseShowHelpAndQuitLeavingTheTerminalAsItWas) {
+    auto sub = start({"sub", "top.>"});
+    ASSERT_TRUE(subscribed("top.>"));
+    publish_readings("top.b", 3); // more messages and bytes than top.a
+    publish_readings("top.a", 1);
+    PtyCommand top(top_in_shell(busd_->ipc()));
+    const std::string clear = "\x1b[H\x1b[2J";
+    auto screen_with = [&](const std::vector<std::string>& all) {
+        return top.read_until([&](const std::string& out) {
+            const auto screen = last_screen(out);
+            return std::all_of(all.begin(), all.end(), [&](auto& w) { return has(screen, w); });
+        });
+    };
+    // Sorted by msgs/s first: equal rates, so the larger total (top.b) leads.
+    ASSERT_TRUE(screen_with({"sort msgs/s", "(? for keys)", "top.a", "top.b"})) << top.output();
+    auto screen = last_screen(top.output());
+    EXPECT_LT(screen.find("top.b"), screen.find("top.a")) << screen;
+    // Keys come one at a time and are not echoed; Ctrl-C still interrupts.
+    EXPECT_EQ(top.local_modes() & (ICANON | ECHO), 0u);
+    EXPECT_NE(top.local_modes() & ISIG, 0u);
+
+    top.type("s");
+    ASSERT_TRUE(screen_with({"sort bytes/s"})) << top.output();
+    top.type("s");
+    ASSERT_TRUE(screen_with({"sort drops"})) << top.output();
+    top.type("s");
+    ASSERT_TRUE(screen_with({"sort name", "top.a", "top.b"})) << top.output();
+    screen = last_screen(top.output());
+    EXPECT_LT(screen.find("top.a"), screen.find("top.b")) << "by name: " << screen;
+    top.type("s");
+    ASSERT_TRUE(screen_with({"sort msgs/s"})) << "s comes back round: " << top.output();
+
+    // p: the screen stays as it is (no redraw for six intervals), then refreshes again.
+    top.type("p");
+    ASSERT_TRUE(screen_with({"[paused]", "DROPPED"})) << top.output();
+    const auto paused_at = count_of(top.output(), clear);
+    top.read_for(600ms);
+    EXPECT_EQ(count_of(top.output(), clear), paused_at) << "refreshed while paused";
+    top.type("p");
+    ASSERT_TRUE(top.read_until([&](const std::string& out) {
+        return count_of(out, clear) >= paused_at + 3;
+    })) << top.output();
+    EXPECT_FALSE(has(last_screen(top.output()), "[paused]"));
+
+    top.type("?");
+    ASSERT_TRUE(screen_with({"keys: q quit"})) << top.output();
+    EXPECT_FALSE(has(last_screen(top.output()), "(? for keys)"));
+
+    top.type("q");
+    ASSERT_TRUE(top.read_until([](const std::string& out) {
+        return has(out, "top exited") && has(out.substr(out.find("top exited")), "icanon");
+    })) << top.output();
+    EXPECT_TRUE(has(top.output(), "top exited 0\r\n")) << top.output();
+    expect_terminal_restored(top.output());
+    EXPECT_EQ(top.stop(0), 0);
+}
+
+// Ended by a signal instead of q, top still puts the terminal back: SIGTERM ends it cleanly,
+// SIGHUP and SIGQUIT kill it (their default action) after the mode is restored.
+TEST_F(CliTest, TopRestoresTheTerminalWhenASignalEndsIt) {
+    for (const auto& [sig, status] : std::vector<std::pair<int, int>>{
+             {SIGTERM, 0}, {SIGHUP, 128 + SIGHUP}, {SIGQUIT, 128 + SIGQUIT}}) {
+        SCOPED_TRACE(::strsignal(sig));
+        PtyCommand top(top_in_shell(busd_->ipc()));
+        ASSERT_TRUE(top.read_until([](const std::string& out) { return has(out, "CLIENT"); }))
+            << top.output();
+        // top is the shell's only child.
+        std::ifstream children("/proc/" + std::to_string(top.pid()) + "/task/" +
+                               std::to_string(top.pid()) + "/children");
+        pid_t pid = 0;
+        ASSERT_TRUE(children >> pid);
+        ASSERT_EQ(::kill(pid, sig), 0);
+        ASSERT_TRUE(top.read_until([](const std::string& out) {
+            return has(out, "top exited") && has(out.substr(out.find("top exited")), "icanon");
+        })) << top.output();
+        EXPECT_TRUE(has(top.output(), "top exited " + std::to_string(status) + "\r\n"))
+            << top.output();
+        expect_terminal_restored(top.output());
+        EXPECT_EQ(top.stop(0), 0);
+    }
+}
+
 TEST_F(CliTest, TopPipedPrintsSnapshotsAndJson) {
     auto sub = start({"sub", "top.>"});
     ASSERT_TRUE(subscribed("top.>"));
     publish_readings("top.piped", 2);
-    auto plain = run({"top", "-n", "2", "--interval", "50ms"});
+    // stdin is not a terminal: its "q" is not read as a key.
+    auto plain = run({"top", "-n", "2", "--interval", "50ms"}, "q");
     ASSERT_EQ(plain.code, 0) << plain.err;
     EXPECT_EQ(plain.out.find('\x1b'), std::string::npos) << "no escapes when piped";
     EXPECT_EQ(count_of(plain.out, "SUBJECT\t"), 2u) << plain.out;
+    EXPECT_EQ(count_of(plain.out, "sort msgs/s"), 2u) << plain.out;
+    EXPECT_EQ(plain.out.find("? for keys"), std::string::npos) << "no keys without a terminal";
     auto j = run({"top", "--json", "-n", "2", "--interval", "50ms"});
     ASSERT_EQ(j.code, 0) << j.err;
     const auto lines = lines_of(j.out);
@@ -817,6 +962,57 @@ TEST_F(CliTest, BashCompletionOffersCommandsOptionsAndWhatBusdKnows) {
     EXPECT_EQ(complete({"req", "completed."}), Lines{"completed.service"});
     EXPECT_EQ(complete({"pub", "--type", "testonly."}), Lines{"testonly.v1.Reading"});
     EXPECT_EQ(complete({"types", "show", "testonly"}), Lines{"testonly.v1.Reading"});
+}
+
+// What a real interactive zsh offers for `bus -e ENDPOINT LINE<TAB>` (complete.zsh), sorted.
+std::vector<std::string> zsh_complete(boost::asio::io_context& io, const std::string& endpoint,
+                                      const std::string& line) {
+    Command c(io,
+              {"zsh", ZSH_COMPLETE, BUS_COMPLETION_DIR, bus_bin + " -e " + endpoint + " " + line});
+    EXPECT_TRUE(c.wait());
+    EXPECT_EQ(c.code(), 0) << c.err();
+    auto offered = lines_of(c.out());
+    std::sort(offered.begin(), offered.end());
+    return offered;
+}
+
+TEST_F(CliTest, ZshCompletionOffersCommandsOptionsAndWhatBusdKnows) {
+    register_reading_type();
+    auto service = start({"serve", "completed.service"});
+    ASSERT_TRUE(served("completed.service"));
+    auto complete = [&](const std::string& line) { return zsh_complete(io_, busd_->ipc(), line); };
+    using Lines = std::vector<std::string>;
+    EXPECT_EQ(complete(""), (Lines{"bench", "cluster", "ls", "monitor", "pub", "req", "serve",
+                                   "shm", "status", "sub", "top", "types"}));
+    EXPECT_EQ(complete("mo"), Lines{"monitor"});
+    EXPECT_EQ(complete("req "), Lines{"completed.service"});
+    EXPECT_EQ(complete("req completed.service "), Lines{}) << "the body is free text";
+    EXPECT_EQ(complete("ls su"), (Lines{"subjects", "subscriptions"}));
+    EXPECT_EQ(complete("sub --hea"), Lines{"--headers"});
+    EXPECT_EQ(complete("top --"), (Lines{"--count", "--interval", "--rows"}));
+    EXPECT_EQ(complete("pub --type testonly."), Lines{"testonly.v1.Reading"});
+    EXPECT_EQ(complete("types show testonly"), Lines{"testonly.v1.Reading"});
+    EXPECT_EQ(complete("cluster "),
+              (Lines{"delete", "logs", "ls", "reload", "restart", "scale", "start", "stop"}));
+    EXPECT_EQ(complete("cluster logs --"), (Lines{"--follow", "--lines", "--timeout"}));
+    EXPECT_EQ(complete("cluster start --mo"), Lines{"--mode"});
+}
+
+// After `bus cluster logs|scale|...`, the apps busd runs (the first table of `bus cluster ls`).
+TEST(CliZsh, CompletionOffersTheAppsOfBusdsCluster) {
+    boost::asio::io_context io;
+    const TempDir dir;
+    std::ofstream(dir.path + "/busd.toml")
+        << "[[app]]\nname = \"hello\"\ncommand = \"" << BUS_BIN_DIR
+        << "/bus-http-hello\"\nlisten = [\"tcp://127.0.0.1:0\"]\n"
+        << "[[app]]\nname = \"help\"\ncommand = \"" << BUS_BIN_DIR
+        << "/bus-http-hello\"\nlisten = [\"tcp://127.0.0.1:0\"]\n";
+    Busd busd(io, {"-c", dir.path + "/busd.toml", "--apps-log-dir", dir.path + "/logs"});
+    auto complete = [&](const std::string& line) { return zsh_complete(io, busd.ipc(), line); };
+    using Lines = std::vector<std::string>;
+    EXPECT_EQ(complete("cluster logs "), (Lines{"hello", "help"}));
+    EXPECT_EQ(complete("cluster scale hel"), (Lines{"hello", "help"}));
+    EXPECT_EQ(complete("cluster delete hell"), Lines{"hello"});
 }
 
 // --- monitor -------------------------------------------------------------------------------------
@@ -886,6 +1082,90 @@ TEST_F(CliTest, MonitorPcapHoldsEachMessageAsAnEnvelope) {
     EXPECT_EQ(packets[0].headers(0).value(), "v");
     EXPECT_EQ(packets[1].payload(), "second");
     EXPECT_EQ(packets[1].subscription_id(), 0u);
+}
+
+// The Wireshark dissector (clients/bus/wireshark/bus.lua) in the real tshark, reading what a
+// real `bus monitor --pcap` wrote: each packet's Envelope fields as the monitor's JSON shows them.
+TEST_F(CliTest, WiresharkDissectorDecodesAMonitorPcap) {
+    const TempDir dir;
+    const std::string file = dir.path + "/capture.pcap";
+    auto monitor = start({"monitor", "--json", "--pcap", file, "-n", "5", "cap.>"});
+    ASSERT_TRUE(monitoring("cap.>"));
+    ASSERT_EQ(run({"pub", "-H", "k=v", "-H", "trace=abc", "cap.one", "first"}).code, 0);
+    publish_readings("cap.readings", 1);
+    auto service = start({"serve", "--quiet", "cap.svc"});
+    ASSERT_TRUE(served("cap.svc"));
+    ASSERT_EQ(run({"req", "cap.svc", "ping"}).code, 0); // a request and its reply
+    const std::string big(300000, 'x');                 // over the 256 KiB snap length
+    ASSERT_EQ(run({"pub", "cap.big"}, big).code, 0);
+    ASSERT_TRUE(monitor->wait());
+    ASSERT_EQ(monitor->code(), 0) << monitor->err();
+    std::vector<json> shown;
+    for (const auto& line : lines_of(monitor->out()))
+        shown.push_back(json::parse(line));
+    ASSERT_EQ(shown.size(), 5u) << monitor->out();
+
+    const std::vector<std::string> columns = {
+        "bus.kind",       "bus.subject",       "bus.source",       "bus.type", "bus.payload_length",
+        "bus.header.key", "bus.header.value",  "bus.payload_text", "bus.id",   "bus.correlation_id",
+        "frame.cap_len",  "_ws.expert.message"};
+    std::vector<std::string> argv = {
+        "tshark",      "-X",           std::string("lua_script:") + BUS_WIRESHARK_LUA,
+        "-r",          file,           "-T",
+        "fields",      "-E",           "separator=|",
+        "-E",          "occurrence=a", "-E",
+        "aggregator=,"};
+    for (const auto& c : columns)
+        argv.insert(argv.end(), {"-e", c});
+    Command tshark(io_, argv);
+    ASSERT_TRUE(tshark.wait());
+    ASSERT_EQ(tshark.code(), 0) << tshark.err();
+    EXPECT_EQ(tshark.err().find("Lua"), std::string::npos) << tshark.err();
+    std::vector<std::map<std::string, std::string>> packets;
+    for (const auto& line : lines_of(tshark.out())) {
+        std::map<std::string, std::string> p;
+        std::istringstream cells(line);
+        std::string cell;
+        for (const auto& c : columns) {
+            std::getline(cells, cell, '|');
+            p[c] = cell;
+        }
+        packets.push_back(p);
+    }
+    ASSERT_EQ(packets.size(), 5u) << tshark.out();
+    const std::map<std::string, std::string> kinds = {
+        {"publish", "2"}, {"request", "3"}, {"reply", "4"}, {"error", "6"}};
+    for (std::size_t i = 0; i < packets.size(); ++i) {
+        SCOPED_TRACE("packet " + std::to_string(i + 1));
+        auto& p = packets[i];
+        EXPECT_EQ(p["bus.kind"], kinds.at(shown[i]["kind"].get<std::string>()));
+        EXPECT_EQ(p["bus.source"], shown[i]["source"]);
+        EXPECT_EQ(p["bus.subject"], shown[i].value("subject", ""));
+        EXPECT_EQ(p["bus.type"], shown[i].value("type", ""));
+    }
+    EXPECT_EQ(packets[0]["bus.subject"], "cap.one");
+    EXPECT_EQ(packets[0]["bus.payload_length"], "5");
+    EXPECT_EQ(packets[0]["bus.payload_text"], "first");
+    EXPECT_EQ(packets[0]["bus.header.key"], "k,trace");
+    EXPECT_EQ(packets[0]["bus.header.value"], "v,abc");
+    EXPECT_EQ(packets[1]["bus.subject"], "cap.readings");
+    EXPECT_EQ(packets[1]["bus.type"], "testonly.v1.Reading");
+    EXPECT_NE(packets[1]["bus.payload_length"], "0");
+    EXPECT_EQ(packets[2]["bus.kind"], "3");
+    EXPECT_EQ(packets[2]["bus.subject"], "cap.svc");
+    EXPECT_EQ(packets[2]["bus.payload_text"], "ping");
+    EXPECT_EQ(packets[3]["bus.kind"], "4");
+    EXPECT_EQ(packets[3]["bus.payload_text"], "ping") << "the echo";
+    EXPECT_NE(packets[3]["bus.correlation_id"], "");
+    EXPECT_NE(packets[3]["bus.correlation_id"], "0");
+    EXPECT_EQ(packets[4]["bus.subject"], "cap.big");
+    EXPECT_EQ(packets[4]["bus.payload_length"], "300000") << "the length as sent";
+    EXPECT_EQ(packets[4]["frame.cap_len"], "262144");
+    EXPECT_FALSE(packets[4]["bus.source"].empty()) << "the source is before the cut payload";
+    EXPECT_NE(packets[4]["_ws.expert.message"].find("snap length"), std::string::npos)
+        << packets[4]["_ws.expert.message"];
+    for (std::size_t i = 0; i < 4; ++i)
+        EXPECT_EQ(packets[i]["_ws.expert.message"], "") << "packet " << i + 1;
 }
 
 TEST_F(CliTest, MonitorPatternLeavesOtherSubjectsOut) {

@@ -6,6 +6,9 @@
 // BUS_SHM_STRESS_RECORDS=N raises the record counts (default: a million per mode).
 #include "../support/shm_records.hpp"
 
+#include "../../bus/src/shm/layout.hpp"
+#include "../../bus/src/shm/segment.hpp"
+
 #include <bus/shm_queue.hpp>
 
 #include <gtest/gtest.h>
@@ -259,6 +262,15 @@ int child_push_and_die(const std::vector<std::string>& a) {
     return 1;
 }
 
+// wait-room NAME SIZE: asks for SIZE bytes of a full queue and sleeps (no spinning) until
+// killed.
+int child_wait_room(const std::vector<std::string>& a) {
+    auto q = open_retrying(a[0], shm::Role::producer);
+    q.set_spin(std::chrono::nanoseconds::zero());
+    auto slot = q.reserve(std::stoul(a[1]), 60s);
+    return fail(slot ? "reserve found room" : "reserve: " + slot.error().message());
+}
+
 // attach NAME ROLE: opens the queue as ROLE (producer or consumer) and waits to be killed.
 int child_attach(const std::vector<std::string>& a) {
     auto q = open_retrying(a[0], a[1] == "producer" ? shm::Role::producer : shm::Role::consumer);
@@ -290,6 +302,8 @@ int child_main(const std::string& mode, const std::vector<std::string>& args) {
             return child_reserve_and_die(args);
         if (mode == "attach")
             return child_attach(args);
+        if (mode == "wait-room")
+            return child_wait_room(args);
         if (mode == "push-and-die")
             return child_push_and_die(args);
         if (mode == "create-push-die")
@@ -595,6 +609,61 @@ TEST_F(ShmProcesses, ProducerDeadMidRecordIsSkippedAndCounted) {
     EXPECT_LT(Clock::now() - start, 1s);
     q.release();
     EXPECT_EQ(q.stats().skipped, 1u);
+}
+
+// A producer SIGKILLed while asleep waiting for room cannot take back its announcement: left up,
+// it would make every later release() pay a futex wake-up for nobody. The consumer finds its
+// slot dead and takes it back, so after the kill no release wakes anyone (space_seq, the word
+// wakers bump, stays put).
+TEST_F(ShmProcesses, ProducerKilledAsleepForRoomCostsNoWakeUps) {
+    auto q = create(shm::Mode::mpsc, shm::Role::consumer, 4096);
+    auto p = shm::Queue::open(name_, shm::Role::producer);
+    ASSERT_TRUE(p);
+    const char one[] = "r";
+    int records = 0;
+    while (!p.value().try_push(std::as_bytes(std::span(one))))
+        ++records;
+    ASSERT_GE(records, 20);
+    Child sleeper({"wait-room", name_, "2000"});
+    const auto end = Clock::now() + 10s;
+    while (q.stats().waiting_producers != 1 && Clock::now() < end)
+        std::this_thread::sleep_for(1ms);
+    ASSERT_EQ(q.stats().waiting_producers, 1u) << "the child never slept";
+    sleeper.kill();
+    ASSERT_TRUE(sleeper.wait());
+    EXPECT_EQ(q.stats().waiting_producers, 1u) << "nobody has looked yet";
+
+    const int fd = ::shm_open(("/bus." + name_).c_str(), O_RDONLY | O_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    const std::size_t size = bus::shm::detail::control_size();
+    void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    ASSERT_NE(map, MAP_FAILED);
+    const auto* ctrl = static_cast<const bus::shm::detail::Control*>(map);
+    const std::uint32_t wakes_before = ctrl->space_seq.load();
+    for (int i = 0; i < 10; ++i) {
+        ASSERT_TRUE(q.try_front());
+        q.release();
+    }
+    EXPECT_EQ(q.stats().waiting_producers, 0u);
+    EXPECT_EQ(ctrl->space_seq.load() - wakes_before, 0u) << "futex wake-ups for a dead producer";
+    // A live producer that sleeps afterwards is still woken.
+    while (!p.value().try_push(std::as_bytes(std::span(one)))) {
+    }
+    p.value().set_spin(std::chrono::nanoseconds::zero());
+    std::thread release([&] {
+        while (q.stats().waiting_producers != 1)
+            std::this_thread::sleep_for(1ms);
+        auto r = q.front(1s);
+        if (r)
+            q.release();
+    });
+    const auto start = Clock::now();
+    EXPECT_FALSE(p.value().push(std::as_bytes(std::span(one)), 5s));
+    EXPECT_LT(Clock::now() - start, 1s);
+    release.join();
+    EXPECT_GT(ctrl->space_seq.load() - wakes_before, 0u);
+    ::munmap(map, size);
 }
 
 TEST_F(ShmProcesses, KilledConsumerLeavesRecordsToTheNextAndTheProducerPeerDead) {

@@ -56,6 +56,8 @@ protected:
                 std::to_string(++n);
     }
     void TearDown() override {
+        for (void* map : maps_)
+            ::munmap(map, bus::shm::detail::control_size());
         used_.push_back(name_);
         for (const auto& name : used_)
             (void)shm::remove(name, true);
@@ -80,8 +82,24 @@ protected:
         return ::stat(path().c_str(), &st) == 0;
     }
 
+    // The queue's control block, mapped read-write, for a test that plays a peer that died.
+    // Unmapped at the end of the test; null if it cannot be mapped.
+    bus::shm::detail::Control* control() {
+        const int fd = ::shm_open(("/bus." + name_).c_str(), O_RDWR | O_CLOEXEC, 0);
+        if (fd < 0)
+            return nullptr;
+        void* map = ::mmap(nullptr, bus::shm::detail::control_size(), PROT_READ | PROT_WRITE,
+                           MAP_SHARED, fd, 0);
+        ::close(fd);
+        if (map == MAP_FAILED)
+            return nullptr;
+        maps_.push_back(map);
+        return static_cast<bus::shm::detail::Control*>(map);
+    }
+
     std::string name_;
     std::vector<std::string> used_;
+    std::vector<void*> maps_;
 };
 
 shm::CreateOptions mpsc() {
@@ -323,13 +341,8 @@ TEST_F(ShmQueue, ReservationLockOfADeadHolderIsTakenOver) {
     auto c = open(shm::Role::consumer);
     // A producer in slot 63, generation 7, died holding the lock: its slot says attached, but
     // nobody holds the slot's byte lock.
-    const int fd = ::shm_open(("/bus." + name_).c_str(), O_RDWR | O_CLOEXEC, 0);
-    ASSERT_GE(fd, 0);
-    const std::size_t size = bus::shm::detail::control_size();
-    void* map = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    ::close(fd);
-    ASSERT_NE(map, MAP_FAILED);
-    auto* ctrl = static_cast<bus::shm::detail::Control*>(map);
+    auto* ctrl = control();
+    ASSERT_NE(ctrl, nullptr);
     auto& ghost = ctrl->slots[63];
     ghost.generation.store(7);
     ghost.role.store(static_cast<std::uint32_t>(shm::Role::producer));
@@ -345,7 +358,6 @@ TEST_F(ShmQueue, ReservationLockOfADeadHolderIsTakenOver) {
     EXPECT_GE(waited, 10ms);
     EXPECT_LT(waited, 2s);
     EXPECT_EQ(text(c.try_front().value()), "taken");
-    ::munmap(map, size);
 }
 
 TEST_F(ShmQueue, WaitingWordsOfADeadExclusiveEndAreClearedByItsSuccessor) {
@@ -356,19 +368,20 @@ TEST_F(ShmQueue, WaitingWordsOfADeadExclusiveEndAreClearedByItsSuccessor) {
         o.role = shm::Role::consumer;
         return o;
     }());
-    const int fd = ::shm_open(("/bus." + name_).c_str(), O_RDWR | O_CLOEXEC, 0);
-    ASSERT_GE(fd, 0);
-    const std::size_t size = bus::shm::detail::control_size();
-    void* map = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    ::close(fd);
-    ASSERT_NE(map, MAP_FAILED);
-    auto* ctrl = static_cast<bus::shm::detail::Control*>(map);
-    ctrl->producers_waiting.store(2);
-    ctrl->producers_async.store(1);
+    auto* ctrl = control();
+    ASSERT_NE(ctrl, nullptr);
+    // The producer that died was in slot 63 (attached, its byte lock free), asleep both ways.
+    auto& ghost = ctrl->slots[63];
+    ghost.role.store(static_cast<std::uint32_t>(shm::Role::producer));
+    ghost.state.store(static_cast<std::uint32_t>(bus::shm::detail::SlotState::attached));
+    ctrl->producers_waiting.store(std::uint64_t{1} << 63);
+    ctrl->producers_async.store(std::uint64_t{1} << 63);
+    EXPECT_EQ(c.stats().waiting_producers, 1u);
     {
         auto p = open(shm::Role::producer);
         EXPECT_EQ(ctrl->producers_waiting.load(), 0u);
         EXPECT_EQ(ctrl->producers_async.load(), 0u);
+        EXPECT_EQ(c.stats().waiting_producers, 0u);
         ASSERT_FALSE(p.try_push(bytes("kept")));
     }
     {
@@ -380,7 +393,42 @@ TEST_F(ShmQueue, WaitingWordsOfADeadExclusiveEndAreClearedByItsSuccessor) {
     EXPECT_EQ(ctrl->consumer_waiting.load(), 0u);
     EXPECT_EQ(ctrl->consumer_notify.load(), 0u);
     EXPECT_EQ(text(next.try_front().value()), "kept");
-    ::munmap(map, size);
+}
+
+TEST_F(ShmQueue, WaitsOfADeadMpscProducerAreTakenBackWhileOthersLive) {
+    // mpsc: producers come and go, and a live one must keep its wait. The consumer's wake-up
+    // path takes back the bits of dead slots only (the integration test does it with a real
+    // SIGKILL and counts the futex wakes).
+    auto c = create(4096, [] {
+        shm::CreateOptions o;
+        o.mode = shm::Mode::mpsc;
+        o.role = shm::Role::consumer;
+        return o;
+    }());
+    auto p = open(shm::Role::producer);
+    ASSERT_FALSE(p.try_push(bytes("one")));
+    auto* ctrl = control();
+    ASSERT_NE(ctrl, nullptr);
+    std::uint32_t live = 64;
+    for (std::uint32_t i = 0; i < 64; ++i)
+        if (ctrl->slots[i].pid.load() == ::getpid() &&
+            ctrl->slots[i].role.load() == static_cast<std::uint32_t>(shm::Role::producer))
+            live = i;
+    ASSERT_LT(live, 62u);
+    auto& ghost = ctrl->slots[62];
+    ghost.role.store(static_cast<std::uint32_t>(shm::Role::producer));
+    ghost.state.store(static_cast<std::uint32_t>(bus::shm::detail::SlotState::attached));
+    const std::uint64_t live_bit = std::uint64_t{1} << live, dead_bit = std::uint64_t{1} << 62;
+    ctrl->producers_waiting.store(live_bit | dead_bit); // as if `p` slept (it holds its lock)
+    ctrl->lock_sleepers.store(dead_bit);
+    EXPECT_EQ(c.stats().waiting_producers, 2u);
+    ASSERT_TRUE(c.try_front());
+    c.release(); // wakes, and takes back the dead slot's waits
+    EXPECT_EQ(ctrl->producers_waiting.load(), live_bit);
+    EXPECT_EQ(ctrl->lock_sleepers.load(), 0u);
+    EXPECT_EQ(ghost.state.load(), static_cast<std::uint32_t>(bus::shm::detail::SlotState::attached))
+        << "the dead slot stays for peer_dead";
+    ctrl->producers_waiting.store(0);
 }
 
 // --- the segment ----------------------------------------------------------------------------

@@ -77,12 +77,13 @@ struct CreateOptions {
 };
 
 struct Stats {
-    std::size_t capacity = 0;        // bytes of the ring
-    std::uint64_t depth_bytes = 0;   // bytes between the consumer and the producers
-    std::uint64_t depth_records = 0; // records in the ring (approximate after a crash)
-    std::uint64_t produced = 0;      // records that entered the ring (mpsc: at reserve)
-    std::uint64_t consumed = 0;      // records the consumer moved past (released or skipped)
-    std::uint64_t skipped = 0;       // records left half-written by a producer that died
+    std::size_t capacity = 0;            // bytes of the ring
+    std::uint64_t depth_bytes = 0;       // bytes between the consumer and the producers
+    std::uint64_t depth_records = 0;     // records in the ring (approximate after a crash)
+    std::uint64_t produced = 0;          // records that entered the ring (mpsc: at reserve)
+    std::uint64_t consumed = 0;          // records the consumer moved past (released or skipped)
+    std::uint64_t skipped = 0;           // records left half-written by a producer that died
+    std::uint32_t waiting_producers = 0; // producers asleep waiting for room
 };
 
 class Queue {

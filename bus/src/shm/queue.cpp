@@ -45,6 +45,12 @@
 //   byte lock free. A peer marks its slot attached before it takes its role's lock, so one
 //   killed while attaching is seen dead too, and one still attaching (slot locked) is not. A
 //   new peer of the same role reaps dead slots when it attaches, so waits go back to normal.
+// - A waiter dies asleep: its announcement stays up, and every publisher on the other side would
+//   pay a futex wake-up for it forever. The consumer's is one word, cleared by the next consumer
+//   (the end is exclusive). Producers announce themselves by slot, one bit each
+//   (producers_waiting, producers_async, lock_sleepers): whoever can take a bit's slot lock
+//   knows its owner dead and clears the bit — the next producer to attach, the next consumer,
+//   and a publisher about to wake someone (at most once per liveness slice).
 //
 // MEMORY ORDERING AND THE FUTEX. A waiter sleeps on a futex word (data_seq for the consumer,
 // space_seq for producers) after announcing itself in a waiting word (consumer_waiting,
@@ -83,11 +89,11 @@
 // slice the waiter re-checks the ring and the other side's liveness. So a peer that dies
 // never leaves a waiter hanging, and any wake-up lost to a bug would cost a slice, not a hang.
 //
-// ASYNC. async_wait() arms the same waiting words with a second bit (consumer) or a count
-// (producers) and a token naming an abstract-namespace datagram socket the waiter has bound;
-// the publisher that sees it sends one byte there. The socket is what the Asio loop watches;
-// a timer at the slice does the liveness checks. A stray datagram (anyone in the network
-// namespace can send one) only causes a re-check.
+// ASYNC. async_wait() arms the same waiting words with a second bit (consumer) or the slot's
+// bit in a second mask (producers) and a token naming an abstract-namespace datagram socket the
+// waiter has bound; the publisher that sees it sends one byte there. The socket is what the Asio
+// loop watches; a timer at the slice does the liveness checks. A stray datagram (anyone in the
+// network namespace can send one) only causes a re-check.
 #include "bus/shm_queue.hpp"
 
 #include "layout.hpp"
@@ -229,6 +235,12 @@ struct Queue::Impl : detail::Hot {
     bool check_claims = false; // set by the waits once per liveness slice
     bool saw_claim = false;    // the last look found the head claimed, not the ring empty
 
+    // producer: asleep in reserve_wait() (its bit in producers_waiting is up)
+    bool sync_waiting = false;
+    // when reap_dead_waiters() may next look (it is paid for by a wake-up that may be for a
+    // dead producer, so it runs at most once per liveness slice)
+    Clock::time_point next_reap{};
+
     UniqueFd notify_socket; // unbound datagram socket for waking async waiters
     std::shared_ptr<AsyncWait> async;
 
@@ -260,6 +272,16 @@ struct Queue::Impl : detail::Hot {
     void wake_consumer() noexcept;
     void wake_producers() noexcept;
     void send_notify(std::uint64_t token) noexcept;
+    std::uint64_t my_bit() const noexcept { return std::uint64_t{1} << slot; }
+    void reap_slot_waits(std::size_t i) noexcept;
+    void reap_dead_waiters() noexcept;
+    bool reap_due() noexcept {
+        const auto now = Clock::now();
+        if (now < next_reap)
+            return false;
+        next_reap = now + liveness_slice;
+        return true;
+    }
 
     // liveness
     bool other_side_dead() const noexcept;
@@ -287,6 +309,7 @@ struct Queue::Impl : detail::Hot {
     void lock_reserve() noexcept;
     void lock_reserve_slow() noexcept;
     void unlock_reserve() noexcept;
+    void wake_lock_sleepers() noexcept;
     bool lock_owner_dead(std::uint32_t owner) const noexcept;
 
     // consumer
@@ -408,17 +431,16 @@ std::error_code Queue::Impl::attach() {
         return ec;
     }
 
-    // An exclusive end (the consumer; the producer of an spsc queue) is now the only handle of
-    // its role, so nobody of that role waits: waiting words still up were left by a
-    // predecessor killed asleep in a wait. producers_waiting is a count that nobody else
-    // would ever bring down, and while it is up every release() on the other side pays a
-    // wake-up (a locked RMW and a futex syscall) for nobody.
+    // The consumer end is exclusive, so nobody else of its role waits: waiting words still up
+    // were left by a predecessor killed asleep in a wait. Producers wait by slot bit: a bit of
+    // our slot was left by a dead predecessor in it (we hold the slot's lock), and the bits of
+    // other dead producers go below. While such a word is up, every release() (or reservation)
+    // on the other side pays a wake-up (a locked RMW and a futex syscall) for nobody.
     if (role == Role::consumer) {
         ctrl->consumer_waiting.store(0, std::memory_order_relaxed);
         ctrl->consumer_notify.store(0, std::memory_order_relaxed);
-    } else if (mode == Mode::spsc) {
-        ctrl->producers_waiting.store(0, std::memory_order_relaxed);
-        ctrl->producers_async.store(0, std::memory_order_relaxed);
+    } else {
+        reap_slot_waits(slot);
     }
 
     // Slots of our role whose owners died: we replace them, so waiters on the other side stop
@@ -431,11 +453,17 @@ std::error_code Queue::Impl::attach() {
                 static_cast<std::uint32_t>(SlotState::attached))
             continue;
         if (!lock_byte(f, lock_slot(i), F_WRLCK, false)) {
+            if (role == Role::producer)
+                reap_slot_waits(i);
             s.notify.store(0, std::memory_order_relaxed);
             s.state.store(static_cast<std::uint32_t>(SlotState::free), std::memory_order_release);
             lock_byte(f, lock_slot(i), F_UNLCK, false);
         }
     }
+    // A consumer takes back the waits of dead producers too (a producer's successor may never
+    // come): the first release() would, but the slate is clean from the start this way.
+    if (role == Role::consumer)
+        reap_dead_waiters();
 
     if (role == Role::producer) {
         tail = ctrl->tail.load(std::memory_order_acquire);
@@ -517,13 +545,50 @@ Queue::Impl::~Impl() {
 }
 
 [[gnu::noinline]] void Queue::Impl::wake_producers() noexcept {
+    // A producer killed asleep leaves its bit up: look for dead ones first (at most once per
+    // slice), so a wait nobody will ever end costs one slice of wake-ups, not one per record.
+    if (reap_due()) {
+        reap_dead_waiters();
+        if (ctrl->producers_waiting.load(std::memory_order_relaxed) == 0)
+            return;
+    }
     ctrl->space_seq.fetch_add(1, std::memory_order_seq_cst);
     futex_wake_all(ctrl->space_seq);
-    if (ctrl->producers_async.load(std::memory_order_acquire) == 0)
-        return;
-    for (auto& s : ctrl->slots) {
-        if (s.role.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(Role::producer))
-            send_notify(s.notify.load(std::memory_order_acquire));
+    std::uint64_t async_bits = ctrl->producers_async.load(std::memory_order_acquire);
+    while (async_bits != 0) {
+        const int i = std::countr_zero(async_bits);
+        async_bits &= async_bits - 1;
+        send_notify(ctrl->slots[i].notify.load(std::memory_order_acquire));
+    }
+}
+
+// Takes back the waits the producer of slot `i` announced. Only with the slot's byte lock held
+// (so its owner is us, or dead and nobody else is reaping it).
+void Queue::Impl::reap_slot_waits(std::size_t i) noexcept {
+    const std::uint64_t bit = std::uint64_t{1} << i;
+    ctrl->producers_waiting.fetch_and(~bit, std::memory_order_relaxed);
+    ctrl->producers_async.fetch_and(~bit, std::memory_order_relaxed);
+    ctrl->lock_sleepers.fetch_and(~bit, std::memory_order_relaxed);
+    ctrl->slots[i].notify.store(0, std::memory_order_relaxed);
+}
+
+// Clears the waiting bits of producers that died asleep: a bit whose slot's byte lock we can
+// take has no live owner. The slot itself stays as it is (attached and unlocked is how the
+// other side learns that a producer died; the dead one's successor frees it).
+void Queue::Impl::reap_dead_waiters() noexcept {
+    std::uint64_t bits = ctrl->producers_waiting.load(std::memory_order_relaxed) |
+                         ctrl->producers_async.load(std::memory_order_relaxed) |
+                         ctrl->lock_sleepers.load(std::memory_order_relaxed);
+    if (role == Role::producer)
+        bits &= ~my_bit(); // ours: we are alive (and our own lock never conflicts)
+    while (bits != 0) {
+        const int i = std::countr_zero(bits);
+        bits &= bits - 1;
+        const long byte = lock_slot(static_cast<std::size_t>(i));
+        if (lock_byte(fd.get(), byte, F_WRLCK, false))
+            continue; // held: alive (or attaching)
+        reap_slot_waits(static_cast<std::size_t>(i));
+        lock_byte(fd.get(), byte, F_UNLCK, false);
     }
 }
 
@@ -595,10 +660,10 @@ void Queue::Impl::lock_reserve() noexcept {
             return;
     }
     // Then sleep. Unlocking is a plain store (no locked instruction on the hot path), so the
-    // sleepers announce themselves in a count and wake-ups follow the same barrier pairing as
+    // sleepers announce themselves (a bit per slot) and wake-ups follow the same barrier pairing as
     // the data waits ("Memory ordering" above): W(sleepers) [B1] R(word) here, W(word = 0)
     // [B2] R(sleepers) in unlock_reserve().
-    ctrl->lock_sleepers.fetch_add(1, std::memory_order_seq_cst);
+    ctrl->lock_sleepers.fetch_or(my_bit(), std::memory_order_seq_cst);
     heavy_barrier(sync);
     auto check_owner = Clock::now() + liveness_slice;
     for (;;) {
@@ -622,14 +687,24 @@ void Queue::Impl::lock_reserve() noexcept {
                                          std::memory_order_relaxed))
             break;
     }
-    ctrl->lock_sleepers.fetch_sub(1, std::memory_order_relaxed);
+    ctrl->lock_sleepers.fetch_and(~my_bit(), std::memory_order_relaxed);
 }
 
 void Queue::Impl::unlock_reserve() noexcept {
     ctrl->reserve_lock.store(0, std::memory_order_release);
     publish_barrier();
     if (ctrl->lock_sleepers.load(std::memory_order_relaxed) != 0)
-        futex_wake_all(ctrl->reserve_lock);
+        wake_lock_sleepers();
+}
+
+[[gnu::noinline]] void Queue::Impl::wake_lock_sleepers() noexcept {
+    // As wake_producers(): a producer killed asleep on the lock leaves its bit up.
+    if (reap_due()) {
+        reap_dead_waiters();
+        if (ctrl->lock_sleepers.load(std::memory_order_relaxed) == 0)
+            return;
+    }
+    futex_wake_all(ctrl->reserve_lock);
 }
 
 bool Queue::Impl::lock_owner_dead(std::uint32_t owner) const noexcept {
@@ -775,7 +850,8 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
     const auto deadline = deadline_after(Clock::now(), timeout);
     if (spin_until(deadline, true, ready))
         return r;
-    ctrl->producers_waiting.fetch_add(1, std::memory_order_seq_cst); // as in front_wait()
+    sync_waiting = true;
+    ctrl->producers_waiting.fetch_or(my_bit(), std::memory_order_seq_cst); // as in front_wait()
     heavy_barrier(sync);
     for (;;) {
         const std::uint32_t seq = ctrl->space_seq.load(std::memory_order_acquire);
@@ -792,7 +868,9 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
             futex_wait(ctrl->space_seq, seq, std::min(deadline - now, next_liveness - now));
             continue; // still counted as waiting
         }
-        ctrl->producers_waiting.fetch_sub(1, std::memory_order_relaxed);
+        sync_waiting = false;
+        if (!(async && async->pending)) // an async wait of ours keeps the bit up
+            ctrl->producers_waiting.fetch_and(~my_bit(), std::memory_order_relaxed);
         if (outcome)
             return outcome;
         return r;
@@ -965,8 +1043,8 @@ void AsyncWait::arm() noexcept {
         c->consumer_waiting.fetch_or(waiting_async, std::memory_order_seq_cst);
     } else {
         c->slots[owner->slot].notify.store(token, std::memory_order_relaxed);
-        c->producers_async.fetch_add(1, std::memory_order_relaxed);
-        c->producers_waiting.fetch_add(1, std::memory_order_seq_cst);
+        c->producers_async.fetch_or(owner->my_bit(), std::memory_order_relaxed);
+        c->producers_waiting.fetch_or(owner->my_bit(), std::memory_order_seq_cst);
     }
     heavy_barrier(owner->sync);
 }
@@ -976,8 +1054,9 @@ void AsyncWait::disarm() noexcept {
     if (owner->role == Role::consumer) {
         c->consumer_waiting.fetch_and(~waiting_async, std::memory_order_relaxed);
     } else {
-        c->producers_waiting.fetch_sub(1, std::memory_order_relaxed);
-        c->producers_async.fetch_sub(1, std::memory_order_relaxed);
+        if (!owner->sync_waiting)
+            c->producers_waiting.fetch_and(~owner->my_bit(), std::memory_order_relaxed);
+        c->producers_async.fetch_and(~owner->my_bit(), std::memory_order_relaxed);
         c->slots[owner->slot].notify.store(0, std::memory_order_relaxed);
     }
 }
@@ -1380,6 +1459,8 @@ Stats Queue::stats() const noexcept {
     s.produced = c.produced.load(std::memory_order_relaxed);
     s.consumed = c.consumed.load(std::memory_order_relaxed);
     s.skipped = c.skipped.load(std::memory_order_relaxed);
+    s.waiting_producers = static_cast<std::uint32_t>(
+        std::popcount(c.producers_waiting.load(std::memory_order_relaxed)));
     s.depth_records = s.produced > s.consumed ? s.produced - s.consumed : 0;
     return s;
 }

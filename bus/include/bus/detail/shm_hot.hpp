@@ -85,7 +85,7 @@ struct Hot {
     std::atomic<std::uint64_t>* head_word = nullptr;
     std::atomic<std::uint64_t>* consumed_word = nullptr;
     const std::atomic<std::uint32_t>* consumer_waiting = nullptr;
-    const std::atomic<std::uint32_t>* producers_waiting = nullptr;
+    const std::atomic<std::uint64_t>* producers_waiting = nullptr;
     Mode mode{};
     Role role{};
     Sync sync = Sync::fence;

@@ -666,6 +666,31 @@ TEST_F(ShmProcesses, ProducerKilledAsleepForRoomCostsNoWakeUps) {
     ::munmap(map, size);
 }
 
+// A lone mpsc producer reserves as spsc does (it holds the reservation lock across records):
+// killed mid-record, it leaves nothing in the ring, and the consumer counts the record anyway.
+TEST_F(ShmProcesses, LoneMpscProducerDeadMidRecordIsCountedAndThePeerDead) {
+    auto q = create(shm::Mode::mpsc, shm::Role::consumer);
+    Child dying({"push-and-die", name_, "0", "100"});
+    ASSERT_TRUE(dying.wait());
+    ASSERT_TRUE(WIFSIGNALED(*dying.wait()));
+    bus::test::SequenceCheck order(1);
+    auto d = drain(q, order, 1000, 5s);
+    EXPECT_EQ(d.error, "");
+    EXPECT_EQ(d.records, 100u);
+    EXPECT_EQ(d.last, bus::errc::peer_dead);
+    EXPECT_EQ(q.stats().skipped, 1u);
+    EXPECT_EQ(q.stats().depth_records, 0u);
+    // A producer after it takes the lock the dead one held.
+    auto p = shm::Queue::open(name_, shm::Role::producer);
+    ASSERT_TRUE(p);
+    const char after[] = "after the dead one";
+    ASSERT_FALSE(p.value().push(std::as_bytes(std::span(after)), 5s));
+    auto r = q.front(5s);
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(r.value().size(), sizeof after);
+    EXPECT_EQ(q.stats().skipped, 1u);
+}
+
 TEST_F(ShmProcesses, KilledConsumerLeavesRecordsToTheNextAndTheProducerPeerDead) {
     const std::uint64_t n = bus::test::stress_records(1000000) / 5;
     SeenFile seen(n);

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <fcntl.h>
+#include <optional>
 #include <string>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -334,6 +335,37 @@ TEST_F(ShmQueue, MpscRecordWaitsForTheOneClaimedBeforeIt) {
     EXPECT_EQ(text(c.try_front().value()), "a");
     c.release();
     EXPECT_EQ(text(c.try_front().value()), "b");
+}
+
+TEST_F(ShmQueue, LoneMpscProducerHoldsTheLockUntilASecondOneComes) {
+    auto a = create(4096, mpsc());
+    auto c = open(shm::Role::consumer);
+    ASSERT_FALSE(a.try_push(bytes("a1"))); // alone: a keeps the reservation lock from here on
+    auto slot_a = a.try_reserve(2);
+    ASSERT_TRUE(slot_a);
+    EXPECT_EQ(text(c.try_front().value()), "a1");
+    c.release();
+    EXPECT_EQ(c.try_front().error(), bus::errc::empty); // a's open reservation is not in the ring
+    auto b = open(shm::Role::producer);
+    std::atomic<bool> pushed{false};
+    std::thread tb([&] {
+        EXPECT_FALSE(b.push(bytes("b1"), 5s)); // takes the lock over once a has committed
+        pushed = true;
+    });
+    std::this_thread::sleep_for(50ms);
+    EXPECT_FALSE(pushed.load()) << "b reserved while a was writing under the lock";
+    std::memcpy(slot_a.value().data(), "a2", 2);
+    a.commit();
+    tb.join();
+    EXPECT_TRUE(pushed.load());
+    ASSERT_FALSE(a.try_push(bytes("a3"))); // no longer alone: one CAS per record
+    for (const char* want : {"a2", "b1", "a3"}) {
+        auto r = c.try_front();
+        ASSERT_TRUE(r) << want;
+        EXPECT_EQ(text(r.value()), want);
+        c.release();
+    }
+    EXPECT_EQ(c.stats().skipped, 0u);
 }
 
 TEST_F(ShmQueue, ReservationLockOfADeadHolderIsTakenOver) {
@@ -755,7 +787,8 @@ struct StressResult {
 // consumer checks each, and the order per producer.
 StressResult run_stress(const std::string& name, shm::Mode mode, int producers,
                         std::uint64_t per_producer, std::size_t capacity,
-                        std::chrono::nanoseconds spin, std::size_t spread) {
+                        std::chrono::nanoseconds spin, std::size_t spread,
+                        std::uint64_t reopen_every = 0) {
     shm::CreateOptions options;
     options.mode = mode;
     options.role = shm::Role::consumer;
@@ -764,13 +797,13 @@ StressResult run_stress(const std::string& name, shm::Mode mode, int producers,
         return {"create: " + created.error().message()};
     auto c = std::move(created).value();
     c.set_spin(spin);
-    std::vector<shm::Queue> handles;
+    std::vector<std::optional<shm::Queue>> handles;
     for (int i = 0; i < producers; ++i) {
         auto q = shm::Queue::open(name, shm::Role::producer);
         if (!q)
             return {"open: " + q.error().message()};
         q.value().set_spin(spin);
-        handles.push_back(std::move(q).value());
+        handles.emplace_back(std::move(q).value());
     }
     std::atomic<bool> failed{false};
     std::vector<std::thread> threads;
@@ -779,13 +812,26 @@ StressResult run_stress(const std::string& name, shm::Mode mode, int producers,
             auto& q = handles[static_cast<std::size_t>(i)];
             const auto id = static_cast<std::uint32_t>(i);
             for (std::uint64_t seq = 0; seq < per_producer && !failed; ++seq) {
-                auto slot = q.reserve(bus::test::record_size(id, seq, spread), 10s);
+                // Producers come and go: producer 0 stays, alone at times, so it holds the
+                // reservation lock biased and the others take it over when they come back.
+                if (reopen_every && i > 0 && seq % reopen_every == 0) {
+                    q.reset(); // detach
+                    std::this_thread::sleep_for(std::chrono::microseconds(200 * i));
+                    auto again = shm::Queue::open(name, shm::Role::producer);
+                    if (!again) {
+                        failed = true;
+                        return;
+                    }
+                    q.emplace(std::move(again).value());
+                    q->set_spin(spin);
+                }
+                auto slot = q->reserve(bus::test::record_size(id, seq, spread), 10s);
                 if (!slot) {
                     failed = true;
                     return;
                 }
                 bus::test::write_record(slot.value(), id, seq);
-                q.commit();
+                q->commit();
             }
         });
     }
@@ -829,6 +875,13 @@ TEST_F(ShmQueue, MpscThreadsNothingLostNothingDuplicated) {
     EXPECT_EQ(r.records, 3 * n);
 }
 
+TEST_F(ShmQueue, MpscProducersComingAndGoingHandTheLockOver) {
+    const std::uint64_t n = bus::test::stress_records(under_tsan ? 30000 : 200000) / 3;
+    auto r = run_stress(name_, shm::Mode::mpsc, 3, n, 1 << 16, 20us, 300, n / 50);
+    EXPECT_EQ(r.error, "");
+    EXPECT_EQ(r.records, 3 * n);
+}
+
 TEST_F(ShmQueue, SleepingThreadsOnATinyRingLoseNoWakeUp) {
     // No spinning and a ring of a few records: nearly every record goes through a futex sleep
     // on one side or the other. A lost wake-up would show as a stall of a liveness slice
@@ -838,7 +891,7 @@ TEST_F(ShmQueue, SleepingThreadsOnATinyRingLoseNoWakeUp) {
     auto r = run_stress(name_, shm::Mode::spsc, 1, n, 4096, 0ns, 1000);
     EXPECT_EQ(r.error, "");
     name_ += ".mp";
-    auto r2 = run_stress(name_, shm::Mode::mpsc, 2, n / 2, 4096, 0ns, 1000);
+    auto r2 = run_stress(name_, shm::Mode::mpsc, 2, n / 2, 4096, 0ns, 1000, n / 20);
     EXPECT_EQ(r2.error, "");
     const auto took = Clock::now() - start;
     EXPECT_LT(took, under_tsan ? 60s : 20s);

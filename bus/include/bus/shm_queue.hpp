@@ -197,6 +197,7 @@ private:
     void release_slow();
     void wake_consumer() noexcept;
     void wake_producers() noexcept;
+    void wake_stealer() noexcept;
 
     std::unique_ptr<Impl> impl_;
     detail::Hot* hot_ = nullptr; // the part of *impl_ the inline calls use
@@ -206,16 +207,20 @@ private:
 
 inline Result<std::span<std::byte>> Queue::try_reserve(std::size_t n) {
     detail::Hot& h = *hot_;
-    if (h.role == Role::producer && h.mode == Mode::spsc && !h.reservation.active &&
-        n <= h.capacity - detail::record_header_size) [[likely]] {
+    if (h.exclusive && !h.reservation.active && n <= h.capacity - detail::record_header_size)
+        [[likely]] {
         const std::uint32_t need = detail::extent_for(n);
         if (h.tail + need - h.head_cache > h.capacity) [[unlikely]] {
             h.head_cache = h.head_word->load(std::memory_order_acquire);
-            if (h.tail + need - h.head_cache > h.capacity)
+            if (h.tail + need - h.head_cache > h.capacity && h.mode == Mode::spsc)
                 return errc::full;
         }
-        h.reservation = {true, h.tail, need, n};
-        return std::span<std::byte>(h.payload_at(h.tail), n);
+        // mpsc: the slow path when full or when the lock was taken over (it says which)
+        if (h.mode == Mode::spsc ||
+            (h.tail + need - h.head_cache <= h.capacity && h.enter_exclusive())) [[likely]] {
+            h.reservation = {true, h.tail, need, n};
+            return std::span<std::byte>(h.payload_at(h.tail), n);
+        }
     }
     return try_reserve_slow(n);
 }
@@ -237,8 +242,8 @@ inline void Queue::commit(std::size_t used) {
         detail::RecordHeader* header = h.header_at(h.reservation.pos);
         header->length = static_cast<std::uint32_t>(used);
         h.reservation.active = false;
-        if (h.mode == Mode::spsc) {
-            // spsc may shrink the record: tail has not moved yet. The tail store publishes.
+        if (h.exclusive) {
+            // The record may shrink: tail has not moved yet. The tail store publishes.
             const std::uint32_t extent = detail::extent_for(used);
             header->control.store(
                 detail::pack_record(extent, detail::RecordState::committed, h.slot, h.generation),
@@ -246,6 +251,8 @@ inline void Queue::commit(std::size_t used) {
             h.tail = h.reservation.pos + extent;
             h.produced_word->store(++h.produced, std::memory_order_relaxed);
             h.tail_word->store(h.tail, std::memory_order_release);
+            if (h.mode == Mode::mpsc && h.leave_exclusive()) [[unlikely]]
+                wake_stealer();
         } else {
             // mpsc: tail moved at reserve(); the header's state publishes.
             header->control.store(detail::pack_record(h.reservation.extent,

@@ -38,7 +38,12 @@ struct alignas(cache_line) PeerSlot {
     std::atomic<std::int32_t> pid;
     std::atomic<std::uint64_t> start_time; // of pid, in clock ticks since boot
     std::atomic<std::uint64_t> notify;     // producers: datagram token while waiting async
+    // mpsc producer holding the reservation lock biased: 1 from reserve() to commit()/abort()
+    // (futex word: a producer taking the lock over waits on it; "One producer" in queue.cpp)
+    std::atomic<std::uint32_t> reserving;
 };
+
+inline constexpr std::uint32_t lock_biased = 1u << 31;
 
 // Consumer waiting bits.
 inline constexpr std::uint32_t waiting_sync = 1;
@@ -71,9 +76,14 @@ struct Control {
     std::atomic<std::uint64_t> consumed;
     std::atomic<std::uint64_t> skipped;
 
-    // --- mpsc: the reservation lock: 0, or its owner ((slot + 1) | generation << 8) ---
+    // --- mpsc: the reservation lock: 0, or its owner ((slot + 1) | generation << 8), with
+    // lock_biased when the owner holds it across records (the only producer) ---
     alignas(cache_line) std::atomic<std::uint32_t> reserve_lock;
-    std::atomic<std::uint64_t> lock_sleepers; // bit s: the producer of slot s sleeps on the lock
+    std::atomic<std::uint64_t> lock_sleepers;     // bit s: the producer of slot s sleeps on it
+    std::atomic<std::uint64_t> producers_present; // bit s: slot s holds a producer (a hint)
+    // records a producer died writing while it held the lock biased: they never entered the
+    // ring, and whoever finds the dead producer's `reserving` flag up counts them here
+    std::atomic<std::uint64_t> abandoned;
 
     // --- read by producers on every record, written when the consumer starts waiting ---
     alignas(cache_line) std::atomic<std::uint32_t> consumer_waiting; // waiting_* bits
@@ -112,6 +122,8 @@ constexpr std::uint32_t layout_fingerprint() {
         offsetof(Control, head),
         offsetof(Control, reserve_lock),
         offsetof(Control, lock_sleepers),
+        offsetof(Control, producers_present),
+        offsetof(PeerSlot, reserving),
         offsetof(Control, consumer_waiting),
         offsetof(Control, producers_waiting),
         offsetof(Control, data_seq),

@@ -93,9 +93,18 @@ struct Hot {
     std::uint32_t generation = 0;
 
     // producer
-    std::uint64_t tail = 0;       // spsc: our copy of the tail word (we are its only writer)
+    // Reserves and commits as spsc does (tail moves at commit, in one release store): the spsc
+    // producer, and an mpsc producer holding the reservation lock biased (the only producer
+    // attached; "One producer" in bus/src/shm/queue.cpp).
+    bool exclusive = false;
+    std::uint64_t tail = 0;       // exclusive: our copy of the tail word (its only writer)
     std::uint64_t head_cache = 0; // a head seen earlier: the real one is at least this far
-    std::uint64_t produced = 0;   // spsc
+    std::uint64_t produced = 0;   // exclusive
+    // mpsc: the lock word, our slot's `reserving` flag, and the lock word's value while we
+    // hold it biased
+    const std::atomic<std::uint32_t>* reserve_lock = nullptr;
+    std::atomic<std::uint32_t>* reserving = nullptr;
+    std::uint32_t biased_id = 0;
     struct Reservation {
         bool active = false;
         std::uint64_t pos = 0;
@@ -120,6 +129,20 @@ struct Hot {
     std::byte* payload_at(std::uint64_t pos) const noexcept {
         return ring + (pos & mask) + record_header_size;
     }
+    // mpsc, exclusive: says a reservation is open, then checks the lock is still ours (another
+    // producer may have taken it over). The stealer's half is a CAS and a membarrier.
+    bool enter_exclusive() const noexcept {
+        reserving->store(1, std::memory_order_relaxed);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        return reserve_lock->load(std::memory_order_relaxed) == biased_id;
+    }
+    // ... and the end of it: whether a stealer may wait for it (then it must be woken).
+    bool leave_exclusive() const noexcept {
+        reserving->store(0, std::memory_order_release);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        return reserve_lock->load(std::memory_order_relaxed) != biased_id;
+    }
+
     // The publisher's half of the barrier pair ("Memory ordering" in queue.cpp).
     void publish_barrier() const noexcept {
         if (sync == Sync::fence)

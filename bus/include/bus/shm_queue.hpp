@@ -245,9 +245,7 @@ inline void Queue::commit(std::size_t used) {
         if (h.exclusive) {
             // The record may shrink: tail has not moved yet. The tail store publishes.
             const std::uint32_t extent = detail::extent_for(used);
-            header->control.store(
-                detail::pack_record(extent, detail::RecordState::committed, h.slot, h.generation),
-                std::memory_order_relaxed);
+            header->control.store(h.committed_tag | extent, std::memory_order_relaxed);
             h.tail = h.reservation.pos + extent;
             h.produced_word->store(++h.produced, std::memory_order_relaxed);
             h.tail_word->store(h.tail, std::memory_order_release);
@@ -255,9 +253,7 @@ inline void Queue::commit(std::size_t used) {
                 wake_stealer();
         } else {
             // mpsc: tail moved at reserve(); the header's state publishes.
-            header->control.store(detail::pack_record(h.reservation.extent,
-                                                      detail::RecordState::committed, h.slot,
-                                                      h.generation),
+            header->control.store(h.committed_tag | h.reservation.extent,
                                   std::memory_order_release);
         }
         h.publish_barrier();
@@ -281,14 +277,10 @@ inline Result<std::span<const std::byte>> Queue::try_front() {
         }
         const detail::RecordHeader* header = h.header_at(h.head);
         const std::uint64_t c = header->control.load(std::memory_order_acquire);
-        const std::uint32_t extent = detail::record_extent(c);
         const std::uint32_t length = header->length;
         // The header is a peer's writing: bound it before use (the slow path says what is wrong).
-        if (detail::record_state(c) == detail::RecordState::committed &&
-            extent >= detail::record_header_size && extent % detail::record_align == 0 &&
-            extent <= h.tail_cache - h.head && length <= extent - detail::record_header_size)
-            [[likely]] {
-            h.taken = {true, h.head, extent, length};
+        if (detail::Hot::readable(c, length, h.tail_cache - h.head)) [[likely]] {
+            h.taken = {true, h.head, detail::record_extent(c), length};
             return std::span<const std::byte>(h.payload_at(h.head), length);
         }
     }

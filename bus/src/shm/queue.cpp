@@ -468,6 +468,7 @@ std::error_code Queue::Impl::attach() {
         reap_slot_waits(slot);
     }
     reserving = &me.reserving;
+    committed_tag = pack_record(0, RecordState::committed, slot, generation);
     biased_id = ((slot + 1) | (generation & 0xffff) << 8) | lock_biased;
     if (role == Role::producer && mode == Mode::mpsc)
         ctrl->producers_present.fetch_or(my_bit(), std::memory_order_relaxed);
@@ -912,16 +913,14 @@ bool Queue::Impl::has_room(std::size_t n) noexcept {
     reservation.active = false;
     if (exclusive) {
         const std::uint32_t extent = extent_for(used); // may shrink: tail has not moved
-        h->control.store(pack_record(extent, RecordState::committed, slot, generation),
-                         std::memory_order_relaxed);
+        h->control.store(committed_tag | extent, std::memory_order_relaxed);
         tail = reservation.pos + extent;
         ctrl->produced.store(++produced, std::memory_order_relaxed);
         ctrl->tail.store(tail, std::memory_order_release);
         if (mode == Mode::mpsc && leave_exclusive())
             wake_stealer();
     } else {
-        h->control.store(pack_record(reservation.extent, RecordState::committed, slot, generation),
-                         std::memory_order_release);
+        h->control.store(committed_tag | reservation.extent, std::memory_order_release);
     }
     notify_consumer();
 }
@@ -993,12 +992,9 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
         }
         const RecordHeader* h = header_at(head);
         const std::uint64_t c = h->control.load(std::memory_order_acquire);
-        const std::uint32_t extent = record_extent(c);
         const std::uint32_t length = h->length;
-        if (record_state(c) == RecordState::committed && extent >= record_header_size &&
-            extent % record_align == 0 && extent <= tail_cache - head &&
-            length <= extent - record_header_size) [[likely]] {
-            taken = {true, head, extent, length};
+        if (readable(c, length, tail_cache - head)) [[likely]] {
+            taken = {true, head, record_extent(c), length};
             return std::span<const std::byte>(payload_at(head), length);
         }
     }

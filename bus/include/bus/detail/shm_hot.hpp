@@ -91,6 +91,8 @@ struct Hot {
     Sync sync = Sync::fence;
     std::uint32_t slot = 0;
     std::uint32_t generation = 0;
+    // pack_record(0, committed, slot, generation): a committed header is this | extent
+    std::uint64_t committed_tag = 0;
 
     // producer
     // Reserves and commits as spsc does (tail moves at commit, in one release store): the spsc
@@ -131,6 +133,17 @@ struct Hot {
     }
     // mpsc, exclusive: says a reservation is open, then checks the lock is still ours (another
     // producer may have taken it over). The stealer's half is a CAS and a membarrier.
+    // Whether a record's header (a peer's writing) is one try_front() may hand out: committed,
+    // extent a whole number of lines (so at least one), within the `avail` bytes published, the
+    // payload within the extent. extent - 1 wraps when extent is 0, so one comparison bounds
+    // both ends.
+    static bool readable(std::uint64_t control, std::uint32_t length,
+                         std::uint64_t avail) noexcept {
+        const std::uint32_t extent = record_extent(control);
+        return record_state(control) == RecordState::committed && extent % record_align == 0 &&
+               std::uint64_t{extent} - 1 < avail && length <= extent - record_header_size;
+    }
+
     bool enter_exclusive() const noexcept {
         reserving->store(1, std::memory_order_relaxed);
         std::atomic_signal_fence(std::memory_order_seq_cst);

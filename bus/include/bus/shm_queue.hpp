@@ -11,7 +11,9 @@
 //   them; front() gives the next record in place and release() frees it. push()/pop() are the
 //   typed conveniences (a protobuf message serializes straight into the slot).
 // - Modes: one producer and one consumer (spsc), or many producers and one consumer (mpsc).
-//   The consumer end is exclusive in both; a second one gets errc::queue_in_use.
+//   The consumer end is exclusive in both; a second one gets errc::queue_in_use. An mpsc
+//   producer that is the only one attached reserves as fast as spsc; one that attaches next
+//   waits, at its first reserve(), for the first one's open reservation to be committed.
 // - Never overwrites: try_ calls fail with errc::full / errc::empty; the others wait, spinning
 //   briefly and then sleeping in the kernel (a futex in the segment), until their timeout
 //   (errc::timeout). async_wait() does the same waiting on an Asio loop.

@@ -1035,7 +1035,9 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
             // doing so. Telling them apart costs a clock read and then a syscall, which a
             // consumer polling a busy ring must not pay on every look: pollers look at the
             // clock every 4096 looks, the waits once per liveness slice (check_claims). Dead
-            // means stuck on the same record for stuck_limit and the claimer's lock is free.
+            // means the claimer's lock is free: pollers ask once stuck on the same record for
+            // stuck_limit, the waits at once (they are about to ask whether the producers are
+            // all dead, and must not say peer_dead with a dead claim left unskipped).
             saw_claim = true;
             if (stuck_pos != head) {
                 stuck_pos = head;
@@ -1045,12 +1047,14 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
             if (!check_claims && (++stuck_polls & 4095) != 0)
                 return errc::empty;
             const auto now = Clock::now();
-            if (stuck_since == Clock::time_point{}) {
-                stuck_since = now;
-                return errc::empty;
+            if (!check_claims) {
+                if (stuck_since == Clock::time_point{}) {
+                    stuck_since = now;
+                    return errc::empty;
+                }
+                if (now - stuck_since < stuck_limit)
+                    return errc::empty;
             }
-            if (now - stuck_since < stuck_limit)
-                return errc::empty;
             stuck_since = now;
             if (!claimer_dead(c))
                 return errc::empty;

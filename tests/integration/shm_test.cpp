@@ -691,6 +691,39 @@ TEST_F(ShmProcesses, LoneMpscProducerDeadMidRecordIsCountedAndThePeerDead) {
     EXPECT_EQ(q.stats().skipped, 1u);
 }
 
+// The lone producer holds the reservation lock across records; killed at a random point (often
+// mid-record: the records are large), it leaves the lock biased to a dead owner and perhaps its
+// `reserving` flag up. The consumer hears peer_dead, and the next producer takes the lock over.
+TEST_F(ShmProcesses, LoneMpscProducerKilledAtRandomIsReplacedAndTheStreamGoesOn) {
+    auto q = create(shm::Mode::mpsc, shm::Role::consumer);
+    constexpr int rounds = 6;
+    bus::test::SequenceCheck order(rounds);
+    std::uint64_t total = 0;
+    for (int round = 0; round < rounds; ++round) {
+        Child producer({"produce", name_, std::to_string(round), "0", "8000", "20000"});
+        ASSERT_TRUE(wait_attached(q)) << "round " << round;
+        auto d = drain(q, order, 300);
+        ASSERT_EQ(d.error, "") << "round " << round;
+        ASSERT_EQ(d.records, 300u) << "stalled in round " << round;
+        const auto kill_at = Clock::now() + random_ms(1, 30);
+        while (Clock::now() < kill_at) {
+            d = drain(q, order, 50);
+            ASSERT_EQ(d.error, "") << "round " << round;
+        }
+        producer.kill();
+        d = drain(q, order, ~std::uint64_t{0}, 5s);
+        ASSERT_EQ(d.error, "") << "round " << round;
+        EXPECT_EQ(d.last, bus::errc::peer_dead) << "round " << round;
+        total += order.next(static_cast<std::size_t>(round));
+    }
+    const auto stats = q.stats();
+    EXPECT_LE(stats.skipped, static_cast<std::uint64_t>(rounds));
+    EXPECT_EQ(stats.depth_records, 0u);
+    std::printf("[          ] %llu records, %llu skipped after %d kills\n",
+                static_cast<unsigned long long>(total),
+                static_cast<unsigned long long>(stats.skipped), rounds);
+}
+
 TEST_F(ShmProcesses, KilledConsumerLeavesRecordsToTheNextAndTheProducerPeerDead) {
     const std::uint64_t n = bus::test::stress_records(1000000) / 5;
     SeenFile seen(n);

@@ -6,6 +6,9 @@
 // BUS_SHM_STRESS_RECORDS=N raises the record counts (default: a million per mode).
 #include "../support/shm_records.hpp"
 
+#include "../../bus/src/shm/layout.hpp"
+#include "../../bus/src/shm/segment.hpp"
+
 #include <bus/shm_queue.hpp>
 
 #include <gtest/gtest.h>
@@ -259,6 +262,15 @@ int child_push_and_die(const std::vector<std::string>& a) {
     return 1;
 }
 
+// wait-room NAME SIZE: asks for SIZE bytes of a full queue and sleeps (no spinning) until
+// killed.
+int child_wait_room(const std::vector<std::string>& a) {
+    auto q = open_retrying(a[0], shm::Role::producer);
+    q.set_spin(std::chrono::nanoseconds::zero());
+    auto slot = q.reserve(std::stoul(a[1]), 60s);
+    return fail(slot ? "reserve found room" : "reserve: " + slot.error().message());
+}
+
 // attach NAME ROLE: opens the queue as ROLE (producer or consumer) and waits to be killed.
 int child_attach(const std::vector<std::string>& a) {
     auto q = open_retrying(a[0], a[1] == "producer" ? shm::Role::producer : shm::Role::consumer);
@@ -290,6 +302,8 @@ int child_main(const std::string& mode, const std::vector<std::string>& args) {
             return child_reserve_and_die(args);
         if (mode == "attach")
             return child_attach(args);
+        if (mode == "wait-room")
+            return child_wait_room(args);
         if (mode == "push-and-die")
             return child_push_and_die(args);
         if (mode == "create-push-die")
@@ -595,6 +609,119 @@ TEST_F(ShmProcesses, ProducerDeadMidRecordIsSkippedAndCounted) {
     EXPECT_LT(Clock::now() - start, 1s);
     q.release();
     EXPECT_EQ(q.stats().skipped, 1u);
+}
+
+// A producer SIGKILLed while asleep waiting for room cannot take back its announcement: left up,
+// it would make every later release() pay a futex wake-up for nobody. The consumer finds its
+// slot dead and takes it back, so after the kill no release wakes anyone (space_seq, the word
+// wakers bump, stays put).
+TEST_F(ShmProcesses, ProducerKilledAsleepForRoomCostsNoWakeUps) {
+    auto q = create(shm::Mode::mpsc, shm::Role::consumer, 4096);
+    auto p = shm::Queue::open(name_, shm::Role::producer);
+    ASSERT_TRUE(p);
+    const char one[] = "r";
+    int records = 0;
+    while (!p.value().try_push(std::as_bytes(std::span(one))))
+        ++records;
+    ASSERT_GE(records, 20);
+    Child sleeper({"wait-room", name_, "2000"});
+    const auto end = Clock::now() + 10s;
+    while (q.stats().waiting_producers != 1 && Clock::now() < end)
+        std::this_thread::sleep_for(1ms);
+    ASSERT_EQ(q.stats().waiting_producers, 1u) << "the child never slept";
+    sleeper.kill();
+    ASSERT_TRUE(sleeper.wait());
+    EXPECT_EQ(q.stats().waiting_producers, 1u) << "nobody has looked yet";
+
+    const int fd = ::shm_open(("/bus." + name_).c_str(), O_RDONLY | O_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    const std::size_t size = bus::shm::detail::control_size();
+    void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    ASSERT_NE(map, MAP_FAILED);
+    const auto* ctrl = static_cast<const bus::shm::detail::Control*>(map);
+    const std::uint32_t wakes_before = ctrl->space_seq.load();
+    for (int i = 0; i < 10; ++i) {
+        ASSERT_TRUE(q.try_front());
+        q.release();
+    }
+    EXPECT_EQ(q.stats().waiting_producers, 0u);
+    EXPECT_EQ(ctrl->space_seq.load() - wakes_before, 0u) << "futex wake-ups for a dead producer";
+    // A live producer that sleeps afterwards is still woken.
+    while (!p.value().try_push(std::as_bytes(std::span(one)))) {
+    }
+    p.value().set_spin(std::chrono::nanoseconds::zero());
+    std::thread release([&] {
+        while (q.stats().waiting_producers != 1)
+            std::this_thread::sleep_for(1ms);
+        auto r = q.front(1s);
+        if (r)
+            q.release();
+    });
+    const auto start = Clock::now();
+    EXPECT_FALSE(p.value().push(std::as_bytes(std::span(one)), 5s));
+    EXPECT_LT(Clock::now() - start, 1s);
+    release.join();
+    EXPECT_GT(ctrl->space_seq.load() - wakes_before, 0u);
+    ::munmap(map, size);
+}
+
+// A lone mpsc producer reserves as spsc does (it holds the reservation lock across records):
+// killed mid-record, it leaves nothing in the ring, and the consumer counts the record anyway.
+TEST_F(ShmProcesses, LoneMpscProducerDeadMidRecordIsCountedAndThePeerDead) {
+    auto q = create(shm::Mode::mpsc, shm::Role::consumer);
+    Child dying({"push-and-die", name_, "0", "100"});
+    ASSERT_TRUE(dying.wait());
+    ASSERT_TRUE(WIFSIGNALED(*dying.wait()));
+    bus::test::SequenceCheck order(1);
+    auto d = drain(q, order, 1000, 5s);
+    EXPECT_EQ(d.error, "");
+    EXPECT_EQ(d.records, 100u);
+    EXPECT_EQ(d.last, bus::errc::peer_dead);
+    EXPECT_EQ(q.stats().skipped, 1u);
+    EXPECT_EQ(q.stats().depth_records, 0u);
+    // A producer after it takes the lock the dead one held.
+    auto p = shm::Queue::open(name_, shm::Role::producer);
+    ASSERT_TRUE(p);
+    const char after[] = "after the dead one";
+    ASSERT_FALSE(p.value().push(std::as_bytes(std::span(after)), 5s));
+    auto r = q.front(5s);
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(r.value().size(), sizeof after);
+    EXPECT_EQ(q.stats().skipped, 1u);
+}
+
+// The lone producer holds the reservation lock across records; killed at a random point (often
+// mid-record: the records are large), it leaves the lock biased to a dead owner and perhaps its
+// `reserving` flag up. The consumer hears peer_dead, and the next producer takes the lock over.
+TEST_F(ShmProcesses, LoneMpscProducerKilledAtRandomIsReplacedAndTheStreamGoesOn) {
+    auto q = create(shm::Mode::mpsc, shm::Role::consumer);
+    constexpr int rounds = 6;
+    bus::test::SequenceCheck order(rounds);
+    std::uint64_t total = 0;
+    for (int round = 0; round < rounds; ++round) {
+        Child producer({"produce", name_, std::to_string(round), "0", "8000", "20000"});
+        ASSERT_TRUE(wait_attached(q)) << "round " << round;
+        auto d = drain(q, order, 300);
+        ASSERT_EQ(d.error, "") << "round " << round;
+        ASSERT_EQ(d.records, 300u) << "stalled in round " << round;
+        const auto kill_at = Clock::now() + random_ms(1, 30);
+        while (Clock::now() < kill_at) {
+            d = drain(q, order, 50);
+            ASSERT_EQ(d.error, "") << "round " << round;
+        }
+        producer.kill();
+        d = drain(q, order, ~std::uint64_t{0}, 5s);
+        ASSERT_EQ(d.error, "") << "round " << round;
+        EXPECT_EQ(d.last, bus::errc::peer_dead) << "round " << round;
+        total += order.next(static_cast<std::size_t>(round));
+    }
+    const auto stats = q.stats();
+    EXPECT_LE(stats.skipped, static_cast<std::uint64_t>(rounds));
+    EXPECT_EQ(stats.depth_records, 0u);
+    std::printf("[          ] %llu records, %llu skipped after %d kills\n",
+                static_cast<unsigned long long>(total),
+                static_cast<unsigned long long>(stats.skipped), rounds);
 }
 
 TEST_F(ShmProcesses, KilledConsumerLeavesRecordsToTheNextAndTheProducerPeerDead) {

@@ -11,7 +11,9 @@
 //   them; front() gives the next record in place and release() frees it. push()/pop() are the
 //   typed conveniences (a protobuf message serializes straight into the slot).
 // - Modes: one producer and one consumer (spsc), or many producers and one consumer (mpsc).
-//   The consumer end is exclusive in both; a second one gets errc::queue_in_use.
+//   The consumer end is exclusive in both; a second one gets errc::queue_in_use. An mpsc
+//   producer that is the only one attached reserves as fast as spsc; one that attaches next
+//   waits, at its first reserve(), for the first one's open reservation to be committed.
 // - Never overwrites: try_ calls fail with errc::full / errc::empty; the others wait, spinning
 //   briefly and then sleeping in the kernel (a futex in the segment), until their timeout
 //   (errc::timeout). async_wait() does the same waiting on an Asio loop.
@@ -77,12 +79,13 @@ struct CreateOptions {
 };
 
 struct Stats {
-    std::size_t capacity = 0;        // bytes of the ring
-    std::uint64_t depth_bytes = 0;   // bytes between the consumer and the producers
-    std::uint64_t depth_records = 0; // records in the ring (approximate after a crash)
-    std::uint64_t produced = 0;      // records that entered the ring (mpsc: at reserve)
-    std::uint64_t consumed = 0;      // records the consumer moved past (released or skipped)
-    std::uint64_t skipped = 0;       // records left half-written by a producer that died
+    std::size_t capacity = 0;            // bytes of the ring
+    std::uint64_t depth_bytes = 0;       // bytes between the consumer and the producers
+    std::uint64_t depth_records = 0;     // records in the ring (approximate after a crash)
+    std::uint64_t produced = 0;          // records that entered the ring (mpsc: at reserve)
+    std::uint64_t consumed = 0;          // records the consumer moved past (released or skipped)
+    std::uint64_t skipped = 0;           // records left half-written by a producer that died
+    std::uint32_t waiting_producers = 0; // producers asleep waiting for room
 };
 
 class Queue {
@@ -196,6 +199,7 @@ private:
     void release_slow();
     void wake_consumer() noexcept;
     void wake_producers() noexcept;
+    void wake_stealer() noexcept;
 
     std::unique_ptr<Impl> impl_;
     detail::Hot* hot_ = nullptr; // the part of *impl_ the inline calls use
@@ -205,16 +209,20 @@ private:
 
 inline Result<std::span<std::byte>> Queue::try_reserve(std::size_t n) {
     detail::Hot& h = *hot_;
-    if (h.role == Role::producer && h.mode == Mode::spsc && !h.reservation.active &&
-        n <= h.capacity - detail::record_header_size) [[likely]] {
+    if (h.exclusive && !h.reservation.active && n <= h.capacity - detail::record_header_size)
+        [[likely]] {
         const std::uint32_t need = detail::extent_for(n);
         if (h.tail + need - h.head_cache > h.capacity) [[unlikely]] {
             h.head_cache = h.head_word->load(std::memory_order_acquire);
-            if (h.tail + need - h.head_cache > h.capacity)
+            if (h.tail + need - h.head_cache > h.capacity && h.mode == Mode::spsc)
                 return errc::full;
         }
-        h.reservation = {true, h.tail, need, n};
-        return std::span<std::byte>(h.payload_at(h.tail), n);
+        // mpsc: the slow path when full or when the lock was taken over (it says which)
+        if (h.mode == Mode::spsc ||
+            (h.tail + need - h.head_cache <= h.capacity && h.enter_exclusive())) [[likely]] {
+            h.reservation = {true, h.tail, need, n};
+            return std::span<std::byte>(h.payload_at(h.tail), n);
+        }
     }
     return try_reserve_slow(n);
 }
@@ -236,20 +244,18 @@ inline void Queue::commit(std::size_t used) {
         detail::RecordHeader* header = h.header_at(h.reservation.pos);
         header->length = static_cast<std::uint32_t>(used);
         h.reservation.active = false;
-        if (h.mode == Mode::spsc) {
-            // spsc may shrink the record: tail has not moved yet. The tail store publishes.
+        if (h.exclusive) {
+            // The record may shrink: tail has not moved yet. The tail store publishes.
             const std::uint32_t extent = detail::extent_for(used);
-            header->control.store(
-                detail::pack_record(extent, detail::RecordState::committed, h.slot, h.generation),
-                std::memory_order_relaxed);
+            header->control.store(h.committed_tag | extent, std::memory_order_relaxed);
             h.tail = h.reservation.pos + extent;
             h.produced_word->store(++h.produced, std::memory_order_relaxed);
             h.tail_word->store(h.tail, std::memory_order_release);
+            if (h.mode == Mode::mpsc && h.leave_exclusive()) [[unlikely]]
+                wake_stealer();
         } else {
             // mpsc: tail moved at reserve(); the header's state publishes.
-            header->control.store(detail::pack_record(h.reservation.extent,
-                                                      detail::RecordState::committed, h.slot,
-                                                      h.generation),
+            header->control.store(h.committed_tag | h.reservation.extent,
                                   std::memory_order_release);
         }
         h.publish_barrier();
@@ -273,14 +279,10 @@ inline Result<std::span<const std::byte>> Queue::try_front() {
         }
         const detail::RecordHeader* header = h.header_at(h.head);
         const std::uint64_t c = header->control.load(std::memory_order_acquire);
-        const std::uint32_t extent = detail::record_extent(c);
         const std::uint32_t length = header->length;
         // The header is a peer's writing: bound it before use (the slow path says what is wrong).
-        if (detail::record_state(c) == detail::RecordState::committed &&
-            extent >= detail::record_header_size && extent % detail::record_align == 0 &&
-            extent <= h.tail_cache - h.head && length <= extent - detail::record_header_size)
-            [[likely]] {
-            h.taken = {true, h.head, extent, length};
+        if (detail::Hot::readable(c, length, h.tail_cache - h.head)) [[likely]] {
+            h.taken = {true, h.head, detail::record_extent(c), length};
             return std::span<const std::byte>(h.payload_at(h.head), length);
         }
     }

@@ -19,8 +19,8 @@
 namespace bus::shm::detail {
 
 inline constexpr char magic[8] = {'b', 'u', 's', '.', 's', 'h', 'm', 'q'};
-inline constexpr std::uint32_t format_version = 1;
-inline constexpr std::size_t max_peers = 64;
+inline constexpr std::uint32_t format_version = 2; // 2: the waiter words are slot bitmasks
+inline constexpr std::size_t max_peers = 64;       // one bit each in the waiter bitmasks
 inline constexpr std::size_t max_capacity = std::size_t{1} << 30;
 
 // cache_line, record_align, Sync, RecordState, RecordHeader and its packing are in
@@ -38,7 +38,12 @@ struct alignas(cache_line) PeerSlot {
     std::atomic<std::int32_t> pid;
     std::atomic<std::uint64_t> start_time; // of pid, in clock ticks since boot
     std::atomic<std::uint64_t> notify;     // producers: datagram token while waiting async
+    // mpsc producer holding the reservation lock biased: 1 from reserve() to commit()/abort()
+    // (futex word: a producer taking the lock over waits on it; "One producer" in queue.cpp)
+    std::atomic<std::uint32_t> reserving;
 };
+
+inline constexpr std::uint32_t lock_biased = 1u << 31;
 
 // Consumer waiting bits.
 inline constexpr std::uint32_t waiting_sync = 1;
@@ -71,17 +76,26 @@ struct Control {
     std::atomic<std::uint64_t> consumed;
     std::atomic<std::uint64_t> skipped;
 
-    // --- mpsc: the reservation lock: 0, or its owner ((slot + 1) | generation << 8) ---
+    // --- mpsc: the reservation lock: 0, or its owner ((slot + 1) | generation << 8), with
+    // lock_biased when the owner holds it across records (the only producer) ---
     alignas(cache_line) std::atomic<std::uint32_t> reserve_lock;
-    std::atomic<std::uint32_t> lock_sleepers; // producers asleep on reserve_lock
+    std::atomic<std::uint64_t> lock_sleepers;     // bit s: the producer of slot s sleeps on it
+    std::atomic<std::uint64_t> producers_present; // bit s: slot s holds a producer (a hint)
+    // records a producer died writing while it held the lock biased: they never entered the
+    // ring, and whoever finds the dead producer's `reserving` flag up counts them here
+    std::atomic<std::uint64_t> abandoned;
 
     // --- read by producers on every record, written when the consumer starts waiting ---
     alignas(cache_line) std::atomic<std::uint32_t> consumer_waiting; // waiting_* bits
     std::atomic<std::uint64_t> consumer_notify; // datagram token of the async waiter
 
     // --- read by the consumer on every record, written when producers start waiting ---
-    alignas(cache_line) std::atomic<std::uint32_t> producers_waiting; // count, sync + async
-    std::atomic<std::uint32_t> producers_async;                       // count, async
+    // Bit s: the producer of slot s waits for room (sync or async; async alone). Bitmasks and
+    // not counts, so the waits of a producer that died asleep can be taken back by whoever
+    // finds its slot dead (reap_dead_waiters() in queue.cpp): clearing a bit is idempotent, a
+    // count could only be guessed at.
+    alignas(cache_line) std::atomic<std::uint64_t> producers_waiting;
+    std::atomic<std::uint64_t> producers_async;
 
     // --- futex words, bumped by whoever wakes the other side ---
     alignas(cache_line) std::atomic<std::uint32_t> data_seq;
@@ -108,6 +122,8 @@ constexpr std::uint32_t layout_fingerprint() {
         offsetof(Control, head),
         offsetof(Control, reserve_lock),
         offsetof(Control, lock_sleepers),
+        offsetof(Control, producers_present),
+        offsetof(PeerSlot, reserving),
         offsetof(Control, consumer_waiting),
         offsetof(Control, producers_waiting),
         offsetof(Control, data_seq),
@@ -130,6 +146,7 @@ constexpr std::uint32_t layout_fingerprint() {
     return static_cast<std::uint32_t>(h ^ (h >> 32));
 }
 
+static_assert(max_peers <= 64, "the waiter words have one bit per slot");
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free &&
                   std::atomic<std::uint32_t>::is_always_lock_free,
               "queue words must be lock-free to be shared between processes");

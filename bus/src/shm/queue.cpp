@@ -24,6 +24,26 @@
 // for it). A claim was written before tail moved past it, so the consumer never reads a header
 // left from an earlier lap.
 //
+// ONE PRODUCER. A lock taken per record costs a locked instruction, which waits for every
+// earlier store of the producer (to lines the consumer is reading) to drain; and a tail that
+// moves at reserve() shows the consumer a claimed record that it then polls while the producer
+// writes into the same line. So an mpsc producer that finds itself the only one
+// (producers_present, in a membarrier queue) keeps the lock across records, marked
+// lock_biased, and reserves and commits as spsc does: no claim, tail moves at commit in one
+// release store, no locked instruction. Its reservation is bracketed by its slot's
+// `reserving` flag: enter_exclusive() raises it and then checks the lock is still its own;
+// leave_exclusive() lowers it (release, after the tail store) and checks again. Another
+// producer takes the lock over with a CAS, then membarrier() (the asymmetric pairing of
+// "Memory ordering" below: the owner pays only compiler barriers), then waits for the flag to
+// be down: either the owner's next enter_exclusive() sees the lock gone, or the taker sees the
+// flag up and waits for the commit, whose release store tells it where tail is. The owner
+// wakes a taker it sees (futex on the flag). The cost: a producer that comes while the lone
+// one holds a reservation waits for that commit once, as it would for the lock. Death: the
+// lone producer dies with the flag up: nothing entered the ring (tail moves at commit); the
+// taker, the next producer to attach or the consumer (reap_dead_waiters) finds the flag up in a
+// dead slot and counts the record in `abandoned` (shown in Stats::skipped). Fence-mode queues
+// keep the lock per record (the owner would need a full fence per record).
+//
 // DEATH. Liveness is not guessed from pids: each handle holds OFD byte locks on the segment
 // file (its role's byte, and its slot's byte), and the kernel drops them when the process
 // dies, however it dies. So "slot s is alive" is one F_OFD_GETLK, with no pid-reuse race and
@@ -45,6 +65,12 @@
 //   byte lock free. A peer marks its slot attached before it takes its role's lock, so one
 //   killed while attaching is seen dead too, and one still attaching (slot locked) is not. A
 //   new peer of the same role reaps dead slots when it attaches, so waits go back to normal.
+// - A waiter dies asleep: its announcement stays up, and every publisher on the other side would
+//   pay a futex wake-up for it forever. The consumer's is one word, cleared by the next consumer
+//   (the end is exclusive). Producers announce themselves by slot, one bit each
+//   (producers_waiting, producers_async, lock_sleepers): whoever can take a bit's slot lock
+//   knows its owner dead and clears the bit — the next producer to attach, the next consumer,
+//   and a publisher about to wake someone (at most once per liveness slice).
 //
 // MEMORY ORDERING AND THE FUTEX. A waiter sleeps on a futex word (data_seq for the consumer,
 // space_seq for producers) after announcing itself in a waiting word (consumer_waiting,
@@ -83,11 +109,11 @@
 // slice the waiter re-checks the ring and the other side's liveness. So a peer that dies
 // never leaves a waiter hanging, and any wake-up lost to a bug would cost a slice, not a hang.
 //
-// ASYNC. async_wait() arms the same waiting words with a second bit (consumer) or a count
-// (producers) and a token naming an abstract-namespace datagram socket the waiter has bound;
-// the publisher that sees it sends one byte there. The socket is what the Asio loop watches;
-// a timer at the slice does the liveness checks. A stray datagram (anyone in the network
-// namespace can send one) only causes a re-check.
+// ASYNC. async_wait() arms the same waiting words with a second bit (consumer) or the slot's
+// bit in a second mask (producers) and a token naming an abstract-namespace datagram socket the
+// waiter has bound; the publisher that sees it sends one byte there. The socket is what the Asio
+// loop watches; a timer at the slice does the liveness checks. A stray datagram (anyone in the
+// network namespace can send one) only causes a re-check.
 #include "bus/shm_queue.hpp"
 
 #include "layout.hpp"
@@ -229,6 +255,13 @@ struct Queue::Impl : detail::Hot {
     bool check_claims = false; // set by the waits once per liveness slice
     bool saw_claim = false;    // the last look found the head claimed, not the ring empty
 
+    // producer: asleep in reserve_wait() (its bit in producers_waiting is up)
+    bool sync_waiting = false;
+    std::uint32_t reservations = 0; // mpsc, not exclusive: counts to the next reap_due()
+    // when reap_dead_waiters() may next look (it is paid for by a wake-up that may be for a
+    // dead producer, so it runs at most once per liveness slice)
+    Clock::time_point next_reap{};
+
     UniqueFd notify_socket; // unbound datagram socket for waking async waiters
     std::shared_ptr<AsyncWait> async;
 
@@ -260,6 +293,17 @@ struct Queue::Impl : detail::Hot {
     void wake_consumer() noexcept;
     void wake_producers() noexcept;
     void send_notify(std::uint64_t token) noexcept;
+    std::uint64_t my_bit() const noexcept { return std::uint64_t{1} << slot; }
+    void reap_slot_waits(std::size_t i) noexcept;
+    void reap_dead_waiters() noexcept;
+    bool reap_if_dead(std::size_t i) noexcept;
+    bool reap_due() noexcept {
+        const auto now = Clock::now();
+        if (now < next_reap)
+            return false;
+        next_reap = now + liveness_slice;
+        return true;
+    }
 
     // liveness
     bool other_side_dead() const noexcept;
@@ -274,19 +318,21 @@ struct Queue::Impl : detail::Hot {
         return true;
     }
 
-    // producer. The hot calls have an inlined fast path for the common case (spsc, room, a
-    // committed record) and an out-of-line path for everything else.
+    // producer. The hot calls have an inlined fast path (shm_queue.hpp) for the common case
+    // (exclusive, room, a committed record) and an out-of-line path for everything else.
     Result<std::span<std::byte>> try_reserve(std::size_t n);
     Result<std::span<std::byte>> try_reserve_slow(std::size_t n);
-    Result<std::span<std::byte>> reserve(std::size_t n, std::chrono::nanoseconds timeout);
     Result<std::span<std::byte>> reserve_wait(std::size_t n, std::chrono::nanoseconds timeout);
     bool has_room(std::size_t n) noexcept;
-    void commit(std::size_t used);
     void commit_slow(std::size_t used);
     void abort() noexcept;
     void lock_reserve() noexcept;
     void lock_reserve_slow() noexcept;
     void unlock_reserve() noexcept;
+    void wake_lock_sleepers() noexcept;
+    void wake_stealer() noexcept;
+    void take_over_biased(std::uint32_t owner) noexcept;
+    void release_bias() noexcept;
     bool lock_owner_dead(std::uint32_t owner) const noexcept;
 
     // consumer
@@ -358,6 +404,8 @@ std::error_code Queue::Impl::attach() {
     consumed_word = &ctrl->consumed;
     consumer_waiting = &ctrl->consumer_waiting;
     producers_waiting = &ctrl->producers_waiting;
+    reserve_lock = &ctrl->reserve_lock;
+    exclusive = role == Role::producer && mode == Mode::spsc;
     const int f = fd.get();
 
     // A slot first, marked attached, and only then the role's lock. The order is what makes a
@@ -408,18 +456,22 @@ std::error_code Queue::Impl::attach() {
         return ec;
     }
 
-    // An exclusive end (the consumer; the producer of an spsc queue) is now the only handle of
-    // its role, so nobody of that role waits: waiting words still up were left by a
-    // predecessor killed asleep in a wait. producers_waiting is a count that nobody else
-    // would ever bring down, and while it is up every release() on the other side pays a
-    // wake-up (a locked RMW and a futex syscall) for nobody.
+    // The consumer end is exclusive, so nobody else of its role waits: waiting words still up
+    // were left by a predecessor killed asleep in a wait. Producers wait by slot bit: a bit of
+    // our slot was left by a dead predecessor in it (we hold the slot's lock), and the bits of
+    // other dead producers go below. While such a word is up, every release() (or reservation)
+    // on the other side pays a wake-up (a locked RMW and a futex syscall) for nobody.
     if (role == Role::consumer) {
         ctrl->consumer_waiting.store(0, std::memory_order_relaxed);
         ctrl->consumer_notify.store(0, std::memory_order_relaxed);
-    } else if (mode == Mode::spsc) {
-        ctrl->producers_waiting.store(0, std::memory_order_relaxed);
-        ctrl->producers_async.store(0, std::memory_order_relaxed);
+    } else {
+        reap_slot_waits(slot);
     }
+    reserving = &me.reserving;
+    committed_tag = pack_record(0, RecordState::committed, slot, generation);
+    biased_id = ((slot + 1) | (generation & 0xffff) << 8) | lock_biased;
+    if (role == Role::producer && mode == Mode::mpsc)
+        ctrl->producers_present.fetch_or(my_bit(), std::memory_order_relaxed);
 
     // Slots of our role whose owners died: we replace them, so waiters on the other side stop
     // reporting peer_dead. Their claims in the ring stay recognizably dead (lock free).
@@ -431,11 +483,17 @@ std::error_code Queue::Impl::attach() {
                 static_cast<std::uint32_t>(SlotState::attached))
             continue;
         if (!lock_byte(f, lock_slot(i), F_WRLCK, false)) {
+            if (role == Role::producer)
+                reap_slot_waits(i);
             s.notify.store(0, std::memory_order_relaxed);
             s.state.store(static_cast<std::uint32_t>(SlotState::free), std::memory_order_release);
             lock_byte(f, lock_slot(i), F_UNLCK, false);
         }
     }
+    // A consumer takes back the waits of dead producers too (a producer's successor may never
+    // come): the first release() would, but the slate is clean from the start this way.
+    if (role == Role::consumer)
+        reap_dead_waiters();
 
     if (role == Role::producer) {
         tail = ctrl->tail.load(std::memory_order_acquire);
@@ -486,6 +544,8 @@ Queue::Impl::~Impl() {
     }
     if (reservation.active)
         abort();
+    if (role == Role::producer && mode == Mode::mpsc)
+        release_bias();
     // A record taken with front() and not released stays: head has not moved past it.
     PeerSlot& me = ctrl->slots[slot];
     me.notify.store(0, std::memory_order_relaxed);
@@ -517,13 +577,65 @@ Queue::Impl::~Impl() {
 }
 
 [[gnu::noinline]] void Queue::Impl::wake_producers() noexcept {
+    // A producer killed asleep leaves its bit up: look for dead ones first (at most once per
+    // slice), so a wait nobody will ever end costs one slice of wake-ups, not one per record.
+    if (reap_due()) {
+        reap_dead_waiters();
+        if (ctrl->producers_waiting.load(std::memory_order_relaxed) == 0)
+            return;
+    }
     ctrl->space_seq.fetch_add(1, std::memory_order_seq_cst);
     futex_wake_all(ctrl->space_seq);
-    if (ctrl->producers_async.load(std::memory_order_acquire) == 0)
-        return;
-    for (auto& s : ctrl->slots) {
-        if (s.role.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(Role::producer))
-            send_notify(s.notify.load(std::memory_order_acquire));
+    std::uint64_t async_bits = ctrl->producers_async.load(std::memory_order_acquire);
+    while (async_bits != 0) {
+        const int i = std::countr_zero(async_bits);
+        async_bits &= async_bits - 1;
+        send_notify(ctrl->slots[i].notify.load(std::memory_order_acquire));
+    }
+}
+
+// Takes back the waits the producer of slot `i` announced. Only with the slot's byte lock held
+// (so its owner is us, or dead and nobody else is reaping it).
+void Queue::Impl::reap_slot_waits(std::size_t i) noexcept {
+    const std::uint64_t bit = std::uint64_t{1} << i;
+    ctrl->producers_waiting.fetch_and(~bit, std::memory_order_relaxed);
+    ctrl->producers_async.fetch_and(~bit, std::memory_order_relaxed);
+    ctrl->lock_sleepers.fetch_and(~bit, std::memory_order_relaxed);
+    ctrl->producers_present.fetch_and(~bit, std::memory_order_relaxed);
+    PeerSlot& s = ctrl->slots[i];
+    s.notify.store(0, std::memory_order_relaxed);
+    // Died between reserve() and commit() holding the lock biased: the record never entered the
+    // ring (tail moves at commit), but it is counted as the consumer counts one it steps over.
+    if (s.reserving.exchange(0, std::memory_order_acq_rel) != 0) {
+        ctrl->abandoned.fetch_add(1, std::memory_order_relaxed);
+        futex_wake_all(s.reserving); // a producer taking the lock over waits on it
+    }
+}
+
+// reap_slot_waits(i) if the producer of slot i is dead: whether it was.
+bool Queue::Impl::reap_if_dead(std::size_t i) noexcept {
+    const long byte = lock_slot(i);
+    if (lock_byte(fd.get(), byte, F_WRLCK, false))
+        return false; // held: alive (or attaching)
+    reap_slot_waits(i);
+    lock_byte(fd.get(), byte, F_UNLCK, false);
+    return true;
+}
+
+// Clears the waiting bits of producers that died asleep: a bit whose slot's byte lock we can
+// take has no live owner. The slot itself stays as it is (attached and unlocked is how the
+// other side learns that a producer died; the dead one's successor frees it).
+void Queue::Impl::reap_dead_waiters() noexcept {
+    std::uint64_t bits = ctrl->producers_waiting.load(std::memory_order_relaxed) |
+                         ctrl->producers_async.load(std::memory_order_relaxed) |
+                         ctrl->lock_sleepers.load(std::memory_order_relaxed) |
+                         ctrl->producers_present.load(std::memory_order_relaxed);
+    if (role == Role::producer)
+        bits &= ~my_bit(); // ours: we are alive (and our own lock never conflicts)
+    while (bits != 0) {
+        const int i = std::countr_zero(bits);
+        bits &= bits - 1;
+        reap_if_dead(static_cast<std::size_t>(i));
     }
 }
 
@@ -586,27 +698,35 @@ void Queue::Impl::lock_reserve() noexcept {
 [[gnu::noinline]] void Queue::Impl::lock_reserve_slow() noexcept {
     auto& word = ctrl->reserve_lock;
     const std::uint32_t me = (slot + 1) | (generation & 0xffff) << 8;
-    // The critical section is a few stores: spin a little first.
+    // The critical section is a few stores: spin a little first. A lock held biased (by the
+    // producer that was alone until we came) is taken over at once.
     for (int i = 0; i < 100; ++i) {
-        cpu_relax();
         std::uint32_t v = word.load(std::memory_order_relaxed);
-        if (v == 0 &&
-            word.compare_exchange_weak(v, me, std::memory_order_acquire, std::memory_order_relaxed))
+        if ((v == 0 || (v & lock_biased)) &&
+            word.compare_exchange_weak(v, me, std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
+            if (v & lock_biased)
+                take_over_biased(v);
             return;
+        }
+        cpu_relax();
     }
     // Then sleep. Unlocking is a plain store (no locked instruction on the hot path), so the
-    // sleepers announce themselves in a count and wake-ups follow the same barrier pairing as
+    // sleepers announce themselves (a bit per slot) and wake-ups follow the same barrier pairing as
     // the data waits ("Memory ordering" above): W(sleepers) [B1] R(word) here, W(word = 0)
     // [B2] R(sleepers) in unlock_reserve().
-    ctrl->lock_sleepers.fetch_add(1, std::memory_order_seq_cst);
+    ctrl->lock_sleepers.fetch_or(my_bit(), std::memory_order_seq_cst);
     heavy_barrier(sync);
     auto check_owner = Clock::now() + liveness_slice;
     for (;;) {
         std::uint32_t v = word.load(std::memory_order_relaxed);
-        if (v == 0) {
+        if (v == 0 || (v & lock_biased)) {
             if (word.compare_exchange_weak(v, me, std::memory_order_acquire,
-                                           std::memory_order_relaxed))
+                                           std::memory_order_relaxed)) {
+                if (v & lock_biased)
+                    take_over_biased(v);
                 break;
+            }
             continue;
         }
         futex_wait(word, v, liveness_slice);
@@ -622,14 +742,76 @@ void Queue::Impl::lock_reserve() noexcept {
                                          std::memory_order_relaxed))
             break;
     }
-    ctrl->lock_sleepers.fetch_sub(1, std::memory_order_relaxed);
+    ctrl->lock_sleepers.fetch_and(~my_bit(), std::memory_order_relaxed);
+}
+
+// We took the lock from `owner`, which held it biased: it may be between enter_exclusive() and
+// its commit. The membarrier pairs with the signal fences in enter_exclusive() and
+// leave_exclusive() ("Memory ordering" above): either the owner's next enter_exclusive() sees
+// the lock is no longer its own, or we see its `reserving` flag up and wait for it to come down
+// (its release store, after its tail store, tells us where tail is).
+void Queue::Impl::take_over_biased(std::uint32_t owner) noexcept {
+    heavy_barrier(sync);
+    const std::uint32_t s = (owner & 0xff) - 1;
+    if (s >= max_peers)
+        return;
+    auto& flag = ctrl->slots[s].reserving;
+    auto check_owner = Clock::now() + liveness_slice;
+    for (unsigned i = 0; flag.load(std::memory_order_acquire) != 0; ++i) {
+        if (i < 2000) {
+            cpu_relax();
+            continue;
+        }
+        // Its commit wakes us (leave_exclusive() sees the lock is no longer its own).
+        futex_wait(flag, 1, liveness_slice);
+        const auto now = Clock::now();
+        if (now >= check_owner) {
+            check_owner = now + liveness_slice;
+            if (lock_owner_dead(owner)) {
+                // Died reserving: its tail never moved, nothing to step over; count it.
+                if (((owner >> 8) & 0xffff) ==
+                    (ctrl->slots[s].generation.load(std::memory_order_acquire) & 0xffff))
+                    reap_if_dead(s);
+                return;
+            }
+        }
+    }
+}
+
+[[gnu::noinline]] void Queue::Impl::wake_stealer() noexcept {
+    futex_wake_all(*reserving);
+}
+
+// Detaching: the lock held biased goes back, and we no longer count as a producer.
+void Queue::Impl::release_bias() noexcept {
+    ctrl->producers_present.fetch_and(~my_bit(), std::memory_order_relaxed);
+    if (!exclusive)
+        return;
+    exclusive = false;
+    std::uint32_t v = biased_id;
+    if (ctrl->reserve_lock.compare_exchange_strong(v, 0, std::memory_order_release,
+                                                   std::memory_order_relaxed) &&
+        ctrl->lock_sleepers.load(std::memory_order_relaxed) != 0)
+        futex_wake_all(ctrl->reserve_lock);
+    reserving->store(0, std::memory_order_release);
+    futex_wake_all(*reserving);
 }
 
 void Queue::Impl::unlock_reserve() noexcept {
     ctrl->reserve_lock.store(0, std::memory_order_release);
     publish_barrier();
     if (ctrl->lock_sleepers.load(std::memory_order_relaxed) != 0)
-        futex_wake_all(ctrl->reserve_lock);
+        wake_lock_sleepers();
+}
+
+[[gnu::noinline]] void Queue::Impl::wake_lock_sleepers() noexcept {
+    // As wake_producers(): a producer killed asleep on the lock leaves its bit up.
+    if (reap_due()) {
+        reap_dead_waiters();
+        if (ctrl->lock_sleepers.load(std::memory_order_relaxed) == 0)
+            return;
+    }
+    futex_wake_all(ctrl->reserve_lock);
 }
 
 bool Queue::Impl::lock_owner_dead(std::uint32_t owner) const noexcept {
@@ -642,18 +824,8 @@ bool Queue::Impl::lock_owner_dead(std::uint32_t owner) const noexcept {
     return !held_by_other(fd.get(), lock_slot(s));
 }
 
-[[gnu::always_inline]] inline Result<std::span<std::byte>> Queue::Impl::try_reserve(std::size_t n) {
-    if (role == Role::producer && mode == Mode::spsc && !reservation.active && n <= max_record())
-        [[likely]] {
-        const std::uint32_t need = extent_for(n);
-        if (tail + need - head_cache > capacity) [[unlikely]] {
-            head_cache = ctrl->head.load(std::memory_order_acquire);
-            if (tail + need - head_cache > capacity)
-                return errc::full;
-        }
-        reservation = {true, tail, need, n};
-        return std::span<std::byte>(payload_at(tail), n);
-    }
+// The waits' look: the inline fast path is Queue::try_reserve (shm_queue.hpp).
+Result<std::span<std::byte>> Queue::Impl::try_reserve(std::size_t n) {
     return try_reserve_slow(n);
 }
 
@@ -673,7 +845,39 @@ bool Queue::Impl::lock_owner_dead(std::uint32_t owner) const noexcept {
         reservation = {true, tail, need, n};
         return std::span<std::byte>(payload_at(tail), n);
     }
+    if (exclusive) {
+        // The lock is ours across records unless another producer took it over.
+        if (enter_exclusive()) {
+            if (tail + need - head_cache > capacity) {
+                head_cache = ctrl->head.load(std::memory_order_acquire);
+                if (tail + need - head_cache > capacity) {
+                    if (leave_exclusive())
+                        wake_stealer();
+                    return errc::full;
+                }
+            }
+            reservation = {true, tail, need, n};
+            return std::span<std::byte>(payload_at(tail), n);
+        }
+        // Taken over: its new owner may be waiting for us to say we are not reserving.
+        leave_exclusive();
+        wake_stealer();
+        exclusive = false;
+    }
     lock_reserve();
+    if (sync == Sync::membarrier &&
+        ctrl->producers_present.load(std::memory_order_relaxed) == my_bit()) {
+        // The only producer: keep the lock across records, and reserve as spsc does.
+        ctrl->reserve_lock.store(biased_id, std::memory_order_relaxed);
+        if (ctrl->lock_sleepers.load(std::memory_order_relaxed) != 0)
+            futex_wake_all(ctrl->reserve_lock); // they may take it over now
+        exclusive = true;
+        tail = ctrl->tail.load(std::memory_order_relaxed);
+        produced = ctrl->produced.load(std::memory_order_relaxed);
+        return try_reserve_slow(n);
+    }
+    if ((++reservations & 1023) == 0 && reap_due())
+        reap_dead_waiters(); // a dead producer's bit in producers_present keeps the bias off
     const std::uint64_t t = ctrl->tail.load(std::memory_order_relaxed);
     if (t + need - head_cache > capacity) {
         head_cache = ctrl->head.load(std::memory_order_acquire);
@@ -693,27 +897,9 @@ bool Queue::Impl::lock_owner_dead(std::uint32_t owner) const noexcept {
 }
 
 bool Queue::Impl::has_room(std::size_t n) noexcept {
-    const std::uint64_t t = mode == Mode::spsc ? tail : ctrl->tail.load(std::memory_order_relaxed);
+    const std::uint64_t t = exclusive ? tail : ctrl->tail.load(std::memory_order_relaxed);
     head_cache = ctrl->head.load(std::memory_order_acquire);
     return t + extent_for(n) - head_cache <= capacity;
-}
-
-[[gnu::always_inline]] inline void Queue::Impl::commit(std::size_t used) {
-    if (mode == Mode::spsc && reservation.active && used <= reservation.size) [[likely]] {
-        // spsc may shrink the record: tail has not moved yet.
-        RecordHeader* h = header_at(reservation.pos);
-        const std::uint32_t extent = extent_for(used);
-        h->length = static_cast<std::uint32_t>(used);
-        h->control.store(pack_record(extent, RecordState::committed, slot, generation),
-                         std::memory_order_relaxed);
-        reservation.active = false;
-        tail = reservation.pos + extent;
-        ctrl->produced.store(++produced, std::memory_order_relaxed);
-        ctrl->tail.store(tail, std::memory_order_release); // publishes header and payload
-        notify_consumer();
-        return;
-    }
-    commit_slow(used);
 }
 
 [[gnu::noinline]] void Queue::Impl::commit_slow(std::size_t used) {
@@ -725,16 +911,16 @@ bool Queue::Impl::has_room(std::size_t n) noexcept {
     RecordHeader* h = header_at(reservation.pos);
     h->length = static_cast<std::uint32_t>(used);
     reservation.active = false;
-    if (mode == Mode::spsc) {
-        const std::uint32_t extent = extent_for(used); // spsc may shrink: tail has not moved
-        h->control.store(pack_record(extent, RecordState::committed, slot, generation),
-                         std::memory_order_relaxed);
+    if (exclusive) {
+        const std::uint32_t extent = extent_for(used); // may shrink: tail has not moved
+        h->control.store(committed_tag | extent, std::memory_order_relaxed);
         tail = reservation.pos + extent;
         ctrl->produced.store(++produced, std::memory_order_relaxed);
         ctrl->tail.store(tail, std::memory_order_release);
+        if (mode == Mode::mpsc && leave_exclusive())
+            wake_stealer();
     } else {
-        h->control.store(pack_record(reservation.extent, RecordState::committed, slot, generation),
-                         std::memory_order_release);
+        h->control.store(committed_tag | reservation.extent, std::memory_order_release);
     }
     notify_consumer();
 }
@@ -743,24 +929,17 @@ void Queue::Impl::abort() noexcept {
     if (!reservation.active)
         return;
     reservation.active = false;
-    if (mode == Mode::spsc)
-        return; // tail never moved: the bytes are simply reused
+    if (exclusive) {
+        // tail never moved: the bytes are simply reused
+        if (mode == Mode::mpsc && leave_exclusive())
+            wake_stealer();
+        return;
+    }
     // The claim is in the ring and blocks the consumer: turn it into a record to step over.
     header_at(reservation.pos)
         ->control.store(pack_record(reservation.extent, RecordState::aborted, slot, generation),
                         std::memory_order_release);
     notify_consumer();
-}
-
-// One named result, so it is built in the caller's return slot (NRVO): a copy of the 40-byte
-// Result on every record measurably slowed the producer (store-forwarding stalls), and a
-// producer slower than its consumer drags an spsc ring into lockstep.
-[[gnu::always_inline]] inline Result<std::span<std::byte>>
-Queue::Impl::reserve(std::size_t n, std::chrono::nanoseconds timeout) {
-    Result<std::span<std::byte>> r = try_reserve(n);
-    if (!r && is_full(r.error())) [[unlikely]]
-        r = reserve_wait(n, timeout);
-    return r;
 }
 
 [[gnu::noinline]] Result<std::span<std::byte>>
@@ -775,7 +954,8 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
     const auto deadline = deadline_after(Clock::now(), timeout);
     if (spin_until(deadline, true, ready))
         return r;
-    ctrl->producers_waiting.fetch_add(1, std::memory_order_seq_cst); // as in front_wait()
+    sync_waiting = true;
+    ctrl->producers_waiting.fetch_or(my_bit(), std::memory_order_seq_cst); // as in front_wait()
     heavy_barrier(sync);
     for (;;) {
         const std::uint32_t seq = ctrl->space_seq.load(std::memory_order_acquire);
@@ -792,7 +972,9 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
             futex_wait(ctrl->space_seq, seq, std::min(deadline - now, next_liveness - now));
             continue; // still counted as waiting
         }
-        ctrl->producers_waiting.fetch_sub(1, std::memory_order_relaxed);
+        sync_waiting = false;
+        if (!(async && async->pending)) // an async wait of ours keeps the bit up
+            ctrl->producers_waiting.fetch_and(~my_bit(), std::memory_order_relaxed);
         if (outcome)
             return outcome;
         return r;
@@ -810,12 +992,9 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
         }
         const RecordHeader* h = header_at(head);
         const std::uint64_t c = h->control.load(std::memory_order_acquire);
-        const std::uint32_t extent = record_extent(c);
         const std::uint32_t length = h->length;
-        if (record_state(c) == RecordState::committed && extent >= record_header_size &&
-            extent % record_align == 0 && extent <= tail_cache - head &&
-            length <= extent - record_header_size) [[likely]] {
-            taken = {true, head, extent, length};
+        if (readable(c, length, tail_cache - head)) [[likely]] {
+            taken = {true, head, record_extent(c), length};
             return std::span<const std::byte>(payload_at(head), length);
         }
     }
@@ -856,7 +1035,9 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
             // doing so. Telling them apart costs a clock read and then a syscall, which a
             // consumer polling a busy ring must not pay on every look: pollers look at the
             // clock every 4096 looks, the waits once per liveness slice (check_claims). Dead
-            // means stuck on the same record for stuck_limit and the claimer's lock is free.
+            // means the claimer's lock is free: pollers ask once stuck on the same record for
+            // stuck_limit, the waits at once (they are about to ask whether the producers are
+            // all dead, and must not say peer_dead with a dead claim left unskipped).
             saw_claim = true;
             if (stuck_pos != head) {
                 stuck_pos = head;
@@ -866,12 +1047,14 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
             if (!check_claims && (++stuck_polls & 4095) != 0)
                 return errc::empty;
             const auto now = Clock::now();
-            if (stuck_since == Clock::time_point{}) {
-                stuck_since = now;
-                return errc::empty;
+            if (!check_claims) {
+                if (stuck_since == Clock::time_point{}) {
+                    stuck_since = now;
+                    return errc::empty;
+                }
+                if (now - stuck_since < stuck_limit)
+                    return errc::empty;
             }
-            if (now - stuck_since < stuck_limit)
-                return errc::empty;
             stuck_since = now;
             if (!claimer_dead(c))
                 return errc::empty;
@@ -935,6 +1118,8 @@ Queue::Impl::front_wait(std::chrono::nanoseconds timeout) {
         const std::uint32_t seq = ctrl->data_seq.load(std::memory_order_acquire);
         const auto now = Clock::now();
         const bool due = liveness_due(now);
+        if (due)
+            reap_dead_waiters(); // and counts records a dead producer left unwritten
         check_claims = due;
         r = try_front();
         check_claims = false;
@@ -965,8 +1150,8 @@ void AsyncWait::arm() noexcept {
         c->consumer_waiting.fetch_or(waiting_async, std::memory_order_seq_cst);
     } else {
         c->slots[owner->slot].notify.store(token, std::memory_order_relaxed);
-        c->producers_async.fetch_add(1, std::memory_order_relaxed);
-        c->producers_waiting.fetch_add(1, std::memory_order_seq_cst);
+        c->producers_async.fetch_or(owner->my_bit(), std::memory_order_relaxed);
+        c->producers_waiting.fetch_or(owner->my_bit(), std::memory_order_seq_cst);
     }
     heavy_barrier(owner->sync);
 }
@@ -976,8 +1161,9 @@ void AsyncWait::disarm() noexcept {
     if (owner->role == Role::consumer) {
         c->consumer_waiting.fetch_and(~waiting_async, std::memory_order_relaxed);
     } else {
-        c->producers_waiting.fetch_sub(1, std::memory_order_relaxed);
-        c->producers_async.fetch_sub(1, std::memory_order_relaxed);
+        if (!owner->sync_waiting)
+            c->producers_waiting.fetch_and(~owner->my_bit(), std::memory_order_relaxed);
+        c->producers_async.fetch_and(~owner->my_bit(), std::memory_order_relaxed);
         c->slots[owner->slot].notify.store(0, std::memory_order_relaxed);
     }
 }
@@ -1272,6 +1458,9 @@ void Queue::wake_consumer() noexcept {
 void Queue::wake_producers() noexcept {
     impl_->wake_producers();
 }
+void Queue::wake_stealer() noexcept {
+    impl_->wake_stealer();
+}
 
 void Queue::abort() {
     impl_->require(Role::producer, "abort");
@@ -1371,17 +1560,7 @@ bool Queue::peer_alive() const noexcept {
 }
 
 Stats Queue::stats() const noexcept {
-    const Control& c = *impl_->ctrl;
-    Stats s;
-    s.capacity = impl_->capacity;
-    const std::uint64_t head = c.head.load(std::memory_order_acquire);
-    const std::uint64_t tail = c.tail.load(std::memory_order_acquire);
-    s.depth_bytes = tail >= head ? tail - head : 0;
-    s.produced = c.produced.load(std::memory_order_relaxed);
-    s.consumed = c.consumed.load(std::memory_order_relaxed);
-    s.skipped = c.skipped.load(std::memory_order_relaxed);
-    s.depth_records = s.produced > s.consumed ? s.produced - s.consumed : 0;
-    return s;
+    return read_stats(*impl_->ctrl);
 }
 
 } // namespace bus::shm

@@ -57,15 +57,7 @@ QueueInfo describe(int fd, std::string_view name) {
     info.owner_alive =
         id.creator_start_time != 0 && process_start_time(id.creator_pid) == id.creator_start_time;
 
-    Stats& s = info.stats;
-    s.capacity = id.capacity;
-    const std::uint64_t head = c.head.load(std::memory_order_acquire);
-    const std::uint64_t tail = c.tail.load(std::memory_order_acquire);
-    s.depth_bytes = tail >= head ? tail - head : 0;
-    s.produced = c.produced.load(std::memory_order_relaxed);
-    s.consumed = c.consumed.load(std::memory_order_relaxed);
-    s.skipped = c.skipped.load(std::memory_order_relaxed);
-    s.depth_records = s.produced > s.consumed ? s.produced - s.consumed : 0;
+    info.stats = read_stats(c);
 
     // Attached slots whose lock someone holds: live handles (a slot of a dead one is unlocked).
     for (std::size_t i = 0; i < max_peers; ++i) {

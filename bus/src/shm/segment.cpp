@@ -1,5 +1,6 @@
 #include "segment.hpp"
 
+#include <bit>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -87,6 +88,22 @@ Result<Mapping> map_read_only(int fd, std::size_t size) {
     if (base == MAP_FAILED)
         return last_error();
     return Mapping(base, size);
+}
+
+Stats read_stats(const Control& c) noexcept {
+    Stats s;
+    s.capacity = c.id.capacity;
+    const std::uint64_t head = c.head.load(std::memory_order_acquire);
+    const std::uint64_t tail = c.tail.load(std::memory_order_acquire);
+    s.depth_bytes = tail >= head ? tail - head : 0;
+    s.produced = c.produced.load(std::memory_order_relaxed);
+    s.consumed = c.consumed.load(std::memory_order_relaxed);
+    s.skipped =
+        c.skipped.load(std::memory_order_relaxed) + c.abandoned.load(std::memory_order_relaxed);
+    s.depth_records = s.produced > s.consumed ? s.produced - s.consumed : 0;
+    s.waiting_producers = static_cast<std::uint32_t>(
+        std::popcount(c.producers_waiting.load(std::memory_order_relaxed)));
+    return s;
 }
 
 std::error_code check_layout(const Identity& id, std::uint64_t file_size) noexcept {

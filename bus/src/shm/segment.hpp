@@ -10,6 +10,7 @@
 #pragma once
 
 #include "bus/error.hpp"
+#include "bus/shm_queue.hpp"
 #include "layout.hpp"
 
 #include <atomic>
@@ -59,6 +60,9 @@ private:
 Result<Mapping> map_queue(int fd, std::size_t capacity);
 // The first `size` bytes of the segment, read-only (for inspection).
 Result<Mapping> map_read_only(int fd, std::size_t size);
+
+// The counters of the queue (Stats), read from its control block.
+Stats read_stats(const Control& c) noexcept;
 
 // Whether `id` describes a queue this build can use, in a file of `file_size` bytes.
 std::error_code check_layout(const Identity& id, std::uint64_t file_size) noexcept;

@@ -85,17 +85,28 @@ struct Hot {
     std::atomic<std::uint64_t>* head_word = nullptr;
     std::atomic<std::uint64_t>* consumed_word = nullptr;
     const std::atomic<std::uint32_t>* consumer_waiting = nullptr;
-    const std::atomic<std::uint32_t>* producers_waiting = nullptr;
+    const std::atomic<std::uint64_t>* producers_waiting = nullptr;
     Mode mode{};
     Role role{};
     Sync sync = Sync::fence;
     std::uint32_t slot = 0;
     std::uint32_t generation = 0;
+    // pack_record(0, committed, slot, generation): a committed header is this | extent
+    std::uint64_t committed_tag = 0;
 
     // producer
-    std::uint64_t tail = 0;       // spsc: our copy of the tail word (we are its only writer)
+    // Reserves and commits as spsc does (tail moves at commit, in one release store): the spsc
+    // producer, and an mpsc producer holding the reservation lock biased (the only producer
+    // attached; "One producer" in bus/src/shm/queue.cpp).
+    bool exclusive = false;
+    std::uint64_t tail = 0;       // exclusive: our copy of the tail word (its only writer)
     std::uint64_t head_cache = 0; // a head seen earlier: the real one is at least this far
-    std::uint64_t produced = 0;   // spsc
+    std::uint64_t produced = 0;   // exclusive
+    // mpsc: the lock word, our slot's `reserving` flag, and the lock word's value while we
+    // hold it biased
+    const std::atomic<std::uint32_t>* reserve_lock = nullptr;
+    std::atomic<std::uint32_t>* reserving = nullptr;
+    std::uint32_t biased_id = 0;
     struct Reservation {
         bool active = false;
         std::uint64_t pos = 0;
@@ -120,6 +131,31 @@ struct Hot {
     std::byte* payload_at(std::uint64_t pos) const noexcept {
         return ring + (pos & mask) + record_header_size;
     }
+    // mpsc, exclusive: says a reservation is open, then checks the lock is still ours (another
+    // producer may have taken it over). The stealer's half is a CAS and a membarrier.
+    // Whether a record's header (a peer's writing) is one try_front() may hand out: committed,
+    // extent a whole number of lines (so at least one), within the `avail` bytes published, the
+    // payload within the extent. extent - 1 wraps when extent is 0, so one comparison bounds
+    // both ends.
+    static bool readable(std::uint64_t control, std::uint32_t length,
+                         std::uint64_t avail) noexcept {
+        const std::uint32_t extent = record_extent(control);
+        return record_state(control) == RecordState::committed && extent % record_align == 0 &&
+               std::uint64_t{extent} - 1 < avail && length <= extent - record_header_size;
+    }
+
+    bool enter_exclusive() const noexcept {
+        reserving->store(1, std::memory_order_relaxed);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        return reserve_lock->load(std::memory_order_relaxed) == biased_id;
+    }
+    // ... and the end of it: whether a stealer may wait for it (then it must be woken).
+    bool leave_exclusive() const noexcept {
+        reserving->store(0, std::memory_order_release);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        return reserve_lock->load(std::memory_order_relaxed) != biased_id;
+    }
+
     // The publisher's half of the barrier pair ("Memory ordering" in queue.cpp).
     void publish_barrier() const noexcept {
         if (sync == Sync::fence)

@@ -234,10 +234,15 @@ void add_ls(CLI::App& app, Global& g, Runner& run) {
 
     auto* status = app.add_subcommand(
         "status", "The broker's version, uptime, endpoints and totals (exit 3 when none answers)");
+    status->footer(
+        "\nExit code 0 when busd answered, 3 when no broker did (with the endpoint "
+        "tried).\n\nExamples:\n  bus status\n  bus -e unix:///run/user/1000/bus/busd.sock "
+        "status --json | jq .uptime_s");
     status->callback([&g, &run] { run = [&g] { return run_status(g); }; });
 
     auto* types = app.add_subcommand("types", "Types in busd's registry");
     types->require_subcommand(1);
+    types->footer("\nExamples:\n  bus types ls\n  bus types show shop.v1.Order");
     auto* types_ls = types->add_subcommand("ls", "The same as `bus ls types`");
     types_ls->callback([&g, &run] { run = [&g] { return run_ls("types", g); }; });
     auto name = std::make_shared<std::string>();

@@ -106,6 +106,7 @@ void add_shm(CLI::App& app, Global& g, Runner& run) {
     auto* shm_cmd = app.add_subcommand(
         "shm", "Shared-memory queues on this host (read from /dev/shm, busd not needed)");
     shm_cmd->require_subcommand(1);
+    shm_cmd->footer("\nExamples:\n  bus shm ls\n  bus shm rm --stale");
     auto* ls = shm_cmd->add_subcommand("ls", "Every queue: mode, depth, counters, owner, state");
     ls->footer("\nA queue is stale when nobody has it open and its creator is gone.\n\n"
                "Examples:\n  bus shm ls\n  bus shm ls --json | jq 'select(.stale)'");

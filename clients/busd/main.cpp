@@ -100,7 +100,14 @@ int main(int argc, char** argv) {
     app.add_option("--apps-log-dir", apps_log_dir,
                    "where cluster apps' output is kept, APP.log (default: "
                    "$XDG_STATE_HOME/bus/logs, else ~/.local/state/bus/logs)");
-    CLI11_PARSE(app, argc, argv);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        // --help and --version print and exit 0; a bad option is a usage error, 2, as a bad
+        // config file is (CLI11's own codes, such as 109, mean nothing to a supervisor).
+        const int shown = app.exit(e);
+        return shown == 0 ? 0 : 2;
+    }
 
     if (!generate_keys.empty()) {
         char public_key[41], secret_key[41];

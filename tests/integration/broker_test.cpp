@@ -1034,6 +1034,22 @@ TEST(Busd, BadConfigIsRefusedNamingTheKey) {
     EXPECT_NE(text.find("limits.max_message_size"), std::string::npos) << text;
 }
 
+// A bad command-line option is a usage error too (2, not CLI11's own codes), naming it; --help
+// is not an error.
+TEST(Busd, BadOptionIsAUsageErrorNamingIt) {
+    char tmpl[] = "/tmp/bus-options-XXXXXX";
+    const std::string dir = ::mkdtemp(tmpl);
+    const std::string out = dir + "/out";
+    const int rc = std::system((busd_bin + " --no-such-option 2> " + out).c_str());
+    std::ifstream in(out);
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    const int help = std::system((busd_bin + " --help > /dev/null").c_str());
+    std::filesystem::remove_all(dir);
+    EXPECT_EQ(WEXITSTATUS(rc), 2);
+    EXPECT_NE(text.find("--no-such-option"), std::string::npos) << text;
+    EXPECT_EQ(WEXITSTATUS(help), 0);
+}
+
 // --- child modes ------------------------------------------------------------------------------
 
 int child_main(const std::string& mode, const std::string& endpoint, const std::string& arg) {

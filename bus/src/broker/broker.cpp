@@ -15,6 +15,7 @@
 // a client, so a stalled subscriber costs a publisher nothing.
 #include "bus/broker.hpp"
 
+#include "../transport/sockets.hpp"
 #include "../transport/zmq_watch.hpp"
 #include "bus/channel.hpp"
 #include "bus/endpoint.hpp"
@@ -300,25 +301,6 @@ struct Broker::Impl {
         return {};
     }
 
-    // A socket file that answers belongs to a running broker; one that refuses is stale.
-    static std::error_code claim_socket_path(const std::string& path) {
-        if (path.size() >= sizeof(sockaddr_un::sun_path))
-            return std::make_error_code(std::errc::filename_too_long);
-        struct stat st {};
-        if (::lstat(path.c_str(), &st) < 0)
-            return {};
-        if (!S_ISSOCK(st.st_mode))
-            return std::make_error_code(std::errc::file_exists);
-        UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        sockaddr_un addr{};
-        addr.sun_family = AF_UNIX;
-        path.copy(addr.sun_path, sizeof addr.sun_path - 1);
-        if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0)
-            return std::make_error_code(std::errc::address_in_use);
-        ::unlink(path.c_str());
-        return {};
-    }
-
     std::error_code bind_zmq(const Endpoint& endpoint) {
         const bool tcp = endpoint.scheme == Endpoint::Scheme::tcp;
         auto& server = tcp ? tcp_server : ipc_server;
@@ -327,7 +309,7 @@ struct Broker::Impl {
         if (tcp && (options.curve_secret_key.size() != 40 || options.curve_public_key.size() != 40))
             return make_error_code(errc::forbidden); // tcp:// only with CURVE keys
         if (!tcp) {
-            if (auto ec = claim_socket_path(endpoint.address))
+            if (auto ec = detail::claim_socket_path(endpoint.address))
                 return ec;
         }
         server = std::make_unique<ZmqServer>();
@@ -388,19 +370,11 @@ struct Broker::Impl {
     std::error_code bind_unix(const std::string& path) {
         if (acceptor)
             return make_error_code(errc::bad_endpoint);
-        if (auto ec = claim_socket_path(path))
-            return ec;
-        boost::system::error_code ec;
-        acceptor = std::make_unique<asio::local::stream_protocol::acceptor>(io);
-        acceptor->open(asio::local::stream_protocol(), ec);
-        const mode_t old = ::umask(0177);
-        if (!ec)
-            acceptor->bind(asio::local::stream_protocol::endpoint(path), ec);
-        ::umask(old);
-        if (!ec)
-            acceptor->listen(asio::socket_base::max_listen_connections, ec);
-        if (ec)
-            return {ec.value(), std::system_category()};
+        auto fd = detail::listen_unix(path);
+        if (!fd)
+            return fd.error();
+        acceptor = std::make_unique<asio::local::stream_protocol::acceptor>(
+            io, asio::local::stream_protocol(), fd.value().release());
         unlink_on_exit.push_back(path);
         accept();
         return {};

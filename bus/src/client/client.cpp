@@ -1,5 +1,6 @@
 #include "bus/client.hpp"
 
+#include "../transport/sockets.hpp"
 #include "../transport/zmq_watch.hpp"
 #include "bus/endpoint.hpp"
 #include "bus/frame.hpp"
@@ -53,20 +54,6 @@ std::string header_value(const v1::Envelope& e, std::string_view key) {
         if (h.key() == key)
             return h.value();
     return {};
-}
-
-Result<UniqueFd> connect_unix(const std::string& path) {
-    if (path.size() >= sizeof(sockaddr_un::sun_path))
-        return std::make_error_code(std::errc::filename_too_long);
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!fd)
-        return last_error();
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    path.copy(addr.sun_path, sizeof addr.sun_path - 1);
-    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0)
-        return last_error();
-    return fd;
 }
 
 } // namespace
@@ -134,7 +121,7 @@ private:
         timer_.async_wait([this, delay](boost::system::error_code ec) {
             if (ec || client_.expired())
                 return;
-            auto fd = connect_unix(path_);
+            auto fd = detail::connect_unix(path_);
             ChannelOptions co;
             co.max_message_size = options_.max_message_size;
             auto channel = fd ? Channel::adopt(io_, std::move(fd).value(), co)
@@ -369,7 +356,7 @@ Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::strin
         break;
     }
     case Endpoint::Scheme::unix: {
-        auto fd = connect_unix(parsed.value().address);
+        auto fd = detail::connect_unix(parsed.value().address);
         if (!fd)
             return fd.error();
         ChannelOptions co;

@@ -8,9 +8,9 @@
 // exited (its pidfd said so): a worker that is being killed could still be touching them.
 #include "bus/cluster_supervisor.hpp"
 
+#include "../transport/sockets.hpp"
 #include "bus/child_process.hpp"
 #include "bus/v1/cluster.pb.h"
-#include "listen.hpp"
 #include "logs.hpp"
 #include "wire.hpp"
 
@@ -25,7 +25,6 @@
 #include <fcntl.h>
 #include <sys/inotify.h>
 #include <sys/syscall.h>
-#include <sys/un.h>
 
 #include <csignal>
 #include <cstdio>
@@ -949,20 +948,10 @@ struct Supervisor::Impl {
     std::string join_path;
 
     std::error_code listen_for_joins(const std::string& path) {
-        UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-        sockaddr_un addr{};
-        addr.sun_family = AF_UNIX;
-        if (!fd || path.size() >= sizeof addr.sun_path)
-            return fd ? make_error_code(std::errc::filename_too_long)
-                      : std::error_code(errno, std::system_category());
-        std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-        ::unlink(path.c_str()); // busd owns its runtime directory: a leftover of a dead busd
-        const mode_t old = ::umask(0177);
-        const int bound = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-        ::umask(old);
-        if (bound < 0 || ::listen(fd.get(), 64) < 0)
-            return {errno, std::system_category()};
-        join_socket = std::make_unique<asio::posix::stream_descriptor>(io, fd.release());
+        auto fd = bus::detail::listen_unix(path);
+        if (!fd)
+            return fd.error();
+        join_socket = std::make_unique<asio::posix::stream_descriptor>(io, fd.value().release());
         join_path = path;
         accept_joins();
         return {};
@@ -1211,7 +1200,7 @@ struct Supervisor::Impl {
         for (const auto& address : a.config.listen) {
             if (a.config.mode == Mode::reuseport)
                 break; // the workers bind
-            auto fd = detail::listen_tcp(address, false);
+            auto fd = bus::detail::listen_tcp(address, false);
             if (!fd) {
                 detail = "cannot listen on " + address + ": " + fd.error().message();
                 return errc::request_failed;

@@ -1,9 +1,9 @@
 #include "bus/cluster.hpp"
 
+#include "../transport/sockets.hpp"
 #include "bus/endpoint.hpp"
 #include "bus/frame.hpp"
 #include "bus/v1/cluster.pb.h"
-#include "listen.hpp"
 #include "wire.hpp"
 
 #include <boost/asio/post.hpp>
@@ -11,12 +11,10 @@
 #include <arpa/inet.h>
 #include <csignal>
 #include <cstdlib>
-#include <cstring>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 namespace bus::cluster {
@@ -65,19 +63,14 @@ Result<std::unique_ptr<Worker>> Worker::join(boost::asio::io_context& io, const 
     auto path = cluster_socket_beside(busd.value());
     if (!path)
         return path.error();
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (!fd)
-        return std::error_code(errno, std::system_category());
-    if (path.value().size() >= sizeof addr.sun_path)
-        return make_error_code(std::errc::filename_too_long);
-    std::memcpy(addr.sun_path, path.value().c_str(), path.value().size() + 1);
-    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+    auto connected = bus::detail::connect_unix(path.value());
+    if (!connected) {
         if (reason)
-            *reason = "no busd cluster socket at " + path.value() + ": " + std::strerror(errno);
+            *reason =
+                "no busd cluster socket at " + path.value() + ": " + connected.error().message();
         return make_error_code(errc::broker_unavailable);
     }
+    UniqueFd fd = std::move(connected).value();
     // The handshake is blocking and reads exactly one frame, so that nothing busd sends after
     // its answer is taken from the socket before the Channel owns it.
     v1::Join request;
@@ -240,7 +233,7 @@ void Worker::listen(const std::string& address, bool reuseport, std::vector<Uniq
     answer.set_address(address);
     UniqueFd fd;
     if (reuseport) {
-        auto bound = detail::listen_tcp(address, true);
+        auto bound = bus::detail::listen_tcp(address, true);
         if (bound)
             fd = std::move(bound).value();
         else

@@ -187,6 +187,14 @@ std::uint64_t rss_bytes(pid_t pid) {
     return out;
 }
 
+// A close-on-exec pipe (read end, write end); two empty fds when none can be made.
+std::pair<UniqueFd, UniqueFd> pipe() {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) < 0)
+        return {};
+    return {UniqueFd(fds[0]), UniqueFd(fds[1])};
+}
+
 // Whether busd accepts and dispatches (else the workers accept themselves).
 bool busd_accepts(Mode mode) {
     return mode == Mode::round_robin || mode == Mode::least_connections;
@@ -417,17 +425,10 @@ struct Supervisor::Impl {
         so.env.push_back("BUS_APP=" + a.config.name);
         so.env.push_back("BUS_INSTANCE=" + std::to_string(instance));
         so.parent_death_signal = SIGTERM;
-        // stdout and stderr: pipes busd reads into the app's log (a worker that cannot have them
-        // runs with busd's own).
-        int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
-        if (::pipe2(out_pipe, O_CLOEXEC) == 0 && ::pipe2(err_pipe, O_CLOEXEC) < 0) {
-            ::close(out_pipe[0]);
-            ::close(out_pipe[1]);
-            out_pipe[0] = -1;
-        }
-        UniqueFd out_read(out_pipe[0]), out_write(out_pipe[0] >= 0 ? out_pipe[1] : -1),
-            err_read(out_pipe[0] >= 0 ? err_pipe[0] : -1),
-            err_write(out_pipe[0] >= 0 ? err_pipe[1] : -1);
+        // stdout and stderr: pipes busd reads into the app's log (a stream whose pipe cannot be
+        // made goes to busd's own).
+        auto [out_read, out_write] = pipe();
+        auto [err_read, err_write] = pipe();
         so.stdout_fd = out_write.get();
         so.stderr_fd = err_write.get();
         // Its bus link, for Client::from_parent (the cluster channel is the Worker's).
@@ -457,10 +458,10 @@ struct Supervisor::Impl {
         if (link_ours)
             options.bus_link(std::move(link_ours), p->pid());
         a.procs.push_back(p);
-        if (out_read) {
+        if (out_read)
             capture(a, instance, p->pid(), "out", std::move(out_read));
+        if (err_read)
             capture(a, instance, p->pid(), "err", std::move(err_read));
-        }
         watch_worker(*p);
         std::weak_ptr<Proc> weak = p;
         p->child->on_exit([this, weak](int code, int signal) {
@@ -1091,7 +1092,7 @@ struct Supervisor::Impl {
         const std::string app = a.config.name;
         detail::OutputReader::start(
             io, std::move(pipe),
-            [this, app, instance, pid, stream,
+            [this, app, subject = "$sys.log." + app, instance, pid, stream,
              alive = std::weak_ptr<int>(alive)](std::vector<std::string>& lines) {
                 if (alive.expired())
                     return;
@@ -1113,7 +1114,7 @@ struct Supervisor::Impl {
                     text += detail::format_log_line(line);
                     text += '\n';
                     if (options.event)
-                        options.event("$sys.log." + app, line);
+                        options.event(subject, line);
                 }
                 log_file(*owner).append(text, [this](const std::string& error) { log(error); });
             });

@@ -547,10 +547,10 @@ bool ArrivalQueue::ready(const Entry& e) const {
     return types_.find_local(name) || types_.fetched(name);
 }
 
-void ArrivalQueue::push(const v1::Envelope& envelope) {
+void ArrivalQueue::push(v1::Envelope&& envelope) {
     if (done_)
         return;
-    queue_.push_back({std::chrono::system_clock::now(), envelope});
+    queue_.push_back({std::chrono::system_clock::now(), std::move(envelope)});
     const auto& e = queue_.back();
     if (!ready(e))
         types_.fetch(client_, type_name_of(e.envelope.type_url()), [this] { drain(); });

@@ -187,16 +187,17 @@ private:
 // limit) or stop().
 class ArrivalQueue {
 public:
-    // One message's line (and whatever else a command does with it: monitor's --pcap).
-    using Format =
-        std::function<std::string(std::chrono::system_clock::time_point, const v1::Envelope&)>;
+    // One message's line (and whatever else a command does with it: monitor's --pcap). The
+    // envelope is the queue's, dropped right after: a Format may use it as scratch space.
+    using Format = std::function<std::string(std::chrono::system_clock::time_point, v1::Envelope&)>;
     ArrivalQueue(Types& types, Client& client, bool raw, std::uint64_t count, Format format)
         : types_(types), client_(client), raw_(raw), count_(count), format_(std::move(format)) {}
     ArrivalQueue(const ArrivalQueue&) = delete;
     ArrivalQueue& operator=(const ArrivalQueue&) = delete;
 
-    // A message that arrived now: queued, then every line that is ready is printed.
-    void push(const v1::Envelope& envelope);
+    // A message that arrived now (taken: a handler's message is not used after it returns):
+    // queued, then every line that is ready is printed.
+    void push(v1::Envelope&& envelope);
     void stop() { done_ = true; }
     // For receive_until().
     bool& done() { return done_; }

@@ -4,7 +4,9 @@
 
 #include <bus/subject.hpp>
 
-#include <boost/asio/steady_timer.hpp>
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <google/protobuf/wire_format_lite.h>
 
 #include <cerrno>
 #include <cstring>
@@ -47,32 +49,38 @@ public:
     PcapWriter(const PcapWriter&) = delete;
     PcapWriter& operator=(const PcapWriter&) = delete;
 
-    void write(std::chrono::system_clock::time_point at, const v1::Envelope& copy) {
-        v1::Envelope e = copy;
+    // `message` is changed during the call and given back as it was.
+    void write(std::chrono::system_clock::time_point at, v1::Envelope& message) {
+        // Everything but the payload, without copying the payload.
+        std::string payload;
+        payload.swap(*message.mutable_payload());
+        v1::Envelope e = message;
+        payload.swap(*message.mutable_payload());
         e.set_kind(e.monitored_kind());
         e.clear_monitored_kind();
         e.clear_subscription_id();
-        e.clear_payload();
-        // The payload goes last (field 4, any order parses), so a packet cut at the snap
-        // length loses only payload bytes, never the source or headers after it.
-        std::string bytes = e.SerializeAsString();
-        if (!copy.payload().empty()) {
-            bytes.push_back(static_cast<char>((4 << 3) | 2)); // field 4, length-delimited
-            for (auto n = copy.payload().size();; n >>= 7) {
-                bytes.push_back(static_cast<char>((n & 0x7f) | (n > 0x7f ? 0x80 : 0)));
-                if (n <= 0x7f)
-                    break;
-            }
-            bytes += copy.payload();
+        // The payload goes last (any field order parses), so a packet cut at the snap length
+        // loses only payload bytes, never the source or headers before it.
+        std::string head = e.SerializeAsString();
+        if (!message.payload().empty()) {
+            google::protobuf::io::StringOutputStream raw(&head);
+            google::protobuf::io::CodedOutputStream coded(&raw);
+            coded.WriteTag(google::protobuf::internal::WireFormatLite::MakeTag(
+                v1::Envelope::kPayloadFieldNumber,
+                google::protobuf::internal::WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
+            coded.WriteVarint32(static_cast<std::uint32_t>(message.payload().size()));
         }
+        const std::size_t size = head.size() + message.payload().size();
         const auto us =
             std::chrono::duration_cast<std::chrono::microseconds>(at.time_since_epoch()).count();
-        const auto kept = std::min<std::size_t>(bytes.size(), snap_length);
+        const auto kept = std::min<std::size_t>(size, snap_length);
         put32(static_cast<std::uint32_t>(us / 1'000'000));
         put32(static_cast<std::uint32_t>(us % 1'000'000));
         put32(static_cast<std::uint32_t>(kept));
-        put32(static_cast<std::uint32_t>(bytes.size()));
-        std::fwrite(bytes.data(), 1, kept, out_);
+        put32(static_cast<std::uint32_t>(size));
+        std::fwrite(head.data(), 1, std::min(head.size(), kept), out_);
+        if (kept > head.size())
+            std::fwrite(message.payload().data(), 1, kept - head.size(), out_);
         std::fflush(out_);
     }
 
@@ -122,7 +130,7 @@ int run_monitor(const MonitorOptions& o, const Global& g) {
     const Style style{g.color()};
 
     std::optional<Failure> failed;
-    ArrivalQueue queue(types, *client, o.raw, o.count, [&](auto at, const v1::Envelope& e) {
+    ArrivalQueue queue(types, *client, o.raw, o.count, [&](auto at, v1::Envelope& e) {
         if (pcap)
             pcap->write(at, e);
         return format_message(types, Shown{at, kind_name(e.monitored_kind()), &e, o.raw, o.headers},
@@ -142,7 +150,7 @@ int run_monitor(const MonitorOptions& o, const Global& g) {
                          static_cast<unsigned long long>(e.dropped));
         }
     });
-    client->monitor(o.pattern, [&](Message& m) { queue.push(m.envelope); });
+    client->monitor(o.pattern, [&](Message& m) { queue.push(std::move(m.envelope)); });
 
     receive_until(io, *client, timeout, queue.done(), failed, queue.shown(), o.count, o.timeout);
     return exit_code::ok;

@@ -320,7 +320,6 @@ struct Queue::Impl : detail::Hot {
 
     // producer. The hot calls have an inlined fast path (shm_queue.hpp) for the common case
     // (exclusive, room, a committed record) and an out-of-line path for everything else.
-    Result<std::span<std::byte>> try_reserve(std::size_t n);
     Result<std::span<std::byte>> try_reserve_slow(std::size_t n);
     Result<std::span<std::byte>> reserve_wait(std::size_t n, std::chrono::nanoseconds timeout);
     bool has_room(std::size_t n) noexcept;
@@ -338,7 +337,6 @@ struct Queue::Impl : detail::Hot {
     // consumer
     Result<std::span<const std::byte>> try_front();
     Result<std::span<const std::byte>> try_front_slow();
-    Result<std::span<const std::byte>> front(std::chrono::nanoseconds timeout);
     Result<std::span<const std::byte>> front_wait(std::chrono::nanoseconds timeout);
     void release();
     void advance(std::uint32_t extent, bool skip) noexcept;
@@ -792,7 +790,7 @@ void Queue::Impl::release_bias() noexcept {
     if (ctrl->reserve_lock.compare_exchange_strong(v, 0, std::memory_order_release,
                                                    std::memory_order_relaxed) &&
         ctrl->lock_sleepers.load(std::memory_order_relaxed) != 0)
-        futex_wake_all(ctrl->reserve_lock);
+        wake_lock_sleepers();
     reserving->store(0, std::memory_order_release);
     futex_wake_all(*reserving);
 }
@@ -822,11 +820,6 @@ bool Queue::Impl::lock_owner_dead(std::uint32_t owner) const noexcept {
     if ((p.generation.load(std::memory_order_acquire) & 0xffff) != ((owner >> 8) & 0xffff))
         return true;
     return !held_by_other(fd.get(), lock_slot(s));
-}
-
-// The waits' look: the inline fast path is Queue::try_reserve (shm_queue.hpp).
-Result<std::span<std::byte>> Queue::Impl::try_reserve(std::size_t n) {
-    return try_reserve_slow(n);
 }
 
 [[gnu::noinline]] Result<std::span<std::byte>> Queue::Impl::try_reserve_slow(std::size_t n) {
@@ -870,7 +863,7 @@ Result<std::span<std::byte>> Queue::Impl::try_reserve(std::size_t n) {
         // The only producer: keep the lock across records, and reserve as spsc does.
         ctrl->reserve_lock.store(biased_id, std::memory_order_relaxed);
         if (ctrl->lock_sleepers.load(std::memory_order_relaxed) != 0)
-            futex_wake_all(ctrl->reserve_lock); // they may take it over now
+            wake_lock_sleepers(); // they may take it over now
         exclusive = true;
         tail = ctrl->tail.load(std::memory_order_relaxed);
         produced = ctrl->produced.load(std::memory_order_relaxed);
@@ -946,7 +939,7 @@ void Queue::Impl::abort() noexcept {
 Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
     Result<std::span<std::byte>> r = errc::full;
     auto ready = [&] {
-        r = try_reserve(n);
+        r = try_reserve_slow(n);
         return r || !is_full(r.error());
     };
     if (burst(timeout, true, ready))
@@ -959,7 +952,7 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
     heavy_barrier(sync);
     for (;;) {
         const std::uint32_t seq = ctrl->space_seq.load(std::memory_order_acquire);
-        r = try_reserve(n);
+        r = try_reserve_slow(n);
         const auto now = Clock::now();
         std::error_code outcome;
         if (r || !is_full(r.error()))
@@ -1087,14 +1080,6 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
     }
     taken.active = false;
     advance(taken.extent, false);
-}
-
-[[gnu::always_inline]] inline Result<std::span<const std::byte>>
-Queue::Impl::front(std::chrono::nanoseconds timeout) {
-    Result<std::span<const std::byte>> r = try_front(); // as reserve(): built in place
-    if (!r && is_empty(r.error())) [[unlikely]]
-        r = front_wait(timeout);
-    return r;
 }
 
 [[gnu::noinline]] Result<std::span<const std::byte>>

@@ -131,8 +131,6 @@ struct Hot {
     std::byte* payload_at(std::uint64_t pos) const noexcept {
         return ring + (pos & mask) + record_header_size;
     }
-    // mpsc, exclusive: says a reservation is open, then checks the lock is still ours (another
-    // producer may have taken it over). The stealer's half is a CAS and a membarrier.
     // Whether a record's header (a peer's writing) is one try_front() may hand out: committed,
     // extent a whole number of lines (so at least one), within the `avail` bytes published, the
     // payload within the extent. extent - 1 wraps when extent is 0, so one comparison bounds
@@ -144,6 +142,8 @@ struct Hot {
                std::uint64_t{extent} - 1 < avail && length <= extent - record_header_size;
     }
 
+    // mpsc, exclusive: says a reservation is open, then checks the lock is still ours (another
+    // producer may have taken it over). The stealer's half is a CAS and a membarrier.
     bool enter_exclusive() const noexcept {
         reserving->store(1, std::memory_order_relaxed);
         std::atomic_signal_fence(std::memory_order_seq_cst);

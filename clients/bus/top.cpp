@@ -28,28 +28,16 @@ struct TopOptions {
     std::size_t rows = 20;
 };
 
-// What the rows are sorted by; `s` goes to the next one.
+// What the rows are sorted by, in the order `s` steps through them.
 enum class SortBy { msgs, bytes, drops, name };
-constexpr std::array<SortBy, 4> sort_order = {SortBy::msgs, SortBy::bytes, SortBy::drops,
-                                              SortBy::name};
+constexpr std::array<const char*, 4> sort_names = {"msgs/s", "bytes/s", "drops", "name"};
 
 const char* sort_name(SortBy by) {
-    switch (by) {
-    case SortBy::msgs:
-        return "msgs/s";
-    case SortBy::bytes:
-        return "bytes/s";
-    case SortBy::drops:
-        return "drops";
-    case SortBy::name:
-        return "name";
-    }
-    return "?";
+    return sort_names[static_cast<std::size_t>(by)];
 }
 
 SortBy next_sort(SortBy by) {
-    const auto at = std::find(sort_order.begin(), sort_order.end(), by) - sort_order.begin();
-    return sort_order[static_cast<std::size_t>(at + 1) % sort_order.size()];
+    return static_cast<SortBy>((static_cast<std::size_t>(by) + 1) % sort_names.size());
 }
 
 // What the keys changed, and what render() shows of it.
@@ -395,8 +383,7 @@ int run_top(const TopOptions& o, const Global& g) {
 
     std::optional<Sample> previous, latest;
     std::uint64_t shown = 0;
-    bool due = true; // time for the next sample
-    bool fired = false;
+    bool due = true; // time for the next sample (waited out while paused)
     boost::asio::steady_timer timer(io);
     auto show = [&] {
         render(*latest, previous ? &*previous : nullptr, o, view, g, style, terminal);
@@ -432,18 +419,14 @@ int run_top(const TopOptions& o, const Global& g) {
             redraw = false;
             if (o.count && ++shown >= o.count)
                 break;
-            due = fired = false;
+            due = false;
             timer.expires_after(interval);
             timer.async_wait([&](const boost::system::error_code& ec) {
                 if (!ec)
-                    fired = true;
+                    due = true;
             });
         }
-        run_until_done(io, [&] { return fired || redraw || quit; });
-        if (fired) {
-            fired = false;
-            due = true;
-        }
+        run_until_done(io, [&] { return (due && !view.paused) || redraw || quit; });
         if (redraw && latest && !quit) {
             show(); // a key changed the view: at once, from the samples there are
             redraw = false;

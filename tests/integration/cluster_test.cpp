@@ -416,6 +416,15 @@ protected:
             std::filesystem::remove(marker() + suffix);
     }
     std::string marker() const { return busd_dir_marker_; }
+    // busd with one worker that exits at once, every time: errored after `max_restarts` exits
+    // `delay` apart.
+    void start_crashing(int max_restarts, std::chrono::milliseconds delay) {
+        busd_ = std::make_unique<Busd>(
+            io_, app_config(self_exe, {"--worker", "crash"}, port_, 1,
+                            "max_restarts = " + std::to_string(max_restarts) +
+                                "\nmin_uptime_ms = 5000\nrestart_delay_ms = " +
+                                std::to_string(delay.count()) + "\n"));
+    }
 
     boost::asio::io_context io_;
     int port_ = bus::test::free_tcp_port();
@@ -654,9 +663,7 @@ TEST_F(ClusterTest, WatchedFileChangeReloadsOnce) {
 }
 
 TEST_F(ClusterTest, CrashLoopingAppBecomesErrored) {
-    busd_ = std::make_unique<Busd>(
-        io_, app_config(self_exe, {"--worker", "crash"}, port_, 1,
-                        "max_restarts = 3\nmin_uptime_ms = 5000\nrestart_delay_ms = 10\n"));
+    start_crashing(3, 10ms);
     ASSERT_TRUE(busd_->wait_log("errored")) << busd_->log();
     const std::string log = busd_->log();
     EXPECT_NE(log.find("app 'web' errored: worker 0 exited 3 times in a row"), std::string::npos)
@@ -912,9 +919,7 @@ TEST_F(ClusterControlTest, StopThenStartAgain) {
 }
 
 TEST_F(ClusterControlTest, RestartStartsAnErroredApp) {
-    busd_ = std::make_unique<Busd>(
-        io_, app_config(self_exe, {"--worker", "crash"}, port_, 1,
-                        "max_restarts = 2\nmin_uptime_ms = 5000\nrestart_delay_ms = 10\n"));
+    start_crashing(2, 10ms);
     ASSERT_TRUE(busd_->wait_log("errored")) << busd_->log();
     auto ls = control("ls");
     ASSERT_TRUE(ls);
@@ -1157,9 +1162,7 @@ TEST_F(ClusterControlTest, DeleteStopsTheAppAndForgetsIt) {
 
 // An app that becomes errored is announced on the bus, with the reason.
 TEST_F(ClusterControlTest, ErroredAppIsAnnouncedOnTheBus) {
-    busd_ = std::make_unique<Busd>(
-        io_, app_config(self_exe, {"--worker", "crash"}, port_, 1,
-                        "max_restarts = 3\nmin_uptime_ms = 5000\nrestart_delay_ms = 400\n"));
+    start_crashing(3, 400ms);
     std::shared_ptr<bus::Client> watcher;
     ASSERT_TRUE(run_until(io_, [&] {
         auto c = bus::Client::connect(io_, "unix://" + busd_->dir() + "/busd.sock");

@@ -31,6 +31,8 @@ if [ "$bench" -eq 1 ]; then
   packages+=(nats-server dbus dbus-broker systemd libsystemd-dev)
   # bench/run cluster: the HTTP load generator.
   packages+=(wrk)
+  # bench/shm-instructions: instruction counts under callgrind.
+  packages+=(valgrind)
 fi
 
 missing=()

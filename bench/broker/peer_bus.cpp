@@ -251,33 +251,20 @@ public:
         asio::io_context ctx;
         auto client = connect(ctx, "bench-req");
         const std::string payload = make_payload(spec.size);
-        const double t0 = now_s();
-        const double measure_from = t0 + spec.warmup, deadline = measure_from + spec.seconds;
-        std::vector<double> samples;
-        ReqResult r;
-        double last_done = measure_from;
-        int outstanding = 0;
+        RoundTrips trips(spec);
         std::error_code failure;
         std::function<void()> issue = [&] {
-            const double sent_at = now_s();
-            ++outstanding;
+            const std::uint64_t seq = trips.sent();
             client->request_bytes(
                 service, payload, std::chrono::seconds(5),
-                [&, sent_at](std::error_code ec, bus::Message& reply) {
-                    const double now = now_s();
-                    --outstanding;
+                [&, seq](std::error_code ec, bus::Message& reply) {
                     if (ec || reply.payload().size() != spec.size) {
                         failure = ec ? ec : std::make_error_code(std::errc::bad_message);
                         return ctx.stop();
                     }
-                    if (sent_at >= measure_from) {
-                        samples.push_back((now - sent_at) * 1e6);
-                        ++r.count;
-                        last_done = now;
-                    }
-                    if (now < deadline)
+                    if (trips.answered(seq))
                         issue();
-                    else if (outstanding == 0)
+                    else if (trips.outstanding() == 0)
                         ctx.stop();
                 });
         };
@@ -288,10 +275,7 @@ public:
         ctx.run();
         if (failure)
             throw std::system_error(failure, "request");
-        r.seconds = last_done - measure_from;
-        r.p50_us = percentile(samples, 0.50);
-        r.p99_us = percentile(samples, 0.99);
-        io.result(to_json(r));
+        io.result(to_json(trips.result()));
     }
 
 private:

@@ -125,13 +125,9 @@ std::string config(const std::string& socket) {
 struct Requests {
     sd_bus* bus;
     std::string payload;
-    std::vector<double> sent_at;
-    std::vector<double> samples;
-    double measure_from = 0, deadline = 0, last_done = 0;
-    int outstanding = 0;
+    RoundTrips trips;
     // Replies come in order (one responder, one connection): each answers the oldest call.
-    std::size_t next_reply = 0;
-    std::uint64_t count = 0;
+    std::uint64_t next_reply = 0;
     std::string failure;
 };
 
@@ -141,17 +137,14 @@ void issue(Requests& rq) {
     sd_bus_message* m = nullptr;
     check(sd_bus_message_new_method_call(rq.bus, &m, service, path, service, "Echo"), "call");
     check(sd_bus_message_append_array(m, 'y', rq.payload.data(), rq.payload.size()), "append");
-    rq.sent_at.push_back(now_s());
     const auto r = sd_bus_call_async(rq.bus, nullptr, m, on_reply, &rq, 5'000'000);
     sd_bus_message_unref(m);
     check(r, "sd_bus_call_async");
-    ++rq.outstanding;
+    rq.trips.sent();
 }
 
 int on_reply(sd_bus_message* m, void* userdata, sd_bus_error*) {
     auto& rq = *static_cast<Requests*>(userdata);
-    const double now = now_s();
-    --rq.outstanding;
     const void* data = nullptr;
     std::size_t size = 0;
     if (sd_bus_message_is_method_error(m, nullptr)) {
@@ -163,13 +156,7 @@ int on_reply(sd_bus_message* m, void* userdata, sd_bus_error*) {
         rq.failure = "malformed reply";
         return 0;
     }
-    const double sent = rq.sent_at[rq.next_reply++];
-    if (sent >= rq.measure_from) {
-        rq.samples.push_back((now - sent) * 1e6);
-        ++rq.count;
-        rq.last_done = now;
-    }
-    if (now < rq.deadline) {
+    if (rq.trips.answered(rq.next_reply++)) {
         try {
             issue(rq);
         } catch (const std::exception& e) {
@@ -341,27 +328,17 @@ public:
 
     void requester(const ReqSpec& spec, RoleIo& io) override {
         Bus bus(address_);
-        Requests rq;
-        rq.bus = bus.bus;
-        rq.payload = make_payload(spec.size);
-        rq.measure_from = now_s() + spec.warmup;
-        rq.deadline = rq.measure_from + spec.seconds;
-        rq.last_done = rq.measure_from;
+        Requests rq{bus.bus, make_payload(spec.size), RoundTrips(spec), 0, {}};
         for (int i = 0; i < spec.in_flight; ++i)
             issue(rq);
-        while (rq.outstanding > 0 && rq.failure.empty()) {
+        while (rq.trips.outstanding() > 0 && rq.failure.empty()) {
             bus.process_all();
-            if (rq.outstanding > 0)
+            if (rq.trips.outstanding() > 0)
                 bus.wait(5000);
         }
         if (!rq.failure.empty())
             throw std::runtime_error(rq.failure);
-        ReqResult r;
-        r.count = rq.count;
-        r.seconds = rq.last_done - rq.measure_from;
-        r.p50_us = percentile(rq.samples, 0.50);
-        r.p99_us = percentile(rq.samples, 0.99);
-        io.result(to_json(r));
+        io.result(to_json(rq.trips.result()));
     }
 
 private:

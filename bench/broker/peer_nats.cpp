@@ -155,52 +155,29 @@ public:
         c.sub(inbox + "*", 1);
         c.ping_pong(5);
         const std::string payload = make_payload(spec.size);
-        std::vector<double> sent_at;
-        auto issue = [&] {
-            const std::size_t seq = sent_at.size();
-            sent_at.push_back(now_s());
-            c.pub(service, inbox + std::to_string(seq), payload);
-        };
-        const double measure_from = now_s() + spec.warmup, deadline = measure_from + spec.seconds;
+        RoundTrips trips(spec);
+        auto issue = [&] { c.pub(service, inbox + std::to_string(trips.sent()), payload); };
         for (int i = 0; i < spec.in_flight; ++i)
             issue();
-        int outstanding = spec.in_flight;
-        std::vector<double> samples;
-        ReqResult r;
-        double last_done = measure_from;
-        while (outstanding > 0) {
+        while (trips.outstanding() > 0) {
             if (!c.flush(now_s() + 5))
                 throw std::runtime_error("nats-server does not read");
             pollfd p{c.fd(), POLLIN, 0};
             if (::poll(&p, 1, 5000) != 1)
                 throw std::runtime_error("no reply within 5 s");
             const bool open = c.read_available([&](const NatsConnection::Msg& m) {
-                const double now = now_s();
                 if (!m.subject.starts_with(inbox) || m.payload.size() != spec.size)
                     throw std::runtime_error("unexpected reply");
-                std::size_t seq = 0;
+                std::uint64_t seq = 0;
                 for (char ch : m.subject.substr(inbox.size()))
-                    seq = seq * 10 + static_cast<std::size_t>(ch - '0');
-                if (seq >= sent_at.size())
-                    throw std::runtime_error("unknown reply");
-                --outstanding;
-                if (sent_at[seq] >= measure_from) {
-                    samples.push_back((now - sent_at[seq]) * 1e6);
-                    ++r.count;
-                    last_done = now;
-                }
-                if (now < deadline) {
+                    seq = seq * 10 + static_cast<std::uint64_t>(ch - '0');
+                if (trips.answered(seq))
                     issue();
-                    ++outstanding;
-                }
             });
             if (!open)
                 throw std::runtime_error("nats-server closed the connection");
         }
-        r.seconds = last_done - measure_from;
-        r.p50_us = percentile(samples, 0.50);
-        r.p99_us = percentile(samples, 0.99);
-        io.result(to_json(r));
+        io.result(to_json(trips.result()));
     }
 
 private:

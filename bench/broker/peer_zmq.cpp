@@ -199,46 +199,26 @@ public:
         sock.set(zmq::sockopt::rcvtimeo, 5000);
         sock.connect(proxy_ ? ipc("proxy-front") : ipc("direct-rr"));
         std::string payload = make_payload(std::max<std::size_t>(spec.size, 8));
-        std::vector<double> sent_at;
+        RoundTrips trips(spec);
         auto issue = [&] {
-            const std::uint64_t seq = sent_at.size();
+            const std::uint64_t seq = trips.sent();
             std::memcpy(payload.data(), &seq, sizeof seq);
-            sent_at.push_back(now_s());
             sock.send(zmq::buffer(payload), zmq::send_flags::none);
         };
-        const double measure_from = now_s() + spec.warmup, deadline = measure_from + spec.seconds;
         for (int i = 0; i < spec.in_flight; ++i)
             issue();
-        int outstanding = spec.in_flight;
-        std::vector<double> samples;
-        ReqResult r;
-        double last_done = measure_from;
         zmq::message_t reply;
-        while (outstanding > 0) {
+        while (trips.outstanding() > 0) {
             if (!sock.recv(reply))
                 throw std::runtime_error("no reply within 5 s");
-            const double now = now_s();
-            --outstanding;
-            std::uint64_t seq;
             if (reply.size() != payload.size())
                 throw std::runtime_error("malformed reply");
+            std::uint64_t seq;
             std::memcpy(&seq, reply.data(), sizeof seq);
-            if (seq >= sent_at.size())
-                throw std::runtime_error("unknown reply");
-            if (sent_at[seq] >= measure_from) {
-                samples.push_back((now - sent_at[seq]) * 1e6);
-                ++r.count;
-                last_done = now;
-            }
-            if (now < deadline) {
+            if (trips.answered(seq))
                 issue();
-                ++outstanding;
-            }
         }
-        r.seconds = last_done - measure_from;
-        r.p50_us = percentile(samples, 0.50);
-        r.p99_us = percentile(samples, 0.99);
-        io.result(to_json(r));
+        io.result(to_json(trips.result()));
     }
 
 private:

@@ -1,6 +1,7 @@
 #include "peers.hpp"
 
 #include <cstdlib>
+#include <stdexcept>
 
 namespace bench::broker {
 
@@ -77,6 +78,38 @@ bool SubscriberCounter::finished() const {
     const double now = now_s();
     const double last_news = std::max(done_at_, result_.last);
     return now - last_news >= quiet || now - done_at_ >= cap;
+}
+
+RoundTrips::RoundTrips(const ReqSpec& spec)
+    : measure_from_(now_s() + spec.warmup), deadline_(measure_from_ + spec.seconds),
+      last_done_(measure_from_) {}
+
+std::uint64_t RoundTrips::sent() {
+    sent_at_.push_back(now_s());
+    ++outstanding_;
+    return sent_at_.size() - 1;
+}
+
+bool RoundTrips::answered(std::uint64_t seq) {
+    const double now = now_s();
+    if (seq >= sent_at_.size())
+        throw std::runtime_error("a reply to no request");
+    --outstanding_;
+    if (sent_at_[seq] >= measure_from_) {
+        samples_.push_back((now - sent_at_[seq]) * 1e6);
+        ++count_;
+        last_done_ = now;
+    }
+    return now < deadline_;
+}
+
+ReqResult RoundTrips::result() {
+    ReqResult r;
+    r.count = count_;
+    r.seconds = last_done_ - measure_from_;
+    r.p50_us = percentile(samples_, 0.50);
+    r.p99_us = percentile(samples_, 0.99);
+    return r;
 }
 
 std::string make_payload(std::size_t size) {

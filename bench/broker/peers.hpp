@@ -78,6 +78,8 @@ public:
     virtual ~Peer() = default;
     virtual std::string name() const = 0;
     virtual bool has_broker() const { return true; }
+    // Whether it takes part in the cases of `pattern` (unix-relay: request/reply only).
+    virtual bool serves(Pattern) const { return true; }
 
     // In the bench. `dir` is a fresh private directory for this server's sockets.
     virtual void start(Pattern pattern, const std::string& dir) = 0;
@@ -107,6 +109,7 @@ std::unique_ptr<Peer> make_zmq_proxy_peer();
 std::unique_ptr<Peer> make_nats_peer(const Paths& paths);
 // "dbus-daemon" or "dbus-broker"
 std::unique_ptr<Peer> make_dbus_peer(const Paths& paths, const std::string& which);
+std::unique_ptr<Peer> make_relay_peer();
 
 // --- shared by the roles ----------------------------------------------------------------------
 
@@ -140,6 +143,27 @@ private:
     bool done_ = false;
     std::uint64_t expected_ = 0;
     double done_at_ = 0;
+};
+
+// A requester's round trips, kept the same way for every peer: requests are numbered as they go
+// out; those sent from `warmup` seconds after the start on are timed, and none is sent after
+// `seconds` more.
+class RoundTrips {
+public:
+    explicit RoundTrips(const ReqSpec& spec);
+    // A request goes out now: its number.
+    std::uint64_t sent();
+    // The reply to request `seq` arrived now; throws if no such request went out. True while
+    // there is time for another request.
+    bool answered(std::uint64_t seq);
+    int outstanding() const { return outstanding_; }
+    ReqResult result();
+
+private:
+    double measure_from_, deadline_, last_done_;
+    std::vector<double> sent_at_, samples_;
+    int outstanding_ = 0;
+    std::uint64_t count_ = 0;
 };
 
 // The payload every publisher sends: `size` bytes.

@@ -189,7 +189,9 @@ int main(int argc, char** argv) {
         }
     }
 
-    boost::asio::io_context io;
+    // busd is one thread: the loop needs no locks (measured: the scheduler's mutex was ~5% of
+    // busd's instructions per routed message).
+    boost::asio::io_context io(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE);
     bool stopping = false;
     // Before the endpoints exist: a SIGTERM as soon as a client can connect is a clean stop
     // (the set keeps a signal that arrives before the wait below).

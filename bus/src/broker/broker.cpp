@@ -105,12 +105,19 @@ std::string error_name(errc e) {
 struct FieldWriter {
     std::string& out;
 
+    // Most varints here (tags, sizes, small ids) are one byte; the rest are built aside and
+    // appended at once, not pushed a byte at a time.
     void varint(std::uint64_t v) {
-        while (v >= 0x80) {
-            out.push_back(static_cast<char>(v | 0x80));
-            v >>= 7;
+        if (v < 0x80) {
+            out.push_back(static_cast<char>(v));
+            return;
         }
-        out.push_back(static_cast<char>(v));
+        char bytes[10];
+        std::size_t n = 0;
+        for (; v >= 0x80; v >>= 7)
+            bytes[n++] = static_cast<char>(v | 0x80);
+        bytes[n++] = static_cast<char>(v);
+        out.append(bytes, n);
     }
     void tag(int field, int wire_type) {
         varint(static_cast<std::uint64_t>(field << 3 | wire_type));
@@ -187,9 +194,7 @@ struct Broker::Impl {
         };
         std::unordered_map<std::uint64_t, Sub> subs;
         std::set<std::string> services;
-        std::set<std::string> queues;    // shared-memory queues it announced
-        std::set<std::uint64_t> serving; // broker request ids this client must answer
-        std::set<std::uint64_t> waiting; // broker request ids this client waits for
+        std::set<std::string> queues; // shared-memory queues it announced
     };
     struct SubRef {
         std::uint64_t client;
@@ -233,6 +238,8 @@ struct Broker::Impl {
     SubjectTrie<SubRef> subscriptions;
     std::unordered_map<std::string, std::uint64_t> queue_turns; // round-robin per queue group
     std::unordered_map<std::string, Service> services;
+    // Requests routed and not yet answered. Only here: a client that goes away is looked up by
+    // a scan (rare), so routing a request touches one map, not three.
     std::unordered_map<std::uint64_t, InFlight> in_flight;
     std::unordered_map<std::string, v1::SubjectStats> subject_stats;
     struct Type {
@@ -849,11 +856,12 @@ struct Broker::Impl {
                  std::vector<UniqueFd>& fds) {
         if (is_sys(in.subject()))
             return sys_request(c, in, payload);
-        if (!valid_subject(in.subject()))
+        // A name someone serves was validated when it was served.
+        auto it = services.find(in.subject());
+        if (it == services.end() && !valid_subject(in.subject()))
             return send_error(c, in.id(), errc::invalid_subject, in.subject());
         if (!may_publish(c, in.subject()))
             return send_error(c, in.id(), errc::forbidden, in.subject());
-        auto it = services.find(in.subject());
         if (it == services.end() || it->second.instances.empty())
             return send_error(c, in.id(), errc::no_responders, in.subject());
         auto& service = it->second;
@@ -871,8 +879,6 @@ struct Broker::Impl {
             return send_error(c, in.id(), errc::service_lost, "instance overloaded");
         ++service.requests;
         in_flight.emplace(id, InFlight{c.num, server->num, in.id(), in.deadline_unix_ns()});
-        server->serving.insert(id);
-        c.waiting.insert(id);
         ++msgs_routed;
     }
 
@@ -883,11 +889,9 @@ struct Broker::Impl {
             return; // late (the requester is gone or timed out) or not this client's to answer
         const InFlight f = it->second;
         in_flight.erase(it);
-        c.serving.erase(in.correlation_id());
         Client* requester = find(f.requester);
         if (!requester)
             return;
-        requester->waiting.erase(in.correlation_id());
         if (!fds.empty() && requester->zmq)
             return send_error(*requester, f.client_request_id, errc::fds_not_supported,
                               "the reply carried file descriptors");
@@ -1305,9 +1309,7 @@ struct Broker::Impl {
                 return;
             const InFlight flight = f->second;
             in_flight.erase(f);
-            to.serving.erase(q.request);
             if (Client* requester = find(flight.requester)) {
-                requester->waiting.erase(q.request);
                 send_error(*requester, flight.client_request_id, errc::service_lost,
                            "instance overloaded");
             }
@@ -1365,26 +1367,23 @@ struct Broker::Impl {
             std::erase_if(monitors, [num](const MonitorRef& m) { return m.client == num; });
         for (const auto& name : c->services)
             drop_instance(name, num);
-        // Requests it was serving: their requesters learn now, not at their deadline.
-        for (auto id : c->serving) {
-            auto f = in_flight.find(id);
-            if (f == in_flight.end())
-                continue;
-            if (auto* requester = find(f->second.requester)) {
-                requester->waiting.erase(id);
-                send_error(*requester, f->second.client_request_id, errc::service_lost,
+        // Requests it was serving: their requesters learn now, not at their deadline, in the
+        // order they were routed. Requests it was waiting for are forgotten.
+        std::vector<std::pair<std::uint64_t, InFlight>> lost;
+        for (auto f = in_flight.begin(); f != in_flight.end();) {
+            if (f->second.server == num)
+                lost.emplace_back(*f);
+            if (f->second.server == num || f->second.requester == num)
+                f = in_flight.erase(f);
+            else
+                ++f;
+        }
+        std::sort(lost.begin(), lost.end(),
+                  [](const auto& a, const auto& b) { return a.first < b.first; });
+        for (const auto& [id, f] : lost)
+            if (auto* requester = find(f.requester))
+                send_error(*requester, f.client_request_id, errc::service_lost,
                            c->id + " went away");
-            }
-            in_flight.erase(f);
-        }
-        for (auto id : c->waiting) {
-            auto f = in_flight.find(id);
-            if (f == in_flight.end())
-                continue;
-            if (auto* server = find(f->second.server))
-                server->serving.erase(id);
-            in_flight.erase(f);
-        }
         if (c->channel)
             c->channel->disconnect();
         if (c->announced)
@@ -1415,10 +1414,6 @@ struct Broker::Impl {
             for (auto it = in_flight.begin(); it != in_flight.end();) {
                 const auto deadline = it->second.deadline_ns;
                 if (deadline != 0 && deadline < now_ns) {
-                    if (auto* s = find(it->second.server))
-                        s->serving.erase(it->first);
-                    if (auto* r = find(it->second.requester))
-                        r->waiting.erase(it->first);
                     it = in_flight.erase(it);
                 } else {
                     ++it;

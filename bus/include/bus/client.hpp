@@ -188,7 +188,11 @@ public:
     void close();
 
     struct Link;
-    struct Pending;
+    // A call awaiting its answer (add_pending).
+    struct Pending {
+        ReplyHandler handler;
+        std::chrono::steady_clock::time_point deadline;
+    };
 
 private:
     Client(boost::asio::io_context& io, ClientOptions options);
@@ -199,7 +203,7 @@ private:
                       std::uint64_t id = 0);
     void send_request(std::string_view service, std::string_view type_url, std::string_view payload,
                       std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds);
-    v1::Envelope& publish_header(std::string_view subject, const Headers& headers);
+    v1::Envelope& header(v1::Kind kind, std::string_view subject);
     void arm_deadline_timer(std::chrono::steady_clock::time_point when);
     void receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds);
     void handle_control(const v1::Envelope& header, std::string_view payload);
@@ -234,11 +238,11 @@ private:
     std::unordered_map<std::uint64_t, Subscription> subscriptions_;
     std::unordered_map<std::string, ServeHandler> services_;
     std::set<std::string> queues_; // announced
-    v1::Envelope publish_header_;
+    v1::Envelope header_;          // reused by header()
     std::string publish_payload_;
     // Types described to the current broker, so tools can decode what we send.
     std::unordered_set<const google::protobuf::Descriptor*> registered_types_;
-    std::unordered_map<std::uint64_t, std::unique_ptr<Pending>> pending_;
+    std::unordered_map<std::uint64_t, Pending> pending_;
     std::set<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>> deadlines_;
     std::unique_ptr<boost::asio::steady_timer> deadline_timer_;
     std::chrono::steady_clock::time_point armed_for_ = std::chrono::steady_clock::time_point::max();

@@ -251,8 +251,7 @@ private:
                 auto body = frame::take_frame(frames, max_frame_);
                 if (!body)
                     break; // not from a broker: ignore the rest
-                if (!header_.ParseFromArray(body.value().data(),
-                                            static_cast<int>(body.value().size())))
+                if (!frame::parse(body.value(), header_))
                     continue;
                 rx_(header_, no_fds);
                 if (alive.expired())
@@ -277,11 +276,6 @@ private:
 } // namespace
 
 // --- requests ----------------------------------------------------------------------------------
-
-struct Client::Pending {
-    ReplyHandler handler;
-    Clock::time_point deadline;
-};
 
 void Responder::reply(const google::protobuf::Message& message, Fds fds) {
     if (auto c = client_.lock(); c && !done_) {
@@ -501,7 +495,8 @@ bool Client::publish(std::string_view subject, const google::protobuf::Message& 
                      const Headers& headers) {
     register_type(message.GetDescriptor());
     message.SerializeToString(&publish_payload_);
-    auto& header = publish_header(subject, headers);
+    auto& header = this->header(v1::KIND_PUBLISH, subject);
+    add_headers(header, headers);
     const auto& type = message.GetDescriptor()->full_name();
     header.mutable_type_url()->reserve(frame::type_url_prefix.size() + type.size());
     header.mutable_type_url()->assign(frame::type_url_prefix).append(type);
@@ -510,17 +505,19 @@ bool Client::publish(std::string_view subject, const google::protobuf::Message& 
 
 bool Client::publish_bytes(std::string_view subject, std::string_view payload,
                            const Headers& headers) {
-    return send(publish_header(subject, headers), payload, {});
+    auto& header = this->header(v1::KIND_PUBLISH, subject);
+    add_headers(header, headers);
+    return send(header, payload, {});
 }
 
-// Publishes reuse one header and one payload buffer (their capacity, that is): a link
-// serializes what it is given before send() returns, so nothing holds on to them.
-v1::Envelope& Client::publish_header(std::string_view subject, const Headers& headers) {
-    publish_header_.Clear();
-    publish_header_.set_kind(v1::KIND_PUBLISH);
-    publish_header_.set_subject(subject.data(), subject.size());
-    add_headers(publish_header_, headers);
-    return publish_header_;
+// What the client sends reuses one header and one payload buffer (their capacity, that is:
+// no allocation per message): a link serializes what it is given before send() returns, so
+// nothing holds on to them.
+v1::Envelope& Client::header(v1::Kind kind, std::string_view subject) {
+    header_.Clear();
+    header_.set_kind(kind);
+    header_.set_subject(subject.data(), subject.size());
+    return header_;
 }
 
 std::uint64_t Client::subscribe(std::string_view pattern, MessageHandler handler,
@@ -596,7 +593,7 @@ void Client::request_bytes(std::string_view service, std::string_view payload,
 std::uint64_t Client::add_pending(ReplyHandler handler, std::chrono::milliseconds timeout) {
     const std::uint64_t id = next_id_++;
     const auto deadline = Clock::now() + timeout;
-    pending_.emplace(id, std::make_unique<Pending>(Pending{std::move(handler), deadline}));
+    pending_.emplace(id, Pending{std::move(handler), deadline});
     deadlines_.emplace(deadline, id);
     if (deadline < armed_for_)
         arm_deadline_timer(deadline);
@@ -627,10 +624,8 @@ void Client::send_request(std::string_view service, std::string_view type_url,
                           std::string_view payload, std::chrono::milliseconds timeout,
                           ReplyHandler handler, Fds fds) {
     const std::uint64_t id = add_pending(std::move(handler), timeout);
-    v1::Envelope header;
-    header.set_kind(v1::KIND_REQUEST);
-    header.set_subject(std::string(service));
-    header.set_type_url(std::string(type_url));
+    auto& header = this->header(v1::KIND_REQUEST, service);
+    header.set_type_url(type_url.data(), type_url.size());
     header.set_id(id);
     header.set_deadline_unix_ns(deadline_after(timeout));
     if (closed_) {
@@ -643,28 +638,22 @@ void Client::send_request(std::string_view service, std::string_view type_url,
 void Client::send_to(std::string_view client_id, const google::protobuf::Message& message,
                      Fds fds) {
     register_type(message.GetDescriptor());
-    v1::Envelope header;
-    header.set_kind(v1::KIND_DIRECT);
-    header.set_subject(std::string(client_id));
+    auto& header = this->header(v1::KIND_DIRECT, client_id);
     header.set_type_url(frame::type_url_of(message));
     header.set_id(next_id_++);
     send(header, message.SerializeAsString(), std::move(fds));
 }
 
 void Client::send_bytes_to(std::string_view client_id, std::string_view payload, Fds fds) {
-    v1::Envelope header;
-    header.set_kind(v1::KIND_DIRECT);
-    header.set_subject(std::string(client_id));
+    auto& header = this->header(v1::KIND_DIRECT, client_id);
     header.set_id(next_id_++);
     send(header, payload, std::move(fds));
 }
 
 void Client::respond(std::uint64_t id, v1::Kind kind, std::string_view subject,
                      std::string_view type_url, std::string_view payload, Fds fds) {
-    v1::Envelope header;
-    header.set_kind(kind);
-    header.set_subject(std::string(subject));
-    header.set_type_url(std::string(type_url));
+    auto& header = this->header(kind, subject);
+    header.set_type_url(type_url.data(), type_url.size());
     header.set_correlation_id(id);
     send(header, payload, std::move(fds));
 }
@@ -715,8 +704,8 @@ void Client::complete(std::uint64_t id, std::error_code ec, Message& message) {
         return; // already completed (timed out, then the reply came)
     auto pending = std::move(it->second);
     pending_.erase(it);
-    deadlines_.erase({pending->deadline, id});
-    pending->handler(ec, message);
+    deadlines_.erase({pending.deadline, id});
+    pending.handler(ec, message);
 }
 
 void Client::receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds) {
@@ -858,7 +847,7 @@ void Client::fail_pending(std::error_code ec) {
     deadlines_.clear();
     Message empty;
     for (auto& [id, p] : pending)
-        p->handler(ec, empty);
+        p.handler(ec, empty);
 }
 
 void Client::heartbeat() {

@@ -116,6 +116,61 @@ TEST(Frame, SplitRejectsMalformedBodies) {
     EXPECT_TRUE(bus::frame::split("", header)); // the empty envelope
 }
 
+// frame::parse() reads an Envelope's fields by hand and leaves anything else to protobuf: both
+// kinds of input come out as protobuf's own parser makes them, into a reused Envelope.
+TEST(Frame, ParseAgreesWithProtobufOnKnownAndOtherInput) {
+    bus::v1::Envelope full;
+    full.set_kind(bus::v1::KIND_REQUEST);
+    full.set_subject("orders.eu");
+    full.set_type_url("type.googleapis.com/x.Y");
+    full.set_payload(std::string(300, 'p'));
+    full.set_id(1);
+    full.set_correlation_id(0x7fffffffffffffff); // nine bytes
+    full.set_reply_to("r");
+    full.set_source("c-1");
+    full.set_deadline_unix_ns(1'800'000'000'000'000'000);
+    full.set_fd_count(2);
+    full.set_subscription_id(12);
+    full.set_monitored_kind(bus::v1::KIND_REPLY);
+    for (const char* k : {"a", "b"}) {
+        auto* h = full.add_headers();
+        h->set_key(k);
+        h->set_value(std::string("value of ") + k);
+    }
+    bus::v1::Envelope with_big_id = full;
+    with_big_id.set_id(~0ull); // a ten-byte varint: protobuf's parser reads it
+    bus::v1::Envelope negative_deadline = full;
+    negative_deadline.set_deadline_unix_ns(-5);
+    bus::v1::Envelope reused; // parsed into over and over: nothing may stay from before
+    for (const auto* e : {&full, &with_big_id, &negative_deadline, &full}) {
+        const std::string body = e->SerializeAsString();
+        ASSERT_TRUE(bus::frame::parse(body, reused));
+        EXPECT_EQ(reused.SerializeAsString(), body);
+    }
+    ASSERT_TRUE(bus::frame::parse("", reused));
+    EXPECT_EQ(reused.ByteSizeLong(), 0u);
+
+    // An unknown field (99, varint) and a known field with another wire type (2 as varint):
+    // protobuf keeps both as unknown fields, and so does parse().
+    const std::string odd = full.SerializeAsString() + std::string("\x98\x06\x07\x10\x05", 5);
+    bus::v1::Envelope expected;
+    ASSERT_TRUE(expected.ParseFromString(odd));
+    ASSERT_TRUE(bus::frame::parse(odd, reused));
+    EXPECT_EQ(reused.SerializeAsString(), expected.SerializeAsString());
+    EXPECT_EQ(reused.subject(), "orders.eu");
+
+    // What protobuf refuses, parse() refuses.
+    for (std::string bad : {std::string("\x12\x05"
+                                        "ab",
+                                        4), // subject longer than the body
+                            std::string("\x52\x03\x0a\x05"
+                                        "a",
+                                        5),             // a header's key longer than the header
+                            std::string("\x00\x01", 2), // tag 0
+                            std::string("\x08") + std::string(10, '\xff') + "\x01"}) // 11 bytes
+        EXPECT_FALSE(bus::frame::parse(bad, reused)) << testing::PrintToString(bad);
+}
+
 TEST(Frame, AppendBytesOfEmptyPayloadIsAValidEnvelope) {
     std::string out;
     bus::frame::append_bytes(out, "", 0);

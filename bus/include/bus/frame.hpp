@@ -57,6 +57,12 @@ void append_split(std::string& out, std::string_view header, std::string_view pa
 // frame whose body is at most `max_body` bytes.
 Result<std::string_view> take_frame(std::string_view& frames, std::size_t max_body);
 
+// Parses a frame body into `envelope`, exactly as `envelope.ParseFromArray(body)` would (false
+// where it would fail), in a fraction of the time: the fields of an Envelope are read by hand,
+// and protobuf's parser takes over for anything else (unknown fields, varints of ten bytes).
+// Every message a client receives and every header busd routes is parsed here.
+bool parse(std::string_view body, v1::Envelope& envelope);
+
 // Parses a frame body into `header` without its payload field, and returns the payload's bytes
 // in place (a view into `body`). errc::bad_frame when the body is not a valid Envelope.
 // Frames written here put the payload last, which makes this a parse of the bytes before it.

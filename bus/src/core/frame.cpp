@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 namespace bus::frame {
 namespace {
@@ -161,7 +162,129 @@ const char* read_varint(const char* p, const char* end, std::uint64_t& value) {
     }
     return nullptr;
 }
+// A varint of at most nine bytes (below 2^63): all parse_known() takes. Longer ones, whose
+// tenth byte protobuf reads by rules of its own, are left to protobuf.
+inline const char* read_short_varint(const char* p, const char* end, std::uint64_t& value) {
+    if (p < end && !(*p & 0x80)) { // tags, small numbers and lengths: one byte
+        value = static_cast<unsigned char>(*p);
+        return p + 1;
+    }
+    value = 0;
+    for (int shift = 0; shift < 63 && p < end; shift += 7) {
+        const auto byte = static_cast<unsigned char>(*p++);
+        value |= static_cast<std::uint64_t>(byte & 0x7f) << shift;
+        if (!(byte & 0x80))
+            return p;
+    }
+    return nullptr;
+}
+
+// A length-delimited field's bytes into `out` (assign keeps the string's capacity: a reused
+// Envelope parses without allocating). nullptr if the length runs past `end`.
+inline const char* read_bytes(const char* p, const char* end, std::string* out) {
+    std::uint64_t n;
+    if (!(p = read_short_varint(p, end, n)) || n > static_cast<std::uint64_t>(end - p))
+        return nullptr;
+    out->assign(p, n);
+    return p + n;
+}
+
+constexpr std::uint64_t tag(int field, WFL::WireType type) {
+    return static_cast<std::uint64_t>(field) << 3 | type;
+}
+
+// The fields an Envelope has, with the wire types protobuf writes for them, read the way
+// protobuf reads them (the last of a repeated singular field wins; an enum or uint32 takes
+// the varint's low bits, which is why values that do not fit are left to protobuf). False at
+// the first byte it does not know how to read; `out` is then half-filled.
+bool parse_known(std::string_view body, v1::Envelope& out) {
+    constexpr auto varint = WFL::WIRETYPE_VARINT, bytes = WFL::WIRETYPE_LENGTH_DELIMITED;
+    out.Clear();
+    const char* p = body.data();
+    const char* const end = p + body.size();
+    while (p < end) {
+        std::uint64_t t, v;
+        if (!(p = read_short_varint(p, end, t)))
+            return false;
+        switch (t) {
+        case tag(2, bytes):
+            p = read_bytes(p, end, out.mutable_subject());
+            break;
+        case tag(3, bytes):
+            p = read_bytes(p, end, out.mutable_type_url());
+            break;
+        case tag(4, bytes):
+            p = read_bytes(p, end, out.mutable_payload());
+            break;
+        case tag(7, bytes):
+            p = read_bytes(p, end, out.mutable_reply_to());
+            break;
+        case tag(8, bytes):
+            p = read_bytes(p, end, out.mutable_source());
+            break;
+        case tag(10, bytes): {
+            std::uint64_t n;
+            if (!(p = read_short_varint(p, end, n)) || n > static_cast<std::uint64_t>(end - p))
+                return false;
+            const char* const header_end = p + n;
+            auto* header = out.add_headers();
+            while (p && p < header_end) {
+                if (!(p = read_short_varint(p, header_end, t)))
+                    return false;
+                if (t == tag(1, bytes))
+                    p = read_bytes(p, header_end, header->mutable_key());
+                else if (t == tag(2, bytes))
+                    p = read_bytes(p, header_end, header->mutable_value());
+                else
+                    return false;
+            }
+            break;
+        }
+        default:
+            if ((t & 7) != varint || !(p = read_short_varint(p, end, v)))
+                return false;
+            switch (t >> 3) {
+            case 1:
+            case 13:
+                if (v > 0x7fffffff)
+                    return false;
+                (t >> 3 == 1 ? out.set_kind(static_cast<v1::Kind>(v))
+                             : out.set_monitored_kind(static_cast<v1::Kind>(v)));
+                break;
+            case 5:
+                out.set_id(v);
+                break;
+            case 6:
+                out.set_correlation_id(v);
+                break;
+            case 9:
+                out.set_deadline_unix_ns(static_cast<std::int64_t>(v));
+                break;
+            case 11:
+                if (v > 0xffffffff)
+                    return false;
+                out.set_fd_count(static_cast<std::uint32_t>(v));
+                break;
+            case 12:
+                out.set_subscription_id(v);
+                break;
+            default:
+                return false;
+            }
+        }
+        if (!p)
+            return false;
+    }
+    return true;
+}
 } // namespace
+
+bool parse(std::string_view body, v1::Envelope& envelope) {
+    if (parse_known(body, envelope))
+        return true;
+    return body.size() <= static_cast<std::size_t>(std::numeric_limits<int>::max()) &&
+           envelope.ParseFromArray(body.data(), static_cast<int>(body.size()));
+}
 
 Result<std::string_view> split(std::string_view body, v1::Envelope& header) {
     // Finds the payload field by walking the tags (by hand: this runs for every message busd
@@ -211,12 +334,12 @@ Result<std::string_view> split(std::string_view body, v1::Envelope& header) {
     }
     bool parsed;
     if (field_end == body.size()) {
-        parsed = header.ParseFromArray(body.data(), static_cast<int>(field_begin));
+        parsed = parse(body.substr(0, field_begin), header);
     } else {
         // The payload sits between header fields: parse the bytes around it.
         std::string rest(body.substr(0, field_begin));
         rest.append(body.substr(field_end));
-        parsed = header.ParseFromString(rest);
+        parsed = parse(rest, header);
     }
     if (!parsed)
         return errc::bad_frame;

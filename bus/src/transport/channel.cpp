@@ -642,7 +642,7 @@ std::error_code Channel::deliver_frame(std::string_view body) {
         if (!split)
             return split.error();
         payload = split.value();
-    } else if (!envelope.ParseFromArray(body.data(), static_cast<int>(body.size()))) {
+    } else if (!frame::parse(body, envelope)) {
         return errc::bad_frame;
     }
     const std::size_t count = envelope.fd_count();

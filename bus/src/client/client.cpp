@@ -516,7 +516,7 @@ bool Client::publish_bytes(std::string_view subject, std::string_view payload,
 v1::Envelope& Client::header(v1::Kind kind, std::string_view subject) {
     header_.Clear();
     header_.set_kind(kind);
-    header_.set_subject(subject.data(), subject.size());
+    header_.mutable_subject()->assign(subject); // (set_subject(p, n) builds a temporary string)
     return header_;
 }
 
@@ -625,7 +625,7 @@ void Client::send_request(std::string_view service, std::string_view type_url,
                           ReplyHandler handler, Fds fds) {
     const std::uint64_t id = add_pending(std::move(handler), timeout);
     auto& header = this->header(v1::KIND_REQUEST, service);
-    header.set_type_url(type_url.data(), type_url.size());
+    header.mutable_type_url()->assign(type_url);
     header.set_id(id);
     header.set_deadline_unix_ns(deadline_after(timeout));
     if (closed_) {
@@ -653,7 +653,7 @@ void Client::send_bytes_to(std::string_view client_id, std::string_view payload,
 void Client::respond(std::uint64_t id, v1::Kind kind, std::string_view subject,
                      std::string_view type_url, std::string_view payload, Fds fds) {
     auto& header = this->header(kind, subject);
-    header.set_type_url(type_url.data(), type_url.size());
+    header.mutable_type_url()->assign(type_url);
     header.set_correlation_id(id);
     send(header, payload, std::move(fds));
 }

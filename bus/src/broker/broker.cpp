@@ -106,8 +106,9 @@ struct FieldWriter {
     std::string& out;
 
     // Most varints here (tags, sizes, small ids) are one byte; the rest are built aside and
-    // appended at once, not pushed a byte at a time.
-    void varint(std::uint64_t v) {
+    // appended at once, not pushed a byte at a time. Inlined: a call per byte written was 12%
+    // of busd's instructions on a publish.
+    [[gnu::always_inline]] void varint(std::uint64_t v) {
         if (v < 0x80) {
             out.push_back(static_cast<char>(v));
             return;

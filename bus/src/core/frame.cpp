@@ -196,8 +196,10 @@ constexpr std::uint64_t tag(int field, WFL::WireType type) {
 // The fields an Envelope has, with the wire types protobuf writes for them, read the way
 // protobuf reads them (the last of a repeated singular field wins; an enum or uint32 takes
 // the varint's low bits, which is why values that do not fit are left to protobuf). False at
-// the first byte it does not know how to read; `out` is then half-filled.
-bool parse_known(std::string_view body, v1::Envelope& out) {
+// the first byte it does not know how to read; `out` is then half-filled. With `payload`, the
+// payload field is not copied but returned there, a view into `body` (split()); a second
+// payload field is then not read either.
+bool parse_known(std::string_view body, v1::Envelope& out, std::string_view* payload = nullptr) {
     constexpr auto varint = WFL::WIRETYPE_VARINT, bytes = WFL::WIRETYPE_LENGTH_DELIMITED;
     out.Clear();
     const char* p = body.data();
@@ -214,7 +216,15 @@ bool parse_known(std::string_view body, v1::Envelope& out) {
             p = read_bytes(p, end, out.mutable_type_url());
             break;
         case tag(4, bytes):
-            p = read_bytes(p, end, out.mutable_payload());
+            if (!payload) {
+                p = read_bytes(p, end, out.mutable_payload());
+                break;
+            }
+            if (payload->data() || !(p = read_short_varint(p, end, v)) ||
+                v > static_cast<std::uint64_t>(end - p))
+                return false;
+            *payload = std::string_view(p, v);
+            p += v;
             break;
         case tag(7, bytes):
             p = read_bytes(p, end, out.mutable_reply_to());
@@ -287,13 +297,17 @@ bool parse(std::string_view body, v1::Envelope& envelope) {
 }
 
 Result<std::string_view> split(std::string_view body, v1::Envelope& header) {
-    // Finds the payload field by walking the tags (by hand: this runs for every message busd
-    // routes), then parses the header as the bytes around it. Groups (wire types 3 and 4) are
-    // not part of an Envelope and are refused.
+    // The common case in one pass: an Envelope's own fields, one payload.
+    std::string_view payload{};
+    if (parse_known(body, header, &payload))
+        return payload;
+    // Anything else: find the payload field by walking the tags, then let protobuf parse the
+    // header as the bytes around it. Groups (wire types 3 and 4) are not part of an Envelope
+    // and are refused, and so is a second payload.
     const char* const begin = body.data();
     const char* const end = begin + body.size();
     std::size_t field_begin = body.size(), field_end = body.size();
-    std::string_view payload;
+    payload = {};
     bool seen = false;
     for (const char* p = begin; p < end;) {
         const char* const at = p;

@@ -236,9 +236,9 @@ private:
         bool monitor = false;
     };
     std::unordered_map<std::uint64_t, Subscription> subscriptions_;
-    std::unordered_map<std::string, ServeHandler> services_;
-    std::set<std::string> queues_; // announced
-    v1::Envelope header_;          // reused by header()
+    std::unordered_map<std::string, std::shared_ptr<ServeHandler>> services_; // as handlers
+    std::set<std::string> queues_;                                            // announced
+    v1::Envelope header_;                                                     // reused by header()
     std::string publish_payload_;
     // Types described to the current broker, so tools can decode what we send.
     std::unordered_set<const google::protobuf::Descriptor*> registered_types_;

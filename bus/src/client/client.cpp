@@ -558,7 +558,10 @@ std::uint64_t Client::monitor(std::string_view pattern, MessageHandler handler) 
 }
 
 void Client::serve(std::string_view service, ServeHandler handler) {
-    const bool is_new = services_.insert_or_assign(std::string(service), std::move(handler)).second;
+    const bool is_new = services_
+                            .insert_or_assign(std::string(service),
+                                              std::make_shared<ServeHandler>(std::move(handler)))
+                            .second;
     if (!is_new)
         return;
     v1::Serve serve;
@@ -729,8 +732,8 @@ void Client::receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds) {
         responder.id_ = env.id();
         responder.requester_ = env.source();
         if (auto it = services_.find(env.subject()); it != services_.end()) {
-            auto handler = it->second;
-            handler(message_, responder);
+            auto handler = it->second; // shared: it may unserve itself while it runs
+            (*handler)(message_, responder);
         } else {
             responder.fail("no_responders", "not served here any more");
         }

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <boost/outcome/std_result.hpp>
+#include <string_view>
 #include <system_error>
 
 namespace bus {
@@ -59,6 +60,12 @@ const std::error_category& bus_category() noexcept;
 inline std::error_code make_error_code(errc e) noexcept {
     return {static_cast<int>(e), bus_category()};
 }
+
+// The names of the errors busd sends a requester (an error envelope's subject): one table for
+// busd and clients. Errors without a name of their own go as "bad_request" (read back as
+// bad_frame); a name not in the table is a service's own (read back as request_failed).
+std::string_view error_wire_name(errc e) noexcept;
+std::error_code error_from_wire_name(std::string_view name) noexcept;
 
 // The current errno as an error_code.
 std::error_code last_error() noexcept;

@@ -78,29 +78,6 @@ bool is_sys(std::string_view subject) {
     return subject == "$sys" || subject.starts_with("$sys.");
 }
 
-std::string error_name(errc e) {
-    switch (e) {
-    case errc::no_responders:
-        return "no_responders";
-    case errc::service_lost:
-        return "service_lost";
-    case errc::no_such_client:
-        return "no_such_client";
-    case errc::invalid_subject:
-        return "invalid_subject";
-    case errc::forbidden:
-        return "forbidden";
-    case errc::message_too_large:
-        return "message_too_large";
-    case errc::fds_not_supported:
-        return "fds_not_supported";
-    case errc::timeout:
-        return "timeout";
-    default:
-        return "bad_request";
-    }
-}
-
 // Appends protobuf fields to a serialized message (proto3: zero and empty fields are left out).
 struct FieldWriter {
     std::string& out;
@@ -1331,7 +1308,7 @@ struct Broker::Impl {
     void send_error(Client& to, std::uint64_t correlation_id, errc code, std::string_view detail) {
         v1::Envelope header;
         header.set_kind(v1::KIND_ERROR);
-        header.set_subject(error_name(code));
+        header.set_subject(std::string(error_wire_name(code)));
         header.set_source("busd");
         header.set_correlation_id(correlation_id);
         auto* h = header.add_headers();

@@ -30,25 +30,6 @@ std::int64_t deadline_after(std::chrono::milliseconds timeout) {
         .count();
 }
 
-// The broker names its errors by their errc spelling (broker.cpp error_name()).
-std::error_code error_from_name(std::string_view name) {
-    static const std::pair<std::string_view, errc> names[] = {
-        {"no_responders", errc::no_responders},
-        {"service_lost", errc::service_lost},
-        {"timeout", errc::timeout},
-        {"no_such_client", errc::no_such_client},
-        {"invalid_subject", errc::invalid_subject},
-        {"forbidden", errc::forbidden},
-        {"message_too_large", errc::message_too_large},
-        {"fds_not_supported", errc::fds_not_supported},
-        {"bad_request", errc::bad_frame},
-    };
-    for (const auto& [n, e] : names)
-        if (n == name)
-            return e;
-    return errc::request_failed;
-}
-
 std::string header_value(const v1::Envelope& e, std::string_view key) {
     for (const auto& h : e.headers())
         if (h.key() == key)
@@ -735,7 +716,7 @@ void Client::receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds) {
             auto handler = it->second; // shared: it may unserve itself while it runs
             (*handler)(message_, responder);
         } else {
-            responder.fail("no_responders", "not served here any more");
+            responder.fail(error_wire_name(errc::no_responders), "not served here any more");
         }
         break;
     }
@@ -743,7 +724,7 @@ void Client::receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds) {
         complete(env.correlation_id(), {}, message_);
         break;
     case v1::KIND_ERROR: {
-        const auto ec = error_from_name(env.subject());
+        const auto ec = error_from_wire_name(env.subject());
         if (pending_.count(env.correlation_id())) {
             complete(env.correlation_id(), ec, message_);
         } else {

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <string>
+#include <utility>
 
 namespace bus {
 namespace {
@@ -87,6 +88,34 @@ public:
 const std::error_category& bus_category() noexcept {
     static const Category category;
     return category;
+}
+
+namespace {
+constexpr std::pair<std::string_view, errc> wire_names[] = {
+    {"no_responders", errc::no_responders},
+    {"service_lost", errc::service_lost},
+    {"timeout", errc::timeout},
+    {"no_such_client", errc::no_such_client},
+    {"invalid_subject", errc::invalid_subject},
+    {"forbidden", errc::forbidden},
+    {"message_too_large", errc::message_too_large},
+    {"fds_not_supported", errc::fds_not_supported},
+    {"bad_request", errc::bad_frame},
+};
+} // namespace
+
+std::string_view error_wire_name(errc e) noexcept {
+    for (const auto& [name, code] : wire_names)
+        if (code == e)
+            return name;
+    return "bad_request";
+}
+
+std::error_code error_from_wire_name(std::string_view name) noexcept {
+    for (const auto& [n, code] : wire_names)
+        if (n == name)
+            return code;
+    return errc::request_failed;
 }
 
 std::error_code last_error() noexcept {

@@ -1,0 +1,24 @@
+// The names busd gives errors on the wire, and how a client reads them back: one table.
+#include <bus/error.hpp>
+
+#include <gtest/gtest.h>
+
+TEST(ErrorWireName, EveryNamedErrorReadsBackAsItself) {
+    using bus::errc;
+    for (errc e : {errc::no_responders, errc::service_lost, errc::timeout, errc::no_such_client,
+                   errc::invalid_subject, errc::forbidden, errc::message_too_large,
+                   errc::fds_not_supported}) {
+        const auto name = bus::error_wire_name(e);
+        EXPECT_NE(name, "bad_request") << static_cast<int>(e);
+        EXPECT_EQ(bus::error_from_wire_name(name), bus::make_error_code(e)) << name;
+    }
+}
+
+TEST(ErrorWireName, OthersGoAsBadRequestAndUnknownNamesAreTheServicesOwn) {
+    EXPECT_EQ(bus::error_wire_name(bus::errc::bad_frame), "bad_request");
+    EXPECT_EQ(bus::error_wire_name(bus::errc::frame_too_large), "bad_request");
+    EXPECT_EQ(bus::error_from_wire_name("bad_request"), bus::make_error_code(bus::errc::bad_frame));
+    EXPECT_EQ(bus::error_from_wire_name("out_of_stock"),
+              bus::make_error_code(bus::errc::request_failed));
+    EXPECT_EQ(bus::error_from_wire_name(""), bus::make_error_code(bus::errc::request_failed));
+}

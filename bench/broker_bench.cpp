@@ -379,7 +379,8 @@ std::string opt_thousands(std::optional<double> v) {
 void print_report(const Options& options) {
     std::printf(
         "broker benchmark: busd (ipc:// and unix://) beside a direct ZeroMQ link, a zmq_proxy "
-        "hop,\nnats-server, dbus-broker and dbus-daemon; all local, %.1f s per case, stall "
+        "hop,\nnats-server, dbus-broker, dbus-daemon and unix-relay (request/reply's floor); all "
+        "local,\n%.1f s per case, stall "
         "%.1f s;\neach figure is the median of %d rounds (spread = (max - min) / median of the "
         "compared figure).\nRatios are bus-unix/peer and bus-ipc/peer.\n\n",
         options.seconds, options.stall_seconds, options.rounds);

@@ -150,27 +150,18 @@ Result<std::string_view> take_frame(std::string_view& frames, std::size_t max_bo
 }
 
 namespace {
-// Reads the varint at `p` (before `end`): the position after it, or nullptr if it is
-// truncated or longer than ten bytes.
-const char* read_varint(const char* p, const char* end, std::uint64_t& value) {
-    value = 0;
-    for (int shift = 0; shift < 64 && p < end; shift += 7) {
-        const auto byte = static_cast<unsigned char>(*p++);
-        value |= static_cast<std::uint64_t>(byte & 0x7f) << shift;
-        if (!(byte & 0x80))
-            return p;
-    }
-    return nullptr;
-}
-// A varint of at most nine bytes (below 2^63): all parse_known() takes. Longer ones, whose
-// tenth byte protobuf reads by rules of its own, are left to protobuf.
-inline const char* read_short_varint(const char* p, const char* end, std::uint64_t& value) {
+// Reads the varint at `p` (before `end`) of at most `max_bytes` bytes: the position after it,
+// or nullptr if it is truncated or longer. split()'s walk takes protobuf's ten; parse_known()
+// takes nine (below 2^63) and leaves longer ones, whose tenth byte protobuf reads by rules of
+// its own, to protobuf.
+inline const char* read_varint(const char* p, const char* end, std::uint64_t& value,
+                               int max_bytes = 10) {
     if (p < end && !(*p & 0x80)) { // tags, small numbers and lengths: one byte
         value = static_cast<unsigned char>(*p);
         return p + 1;
     }
     value = 0;
-    for (int shift = 0; shift < 63 && p < end; shift += 7) {
+    for (int shift = 0; shift < 7 * max_bytes && p < end; shift += 7) {
         const auto byte = static_cast<unsigned char>(*p++);
         value |= static_cast<std::uint64_t>(byte & 0x7f) << shift;
         if (!(byte & 0x80))
@@ -179,11 +170,21 @@ inline const char* read_short_varint(const char* p, const char* end, std::uint64
     return nullptr;
 }
 
+constexpr int short_varint = 9;
+
+// A length-delimited field's length, checked against `end`: the position of its bytes, or
+// nullptr.
+inline const char* read_length(const char* p, const char* end, std::uint64_t& n) {
+    if (!(p = read_varint(p, end, n, short_varint)) || n > static_cast<std::uint64_t>(end - p))
+        return nullptr;
+    return p;
+}
+
 // A length-delimited field's bytes into `out` (assign keeps the string's capacity: a reused
 // Envelope parses without allocating). nullptr if the length runs past `end`.
 inline const char* read_bytes(const char* p, const char* end, std::string* out) {
     std::uint64_t n;
-    if (!(p = read_short_varint(p, end, n)) || n > static_cast<std::uint64_t>(end - p))
+    if (!(p = read_length(p, end, n)))
         return nullptr;
     out->assign(p, n);
     return p + n;
@@ -206,7 +207,7 @@ bool parse_known(std::string_view body, v1::Envelope& out, std::string_view* pay
     const char* const end = p + body.size();
     while (p < end) {
         std::uint64_t t, v;
-        if (!(p = read_short_varint(p, end, t)))
+        if (!(p = read_varint(p, end, t, short_varint)))
             return false;
         switch (t) {
         case tag(2, bytes):
@@ -220,8 +221,7 @@ bool parse_known(std::string_view body, v1::Envelope& out, std::string_view* pay
                 p = read_bytes(p, end, out.mutable_payload());
                 break;
             }
-            if (payload->data() || !(p = read_short_varint(p, end, v)) ||
-                v > static_cast<std::uint64_t>(end - p))
+            if (payload->data() || !(p = read_length(p, end, v)))
                 return false;
             *payload = std::string_view(p, v);
             p += v;
@@ -233,13 +233,12 @@ bool parse_known(std::string_view body, v1::Envelope& out, std::string_view* pay
             p = read_bytes(p, end, out.mutable_source());
             break;
         case tag(10, bytes): {
-            std::uint64_t n;
-            if (!(p = read_short_varint(p, end, n)) || n > static_cast<std::uint64_t>(end - p))
+            if (!(p = read_length(p, end, v)))
                 return false;
-            const char* const header_end = p + n;
+            const char* const header_end = p + v;
             auto* header = out.add_headers();
             while (p && p < header_end) {
-                if (!(p = read_short_varint(p, header_end, t)))
+                if (!(p = read_varint(p, header_end, t, short_varint)))
                     return false;
                 if (t == tag(1, bytes))
                     p = read_bytes(p, header_end, header->mutable_key());
@@ -251,7 +250,7 @@ bool parse_known(std::string_view body, v1::Envelope& out, std::string_view* pay
             break;
         }
         default:
-            if ((t & 7) != varint || !(p = read_short_varint(p, end, v)))
+            if ((t & 7) != varint || !(p = read_varint(p, end, v, short_varint)))
                 return false;
             switch (t >> 3) {
             case 1:

@@ -203,6 +203,9 @@ private:
                       std::uint64_t id = 0);
     void send_request(std::string_view service, std::string_view type_url, std::string_view payload,
                       std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds);
+    // A typed message's type is registered, it is serialized into payload_ and its type URL
+    // written into type_url_.
+    void stage(const google::protobuf::Message& message);
     v1::Envelope& header(v1::Kind kind, std::string_view subject);
     void arm_deadline_timer(std::chrono::steady_clock::time_point when);
     void receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds);
@@ -239,7 +242,7 @@ private:
     std::unordered_map<std::string, std::shared_ptr<ServeHandler>> services_; // as handlers
     std::set<std::string> queues_;                                            // announced
     v1::Envelope header_;                                                     // reused by header()
-    std::string publish_payload_;
+    std::string payload_, type_url_;                                          // reused by stage()
     // Types described to the current broker, so tools can decode what we send.
     std::unordered_set<const google::protobuf::Descriptor*> registered_types_;
     std::unordered_map<std::uint64_t, Pending> pending_;

@@ -261,9 +261,8 @@ private:
 void Responder::reply(const google::protobuf::Message& message, Fds fds) {
     if (auto c = client_.lock(); c && !done_) {
         done_ = true;
-        c->register_type(message.GetDescriptor());
-        c->respond(id_, v1::KIND_REPLY, {}, frame::type_url_of(message),
-                   message.SerializeAsString(), std::move(fds));
+        c->stage(message);
+        c->respond(id_, v1::KIND_REPLY, {}, c->type_url_, c->payload_, std::move(fds));
     }
 }
 
@@ -474,14 +473,11 @@ bool Client::publish_bytes(std::string_view subject, std::string_view payload) {
 
 bool Client::publish(std::string_view subject, const google::protobuf::Message& message,
                      const Headers& headers) {
-    register_type(message.GetDescriptor());
-    message.SerializeToString(&publish_payload_);
+    stage(message);
     auto& header = this->header(v1::KIND_PUBLISH, subject);
     add_headers(header, headers);
-    const auto& type = message.GetDescriptor()->full_name();
-    header.mutable_type_url()->reserve(frame::type_url_prefix.size() + type.size());
-    header.mutable_type_url()->assign(frame::type_url_prefix).append(type);
-    return send(header, publish_payload_, {});
+    header.mutable_type_url()->assign(type_url_);
+    return send(header, payload_, {});
 }
 
 bool Client::publish_bytes(std::string_view subject, std::string_view payload,
@@ -491,9 +487,15 @@ bool Client::publish_bytes(std::string_view subject, std::string_view payload,
     return send(header, payload, {});
 }
 
-// What the client sends reuses one header and one payload buffer (their capacity, that is:
-// no allocation per message): a link serializes what it is given before send() returns, so
-// nothing holds on to them.
+// What the client sends reuses one header, one payload buffer and one type URL (their
+// capacity, that is: no allocation per message): a link serializes what it is given before
+// send() returns, so nothing holds on to them.
+void Client::stage(const google::protobuf::Message& message) {
+    register_type(message.GetDescriptor());
+    message.SerializeToString(&payload_);
+    type_url_.assign(frame::type_url_prefix).append(message.GetDescriptor()->full_name());
+}
+
 v1::Envelope& Client::header(v1::Kind kind, std::string_view subject) {
     header_.Clear();
     header_.set_kind(kind);
@@ -560,9 +562,8 @@ void Client::unserve(std::string_view service) {
 
 void Client::request(std::string_view service, const google::protobuf::Message& message,
                      std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds) {
-    register_type(message.GetDescriptor());
-    send_request(service, frame::type_url_of(message), message.SerializeAsString(), timeout,
-                 std::move(handler), std::move(fds));
+    stage(message);
+    send_request(service, type_url_, payload_, timeout, std::move(handler), std::move(fds));
 }
 
 void Client::request_bytes(std::string_view service, std::string_view payload,
@@ -621,11 +622,11 @@ void Client::send_request(std::string_view service, std::string_view type_url,
 
 void Client::send_to(std::string_view client_id, const google::protobuf::Message& message,
                      Fds fds) {
-    register_type(message.GetDescriptor());
+    stage(message);
     auto& header = this->header(v1::KIND_DIRECT, client_id);
-    header.set_type_url(frame::type_url_of(message));
+    header.mutable_type_url()->assign(type_url_);
     header.set_id(next_id_++);
-    send(header, message.SerializeAsString(), std::move(fds));
+    send(header, payload_, std::move(fds));
 }
 
 void Client::send_bytes_to(std::string_view client_id, std::string_view payload, Fds fds) {

@@ -11,6 +11,7 @@
 //   dbus-daemon  the reference dbus-daemon, sd-bus clients
 //   unix-relay   request/reply only: a process that copies bytes between two Unix sockets from
 //                an epoll loop, with blocking clients; the floor of any broker's round trip here
+//   unix-relay-rearm  the same with an epoll_ctl(MOD) after every read, as Asio's reactor does
 // Every server is started for one case and stopped after it, in a private temporary directory
 // (unix sockets) or on 127.0.0.1; every process the bench starts is stopped when it ends, even
 // when it fails or is killed (harness.hpp: the janitor).
@@ -357,8 +358,9 @@ void stall_round(Peer& peer, Runs& runs, const Options& options) {
 
 // --- the report -------------------------------------------------------------------------------
 
-const std::vector<std::string> all_peers{"bus-unix", "bus-ipc",     "zmq-direct",  "zmq_proxy",
-                                         "nats",     "dbus-broker", "dbus-daemon", "unix-relay"};
+const std::vector<std::string> all_peers{"bus-unix",    "bus-ipc",    "zmq-direct",
+                                         "zmq_proxy",   "nats",       "dbus-broker",
+                                         "dbus-daemon", "unix-relay", "unix-relay-rearm"};
 const std::vector<std::string> stall_peers{"bus-unix", "bus-ipc", "nats", "zmq_proxy",
                                            "dbus-broker"};
 
@@ -636,7 +638,8 @@ int main(int argc, char** argv) {
     add(make_nats_peer(paths), {paths.nats_server});
     add(make_dbus_peer(paths, "dbus-broker"), {paths.dbus_launch, paths.socket_activate});
     add(make_dbus_peer(paths, "dbus-daemon"), {paths.dbus_daemon});
-    add(make_relay_peer(), {});
+    add(make_relay_peer(false), {});
+    add(make_relay_peer(true), {});
 
     const std::string base = make_temp_dir("broker-bench");
     if (options.keep)

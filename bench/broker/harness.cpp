@@ -37,8 +37,6 @@ void throw_errno(const std::string& what) {
     throw std::system_error(errno, std::system_category(), what);
 }
 
-namespace {
-
 void write_all(int fd, std::string_view data) {
     while (!data.empty()) {
         const ssize_t n = ::write(fd, data.data(), data.size());
@@ -50,6 +48,23 @@ void write_all(int fd, std::string_view data) {
         data.remove_prefix(static_cast<std::size_t>(n));
     }
 }
+
+void read_exact(int fd, char* data, std::size_t size) {
+    while (size > 0) {
+        const ssize_t n = ::read(fd, data, size);
+        if (n == 0)
+            throw std::runtime_error("the peer closed the connection");
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            throw_errno("read");
+        }
+        data += n;
+        size -= static_cast<std::size_t>(n);
+    }
+}
+
+namespace {
 
 void sleep_s(double s) {
     std::this_thread::sleep_for(std::chrono::duration<double>(s));

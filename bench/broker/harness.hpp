@@ -34,6 +34,10 @@ double now_s();
 
 [[noreturn]] void throw_errno(const std::string& what);
 
+// Blocking I/O on a descriptor, retried on EINTR; they throw on errors (and read_exact on EOF).
+void write_all(int fd, std::string_view data);
+void read_exact(int fd, char* data, std::size_t size);
+
 // --- the janitor ----------------------------------------------------------------------------
 
 namespace janitor {

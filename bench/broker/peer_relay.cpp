@@ -41,37 +41,11 @@ sockaddr_un address(const std::string& path) {
     return addr;
 }
 
-void write_all(int fd, const char* data, std::size_t n) {
-    while (n > 0) {
-        const ssize_t w = ::write(fd, data, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            throw_errno("write");
-        }
-        data += w;
-        n -= static_cast<std::size_t>(w);
-    }
-}
-
-void read_all(int fd, char* data, std::size_t n) {
-    while (n > 0) {
-        const ssize_t r = ::read(fd, data, n);
-        if (r == 0)
-            throw std::runtime_error("the relay closed the connection");
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            throw_errno("read");
-        }
-        data += r;
-        n -= static_cast<std::size_t>(r);
-    }
-}
-
 // The relay process: accepts a requester and a responder (in either order), then copies bytes
-// between them until either leaves.
-[[noreturn]] void relay(const std::string& path) {
+// between them until either leaves. With `rearm`, every read is followed by an
+// epoll_ctl(EPOLL_CTL_MOD) of the descriptor, as Boost.Asio's reactor issues on every
+// async_wait: "unix-relay-rearm" measures what that syscall costs a round trip.
+[[noreturn]] void relay(const std::string& path, bool rearm) {
     const int listener = unix_socket();
     const sockaddr_un addr = address(path);
     if (::bind(listener, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 ||
@@ -107,8 +81,15 @@ void read_all(int fd, char* data, std::size_t n) {
             const ssize_t r = ::read(from, buffer, sizeof buffer);
             if (r <= 0)
                 ::_exit(0);
-            write_all(from == requester ? responder : requester, buffer,
-                      static_cast<std::size_t>(r));
+            write_all(from == requester ? responder : requester,
+                      std::string_view(buffer, static_cast<std::size_t>(r)));
+            if (rearm) {
+                epoll_event ev{};
+                ev.events = EPOLLIN;
+                ev.data.fd = from;
+                if (::epoll_ctl(ep, EPOLL_CTL_MOD, from, &ev) != 0)
+                    throw_errno("epoll_ctl");
+            }
         }
     }
 }
@@ -118,19 +99,20 @@ int connect_as(const std::string& path, char role) {
     const sockaddr_un addr = address(path);
     if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
         throw_errno("connect " + path);
-    write_all(fd, &role, 1);
+    write_all(fd, std::string_view(&role, 1));
     return fd;
 }
 
 class RelayPeer final : public Peer {
 public:
-    std::string name() const override { return "unix-relay"; }
+    explicit RelayPeer(bool rearm) : rearm_(rearm) {}
+    std::string name() const override { return rearm_ ? "unix-relay-rearm" : "unix-relay"; }
     bool serves(Pattern pattern) const override { return pattern == Pattern::reqrep; }
 
     void start(Pattern, const std::string& dir) override {
         path_ = dir + "/relay.sock";
         const std::string path = path_;
-        server_ = Server::fork(dir + "/relay.log", [path] { relay(path); });
+        server_ = Server::fork(dir + "/relay.log", [path, rearm = rearm_] { relay(path, rearm); });
         wait_for_unix(path_, 10, &server_);
     }
     void stop() override { server_.stop(); }
@@ -145,11 +127,11 @@ public:
         std::string frame;
         for (;;) {
             std::uint32_t size = 0;
-            read_all(fd, reinterpret_cast<char*>(&size), sizeof size);
+            read_exact(fd, reinterpret_cast<char*>(&size), sizeof size);
             frame.resize(sizeof size + size);
             std::memcpy(frame.data(), &size, sizeof size);
-            read_all(fd, frame.data() + sizeof size, size);
-            write_all(fd, frame.data(), frame.size());
+            read_exact(fd, frame.data() + sizeof size, size);
+            write_all(fd, frame);
         }
     }
 
@@ -166,12 +148,12 @@ public:
         auto issue = [&] {
             const std::uint64_t seq = trips.sent();
             std::memcpy(frame.data() + sizeof size, &seq, sizeof seq);
-            write_all(fd, frame.data(), frame.size());
+            write_all(fd, frame);
         };
         for (int i = 0; i < spec.in_flight; ++i)
             issue();
         while (trips.outstanding() > 0) {
-            read_all(fd, reply.data(), reply.size());
+            read_exact(fd, reply.data(), reply.size());
             std::uint64_t seq;
             std::memcpy(&seq, reply.data() + sizeof size, sizeof seq);
             if (std::memcmp(reply.data(), frame.data(), sizeof size) != 0)
@@ -188,14 +170,15 @@ private:
         throw std::logic_error("unix-relay serves request/reply only");
     }
 
+    bool rearm_;
     std::string path_;
     Server server_;
 };
 
 } // namespace
 
-std::unique_ptr<Peer> make_relay_peer() {
-    return std::make_unique<RelayPeer>();
+std::unique_ptr<Peer> make_relay_peer(bool rearm) {
+    return std::make_unique<RelayPeer>(rearm);
 }
 
 } // namespace bench::broker

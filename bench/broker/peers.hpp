@@ -109,7 +109,8 @@ std::unique_ptr<Peer> make_zmq_proxy_peer();
 std::unique_ptr<Peer> make_nats_peer(const Paths& paths);
 // "dbus-daemon" or "dbus-broker"
 std::unique_ptr<Peer> make_dbus_peer(const Paths& paths, const std::string& which);
-std::unique_ptr<Peer> make_relay_peer();
+// rearm: epoll_ctl(MOD) after every read, as Asio does ("unix-relay-rearm").
+std::unique_ptr<Peer> make_relay_peer(bool rearm);
 
 // --- shared by the roles ----------------------------------------------------------------------
 

@@ -274,6 +274,26 @@ TEST_P(BrokerTest, UnsubscribeStopsDelivery) {
     EXPECT_EQ(got, 1);
 }
 
+// A handler runs from the client's own table: unsubscribing itself must not destroy it under
+// its own feet (ASan reads the capture after the unsubscribe), and a second message already
+// read in the same batch is not delivered to it.
+TEST_P(BrokerTest, AHandlerMayUnsubscribeItselfWhileItRuns) {
+    auto pub = connect(), sub = connect();
+    std::vector<std::string> seen;
+    std::uint64_t sid = 0;
+    sid = sub->subscribe("once", [&, state = std::string(100, 's')](bus::Message& m) {
+        sub->unsubscribe(sid);
+        seen.push_back(state.substr(0, 1) + std::string(m.payload()));
+    });
+    flush(sub);
+    pub->publish_bytes("once", "1");
+    pub->publish_bytes("once", "2");
+    ASSERT_TRUE(run_until(io_, [&] { return !seen.empty(); }));
+    flush(pub);
+    flush(sub);
+    EXPECT_EQ(seen, std::vector<std::string>{"s1"});
+}
+
 TEST_P(BrokerTest, RequestsAreBalancedAcrossInstancesAndAnswered) {
     auto a = connect("a"), b = connect("b"), caller = connect("caller");
     int at_a = 0, at_b = 0;
@@ -972,6 +992,44 @@ TEST(BrokerLibrary, ChildOnItsParentsChannelUsesTheBusWithTheSameApi) {
 }
 
 // --- the daemon itself ---------------------------------------------------------------------
+
+// ZeroMQ hides a stalled broker: only silence tells. A client hears the broker at least once a
+// beat (its pongs), so it stays up while busd lives, and a request in flight fails with
+// broker_unavailable once three beats pass without a word: not before two, and not long after.
+TEST(BusdHeartbeat, AStalledBrokerIsGoneAfterThreeSilentBeatsOverZeroMQ) {
+    boost::asio::io_context io;
+    Busd busd(io);
+    bus::ClientOptions options;
+    options.heartbeat = 100ms;
+    auto client = bus::Client::connect(io, busd.ipc(), options);
+    ASSERT_TRUE(client) << client.error().message();
+    auto c = client.value();
+    int downs = 0;
+    c->on_event([&](const bus::ClientEvent& e) {
+        downs += e.kind == bus::ClientEvent::Kind::disconnected;
+    });
+    ASSERT_TRUE(run_until(io, [&] { return c->connected(); }));
+    run_until(
+        io, [] { return false; }, 1s); // ten beats with nothing but pings and pongs
+    EXPECT_EQ(downs, 0);
+    EXPECT_TRUE(c->connected());
+
+    ASSERT_EQ(::kill(busd.pid(), SIGSTOP), 0);
+    const auto stopped = std::chrono::steady_clock::now();
+    std::optional<std::error_code> failed;
+    std::chrono::steady_clock::duration after{};
+    c->request_bytes("anyone", "?", 30s, [&](std::error_code ec, bus::Message&) {
+        failed = ec;
+        after = std::chrono::steady_clock::now() - stopped;
+    });
+    const bool ended = run_until(
+        io, [&] { return failed.has_value(); }, 10s);
+    ::kill(busd.pid(), SIGCONT);
+    ASSERT_TRUE(ended) << "a stalled broker was never noticed";
+    EXPECT_EQ(*failed, bus::errc::broker_unavailable);
+    EXPECT_GE(after, 200ms);
+    EXPECT_LE(after, 1500ms);
+}
 
 TEST(Busd, SecondInstanceOnTheSameEndpointRefusesClearly) {
     boost::asio::io_context io;

@@ -208,7 +208,9 @@ private:
     void stage(const google::protobuf::Message& message);
     v1::Envelope& header(v1::Kind kind, std::string_view subject);
     void arm_deadline_timer(std::chrono::steady_clock::time_point when);
-    void receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds);
+    // What a link calls with each message it receives (valid during the call).
+    static std::function<void(Message&)> receiver(std::weak_ptr<Client> weak);
+    void receive(Message& message);
     void handle_control(const v1::Envelope& header, std::string_view payload);
     void register_type(const google::protobuf::Descriptor* type);
     void link_up();
@@ -231,11 +233,12 @@ private:
     bool welcomed_ = false;
     bool closed_ = false;
     std::uint64_t next_id_ = 1;
-    std::chrono::steady_clock::time_point last_heard_;
+    std::chrono::steady_clock::time_point last_heard_; // stamped by heartbeat() from heard_
+    bool heard_ = false;                               // a message arrived since the last beat
 
     struct Subscription {
         std::string pattern, queue;
-        std::shared_ptr<MessageHandler> handler; // shared: it may unsubscribe while it runs
+        std::shared_ptr<MessageHandler> handler; // retired_ while it may be running
         bool monitor = false;
     };
     std::unordered_map<std::uint64_t, Subscription> subscriptions_;
@@ -251,7 +254,9 @@ private:
     std::chrono::steady_clock::time_point armed_for_ = std::chrono::steady_clock::time_point::max();
     MessageHandler on_direct_;
     EventHandler on_event_;
-    Message message_; // reused for deliveries
+    int delivering_ = 0; // receive() calls running (nested when a handler runs the loop)
+    // Handlers unsubscribed while a delivery runs: destroyed when the outermost one ends.
+    std::vector<std::shared_ptr<MessageHandler>> retired_;
     std::unique_ptr<boost::asio::steady_timer> heartbeat_timer_;
 };
 

@@ -58,8 +58,8 @@ class ChannelLink final : public Client::Link {
 public:
     ChannelLink(asio::io_context& io, std::weak_ptr<Client> client, std::string path,
                 std::shared_ptr<Channel> channel, ClientOptions options,
-                std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx,
-                std::function<void()> up, std::function<void(std::error_code)> down)
+                std::function<void(Message&)> rx, std::function<void()> up,
+                std::function<void(std::error_code)> down)
         : io_(io), client_(std::move(client)), path_(std::move(path)), options_(options),
           rx_(std::move(rx)), up_(std::move(up)), down_(std::move(down)), timer_(io) {
         attach(std::move(channel));
@@ -86,7 +86,7 @@ private:
     void attach(std::shared_ptr<Channel> channel) {
         channel_ = std::move(channel);
         // The whole envelope, parsed in one pass: unlike a router, a client keeps the payload.
-        channel_->on_message([this](Message& m) { rx_(m.envelope, m.fds); });
+        channel_->on_message(rx_);
         channel_->on_disconnect([this, c = channel_.get()](std::error_code ec) {
             if (c != channel_.get())
                 return;
@@ -118,7 +118,7 @@ private:
     std::weak_ptr<Client> client_;
     std::string path_; // empty: the parent's channel, not reconnectable
     ClientOptions options_;
-    std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx_;
+    std::function<void(Message&)> rx_;
     std::function<void()> up_;
     std::function<void(std::error_code)> down_;
     asio::steady_timer timer_;
@@ -128,8 +128,7 @@ private:
 class ZmqLink final : public Client::Link {
 public:
     ZmqLink(asio::io_context& io, const std::string& endpoint, std::size_t max_message_size,
-            const std::string& server_key,
-            std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx)
+            const std::string& server_key, std::function<void(Message&)> rx)
         : io_(io), max_frame_(max_message_size + 64 * 1024),
           socket_(context_, zmq::socket_type::dealer), rx_(std::move(rx)) {
         if (!server_key.empty()) {
@@ -211,7 +210,6 @@ private:
     }
 
     void read() {
-        std::vector<UniqueFd> no_fds;
         for (int i = 0; i < 256; ++i) {
             zmq::message_t msg;
             try {
@@ -232,9 +230,9 @@ private:
                 auto body = frame::take_frame(frames, max_frame_);
                 if (!body)
                     break; // not from a broker: ignore the rest
-                if (!frame::parse(body.value(), header_))
+                if (!frame::parse(body.value(), message_.envelope))
                     continue;
-                rx_(header_, no_fds);
+                rx_(message_);
                 if (alive.expired())
                     return;
             }
@@ -248,10 +246,10 @@ private:
     bool flush_posted_ = false;
     zmq::context_t context_{1};
     zmq::socket_t socket_;
-    std::function<void(v1::Envelope&, std::vector<UniqueFd>&)> rx_;
+    std::function<void(Message&)> rx_;
     std::unique_ptr<detail::ZmqWatch> watch_;
     std::deque<zmq::message_t> pending_;
-    v1::Envelope header_;
+    Message message_; // reused for deliveries; a ZeroMQ link carries no fds
 };
 
 } // namespace
@@ -307,10 +305,7 @@ Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::strin
         return parsed.error();
     std::shared_ptr<Client> client(new Client(io, options));
     std::weak_ptr<Client> weak = client;
-    auto rx = [weak](v1::Envelope& e, std::vector<UniqueFd>& fds) {
-        if (auto c = weak.lock())
-            c->receive(e, fds);
-    };
+    auto rx = receiver(weak);
     switch (parsed.value().scheme) {
     case Endpoint::Scheme::ipc:
     case Endpoint::Scheme::tcp: {
@@ -368,12 +363,7 @@ Result<std::shared_ptr<Client>> Client::from_parent(asio::io_context& io, Client
     std::shared_ptr<Client> client(new Client(io, options));
     std::weak_ptr<Client> weak = client;
     client->link_ = std::make_unique<ChannelLink>(
-        io, weak, std::string(), std::move(channel).value(), options,
-        [weak](v1::Envelope& e, std::vector<UniqueFd>& fds) {
-            if (auto c = weak.lock())
-                c->receive(e, fds);
-        },
-        [] {},
+        io, weak, std::string(), std::move(channel).value(), options, receiver(weak), [] {},
         [weak](std::error_code ec) {
             if (auto c = weak.lock())
                 c->link_down(ec);
@@ -521,6 +511,8 @@ void Client::unsubscribe(std::uint64_t sid) {
     if (it == subscriptions_.end())
         return;
     const bool monitor = it->second.monitor;
+    if (delivering_)
+        retired_.push_back(std::move(it->second.handler)); // it may be the one running
     subscriptions_.erase(it);
     v1::Unsubscribe unsub;
     unsub.set_sid(sid);
@@ -693,20 +685,33 @@ void Client::complete(std::uint64_t id, std::error_code ec, Message& message) {
     pending.handler(ec, message);
 }
 
-void Client::receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds) {
-    last_heard_ = Clock::now();
-    auto keep = shared_from_this(); // a handler may drop the last reference
-    if (envelope.kind() == v1::KIND_CONTROL)
-        return handle_control(envelope, envelope.payload());
-    message_.envelope.Swap(&envelope);
-    message_.fds = std::move(fds);
-    const auto& env = message_.envelope;
+std::function<void(Message&)> Client::receiver(std::weak_ptr<Client> weak) {
+    // The strong reference lives through the delivery: a handler may drop the client's last.
+    return [weak = std::move(weak)](Message& m) {
+        if (auto c = weak.lock())
+            c->receive(m);
+    };
+}
+
+void Client::receive(Message& message) {
+    heard_ = true;
+    const auto& env = message.envelope;
+    if (env.kind() == v1::KIND_CONTROL)
+        return handle_control(env, env.payload());
+    // Handlers may unsubscribe, or run the loop (the *_wait calls) and so nest deliveries.
+    struct Delivering {
+        Client& client;
+        explicit Delivering(Client& c) : client(c) { ++client.delivering_; }
+        ~Delivering() {
+            if (--client.delivering_ == 0)
+                client.retired_.clear();
+        }
+    } delivering(*this);
     switch (env.kind()) {
     case v1::KIND_PUBLISH:
-        if (auto it = subscriptions_.find(env.subscription_id()); it != subscriptions_.end()) {
-            auto handler = it->second.handler; // the handler may unsubscribe itself
-            (*handler)(message_);
-        }
+        // Not a copy of the shared handler per message: unsubscribe() retires a running one.
+        if (auto it = subscriptions_.find(env.subscription_id()); it != subscriptions_.end())
+            (*it->second.handler)(message);
         break;
     case v1::KIND_REQUEST: {
         Responder responder;
@@ -715,19 +720,19 @@ void Client::receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds) {
         responder.requester_ = env.source();
         if (auto it = services_.find(env.subject()); it != services_.end()) {
             auto handler = it->second; // shared: it may unserve itself while it runs
-            (*handler)(message_, responder);
+            (*handler)(message, responder);
         } else {
             responder.fail(error_wire_name(errc::no_responders), "not served here any more");
         }
         break;
     }
     case v1::KIND_REPLY:
-        complete(env.correlation_id(), {}, message_);
+        complete(env.correlation_id(), {}, message);
         break;
     case v1::KIND_ERROR: {
         const auto ec = error_from_wire_name(env.subject());
         if (pending_.count(env.correlation_id())) {
-            complete(env.correlation_id(), ec, message_);
+            complete(env.correlation_id(), ec, message);
         } else {
             emit({ClientEvent::Kind::error, 0, ec, header_value(env, "detail")});
         }
@@ -735,12 +740,11 @@ void Client::receive(v1::Envelope& envelope, std::vector<UniqueFd>& fds) {
     }
     case v1::KIND_DIRECT:
         if (on_direct_)
-            on_direct_(message_);
+            on_direct_(message);
         break;
     default:
         break;
     }
-    message_.fds.clear();
 }
 
 void Client::handle_control(const v1::Envelope& header, std::string_view payload) {
@@ -841,8 +845,14 @@ void Client::heartbeat() {
         auto c = weak.lock();
         if (ec || !c || c->closed_)
             return;
+        // A delivery only raises heard_ (a clock read per message costs a subscriber more
+        // than its handler). The beat that sees it stamps last_heard_, up to one beat late, so
+        // two more silent beats mean three beats without a word.
+        const auto now = Clock::now();
+        if (std::exchange(c->heard_, false))
+            c->last_heard_ = now;
         if (c->link_ && c->link_->needs_heartbeat_timeout() && c->welcomed_ &&
-            Clock::now() - c->last_heard_ > 3 * c->options_.heartbeat) {
+            now - c->last_heard_ > 2 * c->options_.heartbeat) {
             // Nothing from the broker for three beats: treat it as gone. Its replacement (if
             // any) answers a later ping with a new broker id, and we register again.
             c->link_down(errc::broker_unavailable);

@@ -547,7 +547,7 @@ bool ArrivalQueue::ready(const Entry& e) const {
     return types_.find_local(name) || types_.fetched(name);
 }
 
-void ArrivalQueue::push(v1::Envelope&& envelope) {
+void ArrivalQueue::push(v1::Envelope envelope) {
     if (done_)
         return;
     queue_.push_back({std::chrono::system_clock::now(), std::move(envelope)});

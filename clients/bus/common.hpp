@@ -197,7 +197,7 @@ public:
 
     // A message that arrived now (taken: a handler's message is not used after it returns):
     // queued, then every line that is ready is printed.
-    void push(v1::Envelope&& envelope);
+    void push(v1::Envelope envelope);
     void stop() { done_ = true; }
     // For receive_until().
     bool& done() { return done_; }

@@ -150,7 +150,7 @@ int run_monitor(const MonitorOptions& o, const Global& g) {
                          static_cast<unsigned long long>(e.dropped));
         }
     });
-    client->monitor(o.pattern, [&](Message& m) { queue.push(std::move(m.envelope)); });
+    client->monitor(o.pattern, [&](Message& m) { queue.push(m.envelope()); });
 
     receive_until(io, *client, timeout, queue.done(), failed, queue.shown(), o.count, o.timeout);
     return exit_code::ok;

@@ -59,14 +59,14 @@ int run_req(const ReqOptions& o, const Global& g) {
         throw Failure(exit_code::failure, "interrupted");
     if (*result) {
         std::string text = explain(*result, o.service, g);
-        if (const auto detail = header_value(reply.envelope, "detail");
+        if (const auto detail = header_value(reply.envelope(), "detail");
             !detail.empty() && detail != o.service)
             text += ": " + detail;
         if (*result == errc::request_failed)
-            text += " (" + reply.envelope.subject() + ")";
+            text += " (" + reply.envelope().subject() + ")";
         throw Failure(exit_code_for(*result), text);
     }
-    const auto& type_url = reply.envelope.type_url();
+    const auto& type_url = reply.envelope().type_url();
     if (!type_url.empty() && type_url != json_type_url) {
         bool fetched = false;
         types.fetch(*client, type_name_of(type_url), [&] { fetched = true; });
@@ -75,10 +75,10 @@ int run_req(const ReqOptions& o, const Global& g) {
     const Style style{g.color()};
     std::string line;
     if (g.json) {
-        Shown s{std::chrono::system_clock::now(), {}, &reply.envelope, false, false};
+        Shown s{std::chrono::system_clock::now(), {}, &reply.envelope(), false, false};
         line = format_message(types, s, g, style);
     } else {
-        line = payload_text(types, reply.envelope);
+        line = payload_text(types, reply.envelope());
     }
     std::fwrite(line.data(), 1, line.size(), stdout);
     std::fputc('\n', stdout);
@@ -125,7 +125,7 @@ int run_serve(const ServeOptions& o, const Global& g) {
     });
     auto answer = [&](Message& m, Responder responder) {
         if (!o.quiet) {
-            Shown s{std::chrono::system_clock::now(), {}, &m.envelope, false, false};
+            Shown s{std::chrono::system_clock::now(), {}, &m.envelope(), false, false};
             const auto line = format_message(types, s, g, style);
             std::fwrite(line.data(), 1, line.size(), stdout);
             std::fputc('\n', stdout);
@@ -135,7 +135,8 @@ int run_serve(const ServeOptions& o, const Global& g) {
             responder.fail(o.fail, "bus serve --fail");
         } else if (fixed) {
             responder.reply(*fixed);
-        } else if (const auto& url = m.envelope.type_url(); !url.empty() && url != json_type_url) {
+        } else if (const auto& url = m.envelope().type_url();
+                   !url.empty() && url != json_type_url) {
             // An echo keeps the request's type, when it can be known.
             const auto* d = types.find(type_name_of(url));
             auto copy = d ? types.make(d) : nullptr;
@@ -152,7 +153,7 @@ int run_serve(const ServeOptions& o, const Global& g) {
     client->serve(o.service, [&](Message& m, Responder& responder) {
         if (done)
             return;
-        const auto& url = m.envelope.type_url();
+        const auto& url = m.envelope().type_url();
         if (o.quiet || url.empty() || url == json_type_url || types.find_local(type_name_of(url)) ||
             types.fetched(type_name_of(url)))
             return answer(m, responder);

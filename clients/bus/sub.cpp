@@ -67,7 +67,7 @@ int run_sub(const SubOptions& o, const Global& g) {
     });
     for (const auto& p : o.patterns)
         client->subscribe(
-            p, [&](Message& m) { queue.push(std::move(m.envelope)); }, o.queue);
+            p, [&](Message& m) { queue.push(m.envelope()); }, o.queue);
 
     receive_until(io, *client, timeout, queue.done(), failed, queue.shown(), o.count, o.timeout);
     return exit_code::ok;

@@ -18,7 +18,7 @@ int main() {
     auto& ch = channel.value();
     int status = 0;
     ch->on_message(
-        [&ch](bus::Message& message) { ch->send(message.envelope, std::move(message.fds)); });
+        [&ch](bus::Message& message) { ch->send(message.envelope(), std::move(message.fds)); });
     ch->on_disconnect([&status](std::error_code ec) {
         if (ec) {
             std::fprintf(stderr, "bus-echo: channel failed: %s\n", ec.message().c_str());

@@ -26,18 +26,20 @@ int main(int argc, char** argv) {
     }
     auto& c = client.value();
     int got = 0;
-    c->subscribe<bus::v1::Heartbeat>(pattern, [&](std::error_code ec,
-                                                  const bus::v1::Heartbeat& beat, bus::Message& m) {
-        if (ec)
-            std::printf("%s: not a Heartbeat (%s)\n", m.envelope.subject().c_str(),
-                        ec.message().c_str());
-        else
-            std::printf("%s: heartbeat seq=%llu from %s\n", m.envelope.subject().c_str(),
-                        static_cast<unsigned long long>(beat.seq()), m.envelope.source().c_str());
-        std::fflush(stdout);
-        if (++got == count)
-            c->close();
-    });
+    c->subscribe<bus::v1::Heartbeat>(
+        pattern, [&](std::error_code ec, const bus::v1::Heartbeat& beat, bus::Message& m) {
+            // subject() and source() view the received bytes: valid while the handler runs.
+            const std::string subject(m.subject());
+            if (ec)
+                std::printf("%s: not a Heartbeat (%s)\n", subject.c_str(), ec.message().c_str());
+            else
+                std::printf("%s: heartbeat seq=%llu from %s\n", subject.c_str(),
+                            static_cast<unsigned long long>(beat.seq()),
+                            std::string(m.source()).c_str());
+            std::fflush(stdout);
+            if (++got == count)
+                c->close();
+        });
     c->on_event([](const bus::ClientEvent& e) {
         if (e.kind == bus::ClientEvent::Kind::slow_consumer)
             std::fprintf(stderr, "bus-subscriber: lost %llu messages (too slow)\n",

@@ -1,5 +1,5 @@
-// The stream frame decoder and Envelope parsing (frame::parse and split against protobuf's own
-// parser), fed in chunks whose sizes the input chooses;
+// The stream frame decoder and Envelope parsing (frame::parse, view and split against
+// protobuf's own parser), fed in chunks whose sizes the input chooses;
 // and the same bytes taken as a ZeroMQ message of whole frames (take_frame).
 #include "../support/feed.hpp"
 
@@ -22,6 +22,26 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (bus::frame::parse(frame, fast) != parsed ||
             (parsed && fast.SerializeAsString() != envelope.SerializeAsString()))
             __builtin_trap();
+        // What view() reads, parse() reads by hand too, to the same fields, and the views
+        // point into the frame.
+        bus::frame::EnvelopeView view;
+        if (bus::frame::view(frame, view)) {
+            auto inside = [&](std::string_view v) {
+                return v.empty() || (v.data() >= frame.data() &&
+                                     v.data() + v.size() <= frame.data() + frame.size());
+            };
+            if (!parsed || view.kind != fast.kind() ||
+                view.monitored_kind != fast.monitored_kind() || view.fd_count != fast.fd_count() ||
+                view.id != fast.id() || view.correlation_id != fast.correlation_id() ||
+                view.subscription_id != fast.subscription_id() ||
+                view.deadline_unix_ns != fast.deadline_unix_ns() ||
+                view.subject != fast.subject() || view.type_url != fast.type_url() ||
+                view.payload != fast.payload() || view.reply_to != fast.reply_to() ||
+                view.source != fast.source() || view.has_headers != (fast.headers_size() > 0) ||
+                !inside(view.subject) || !inside(view.type_url) || !inside(view.payload) ||
+                !inside(view.reply_to) || !inside(view.source))
+                __builtin_trap();
+        }
         // What split() accepts, protobuf accepts too, with the same payload and header.
         auto payload = bus::frame::split(frame, header);
         if (payload) {

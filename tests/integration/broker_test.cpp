@@ -97,11 +97,12 @@ TEST_P(BrokerTest, WildcardSubscriptionsGetWhatMatchesStampedWithTheSource) {
     std::vector<std::string> one_token, rest, metrics;
     std::string source;
     sub->subscribe("orders.*.created", [&](bus::Message& m) {
-        one_token.push_back(m.envelope.subject());
-        source = m.envelope.source();
+        one_token.push_back(m.envelope().subject());
+        source = m.envelope().source();
     });
-    sub->subscribe("orders.>", [&](bus::Message& m) { rest.push_back(m.envelope.subject()); });
-    sub->subscribe("metrics.>", [&](bus::Message& m) { metrics.push_back(m.envelope.subject()); });
+    sub->subscribe("orders.>", [&](bus::Message& m) { rest.push_back(m.envelope().subject()); });
+    sub->subscribe("metrics.>",
+                   [&](bus::Message& m) { metrics.push_back(m.envelope().subject()); });
     flush(sub);
     for (const char* subject : {"orders.eu.created", "orders.eu.deleted", "orders.eu.west.created",
                                 "metrics.cpu", "other"})
@@ -120,7 +121,7 @@ TEST_P(BrokerTest, WildcardSubscriptionsGetWhatMatchesStampedWithTheSource) {
 TEST_P(BrokerTest, HeadersAndDeadlineReachTheSubscriberAndTheSourceIsBusds) {
     auto sub = connect("sub");
     std::optional<bus::v1::Envelope> got;
-    sub->subscribe("h.x", [&](bus::Message& m) { got = m.envelope; });
+    sub->subscribe("h.x", [&](bus::Message& m) { got = m.envelope(); });
     flush(sub);
 
     // A sender speaking the wire format by hand over unix://, claiming another's identity.
@@ -396,7 +397,7 @@ TEST_P(BrokerTest, DirectMessagesReachOneClientAndUnknownIdsAreReported) {
     std::string got, from;
     b->on_direct([&](bus::Message& m) {
         got = m.payload();
-        from = m.envelope.source();
+        from = m.envelope().source();
     });
     a->send_bytes_to(b->id(), "just for you");
     ASSERT_TRUE(run_until(io_, [&] { return !got.empty(); }));
@@ -554,7 +555,7 @@ TEST_P(BrokerTest, ConnectAndDisconnectAreAnnounced) {
     watcher->subscribe("$sys.client.>", [&](bus::Message& m) {
         auto info = m.as<bus::v1::ClientInfo>();
         ASSERT_TRUE(info);
-        events.push_back(std::string(m.envelope.subject()) + " " + info.value().name());
+        events.push_back(std::string(m.envelope().subject()) + " " + info.value().name());
     });
     flush(watcher);
     {
@@ -673,7 +674,7 @@ TEST_P(BrokerTest, RequestsAStalledInstanceCannotTakeFailWithServiceLost) {
     // to the instance going away, which a stalled ZeroMQ client also does, once silent for
     // three heartbeats).
     auto detail = [](const bus::Message& m) {
-        for (const auto& h : m.envelope.headers())
+        for (const auto& h : m.envelope().headers())
             if (h.key() == "detail")
                 return h.value();
         return std::string();
@@ -860,7 +861,7 @@ TEST(BusdAccess, RulesConfineAUidToItsSubjectsAndOthersAreRefused) {
     ::chmod((busd.dir() + "/busd.sock").c_str(), 0666);
     auto watcher = bus::Client::connect(io, busd.unix()).value();
     std::vector<std::string> seen;
-    watcher->subscribe("*.x", [&](bus::Message& m) { seen.push_back(m.envelope.subject()); });
+    watcher->subscribe("*.x", [&](bus::Message& m) { seen.push_back(m.envelope().subject()); });
     ASSERT_FALSE(watcher->flush_wait());
 
     auto run_as = [&](const char* uid) {
@@ -961,7 +962,7 @@ TEST(BrokerLibrary, ChildOnItsParentsChannelUsesTheBusWithTheSameApi) {
     }
     ASSERT_TRUE(reply) << reply.error().message();
     EXPECT_EQ(reply.value().as<bus::v1::Heartbeat>().value().seq(), 42u);
-    EXPECT_NE(reply.value().envelope.source(), client->id());
+    EXPECT_NE(reply.value().envelope().source(), client->id());
 
     // Completion tokens: the same call as a C++20 coroutine.
     std::optional<std::uint64_t> awaited;

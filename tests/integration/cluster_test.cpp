@@ -127,9 +127,9 @@ int worker_main(const std::string& mode) {
         channel->on_message([&](bus::Message& m) {
             bus::v1::Heartbeat beat;
             bus::v1::NewConn conn;
-            if (!m.parse(beat) && m.envelope.type_url().ends_with("Heartbeat")) {
+            if (!m.parse(beat) && m.envelope().type_url().ends_with("Heartbeat")) {
                 send(beat);
-            } else if (!m.parse(conn) && m.envelope.type_url().ends_with("NewConn")) {
+            } else if (!m.parse(conn) && m.envelope().type_url().ends_with("NewConn")) {
                 for (auto& fd : m.fds)
                     kept.push_back(std::move(fd));
                 if (mode == "flood") {
@@ -1177,7 +1177,7 @@ TEST_F(ClusterControlTest, ErroredAppIsAnnouncedOnTheBus) {
         [&](std::error_code ec, const bus::v1::ClusterApp& a, bus::Message& m) {
             ASSERT_FALSE(ec) << ec.message();
             event = a;
-            source = m.envelope.source();
+            source = m.envelope().source();
         });
     ASSERT_FALSE(busd_->log().find("errored") != std::string::npos)
         << "errored before the watcher subscribed: raise restart_delay_ms";

@@ -137,7 +137,7 @@ TEST_F(ChannelTest, DeliversTypedMessagesInOrderBothWays) {
 TEST_F(ChannelTest, EnvelopesAndBytesKeepTheirFields) {
     auto [a, b] = make_pair();
     std::vector<bus::v1::Envelope> got;
-    b->on_message([&](bus::Message& m) { got.push_back(m.envelope); });
+    b->on_message([&](bus::Message& m) { got.push_back(m.envelope()); });
     bus::v1::Envelope e;
     e.set_kind(bus::v1::KIND_PUBLISH);
     e.set_subject("orders.eu.created");

@@ -82,7 +82,8 @@ private:
 
 class Channel : public std::enable_shared_from_this<Channel> {
 public:
-    // Valid during the call; move out what you keep (fds, payload).
+    // Valid during the call (it views the read buffer); move the Message, or its fds, to keep
+    // them.
     using MessageHandler = std::function<void(Message&)>;
     // Once per channel: an empty code for close()/disconnect() or a clean end of stream, else
     // what went wrong (a protocol error, ECONNRESET, ...).
@@ -218,7 +219,8 @@ private:
     frame::Decoder frames_;
     frame::LineDecoder lines_;
     std::deque<UniqueFd> received_fds_;
-    Message message_; // reused, so steady-state delivery does not allocate
+    Message message_;     // reused, so steady-state delivery does not allocate
+    v1::Envelope header_; // a router's (on_envelope), reused the same way
 
     std::shared_ptr<Channel> keep_alive_; // set by close() until the queue is flushed
 

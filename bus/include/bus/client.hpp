@@ -12,6 +12,7 @@
 #include "bus/channel.hpp"
 #include "bus/error.hpp"
 #include "bus/message.hpp"
+#include "bus/subject.hpp"
 
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/io_context.hpp>
@@ -211,7 +212,7 @@ private:
     // What a link calls with each message it receives (valid during the call).
     static std::function<void(Message&)> receiver(std::weak_ptr<Client> weak);
     void receive(Message& message);
-    void handle_control(const v1::Envelope& header, std::string_view payload);
+    void handle_control(const Message& header);
     void register_type(const google::protobuf::Descriptor* type);
     void link_up();
     void link_down(std::error_code ec);
@@ -242,10 +243,11 @@ private:
         bool monitor = false;
     };
     std::unordered_map<std::uint64_t, Subscription> subscriptions_;
-    std::unordered_map<std::string, std::shared_ptr<ServeHandler>> services_; // as handlers
-    std::set<std::string> queues_;                                            // announced
-    v1::Envelope header_;                                                     // reused by header()
-    std::string payload_, type_url_;                                          // reused by stage()
+    std::unordered_map<std::string, std::shared_ptr<ServeHandler>, StringHash, std::equal_to<>>
+        services_;                   // as handlers
+    std::set<std::string> queues_;   // announced
+    v1::Envelope header_;            // reused by header()
+    std::string payload_, type_url_; // reused by stage()
     // Types described to the current broker, so tools can decode what we send.
     std::unordered_set<const google::protobuf::Descriptor*> registered_types_;
     std::unordered_map<std::uint64_t, Pending> pending_;

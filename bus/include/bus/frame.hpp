@@ -63,6 +63,23 @@ Result<std::string_view> take_frame(std::string_view& frames, std::size_t max_bo
 // Every message a client receives and every header busd routes is parsed here.
 bool parse(std::string_view body, v1::Envelope& envelope);
 
+// An Envelope's fields as views into the body they were read from (no copy). Headers are
+// not kept here: has_headers says the body has some (v1::Envelope has them all).
+struct EnvelopeView {
+    std::int32_t kind = 0; // a v1::Kind
+    std::int32_t monitored_kind = 0;
+    std::uint32_t fd_count = 0;
+    std::uint64_t id = 0, correlation_id = 0, subscription_id = 0;
+    std::int64_t deadline_unix_ns = 0;
+    std::string_view subject, type_url, payload, reply_to, source;
+    bool has_headers = false;
+};
+
+// Reads a frame body into `out`, when parse() would read it by hand (an Envelope's own fields,
+// as protobuf writes them): the same fields parse() would give. False for anything else,
+// which only protobuf's parser can decode (or refuse).
+bool view(std::string_view body, EnvelopeView& out);
+
 // Parses a frame body into `header` without its payload field, and returns the payload's bytes
 // in place (a view into `body`). errc::bad_frame when the body is not a valid Envelope.
 // Frames written here put the payload last, which makes this a parse of the bytes before it.

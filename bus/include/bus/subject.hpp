@@ -16,6 +16,14 @@
 
 namespace bus {
 
+// Hashes std::string keys so that a string_view finds them without building a string.
+struct StringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+        return std::hash<std::string_view>{}(s);
+    }
+};
+
 inline constexpr std::size_t max_subject_length = 512;
 inline constexpr std::size_t max_subject_tokens = 32;
 
@@ -81,14 +89,9 @@ public:
     std::size_t size() const noexcept { return size_; }
 
 private:
-    struct Hash {
-        using is_transparent = void;
-        std::size_t operator()(std::string_view s) const noexcept {
-            return std::hash<std::string_view>{}(s);
-        }
-    };
     struct Node {
-        std::unordered_map<std::string, std::unique_ptr<Node>, Hash, std::equal_to<>> children;
+        std::unordered_map<std::string, std::unique_ptr<Node>, StringHash, std::equal_to<>>
+            children;
         std::unique_ptr<Node> star;
         std::vector<T> values;      // patterns that end here
         std::vector<T> rest_values; // patterns that end here with `>`

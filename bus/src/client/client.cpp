@@ -230,7 +230,7 @@ private:
                 auto body = frame::take_frame(frames, max_frame_);
                 if (!body)
                     break; // not from a broker: ignore the rest
-                if (!frame::parse(body.value(), message_.envelope))
+                if (!message_.view(body.value()))
                     continue;
                 rx_(message_);
                 if (alive.expired())
@@ -695,9 +695,9 @@ std::function<void(Message&)> Client::receiver(std::weak_ptr<Client> weak) {
 
 void Client::receive(Message& message) {
     heard_ = true;
-    const auto& env = message.envelope;
+    const auto& env = message;
     if (env.kind() == v1::KIND_CONTROL)
-        return handle_control(env, env.payload());
+        return handle_control(env);
     // Handlers may unsubscribe, or run the loop (the *_wait calls) and so nest deliveries.
     struct Delivering {
         Client& client;
@@ -734,7 +734,7 @@ void Client::receive(Message& message) {
         if (pending_.count(env.correlation_id())) {
             complete(env.correlation_id(), ec, message);
         } else {
-            emit({ClientEvent::Kind::error, 0, ec, header_value(env, "detail")});
+            emit({ClientEvent::Kind::error, 0, ec, header_value(env.envelope(), "detail")});
         }
         break;
     }
@@ -747,8 +747,8 @@ void Client::receive(Message& message) {
     }
 }
 
-void Client::handle_control(const v1::Envelope& header, std::string_view payload) {
-    const auto& op = header.subject();
+void Client::handle_control(const Message& header) {
+    const std::string_view op = header.subject(), payload = header.payload();
     if (op == "welcome" || op == "pong") {
         v1::Welcome welcome;
         if (!welcome.ParseFromArray(payload.data(), static_cast<int>(payload.size())))

@@ -614,8 +614,8 @@ struct Supervisor::Impl {
             queue_replacement(a, p.instance);
         } else {
             cut(p, "sent a message that is not a cluster message (kind " +
-                       std::to_string(m.envelope.kind()) + ", type '" + m.envelope.type_url() +
-                       "', " + std::to_string(m.fds.size()) + " fds)");
+                       std::to_string(m.kind()) + ", type '" + std::string(m.type_url()) + "', " +
+                       std::to_string(m.fds.size()) + " fds)");
         }
     }
 

@@ -20,8 +20,8 @@ inline bool send_control(Channel& channel, const google::protobuf::Message& mess
 // True when `message` is a control message carrying `T` (and parses as one).
 template <class T>
 bool control_is(const Message& message, T& out) {
-    if (message.envelope.kind() != v1::KIND_CONTROL ||
-        message.envelope.type_url() != frame::type_url_prefix.data() + T::descriptor()->full_name())
+    if (message.kind() != v1::KIND_CONTROL ||
+        message.type_url() != frame::type_url_prefix.data() + T::descriptor()->full_name())
         return false;
     return !message.parse(out);
 }

@@ -180,111 +180,183 @@ inline const char* read_length(const char* p, const char* end, std::uint64_t& n)
     return p;
 }
 
-// A length-delimited field's bytes into `out` (assign keeps the string's capacity: a reused
-// Envelope parses without allocating). nullptr if the length runs past `end`.
-inline const char* read_bytes(const char* p, const char* end, std::string* out) {
-    std::uint64_t n;
-    if (!(p = read_length(p, end, n)))
-        return nullptr;
-    out->assign(p, n);
-    return p + n;
-}
-
 constexpr std::uint64_t tag(int field, WFL::WireType type) {
     return static_cast<std::uint64_t>(field) << 3 | type;
 }
 
 // The fields an Envelope has, with the wire types protobuf writes for them, read the way
 // protobuf reads them (the last of a repeated singular field wins; an enum or uint32 takes
-// the varint's low bits, which is why values that do not fit are left to protobuf). False at
-// the first byte it does not know how to read; `out` is then half-filled. With `payload`, the
-// payload field is not copied but returned there, a view into `body` (split()); a second
-// payload field is then not read either.
-bool parse_known(std::string_view body, v1::Envelope& out, std::string_view* payload = nullptr) {
+// the varint's low bits, which is why values that do not fit are left to protobuf). Hands
+// each field to `sink` (EnvelopeSink, ViewSink below); false at the first byte it does not
+// know how to read, or that the sink refuses. The sink is then half-filled.
+template <class Sink>
+bool walk_known(std::string_view body, Sink& sink) {
     constexpr auto varint = WFL::WIRETYPE_VARINT, bytes = WFL::WIRETYPE_LENGTH_DELIMITED;
-    out.Clear();
     const char* p = body.data();
     const char* const end = p + body.size();
     while (p < end) {
         std::uint64_t t, v;
         if (!(p = read_varint(p, end, t, short_varint)))
             return false;
-        switch (t) {
-        case tag(2, bytes):
-            p = read_bytes(p, end, out.mutable_subject());
-            break;
-        case tag(3, bytes):
-            p = read_bytes(p, end, out.mutable_type_url());
-            break;
-        case tag(4, bytes):
-            if (!payload) {
-                p = read_bytes(p, end, out.mutable_payload());
-                break;
-            }
-            if (payload->data() || !(p = read_length(p, end, v)))
-                return false;
-            *payload = std::string_view(p, v);
-            p += v;
-            break;
-        case tag(7, bytes):
-            p = read_bytes(p, end, out.mutable_reply_to());
-            break;
-        case tag(8, bytes):
-            p = read_bytes(p, end, out.mutable_source());
-            break;
-        case tag(10, bytes): {
+        if ((t & 7) == bytes) {
             if (!(p = read_length(p, end, v)))
                 return false;
-            const char* const header_end = p + v;
-            auto* header = out.add_headers();
-            while (p && p < header_end) {
-                if (!(p = read_varint(p, header_end, t, short_varint)))
-                    return false;
-                if (t == tag(1, bytes))
-                    p = read_bytes(p, header_end, header->mutable_key());
-                else if (t == tag(2, bytes))
-                    p = read_bytes(p, header_end, header->mutable_value());
-                else
-                    return false;
-            }
-            break;
-        }
-        default:
-            if ((t & 7) != varint || !(p = read_varint(p, end, v, short_varint)))
-                return false;
+            const std::string_view field(p, v);
+            p += v;
             switch (t >> 3) {
-            case 1:
-            case 13:
-                if (v > 0x7fffffff)
+            case 2:
+            case 3:
+            case 4:
+            case 7:
+            case 8:
+                if (!sink.bytes(static_cast<int>(t >> 3), field))
                     return false;
-                (t >> 3 == 1 ? out.set_kind(static_cast<v1::Kind>(v))
-                             : out.set_monitored_kind(static_cast<v1::Kind>(v)));
                 break;
-            case 5:
-                out.set_id(v);
+            case 10: { // a Header: key = 1, value = 2
+                std::string_view key, value;
+                for (const char *h = field.data(), *const h_end = h + field.size(); h < h_end;) {
+                    std::uint64_t n;
+                    if (!(h = read_varint(h, h_end, t, short_varint)) ||
+                        (t != tag(1, bytes) && t != tag(2, bytes)) ||
+                        !(h = read_length(h, h_end, n)))
+                        return false;
+                    (t == tag(1, bytes) ? key : value) = std::string_view(h, n);
+                    h += n;
+                }
+                sink.header(key, value);
                 break;
-            case 6:
-                out.set_correlation_id(v);
-                break;
-            case 9:
-                out.set_deadline_unix_ns(static_cast<std::int64_t>(v));
-                break;
-            case 11:
-                if (v > 0xffffffff)
-                    return false;
-                out.set_fd_count(static_cast<std::uint32_t>(v));
-                break;
-            case 12:
-                out.set_subscription_id(v);
-                break;
+            }
             default:
                 return false;
             }
+            continue;
         }
-        if (!p)
+        if ((t & 7) != varint || !(p = read_varint(p, end, v, short_varint)))
             return false;
+        switch (t >> 3) {
+        case 1:
+        case 13:
+            if (v > 0x7fffffff)
+                return false;
+            break;
+        case 11:
+            if (v > 0xffffffff)
+                return false;
+            break;
+        case 5:
+        case 6:
+        case 9:
+        case 12:
+            break;
+        default:
+            return false;
+        }
+        sink.number(static_cast<int>(t >> 3), v);
     }
     return true;
+}
+
+// Into a v1::Envelope, whose strings keep their capacity (a reused Envelope parses without
+// allocating). With `payload`, the payload field is not copied but returned there, a view
+// into the body (split()); a second payload field is then refused.
+struct EnvelopeSink {
+    v1::Envelope& out;
+    std::string_view* payload = nullptr;
+
+    bool bytes(int field, std::string_view b) {
+        switch (field) {
+        case 2:
+            out.mutable_subject()->assign(b); // (set_subject(p, n) builds a temporary string)
+            break;
+        case 3:
+            out.mutable_type_url()->assign(b);
+            break;
+        case 4:
+            if (!payload) {
+                out.mutable_payload()->assign(b);
+            } else {
+                if (payload->data())
+                    return false;
+                *payload = b;
+            }
+            break;
+        case 7:
+            out.mutable_reply_to()->assign(b);
+            break;
+        case 8:
+            out.mutable_source()->assign(b);
+            break;
+        }
+        return true;
+    }
+    void header(std::string_view key, std::string_view value) {
+        auto* h = out.add_headers();
+        h->mutable_key()->assign(key);
+        h->mutable_value()->assign(value);
+    }
+    void number(int field, std::uint64_t v) {
+        switch (field) {
+        case 1:
+            return out.set_kind(static_cast<v1::Kind>(v));
+        case 13:
+            return out.set_monitored_kind(static_cast<v1::Kind>(v));
+        case 5:
+            return out.set_id(v);
+        case 6:
+            return out.set_correlation_id(v);
+        case 9:
+            return out.set_deadline_unix_ns(static_cast<std::int64_t>(v));
+        case 11:
+            return out.set_fd_count(static_cast<std::uint32_t>(v));
+        case 12:
+            return out.set_subscription_id(v);
+        }
+    }
+};
+
+struct ViewSink {
+    EnvelopeView& out;
+
+    bool bytes(int field, std::string_view b) {
+        (field == 2   ? out.subject
+         : field == 3 ? out.type_url
+         : field == 4 ? out.payload
+         : field == 7 ? out.reply_to
+                      : out.source) = b;
+        return true;
+    }
+    void header(std::string_view, std::string_view) { out.has_headers = true; }
+    void number(int field, std::uint64_t v) {
+        switch (field) {
+        case 1:
+            out.kind = static_cast<std::int32_t>(v);
+            break;
+        case 13:
+            out.monitored_kind = static_cast<std::int32_t>(v);
+            break;
+        case 5:
+            out.id = v;
+            break;
+        case 6:
+            out.correlation_id = v;
+            break;
+        case 9:
+            out.deadline_unix_ns = static_cast<std::int64_t>(v);
+            break;
+        case 11:
+            out.fd_count = static_cast<std::uint32_t>(v);
+            break;
+        case 12:
+            out.subscription_id = v;
+            break;
+        }
+    }
+};
+
+bool parse_known(std::string_view body, v1::Envelope& out, std::string_view* payload = nullptr) {
+    out.Clear();
+    EnvelopeSink sink{out, payload};
+    return walk_known(body, sink);
 }
 } // namespace
 
@@ -293,6 +365,12 @@ bool parse(std::string_view body, v1::Envelope& envelope) {
         return true;
     return body.size() <= static_cast<std::size_t>(std::numeric_limits<int>::max()) &&
            envelope.ParseFromArray(body.data(), static_cast<int>(body.size()));
+}
+
+bool view(std::string_view body, EnvelopeView& out) {
+    out = EnvelopeView{};
+    ViewSink sink{out};
+    return walk_known(body, sink);
 }
 
 Result<std::string_view> split(std::string_view body, v1::Envelope& header) {

@@ -1,13 +1,96 @@
 #include "bus/message.hpp"
 
-#include "bus/frame.hpp"
-
 #include <google/protobuf/util/json_util.h>
+
+#include <limits>
+#include <utility>
 
 namespace bus {
 
+Message::Message(v1::Envelope envelope, std::vector<UniqueFd> fds_in)
+    : fds(std::move(fds_in)), envelope_(std::move(envelope)), decoded_(true) {
+    point_into_envelope();
+}
+
+// The views follow the bytes: those into the other's body are rebased onto owned_ (a copy,
+// or the other's own string moved), those into its envelope_ stay valid because protobuf
+// moves a message's strings by pointer.
+Message::Message(Message&& other) noexcept {
+    *this = std::move(other);
+}
+
+Message& Message::operator=(Message&& other) noexcept {
+    if (this == &other)
+        return *this;
+    fds = std::move(other.fds);
+    fields_ = other.fields_;
+    envelope_ = std::move(other.envelope_);
+    decoded_ = std::exchange(other.decoded_, false);
+    const std::string_view old = other.body_;
+    if (old.data() == other.owned_.data())
+        owned_ = std::move(other.owned_);
+    else
+        owned_.assign(old);
+    body_ = old.data() ? std::string_view(owned_) : std::string_view();
+    auto rebase = [&](std::string_view& v) {
+        if (v.data() >= old.data() && v.data() + v.size() <= old.data() + old.size() && old.data())
+            v = std::string_view(owned_.data() + (v.data() - old.data()), v.size());
+    };
+    for (auto* v : {&fields_.subject, &fields_.type_url, &fields_.payload, &fields_.reply_to,
+                    &fields_.source})
+        rebase(*v);
+    other.fields_ = {};
+    other.body_ = {};
+    return *this;
+}
+
+bool Message::view(std::string_view body) {
+    body_ = body;
+    decoded_ = false;
+    if (frame::view(body, fields_))
+        return true;
+    // Anything else (unknown fields, long varints) only protobuf decodes; the views then point
+    // into what it decoded.
+    if (body.size() > static_cast<std::size_t>(std::numeric_limits<int>::max()) ||
+        !envelope_.ParseFromArray(body.data(), static_cast<int>(body.size()))) {
+        fields_ = {};
+        body_ = {};
+        return false;
+    }
+    decoded_ = true;
+    point_into_envelope();
+    return true;
+}
+
+void Message::point_into_envelope() {
+    const auto& e = envelope_;
+    fields_.kind = e.kind();
+    fields_.monitored_kind = e.monitored_kind();
+    fields_.fd_count = e.fd_count();
+    fields_.id = e.id();
+    fields_.correlation_id = e.correlation_id();
+    fields_.subscription_id = e.subscription_id();
+    fields_.deadline_unix_ns = e.deadline_unix_ns();
+    fields_.subject = e.subject();
+    fields_.type_url = e.type_url();
+    fields_.payload = e.payload();
+    fields_.reply_to = e.reply_to();
+    fields_.source = e.source();
+    fields_.has_headers = e.headers_size() > 0;
+}
+
+const v1::Envelope& Message::envelope() const {
+    if (!decoded_) {
+        // view() read these bytes by hand, so protobuf reads them too.
+        if (!envelope_.ParseFromArray(body_.data(), static_cast<int>(body_.size())))
+            envelope_.Clear();
+        decoded_ = true;
+    }
+    return envelope_;
+}
+
 std::error_code Message::parse(google::protobuf::Message& out) const {
-    const auto& url = envelope.type_url();
+    const std::string_view url = type_url();
     if (is_json()) {
         google::protobuf::util::JsonParseOptions options;
         options.ignore_unknown_fields = true; // Node peers add fields freely
@@ -16,12 +99,13 @@ std::error_code Message::parse(google::protobuf::Message& out) const {
         return status.ok() ? std::error_code{} : make_error_code(errc::wrong_type);
     }
     if (!url.empty()) {
-        const std::string_view name = std::string_view(url).substr(
-            url.starts_with(frame::type_url_prefix) ? frame::type_url_prefix.size() : 0);
+        const std::string_view name =
+            url.substr(url.starts_with(frame::type_url_prefix) ? frame::type_url_prefix.size() : 0);
         if (name != out.GetDescriptor()->full_name())
             return errc::wrong_type;
     }
-    if (!out.ParseFromString(envelope.payload()))
+    if (payload().size() > static_cast<std::size_t>(std::numeric_limits<int>::max()) ||
+        !out.ParseFromArray(payload().data(), static_cast<int>(payload().size())))
         return errc::wrong_type;
     return {};
 }

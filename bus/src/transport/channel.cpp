@@ -633,19 +633,18 @@ std::error_code Channel::drain(Decoder& decoder, Deliver handle) {
 }
 
 std::error_code Channel::deliver_frame(std::string_view body) {
-    auto& envelope = message_.envelope;
-    // A router takes the payload in place (split); everyone else gets the whole envelope,
-    // parsed in one pass.
+    // A router takes the header parsed and the payload in place (split); everyone else gets a
+    // Message viewing the frame in the read buffer.
     std::string_view payload;
     if (on_envelope_) {
-        auto split = frame::split(body, envelope);
+        auto split = frame::split(body, header_);
         if (!split)
             return split.error();
         payload = split.value();
-    } else if (!frame::parse(body, envelope)) {
+    } else if (!message_.view(body)) {
         return errc::bad_frame;
     }
-    const std::size_t count = envelope.fd_count();
+    const std::size_t count = on_envelope_ ? header_.fd_count() : message_.fd_count();
     if (count > options_.max_fds_per_message)
         return errc::too_many_fds;
     if (count > received_fds_.size())
@@ -657,7 +656,7 @@ std::error_code Channel::deliver_frame(std::string_view body) {
     }
     if (state_ == State::open) {
         if (on_envelope_)
-            on_envelope_(envelope, payload, message_.fds);
+            on_envelope_(header_, payload, message_.fds);
         else if (on_message_)
             on_message_(message_);
     }
@@ -710,12 +709,12 @@ std::error_code Channel::deliver_node(std::string_view text) {
     case Kind::user:
         break;
     }
-    auto& envelope = message_.envelope;
-    envelope.Clear();
+    v1::Envelope envelope;
     envelope.set_kind(v1::KIND_DATA);
     envelope.set_type_url(std::string(json_type_url));
     envelope.set_payload(std::move(line.value().payload));
     envelope.set_fd_count(static_cast<std::uint32_t>(message_.fds.size()));
+    message_ = Message(std::move(envelope), std::move(message_.fds));
     if (on_message_ && state_ == State::open)
         on_message_(message_);
     message_.fds.clear();

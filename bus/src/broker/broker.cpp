@@ -239,10 +239,16 @@ struct Broker::Impl {
     std::string header_bytes; // any other outbound header, serialized
 
     // Where a subject's publishes go, worked out on its first publish (subject check, trie
-    // walk, grouping) and kept until any subscription changes.
+    // walk, grouping, client look-up) and kept until any subscription changes. A client that
+    // goes away takes its subscriptions with it, which drops every route: a Target's client
+    // lives as long as the route.
+    struct Target {
+        Client* client;
+        std::uint64_t sid;
+    };
     struct Route {
-        std::vector<SubRef> plain;               // each gets every message
-        std::vector<std::vector<SubRef>> groups; // each queue group gets it once...
+        std::vector<Target> plain;               // each gets every message
+        std::vector<std::vector<Target>> groups; // each queue group gets it once...
         std::vector<std::uint64_t*> turns;       // ...round-robin (into queue_turns)
         v1::SubjectStats* stats = nullptr;
     };
@@ -792,14 +798,17 @@ struct Broker::Impl {
         route.stats = &stats_for(subject);
         std::unordered_map<std::string_view, std::size_t> group_index;
         subscriptions.match(subject, [&](const SubRef& s) {
+            Client* c = find(s.client);
+            if (!c)
+                return;
             if (s.queue.empty())
-                return route.plain.push_back(s);
+                return route.plain.push_back({c, s.sid});
             auto [it, added] = group_index.try_emplace(s.queue, route.groups.size());
             if (added) {
                 route.groups.emplace_back();
                 route.turns.push_back(&queue_turns[s.queue]);
             }
-            route.groups[it->second].push_back(s);
+            route.groups[it->second].push_back({c, s.sid});
         });
         return &route;
     }
@@ -810,19 +819,17 @@ struct Broker::Impl {
                  Route& route) {
         outbound(fanout_head, from, in, v1::KIND_PUBLISH);
         const std::size_t base = fanout_head.size();
-        auto deliver_to = [&](const SubRef& s) {
-            auto* to = find(s.client);
-            if (!to)
-                return;
+        auto deliver_to = [&](const Target& t) {
             fanout_head.resize(base);
-            FieldWriter{fanout_head}.varint_field(12, s.sid);
-            const bool sent = deliver(*to, fanout_head, payload, {}, Queued{.stats = route.stats});
+            FieldWriter{fanout_head}.varint_field(12, t.sid);
+            const bool sent =
+                deliver(*t.client, fanout_head, payload, {}, Queued{.stats = route.stats});
             count(*route.stats, payload.size(), !sent);
         };
         // A delivery never removes a client on the spot (a gone ZeroMQ peer is removed from a
         // posted handler, a channel reports its end from the loop), so the route stays valid.
-        for (const SubRef& s : route.plain)
-            deliver_to(s);
+        for (const Target& t : route.plain)
+            deliver_to(t);
         for (std::size_t g = 0; g < route.groups.size(); ++g) {
             const auto& members = route.groups[g];
             deliver_to(members[(*route.turns[g])++ % members.size()]);
@@ -1138,9 +1145,6 @@ struct Broker::Impl {
 
     // --- output -------------------------------------------------------------------------
 
-    // Sends to one client without ever waiting; false when its queue is full (the message is
-    // dropped for it alone and counted) or it is gone. `header` is serialized, with an
-    // fd_count equal to fds.size().
     // Sends to one client without ever waiting; false when its queue is full (the message is
     // dropped for it alone and counted) or it is gone. `header` is serialized, with an
     // fd_count equal to fds.size().

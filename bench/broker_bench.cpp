@@ -237,7 +237,7 @@ ReqResult run_reqrep(Peer& peer, Runs& runs, const Options& options, int in_flig
                                 [&peer, spec](RoleIo& io) { peer.requester(spec, io); });
     const ReqResult r = req_result(requester.read(spec.warmup + spec.seconds + 30));
     requester.wait(10);
-    responder.kill_now();
+    responder.stop(1);
     if (r.count == 0 || r.seconds <= 0)
         throw std::runtime_error(peer.name() + ": no round trip completed");
     return r;

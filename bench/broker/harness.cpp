@@ -420,6 +420,20 @@ void Child::wait(double timeout_s) {
         throw std::runtime_error(name_ + ": failed");
 }
 
+void Child::stop(double grace_s) {
+    if (to_ >= 0) {
+        ::close(to_);
+        to_ = -1;
+    }
+    for (const double deadline = now_s() + grace_s; pid_ > 0 && now_s() < deadline;
+         sleep_s(0.002)) {
+        int status;
+        if (::waitpid(pid_, &status, WNOHANG) == pid_)
+            pid_ = -1;
+    }
+    kill_now();
+}
+
 Child fork_role(const std::string& name, const std::function<void(RoleIo&)>& body) {
     int out[2], in[2];
     if (::pipe2(out, O_CLOEXEC) < 0 || ::pipe2(in, O_CLOEXEC) < 0)

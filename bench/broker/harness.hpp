@@ -90,6 +90,9 @@ public:
     // Waits for the exit; throws if it failed or is not done by then (after killing it).
     void wait(double timeout_s);
     void kill_now();
+    // Closes the pipe to the child (a role that watches it returns), gives it `grace_s` to
+    // exit, then kills it. A role that exits writes its profile when run under callgrind.
+    void stop(double grace_s);
     pid_t pid() const { return pid_; }
     const std::string& name() const { return name_; }
 

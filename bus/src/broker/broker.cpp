@@ -1175,6 +1175,10 @@ struct Broker::Impl {
     }
 
     bool report_drops(Client& to) {
+        // While a subscriber is behind this runs for every message it is dropped: a channel
+        // that would refuse the notice is found out before the notice is built.
+        if (!to.zmq && !channel_takes(to))
+            return false;
         v1::SlowConsumer notice;
         notice.set_dropped(to.unreported_drops);
         v1::Envelope header;
@@ -1190,14 +1194,18 @@ struct Broker::Impl {
         return true;
     }
 
+    bool channel_takes(const Client& to) const {
+        return to.channel->connected() &&
+               to.channel->queued_bytes() < options.limits.client_queue_bytes;
+    }
+
     // A unix:// client's channel takes the frame or refuses it now. A ZeroMQ client's frame
     // joins its batch for this loop turn, which flush_zmq() hands to ZeroMQ; a refusal then is
     // undone message by message (refused()).
     bool send_raw(Client& to, std::string_view header, std::string_view payload,
                   std::vector<UniqueFd> fds, Queued queued = {}) {
         if (!to.zmq) {
-            if (!to.channel->connected() ||
-                to.channel->queued_bytes() >= options.limits.client_queue_bytes)
+            if (!channel_takes(to))
                 return false;
             to.channel->send_split(header, payload, std::move(fds));
             return true;

@@ -85,6 +85,16 @@ protected:
 INSTANTIATE_TEST_SUITE_P(Links, BrokerTest, ::testing::Values("ipc", "unix"),
                          [](const auto& param_info) { return param_info.param; });
 
+// A process's peak resident set (VmHWM), in KiB.
+std::uint64_t peak_rss_kib(pid_t pid) {
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    for (std::string line; std::getline(status, line);)
+        if (line.starts_with("VmHWM:"))
+            return std::stoull(line.substr(6));
+    ADD_FAILURE() << "no VmHWM for " << pid;
+    return 0;
+}
+
 bus::v1::Heartbeat beat(std::uint64_t seq) {
     bus::v1::Heartbeat b;
     b.set_seq(seq);
@@ -592,6 +602,7 @@ TEST_P(BrokerTest, StalledSubscriberLosesOnlyItsOwnMessagesAndHoldsNobodyBack) {
         },
         20s));
     const std::string payload(1024, 'f');
+    const std::uint64_t peak_before = peak_rss_kib(busd_->pid());
     constexpr int n = 40000; // 40 MB: far past both queue bounds of the stalled one
     // The healthy subscriber keeps up (the publisher, in the same thread, stays within 1000
     // messages of it); the stalled one reads nothing, so it overflows its bounds many times
@@ -607,6 +618,9 @@ TEST_P(BrokerTest, StalledSubscriberLosesOnlyItsOwnMessagesAndHoldsNobodyBack) {
     ASSERT_TRUE(run_until(
         io_, [&] { return healthy_got == n; }, 30s))
         << healthy_got;
+    // busd's memory stays flat: the stalled client costs it its bounded queue (2 MiB by
+    // default), not the 40 MB it was sent.
+    EXPECT_LT(peak_rss_kib(busd_->pid()) - peak_before, 12u * 1024) << "KiB";
     // The broker counted drops for the stalled client only.
     std::optional<bus::v1::ClientList> list;
     pub->request("$sys.clients", beat(0), 5s, [&](std::error_code ec, bus::Message& m) {

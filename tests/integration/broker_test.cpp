@@ -85,6 +85,12 @@ protected:
 INSTANTIATE_TEST_SUITE_P(Links, BrokerTest, ::testing::Values("ipc", "unix"),
                          [](const auto& param_info) { return param_info.param; });
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool address_sanitizer = true; // busd is built with the same flags as this test
+#else
+constexpr bool address_sanitizer = false;
+#endif
+
 // A process's peak resident set (VmHWM), in KiB.
 std::uint64_t peak_rss_kib(pid_t pid) {
     std::ifstream status("/proc/" + std::to_string(pid) + "/status");
@@ -619,8 +625,11 @@ TEST_P(BrokerTest, StalledSubscriberLosesOnlyItsOwnMessagesAndHoldsNobodyBack) {
         io_, [&] { return healthy_got == n; }, 30s))
         << healthy_got;
     // busd's memory stays flat: the stalled client costs it its bounded queue (2 MiB by
-    // default), not the 40 MB it was sent.
-    EXPECT_LT(peak_rss_kib(busd_->pid()) - peak_before, 12u * 1024) << "KiB";
+    // default), not the 40 MB it was sent. (Under ASan, freed memory waits in its quarantine,
+    // so busd's resident set says nothing there.)
+    if (!address_sanitizer) {
+        EXPECT_LT(peak_rss_kib(busd_->pid()) - peak_before, 12u * 1024) << "KiB";
+    }
     // The broker counted drops for the stalled client only.
     std::optional<bus::v1::ClientList> list;
     pub->request("$sys.clients", beat(0), 5s, [&](std::error_code ec, bus::Message& m) {

@@ -311,6 +311,28 @@ TEST_P(BrokerTest, AHandlerMayUnsubscribeItselfWhileItRuns) {
     EXPECT_EQ(seen, std::vector<std::string>{"s1"});
 }
 
+// The same for a service: a handler that unserves itself, or is replaced, while it runs
+// still answers from its capture (ASan reads it after the unserve).
+TEST_P(BrokerTest, AServiceHandlerMayUnserveItselfWhileItRuns) {
+    auto server = connect("server"), caller = connect("caller");
+    server->serve("once", [&, state = std::string(100, 's')](bus::Message&, bus::Responder& r) {
+        server->unserve("once");
+        r.reply_bytes(state.substr(0, 1));
+    });
+    flush(server);
+    std::optional<std::string> got;
+    caller->request_bytes("once", "?", 5s, [&](std::error_code ec, bus::Message& m) {
+        got = ec ? ec.message() : std::string(m.payload());
+    });
+    ASSERT_TRUE(run_until(io_, [&] { return got.has_value(); }));
+    EXPECT_EQ(*got, "s");
+    flush(server);
+    std::optional<std::error_code> second;
+    caller->request_bytes("once", "?", 5s, [&](std::error_code ec, bus::Message&) { second = ec; });
+    ASSERT_TRUE(run_until(io_, [&] { return second.has_value(); }));
+    EXPECT_EQ(*second, bus::errc::no_responders);
+}
+
 TEST_P(BrokerTest, RequestsAreBalancedAcrossInstancesAndAnswered) {
     auto a = connect("a"), b = connect("b"), caller = connect("caller");
     int at_a = 0, at_b = 0;

@@ -244,7 +244,7 @@ private:
     };
     std::unordered_map<std::uint64_t, Subscription> subscriptions_;
     std::unordered_map<std::string, std::shared_ptr<ServeHandler>, StringHash, std::equal_to<>>
-        services_;                   // as handlers
+        services_;                   // as handlers; retired_ while they may be running
     std::set<std::string> queues_;   // announced
     v1::Envelope header_;            // reused by header()
     std::string payload_, type_url_; // reused by stage()
@@ -257,8 +257,9 @@ private:
     MessageHandler on_direct_;
     EventHandler on_event_;
     int delivering_ = 0; // receive() calls running (nested when a handler runs the loop)
-    // Handlers unsubscribed while a delivery runs: destroyed when the outermost one ends.
-    std::vector<std::shared_ptr<MessageHandler>> retired_;
+    // Handlers unsubscribed, unserved or replaced while a delivery runs: destroyed when the
+    // outermost one ends.
+    std::vector<std::shared_ptr<void>> retired_;
     std::unique_ptr<boost::asio::steady_timer> heartbeat_timer_;
 };
 

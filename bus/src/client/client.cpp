@@ -533,20 +533,26 @@ std::uint64_t Client::monitor(std::string_view pattern, MessageHandler handler) 
 }
 
 void Client::serve(std::string_view service, ServeHandler handler) {
-    const bool is_new = services_
-                            .insert_or_assign(std::string(service),
-                                              std::make_shared<ServeHandler>(std::move(handler)))
-                            .second;
-    if (!is_new)
+    auto next = std::make_shared<ServeHandler>(std::move(handler));
+    if (auto it = services_.find(service); it != services_.end()) {
+        if (delivering_)
+            retired_.push_back(std::move(it->second)); // it may be the one running
+        it->second = std::move(next);
         return;
+    }
+    services_.emplace(std::string(service), std::move(next));
     v1::Serve serve;
     serve.set_service(std::string(service));
     send_control("serve", &serve);
 }
 
 void Client::unserve(std::string_view service) {
-    if (!services_.erase(std::string(service)))
+    auto it = services_.find(service);
+    if (it == services_.end())
         return;
+    if (delivering_)
+        retired_.push_back(std::move(it->second)); // it may be the one running
+    services_.erase(it);
     v1::Serve serve;
     serve.set_service(std::string(service));
     send_control("unserve", &serve);
@@ -695,9 +701,8 @@ std::function<void(Message&)> Client::receiver(std::weak_ptr<Client> weak) {
 
 void Client::receive(Message& message) {
     heard_ = true;
-    const auto& env = message;
-    if (env.kind() == v1::KIND_CONTROL)
-        return handle_control(env);
+    if (message.kind() == v1::KIND_CONTROL)
+        return handle_control(message);
     // Handlers may unsubscribe, or run the loop (the *_wait calls) and so nest deliveries.
     struct Delivering {
         Client& client;
@@ -707,34 +712,33 @@ void Client::receive(Message& message) {
                 client.retired_.clear();
         }
     } delivering(*this);
-    switch (env.kind()) {
+    switch (message.kind()) {
     case v1::KIND_PUBLISH:
         // Not a copy of the shared handler per message: unsubscribe() retires a running one.
-        if (auto it = subscriptions_.find(env.subscription_id()); it != subscriptions_.end())
+        if (auto it = subscriptions_.find(message.subscription_id()); it != subscriptions_.end())
             (*it->second.handler)(message);
         break;
     case v1::KIND_REQUEST: {
         Responder responder;
         responder.client_ = weak_from_this();
-        responder.id_ = env.id();
-        responder.requester_ = env.source();
-        if (auto it = services_.find(env.subject()); it != services_.end()) {
-            auto handler = it->second; // shared: it may unserve itself while it runs
-            (*handler)(message, responder);
+        responder.id_ = message.id();
+        responder.requester_ = message.source();
+        if (auto it = services_.find(message.subject()); it != services_.end()) {
+            (*it->second)(message, responder); // unserve() retires a running one
         } else {
             responder.fail(error_wire_name(errc::no_responders), "not served here any more");
         }
         break;
     }
     case v1::KIND_REPLY:
-        complete(env.correlation_id(), {}, message);
+        complete(message.correlation_id(), {}, message);
         break;
     case v1::KIND_ERROR: {
-        const auto ec = error_from_wire_name(env.subject());
-        if (pending_.count(env.correlation_id())) {
-            complete(env.correlation_id(), ec, message);
+        const auto ec = error_from_wire_name(message.subject());
+        if (pending_.count(message.correlation_id())) {
+            complete(message.correlation_id(), ec, message);
         } else {
-            emit({ClientEvent::Kind::error, 0, ec, header_value(env.envelope(), "detail")});
+            emit({ClientEvent::Kind::error, 0, ec, header_value(message.envelope(), "detail")});
         }
         break;
     }

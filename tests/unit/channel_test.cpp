@@ -224,6 +224,45 @@ TEST_F(ChannelTest, BorrowedFdsQueuedBehindAFullSocketStayValid) {
     EXPECT_EQ(*got, sent);
 }
 
+// Megabytes queued behind a peer that does not read: frames of many sizes (a few larger than
+// the queue's chunks) with fds among them, all delivered in order, each with its own fds.
+TEST_F(ChannelTest, AQueueOfManyChunksKeepsOrderAndFds) {
+    bus::ChannelOptions options;
+    options.high_water_mark = 64u << 20;
+    auto [a, b] = make_pair(options);
+    std::vector<std::string> sent;
+    std::vector<std::optional<Inode>> sent_fds;
+    unsigned seed = 7;
+    for (int i = 0; i < 3000; ++i) {
+        seed = seed * 1103515245 + 12345;
+        const std::size_t size = i % 500 == 499 ? 200'000 : 1 + (seed >> 16) % 2000;
+        std::string payload(size, static_cast<char>('a' + i % 26));
+        payload.replace(0, std::min<std::size_t>(size, 4), std::to_string(i % 10000).substr(0, 4));
+        if (i % 7 == 3) {
+            auto fds = make_pipes(1);
+            sent_fds.push_back(inode_of(fds[0]));
+            a->send_bytes(payload, std::span<const int>(fds));
+            ::close(fds[0]);
+        } else {
+            sent_fds.push_back(std::nullopt);
+            a->send_bytes(payload);
+        }
+        sent.push_back(std::move(payload));
+    }
+    EXPECT_GT(a->queued_bytes(), 2u << 20); // the socket took a fraction; the rest is queued
+    std::vector<std::string> got;
+    std::vector<std::optional<Inode>> got_fds;
+    b->on_message([&](bus::Message& m) {
+        got.emplace_back(m.payload());
+        got_fds.push_back(m.fds.empty() ? std::nullopt : std::optional(inode_of(m.fds[0].get())));
+        EXPECT_LE(m.fds.size(), 1u);
+    });
+    ASSERT_TRUE(run_until(io_, [&] { return got.size() == sent.size(); }));
+    EXPECT_TRUE(got == sent); // not EXPECT_EQ: a mismatch would print megabytes
+    EXPECT_EQ(got_fds, sent_fds);
+    EXPECT_EQ(a->queued_bytes(), 0u);
+}
+
 TEST_F(ChannelTest, OwnedFdsAreSentAndClosed) {
     auto [a, b] = make_pair();
     auto raw = make_pipes(2);

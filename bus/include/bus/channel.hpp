@@ -14,13 +14,14 @@
 // errc::unexpected_fds. Both, like MSG_CTRUNC and every framing error, close the channel and
 // every fd that arrived; nothing else in the process is touched.
 //
-// Writes are batched: send() appends to one buffer and schedules a flush for the end of the
+// Writes are batched: send() appends to the write queue and schedules a flush for the end of the
 // current loop turn, so all messages sent in one handler leave in one sendmsg(). Reads drain
 // the socket (Asio's reactor is edge-triggered) and deliver every frame a read brought.
 //
 // Threading: a Channel lives on one io_context run by one thread; call it only from there.
 #pragma once
 
+#include "bus/detail/write_queue.hpp"
 #include "bus/error.hpp"
 #include "bus/frame.hpp"
 #include "bus/message.hpp"
@@ -171,7 +172,7 @@ private:
 
     Channel(asio::io_context& io, int fd, ChannelOptions options);
 
-    bool enqueue(std::size_t frame_start, Fds fds, SendHandler done);
+    bool enqueue(std::uint64_t frame_start, Fds fds, SendHandler done);
     std::string node_line(const google::protobuf::Message& message) const;
     std::string node_line(std::string_view json) const;
     bool node_send(std::string line, Fds fds, SendHandler done);
@@ -197,9 +198,7 @@ private:
     State state_ = State::open;
 
     // write side
-    std::string out_;
-    std::size_t out_begin_ = 0; // first unsent byte in out_
-    std::uint64_t written_ = 0; // stream offset of out_[out_begin_]
+    detail::WriteQueue out_;
     std::deque<FdBatch> fd_batches_;
     std::deque<Completion> completions_;
     std::size_t queued_fds_ = 0;

@@ -35,8 +35,8 @@ constexpr int max_reads_per_wakeup = 16;
 constexpr std::size_t max_received_fds = 2 * max_fds_per_syscall;
 
 constexpr int node_max_retransmissions = 3; // as Node's MAX_HANDLE_RETRANSMISSIONS
-// Write buffer capacity kept once everything is written; more is freed.
-constexpr std::size_t retained_write_buffer = 256 * 1024;
+// Queue chunks one sendmsg takes at most: more than a socket buffer holds.
+constexpr int max_iov_per_write = 16;
 
 } // namespace
 
@@ -143,16 +143,16 @@ Channel::from_environment(asio::io_context& io, const char* variable, ChannelOpt
 // --- sending --------------------------------------------------------------------------------
 
 std::size_t Channel::queued_bytes() const noexcept {
-    return out_.size() - out_begin_ + held_bytes_ + (unacked_ ? unacked_->line.size() : 0);
+    return out_.size() + held_bytes_ + (unacked_ ? unacked_->line.size() : 0);
 }
 
 bool Channel::send(const google::protobuf::Message& message, Fds fds, SendHandler done) {
     if (options_.serialization == Serialization::node_json)
         return node_send(node_line(message), std::move(fds), std::move(done));
     if (state_ != State::open)
-        return enqueue(out_.size(), std::move(fds), std::move(done));
-    const std::size_t start = out_.size();
-    frame::append_message(out_, message, static_cast<std::uint32_t>(fds.size()));
+        return enqueue(out_.end(), std::move(fds), std::move(done));
+    const std::uint64_t start = out_.end();
+    frame::append_message(out_.tail(), message, static_cast<std::uint32_t>(fds.size()));
     return enqueue(start, std::move(fds), std::move(done));
 }
 
@@ -182,18 +182,18 @@ bool Channel::send(const v1::Envelope& envelope, Fds fds, SendHandler done) {
         copy.set_fd_count(static_cast<std::uint32_t>(fds.size()));
         return send(copy, std::move(fds), std::move(done));
     }
-    const std::size_t start = out_.size();
+    const std::uint64_t start = out_.end();
     if (state_ == State::open)
-        frame::append(out_, envelope);
+        frame::append(out_.tail(), envelope);
     return enqueue(start, std::move(fds), std::move(done));
 }
 
 bool Channel::send_bytes(std::string_view payload, Fds fds, SendHandler done) {
     if (options_.serialization == Serialization::node_json)
         return node_send(node_line(payload), std::move(fds), std::move(done));
-    const std::size_t start = out_.size();
+    const std::uint64_t start = out_.end();
     if (state_ == State::open)
-        frame::append_bytes(out_, payload, static_cast<std::uint32_t>(fds.size()));
+        frame::append_bytes(out_.tail(), payload, static_cast<std::uint32_t>(fds.size()));
     return enqueue(start, std::move(fds), std::move(done));
 }
 
@@ -201,14 +201,14 @@ bool Channel::send_split(const v1::Envelope& header, std::string_view payload, F
                          SendHandler done) {
     if (options_.serialization == Serialization::node_json)
         throw std::invalid_argument("bus::Channel: send_split needs bus serialization");
-    const std::size_t start = out_.size();
+    const std::uint64_t start = out_.end();
     if (state_ == State::open) {
         if (header.fd_count() != fds.size()) {
             v1::Envelope copy = header;
             copy.set_fd_count(static_cast<std::uint32_t>(fds.size()));
-            frame::append_split(out_, copy, payload);
+            frame::append_split(out_.tail(), copy, payload);
         } else {
-            frame::append_split(out_, header, payload);
+            frame::append_split(out_.tail(), header, payload);
         }
     }
     return enqueue(start, std::move(fds), std::move(done));
@@ -218,16 +218,17 @@ bool Channel::send_split(std::string_view header, std::string_view payload, Fds 
                          SendHandler done) {
     if (options_.serialization == Serialization::node_json)
         throw std::invalid_argument("bus::Channel: send_split needs bus serialization");
-    const std::size_t start = out_.size();
+    const std::uint64_t start = out_.end();
     if (state_ == State::open)
-        frame::append_split(out_, header, payload);
+        frame::append_split(out_.tail(), header, payload);
     return enqueue(start, std::move(fds), std::move(done));
 }
 
-// The frame that starts at out_[frame_start] has been appended (unless the channel is closed).
-bool Channel::enqueue(std::size_t frame_start, Fds fds, SendHandler done) {
+// The frame that starts at stream offset frame_start has been appended (unless the channel is
+// closed).
+bool Channel::enqueue(std::uint64_t frame_start, Fds fds, SendHandler done) {
     if (fds.size() > options_.max_fds_per_message) {
-        out_.resize(frame_start);
+        out_.truncate(frame_start);
         throw std::invalid_argument("bus::Channel: " + std::to_string(fds.size()) +
                                     " fds in one message, over the limit of " +
                                     std::to_string(options_.max_fds_per_message));
@@ -238,12 +239,11 @@ bool Channel::enqueue(std::size_t frame_start, Fds fds, SendHandler done) {
                        [done = std::move(done)] { done(errc::channel_closed); });
         return false;
     }
-    const std::uint64_t position = written_ + (frame_start - out_begin_);
     if (done)
-        completions_.push_back({written_ + (out_.size() - out_begin_), std::move(done)});
+        completions_.push_back({out_.end(), std::move(done)});
     if (!fds.empty()) {
         queued_fds_ += fds.size();
-        fd_batches_.push_back({position, std::move(fds.owned_), fds.borrowed_});
+        fd_batches_.push_back({frame_start, std::move(fds.owned_), fds.borrowed_});
         if (!fds.borrowed_.empty()) {
             // Borrowed fds are only valid during this call: write now (their frame starts a
             // sendmsg of its own anyway), and dup them only if the socket cannot take them.
@@ -252,7 +252,7 @@ bool Channel::enqueue(std::size_t frame_start, Fds fds, SendHandler done) {
                     fail(ec);
                     return false;
                 }
-                if (out_begin_ < out_.size())
+                if (!out_.empty())
                     wait_writable(); // full: later sends queue without retrying sendmsg
             }
             // Only the batch just added can hold borrowed fds; if it is still queued, it
@@ -309,21 +309,20 @@ void Channel::schedule_flush() {
 // Writes until done or EAGAIN. Never calls user code.
 std::error_code Channel::write_some() {
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_syscall)];
-    while (out_begin_ < out_.size()) {
-        std::size_t len = out_.size() - out_begin_;
+    iovec iov[max_iov_per_write];
+    while (!out_.empty()) {
+        const std::uint64_t written = out_.begin();
+        std::size_t len = out_.size();
         msghdr msg{};
-        iovec iov{out_.data() + out_begin_, len};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
         FdBatch* batch = nullptr;
         if (!fd_batches_.empty()) {
             auto& front = fd_batches_.front();
-            if (front.position == written_) {
+            if (front.position == written) {
                 batch = &front;
                 // This frame's fds ride this sendmsg; the next fd-carrying frame starts the
                 // next one.
                 if (fd_batches_.size() > 1)
-                    len = std::min<std::size_t>(len, fd_batches_[1].position - written_);
+                    len = std::min<std::size_t>(len, fd_batches_[1].position - written);
                 const std::size_t n = front.owned.size() + front.borrowed.size();
                 msg.msg_control = control;
                 msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
@@ -337,10 +336,11 @@ std::error_code Channel::write_some() {
                 for (int fd : front.borrowed)
                     *out++ = fd;
             } else {
-                len = std::min<std::size_t>(len, front.position - written_);
+                len = std::min<std::size_t>(len, front.position - written);
             }
-            iov.iov_len = len;
         }
+        msg.msg_iov = iov;
+        msg.msg_iovlen = static_cast<std::size_t>(out_.gather(iov, max_iov_per_write, len));
         const ssize_t n = ::sendmsg(socket_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
@@ -353,16 +353,8 @@ std::error_code Channel::write_some() {
             queued_fds_ -= batch->owned.size() + batch->borrowed.size();
             fd_batches_.pop_front(); // the kernel holds its own references now
         }
-        written_ += static_cast<std::uint64_t>(n);
-        out_begin_ += static_cast<std::size_t>(n);
+        out_.consume(static_cast<std::size_t>(n));
     }
-    // All written. A burst (a peer that stalled for a while) may have grown the buffer to its
-    // high-water mark; give that memory back rather than keep it for the channel's lifetime.
-    if (out_.capacity() > retained_write_buffer)
-        std::string().swap(out_);
-    else
-        out_.clear();
-    out_begin_ = 0;
     return {};
 }
 
@@ -372,18 +364,14 @@ void Channel::flush() {
     auto guard = shared_from_this(); // a completion handler may drop the last reference
     if (auto ec = write_some())
         return fail(ec);
-    if (out_begin_ > 0 && out_begin_ >= out_.size() / 2) {
-        out_.erase(0, out_begin_); // keep the pending tail at the front, amortized
-        out_begin_ = 0;
-    }
-    while (!completions_.empty() && completions_.front().end <= written_) {
+    while (!completions_.empty() && completions_.front().end <= out_.begin()) {
         auto handler = std::move(completions_.front().handler);
         completions_.pop_front();
         handler({});
         if (state_ == State::closed)
             return;
     }
-    if (out_begin_ < out_.size())
+    if (!out_.empty())
         return wait_writable();
     if (above_hwm_ && queued_bytes() < options_.high_water_mark &&
         queued_fds_ < options_.high_water_fds) {
@@ -392,7 +380,7 @@ void Channel::flush() {
             on_drain_(); // may send more, or close(): checked below
     }
     // Finish a close() only once everything it promised to deliver is written.
-    if (state_ == State::closing && out_begin_ == out_.size() && !unacked_ && held_.empty())
+    if (state_ == State::closing && out_.empty() && !unacked_ && held_.empty())
         finish({});
 }
 
@@ -440,7 +428,7 @@ bool Channel::node_send(std::string line, Fds fds, SendHandler done) {
     if (fds.size() > 1)
         throw std::invalid_argument("bus::Channel: a Node peer takes one handle per message");
     if (state_ != State::open)
-        return enqueue(out_.size(), {}, std::move(done));
+        return enqueue(out_.end(), {}, std::move(done));
     UniqueFd fd;
     if (!fds.owned_.empty()) {
         fd = std::move(fds.owned_.front());
@@ -472,15 +460,15 @@ bool Channel::node_send(std::string line, Fds fds, SendHandler done) {
     } else {
         node_write(line, {});
         if (done)
-            completions_.push_back({written_ + (out_.size() - out_begin_), std::move(done)});
+            completions_.push_back({out_.end(), std::move(done)});
     }
     schedule_flush();
     return !over_high_water();
 }
 
 void Channel::node_write(std::string_view line, UniqueFd fd) {
-    const std::uint64_t position = written_ + (out_.size() - out_begin_);
-    out_ += line;
+    const std::uint64_t position = out_.end();
+    out_.tail() += line;
     if (fd) {
         ++queued_fds_;
         std::vector<UniqueFd> owned;
@@ -503,8 +491,7 @@ void Channel::node_release_held() {
         } else {
             node_write(next.line, {});
             if (next.handler)
-                completions_.push_back(
-                    {written_ + (out_.size() - out_begin_), std::move(next.handler)});
+                completions_.push_back({out_.end(), std::move(next.handler)});
         }
     }
     schedule_flush();
@@ -749,10 +736,9 @@ void Channel::finish(std::error_code ec) {
     fd_batches_.clear();
     queued_fds_ = 0;
     out_.clear();
-    out_begin_ = 0;
     std::vector<SendHandler> written, failed;
     for (auto& c : completions_)
-        (c.end <= written_ ? written : failed).push_back(std::move(c.handler));
+        (c.end <= out_.begin() ? written : failed).push_back(std::move(c.handler));
     completions_.clear();
     if (unacked_ && unacked_->handler)
         failed.push_back(std::move(unacked_->handler));

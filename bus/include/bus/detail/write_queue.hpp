@@ -15,8 +15,8 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <string>
+#include <vector>
 
 #include <sys/uio.h>
 
@@ -30,7 +30,7 @@ public:
 
     // The stream offset of the first byte not yet written, and just past the last queued one.
     std::uint64_t begin() const noexcept { return written_; }
-    std::uint64_t end() const noexcept { return tail_base_ + (chunks_.empty() ? 0 : tail_size()); }
+    std::uint64_t end() const noexcept { return tail_base_ + chunks_.back().size(); }
     std::size_t size() const noexcept { return static_cast<std::size_t>(end() - written_); }
     bool empty() const noexcept { return end() == written_; }
 
@@ -38,21 +38,16 @@ public:
     // last holds chunk_size bytes. A frame never spans chunks, so a chunk may exceed chunk_size
     // by one frame.
     std::string& tail() {
-        if (chunks_.empty() || tail_size() >= chunk_size) {
-            tail_base_ = end();
-            chunks_.emplace_back(std::move(spare_));
-            spare_ = {};
-            chunks_.back().clear();
-            if (chunks_.size() > 1)
-                chunks_.back().reserve(chunk_size + chunk_slack);
-        }
-        return chunks_.back();
+        std::string& last = chunks_.back();
+        if (last.size() < chunk_size) [[likely]]
+            return last;
+        return next_chunk();
     }
 
     // Drops the bytes from stream offset `to` on; they must all be in the last chunk (the
     // frame that was just appended there).
     void truncate(std::uint64_t to) {
-        if (!chunks_.empty() && to >= tail_base_)
+        if (to >= tail_base_)
             chunks_.back().resize(static_cast<std::size_t>(to - tail_base_));
     }
 
@@ -61,42 +56,57 @@ public:
     int gather(iovec* iov, int max_iov, std::size_t max_bytes) const {
         int n = 0;
         std::size_t offset = front_offset_;
-        for (auto it = chunks_.begin(); it != chunks_.end() && n < max_iov && max_bytes > 0;
-             ++it, offset = 0) {
-            const std::size_t len = std::min(it->size() - offset, max_bytes);
+        for (std::size_t i = first_; i < chunks_.size() && n < max_iov && max_bytes > 0;
+             ++i, offset = 0) {
+            const std::size_t len = std::min(chunks_[i].size() - offset, max_bytes);
             if (len == 0)
                 continue;
-            iov[n++] = {const_cast<char*>(it->data()) + offset, len};
+            iov[n++] = {const_cast<char*>(chunks_[i].data()) + offset, len};
             max_bytes -= len;
         }
         return n;
     }
 
-    // The first `n` bytes from begin() were written: drops the chunks they finish.
+    // The first `n` bytes from begin() were written: drops the chunks they finish. The last
+    // chunk stays in place once written, emptied, so a queue that drains on every flush (the
+    // common case) never allocates.
     void consume(std::size_t n) {
         written_ += n;
         front_offset_ += n;
-        while (!chunks_.empty() && front_offset_ >= chunks_.front().size() &&
-               (chunks_.size() > 1 || front_offset_ > 0)) {
-            front_offset_ -= chunks_.front().size();
-            recycle(std::move(chunks_.front()));
-            chunks_.pop_front();
+        while (first_ + 1 < chunks_.size() && front_offset_ >= chunks_[first_].size()) {
+            front_offset_ -= chunks_[first_].size();
+            recycle(std::move(chunks_[first_]));
+            ++first_;
         }
-        if (chunks_.empty())
+        if (first_ > 0 && first_ * 2 >= chunks_.size()) {
+            // The husks of written chunks go once they are half the vector: O(1) amortized.
+            chunks_.erase(chunks_.begin(), chunks_.begin() + static_cast<long>(first_));
+            first_ = 0;
+        }
+        if (first_ + 1 == chunks_.size() && front_offset_ == chunks_.back().size()) [[likely]] {
+            auto& last = chunks_.back();
+            if (last.capacity() > chunk_size + chunk_slack)
+                std::string().swap(last); // grown by a large frame: give it back
+            else
+                last.clear();
+            front_offset_ = 0;
             tail_base_ = written_;
+        }
     }
 
     // Bytes allocated for the queue, the spare chunk included: what it keeps resident at most.
     std::size_t reserved() const noexcept {
         std::size_t total = spare_.capacity();
-        for (const auto& chunk : chunks_)
-            total += chunk.capacity();
+        for (std::size_t i = first_; i < chunks_.size(); ++i)
+            total += chunks_[i].capacity();
         return total;
     }
 
     // Drops every byte not yet written (the channel closed).
     void clear() {
-        chunks_.clear();
+        chunks_.resize(1);
+        first_ = 0;
+        std::string().swap(chunks_.front());
         spare_ = {};
         front_offset_ = 0;
         tail_base_ = written_;
@@ -107,18 +117,27 @@ private:
     // not reallocate it.
     static constexpr std::size_t chunk_slack = 4 * 1024;
 
-    std::size_t tail_size() const noexcept { return chunks_.back().size(); }
+    [[gnu::noinline]] std::string& next_chunk() {
+        tail_base_ = end();
+        chunks_.emplace_back(std::move(spare_));
+        spare_ = {};
+        chunks_.back().clear();
+        chunks_.back().reserve(chunk_size + chunk_slack);
+        return chunks_.back();
+    }
 
-    // One written chunk is kept for the next tail(), so a steady flow does not allocate; one
-    // grown past a chunk by a large frame is given back.
+    // One written chunk is kept for the next tail() that needs a fresh one, so a flow that
+    // keeps a few chunks queued does not allocate; one grown by a large frame is given back.
     void recycle(std::string&& chunk) {
         if (chunk.capacity() <= chunk_size + chunk_slack && chunk.capacity() > spare_.capacity())
             spare_ = std::move(chunk);
     }
 
-    std::deque<std::string> chunks_;
+    // chunks_[first_] is the oldest chunk not yet written; the last is where frames go.
+    std::vector<std::string> chunks_ = std::vector<std::string>(1);
+    std::size_t first_ = 0;
     std::string spare_;
-    std::size_t front_offset_ = 0; // first unwritten byte in chunks_.front()
+    std::size_t front_offset_ = 0; // first unwritten byte in chunks_[first_]
     std::uint64_t written_ = 0;    // stream offset of that byte
     std::uint64_t tail_base_ = 0;  // stream offset of chunks_.back()'s first byte
 };

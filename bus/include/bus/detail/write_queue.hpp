@@ -28,6 +28,10 @@ public:
     // munmap per chunk), and large enough that a socket-buffer-sized write takes a few iovecs.
     static constexpr std::size_t chunk_size = 64 * 1024;
 
+    // Pages of a chunk are resident only once written: a channel that never queues much
+    // costs its first page or so, whatever it reserved.
+    WriteQueue() { chunks_.back().reserve(chunk_size + chunk_slack); }
+
     // The stream offset of the first byte not yet written, and just past the last queued one.
     std::uint64_t begin() const noexcept { return written_; }
     std::uint64_t end() const noexcept { return tail_base_ + chunks_.back().size(); }
@@ -85,10 +89,13 @@ public:
         }
         if (first_ + 1 == chunks_.size() && front_offset_ == chunks_.back().size()) [[likely]] {
             auto& last = chunks_.back();
-            if (last.capacity() > chunk_size + chunk_slack)
-                std::string().swap(last); // grown by a large frame: give it back
-            else
+            if (last.capacity() > chunk_size + chunk_slack) {
+                std::string fresh; // grown by a large frame: give it back
+                fresh.reserve(chunk_size + chunk_slack);
+                last.swap(fresh);
+            } else {
                 last.clear();
+            }
             front_offset_ = 0;
             tail_base_ = written_;
         }
@@ -113,9 +120,9 @@ public:
     }
 
 private:
-    // Room past chunk_size in a fresh chunk, so the small frame that crosses chunk_size does
-    // not reallocate it.
-    static constexpr std::size_t chunk_slack = 4 * 1024;
+    // Room past chunk_size in a chunk, so a frame of up to this much that crosses chunk_size
+    // does not reallocate it (a larger one does, once).
+    static constexpr std::size_t chunk_slack = 1024;
 
     [[gnu::noinline]] std::string& next_chunk() {
         tail_base_ = end();

@@ -220,6 +220,9 @@ private:
     void fail_pending(std::error_code ec);
     std::uint64_t add_pending(ReplyHandler handler, std::chrono::milliseconds timeout);
     void complete(std::uint64_t id, std::error_code ec, Message& message);
+    // A handler leaving subscriptions_ or services_: kept alive until the outermost delivery
+    // ends if one is running, since it may be the handler that is running.
+    void retire(std::shared_ptr<void> handler);
     void heartbeat();
     void emit(ClientEvent event);
     void respond(std::uint64_t id, v1::Kind kind, std::string_view subject,

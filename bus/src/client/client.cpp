@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <utility>
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -506,13 +507,17 @@ std::uint64_t Client::subscribe(std::string_view pattern, MessageHandler handler
     return sid;
 }
 
+void Client::retire(std::shared_ptr<void> handler) {
+    if (delivering_)
+        retired_.push_back(std::move(handler));
+}
+
 void Client::unsubscribe(std::uint64_t sid) {
     auto it = subscriptions_.find(sid);
     if (it == subscriptions_.end())
         return;
     const bool monitor = it->second.monitor;
-    if (delivering_)
-        retired_.push_back(std::move(it->second.handler)); // it may be the one running
+    retire(std::move(it->second.handler));
     subscriptions_.erase(it);
     v1::Unsubscribe unsub;
     unsub.set_sid(sid);
@@ -535,9 +540,7 @@ std::uint64_t Client::monitor(std::string_view pattern, MessageHandler handler) 
 void Client::serve(std::string_view service, ServeHandler handler) {
     auto next = std::make_shared<ServeHandler>(std::move(handler));
     if (auto it = services_.find(service); it != services_.end()) {
-        if (delivering_)
-            retired_.push_back(std::move(it->second)); // it may be the one running
-        it->second = std::move(next);
+        retire(std::exchange(it->second, std::move(next)));
         return;
     }
     services_.emplace(std::string(service), std::move(next));
@@ -550,8 +553,7 @@ void Client::unserve(std::string_view service) {
     auto it = services_.find(service);
     if (it == services_.end())
         return;
-    if (delivering_)
-        retired_.push_back(std::move(it->second)); // it may be the one running
+    retire(std::move(it->second));
     services_.erase(it);
     v1::Serve serve;
     serve.set_service(std::string(service));

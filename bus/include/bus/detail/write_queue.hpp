@@ -79,7 +79,7 @@ public:
         front_offset_ += n;
         while (first_ + 1 < chunks_.size() && front_offset_ >= chunks_[first_].size()) {
             front_offset_ -= chunks_[first_].size();
-            recycle(std::move(chunks_[first_]));
+            std::string().swap(chunks_[first_]);
             ++first_;
         }
         if (first_ > 0 && first_ * 2 >= chunks_.size()) {
@@ -101,9 +101,9 @@ public:
         }
     }
 
-    // Bytes allocated for the queue, the spare chunk included: what it keeps resident at most.
+    // Bytes allocated for the queue: what it keeps resident at most.
     std::size_t reserved() const noexcept {
-        std::size_t total = spare_.capacity();
+        std::size_t total = 0;
         for (std::size_t i = first_; i < chunks_.size(); ++i)
             total += chunks_[i].capacity();
         return total;
@@ -114,7 +114,6 @@ public:
         chunks_.resize(1);
         first_ = 0;
         std::string().swap(chunks_.front());
-        spare_ = {};
         front_offset_ = 0;
         tail_base_ = written_;
     }
@@ -126,24 +125,13 @@ private:
 
     [[gnu::noinline]] std::string& next_chunk() {
         tail_base_ = end();
-        chunks_.emplace_back(std::move(spare_));
-        spare_ = {};
-        chunks_.back().clear();
-        chunks_.back().reserve(chunk_size + chunk_slack);
+        chunks_.emplace_back().reserve(chunk_size + chunk_slack);
         return chunks_.back();
-    }
-
-    // One written chunk is kept for the next tail() that needs a fresh one, so a flow that
-    // keeps a few chunks queued does not allocate; one grown by a large frame is given back.
-    void recycle(std::string&& chunk) {
-        if (chunk.capacity() <= chunk_size + chunk_slack && chunk.capacity() > spare_.capacity())
-            spare_ = std::move(chunk);
     }
 
     // chunks_[first_] is the oldest chunk not yet written; the last is where frames go.
     std::vector<std::string> chunks_ = std::vector<std::string>(1);
     std::size_t first_ = 0;
-    std::string spare_;
     std::size_t front_offset_ = 0; // first unwritten byte in chunks_[first_]
     std::uint64_t written_ = 0;    // stream offset of that byte
     std::uint64_t tail_base_ = 0;  // stream offset of chunks_.back()'s first byte

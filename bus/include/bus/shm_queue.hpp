@@ -221,6 +221,7 @@ inline Result<std::span<std::byte>> Queue::try_reserve(std::size_t n) {
         if (h.mode == Mode::spsc ||
             (h.tail + need - h.head_cache <= h.capacity && h.enter_exclusive())) [[likely]] {
             h.reservation = {true, h.tail, need, n};
+            h.prefetch_for_write(need);
             return std::span<std::byte>(h.payload_at(h.tail), n);
         }
     }

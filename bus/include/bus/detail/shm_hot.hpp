@@ -26,6 +26,12 @@ inline constexpr std::size_t cache_line = 64;
 // instead of 128) in bench/shm_bench.cpp: 0.48-0.62 of the minimal ring against 0.26-0.46.
 inline constexpr std::size_t record_align = cache_line;
 
+// How far ahead of its tail a producer of small records asks for the lines it will write
+// (prefetch_for_write()), and up to what extent a record is small: bench/RESULTS.md, "The
+// producer's prefetch".
+inline constexpr std::uint64_t producer_prefetch = 1024;
+inline constexpr std::uint32_t producer_prefetch_max_extent = 2 * cache_line;
+
 // How a waiter learns that it must wake: "Memory ordering" in bus/src/shm/queue.cpp.
 enum class Sync : std::uint32_t {
     fence = 1,      // every publisher pays a full fence
@@ -154,6 +160,17 @@ struct Hot {
         reserving->store(0, std::memory_order_release);
         std::atomic_signal_fence(std::memory_order_seq_cst);
         return reserve_lock->load(std::memory_order_relaxed) != biased_id;
+    }
+
+    // Asks for the line a few records on for writing while this record is written. The line
+    // was last read by the consumer, a lap ago, and taking it back from the consumer's cache is
+    // what a producer of small records waits for most; larger records are streamed by the
+    // hardware prefetcher, and asking for them too cost 1 KiB records 10%. Only lines the
+    // consumer has released: head_cache is a head seen earlier, the real one is at least there.
+    void prefetch_for_write(std::uint32_t need) const noexcept {
+        const std::uint64_t at = tail + producer_prefetch;
+        if (need <= producer_prefetch_max_extent && at + need - head_cache <= capacity)
+            __builtin_prefetch(ring + (at & mask), 1);
     }
 
     // The publisher's half of the barrier pair ("Memory ordering" in queue.cpp).

@@ -513,6 +513,56 @@ TEST_F(ShmQueue, SegmentOfAnotherLayoutIsRefused) {
     EXPECT_EQ(info.value().error, bus::errc::layout_mismatch);
 }
 
+// A record header is a peer's writing. Each bound the consumer checks, broken in turn in a live
+// segment: the consumer gets bad_record and reads nothing out of bounds; put back, the record
+// is delivered.
+TEST_F(ShmQueue, CorruptRecordHeaderIsABadRecord) {
+    auto p = create(4096);
+    auto c = open(shm::Role::consumer);
+    ASSERT_FALSE(p.try_push(bytes("first")));
+    ASSERT_FALSE(p.try_push(bytes("second")));
+    const int fd = ::open(path().c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    // The header of the record at position 0 is the first thing after the control block.
+    const auto at = static_cast<off_t>(shm::detail::control_size());
+    std::uint64_t control = 0;
+    std::uint32_t length = 0;
+    ASSERT_EQ(::pread(fd, &control, sizeof control, at), 8);
+    ASSERT_EQ(::pread(fd, &length, sizeof length, at + 8), 4);
+    ASSERT_EQ(shm::detail::record_state(control), shm::detail::RecordState::committed);
+    ASSERT_EQ(shm::detail::record_extent(control), 64u);
+    ASSERT_EQ(length, 5u);
+    const std::uint64_t keep = control & ~std::uint64_t{0xffffffff}; // all but the extent
+    const struct {
+        const char* what;
+        std::uint64_t control;
+        std::uint32_t length;
+    } cases[] = {
+        {"extent past what was published", keep | 4096, 5},
+        {"extent 0", keep, 5},
+        {"extent not whole lines", keep | 100, 5},
+        {"length past the extent", control, 64 - shm::detail::record_header_size + 1},
+        {"unknown state", (control & ~(std::uint64_t{0xff} << 32)) | std::uint64_t{9} << 32, 5},
+    };
+    for (const auto& k : cases) {
+        SCOPED_TRACE(k.what);
+        ASSERT_EQ(::pwrite(fd, &k.control, sizeof k.control, at), 8);
+        ASSERT_EQ(::pwrite(fd, &k.length, sizeof k.length, at + 8), 4);
+        auto r = c.try_front();
+        ASSERT_FALSE(r);
+        EXPECT_EQ(r.error(), bus::errc::bad_record);
+    }
+    ASSERT_EQ(::pwrite(fd, &control, sizeof control, at), 8);
+    ASSERT_EQ(::pwrite(fd, &length, sizeof length, at + 8), 4);
+    ::close(fd);
+    for (const char* want : {"first", "second"}) {
+        auto r = c.try_front();
+        ASSERT_TRUE(r) << r.error().message();
+        EXPECT_EQ(text(r.value()), want);
+        c.release();
+    }
+}
+
 TEST_F(ShmQueue, GarbageSegmentIsRefused) {
     const int fd =
         ::shm_open(("/bus." + name_).c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);

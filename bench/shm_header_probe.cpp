@@ -1,13 +1,14 @@
-// Experiment for issue 5: what a record header costs a 64 B SPSC ring by where it lives.
-//   ring    64 B slots, no header (the bench's minimal ring)
-//   inline  16 B header + 64 B payload in a 128 B slot (bus's format today)
-//   side16  64 B payload slots, 16 B headers in a side array (4 per line)
-//   side8   64 B payload slots,  8 B headers in a side array (8 per line)
+// Experiment for issue 5: what a record header costs a 64 B SPSC ring by where it lives, and
+// what the producer's prefetch (bus/detail/shm_hot.hpp, prefetch_for_write) does to each.
+//   ring       64 B slots, no header (the bench's minimal ring)
+//   inline     16 B header + 64 B payload in a 128 B slot (bus's segment format 2, today's)
+//   side16     64 B payload slots, 16 B headers in a side array (4 per line; format 3, branch)
+//   +pf        the same, the producer asking for the line 1 KiB ahead for writing, as bus does
 // One producer process, one consumer process, tail/head published per record with cached
 // copies, pause-spin (the structure of shm_bench.cpp's minimal ring); the consumer reads every
 // payload byte. Prints msgs/s and the ratio to `ring` for each rep, the layouts interleaved.
-// Not a bar: the measurement behind the next segment format of issue 5 (bench/RESULTS.md,
-// "Where the record header goes").
+// Not a bar: the measurement behind the segment format (bench/RESULTS.md, "Where the record
+// header goes").
 //
 //   build-bench/bin/shm-header-probe [REPS]
 #include <atomic>
@@ -16,10 +17,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <string>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+namespace {
 
 struct alignas(64) Ctl {
     alignas(64) std::atomic<std::uint64_t> head;
@@ -31,21 +33,26 @@ struct Hdr16 {
     std::atomic<std::uint64_t> control;
     std::uint32_t length, unused;
 };
-struct Hdr8 {
-    std::atomic<std::uint64_t> control; // length in the low 32 bits, state above
-};
+
+enum class Layout { ring, inline16, side16 };
 
 constexpr std::size_t ring_bytes = 4 << 20;
 constexpr std::size_t payload = 64;
+constexpr std::uint64_t committed = 2ull << 32;
 
-template <int Variant>
+template <Layout L, bool Prefetch>
 double run(double seconds) {
-    const std::size_t stride = Variant == 1 ? 128 : 64;
+    const std::size_t stride = L == Layout::inline16 ? 128 : 64;
     const std::size_t slots = ring_bytes / stride;
-    const std::size_t side = Variant == 2 ? 16 * slots : Variant == 3 ? 8 * slots : 0;
-    auto* mem =
-        static_cast<char*>(::mmap(nullptr, sizeof(Ctl) + side + ring_bytes, PROT_READ | PROT_WRITE,
-                                  MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
+    const std::size_t side = L == Layout::side16 ? 16 * slots : 0;
+    const std::uint64_t ahead = 1024 / stride; // the prefetch distance, in slots
+    const std::size_t bytes = sizeof(Ctl) + side + ring_bytes;
+    auto* mem = static_cast<char*>(::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                                          MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
+    if (mem == MAP_FAILED) {
+        std::perror("mmap");
+        std::exit(2);
+    }
     auto* ctl = new (mem) Ctl{};
     char* side_base = mem + sizeof(Ctl);
     char* data = side_base + side;
@@ -67,23 +74,20 @@ double run(double seconds) {
             }
             const std::uint64_t i = tail & mask;
             char* slot = data + i * stride;
-            if (Variant == 1) {
-                auto* h = reinterpret_cast<Hdr16*>(slot);
-                std::memcpy(slot + 16, src, payload);
-                std::memcpy(slot + 16, &seq, 8);
+            if (Prefetch && tail + ahead - head_cache < slots)
+                __builtin_prefetch(data + ((tail + ahead) & mask) * stride, 1);
+            Hdr16* h = nullptr;
+            if (L == Layout::inline16) {
+                h = reinterpret_cast<Hdr16*>(slot);
+                slot += 16;
+            } else if (L == Layout::side16) {
+                h = reinterpret_cast<Hdr16*>(side_base + i * 16);
+            }
+            std::memcpy(slot, src, payload);
+            std::memcpy(slot, &seq, 8);
+            if (h) {
                 h->length = payload;
-                h->control.store((2ull << 32) | stride, std::memory_order_relaxed);
-            } else {
-                std::memcpy(slot, src, payload);
-                std::memcpy(slot, &seq, 8);
-                if (Variant == 2) {
-                    auto* h = reinterpret_cast<Hdr16*>(side_base + i * 16);
-                    h->length = payload;
-                    h->control.store((2ull << 32) | stride, std::memory_order_relaxed);
-                } else if (Variant == 3) {
-                    auto* h = reinterpret_cast<Hdr8*>(side_base + i * 8);
-                    h->control.store((2ull << 32) | payload, std::memory_order_relaxed);
-                }
+                h->control.store(committed | stride, std::memory_order_relaxed);
             }
             ++seq;
             ctl->tail.store(++tail, std::memory_order_release);
@@ -104,24 +108,17 @@ double run(double seconds) {
         const std::uint64_t i = head & mask;
         const char* slot = data + i * stride;
         std::uint32_t len = payload;
-        if (Variant == 1) {
-            auto* h = reinterpret_cast<const Hdr16*>(slot);
-            const auto c = h->control.load(std::memory_order_acquire);
-            len = h->length;
-            if ((c >> 32) != 2)
-                std::abort();
+        const Hdr16* h = nullptr;
+        if (L == Layout::inline16) {
+            h = reinterpret_cast<const Hdr16*>(slot);
             slot += 16;
-        } else if (Variant == 2) {
-            auto* h = reinterpret_cast<const Hdr16*>(side_base + i * 16);
+        } else if (L == Layout::side16) {
+            h = reinterpret_cast<const Hdr16*>(side_base + i * 16);
+        }
+        if (h) {
             const auto c = h->control.load(std::memory_order_acquire);
             len = h->length;
-            if ((c >> 32) != 2)
-                std::abort();
-        } else if (Variant == 3) {
-            auto* h = reinterpret_cast<const Hdr8*>(side_base + i * 8);
-            const auto c = h->control.load(std::memory_order_acquire);
-            len = static_cast<std::uint32_t>(c);
-            if ((c >> 32) != 2)
+            if ((c & ~std::uint64_t{0xffffffff}) != committed)
                 std::abort();
         }
         std::uint64_t s;
@@ -143,23 +140,33 @@ double run(double seconds) {
     }
     ctl->stop.store(1);
     ::waitpid(child, nullptr, 0);
-    ::munmap(mem, sizeof(Ctl) + side + ring_bytes);
+    ::munmap(mem, bytes);
     if (sink == 42)
         std::puts("");
     return static_cast<double>(count) / elapsed;
 }
 
+} // namespace
+
 int main(int argc, char** argv) {
     const int reps = argc > 1 ? std::atoi(argv[1]) : 5;
-    const char* names[] = {"ring", "inline", "side16", "side8"};
-    double (*fns[])(double) = {run<0>, run<1>, run<2>, run<3>};
+    struct Case {
+        const char* name;
+        double (*fn)(double);
+    };
+    const Case cases[] = {
+        {"ring", run<Layout::ring, false>},       {"inline", run<Layout::inline16, false>},
+        {"side16", run<Layout::side16, false>},   {"inline+pf", run<Layout::inline16, true>},
+        {"side16+pf", run<Layout::side16, true>},
+    };
+    constexpr int n = sizeof cases / sizeof cases[0];
     for (int r = 0; r < reps; ++r) {
-        double v[4];
-        for (int k = 0; k < 4; ++k)
-            v[k] = fns[k](0.5);
+        double v[n];
+        for (int k = 0; k < n; ++k)
+            v[k] = cases[k].fn(0.5);
         std::printf("rep %d:", r);
-        for (int k = 0; k < 4; ++k)
-            std::printf("  %s %6.1fM (%.2f)", names[k], v[k] / 1e6, v[k] / v[0]);
+        for (int k = 0; k < n; ++k)
+            std::printf("  %s %6.1fM (%.2f)", cases[k].name, v[k] / 1e6, v[k] / v[0]);
         std::printf("\n");
         std::fflush(stdout);
     }

@@ -13,11 +13,14 @@
 //   build-bench/bin/shm-header-probe [REPS]
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -58,7 +61,12 @@ double run(double seconds) {
     char* data = side_base + side;
     const std::uint64_t mask = slots - 1;
     const pid_t child = ::fork();
+    if (child < 0) {
+        std::perror("fork");
+        std::exit(2);
+    }
     if (child == 0) {
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL); // a consumer that aborts takes its producer along
         char src[payload];
         std::memset(src, 'x', payload);
         std::uint64_t tail = 0, head_cache = 0, seq = 0;

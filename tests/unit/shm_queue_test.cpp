@@ -8,6 +8,7 @@
 #include "../../bus/src/shm/segment.hpp"
 
 #include <bus/shm_queue.hpp>
+#include <bus/unique_fd.hpp>
 #include <bus/v1/cluster.pb.h>
 
 #include <boost/asio/io_context.hpp>
@@ -15,6 +16,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <fcntl.h>
 #include <optional>
 #include <string>
@@ -521,14 +523,16 @@ TEST_F(ShmQueue, CorruptRecordHeaderIsABadRecord) {
     auto c = open(shm::Role::consumer);
     ASSERT_FALSE(p.try_push(bytes("first")));
     ASSERT_FALSE(p.try_push(bytes("second")));
-    const int fd = ::open(path().c_str(), O_RDWR | O_CLOEXEC);
-    ASSERT_GE(fd, 0);
+    const bus::UniqueFd file(::open(path().c_str(), O_RDWR | O_CLOEXEC));
+    ASSERT_TRUE(file);
+    const int fd = file.get();
     // The header of the record at position 0 is the first thing after the control block.
     const auto at = static_cast<off_t>(shm::detail::control_size());
+    const auto at_length = at + static_cast<off_t>(offsetof(shm::detail::RecordHeader, length));
     std::uint64_t control = 0;
     std::uint32_t length = 0;
     ASSERT_EQ(::pread(fd, &control, sizeof control, at), 8);
-    ASSERT_EQ(::pread(fd, &length, sizeof length, at + 8), 4);
+    ASSERT_EQ(::pread(fd, &length, sizeof length, at_length), 4);
     ASSERT_EQ(shm::detail::record_state(control), shm::detail::RecordState::committed);
     ASSERT_EQ(shm::detail::record_extent(control), 64u);
     ASSERT_EQ(length, 5u);
@@ -538,7 +542,7 @@ TEST_F(ShmQueue, CorruptRecordHeaderIsABadRecord) {
         std::uint64_t control;
         std::uint32_t length;
     } cases[] = {
-        {"extent past what was published", keep | 4096, 5},
+        {"extent one line past what was published", keep | 192, 5},
         {"extent 0", keep, 5},
         {"extent not whole lines", keep | 100, 5},
         {"length past the extent", control, 64 - shm::detail::record_header_size + 1},
@@ -547,14 +551,13 @@ TEST_F(ShmQueue, CorruptRecordHeaderIsABadRecord) {
     for (const auto& k : cases) {
         SCOPED_TRACE(k.what);
         ASSERT_EQ(::pwrite(fd, &k.control, sizeof k.control, at), 8);
-        ASSERT_EQ(::pwrite(fd, &k.length, sizeof k.length, at + 8), 4);
+        ASSERT_EQ(::pwrite(fd, &k.length, sizeof k.length, at_length), 4);
         auto r = c.try_front();
         ASSERT_FALSE(r);
         EXPECT_EQ(r.error(), bus::errc::bad_record);
     }
     ASSERT_EQ(::pwrite(fd, &control, sizeof control, at), 8);
-    ASSERT_EQ(::pwrite(fd, &length, sizeof length, at + 8), 4);
-    ::close(fd);
+    ASSERT_EQ(::pwrite(fd, &length, sizeof length, at_length), 4);
     for (const char* want : {"first", "second"}) {
         auto r = c.try_front();
         ASSERT_TRUE(r) << r.error().message();

@@ -29,7 +29,7 @@ inline constexpr std::size_t record_align = cache_line;
 // How far ahead of its tail a producer of small records asks for the lines it will write
 // (prefetch_for_write()), and up to what extent a record is small: bench/RESULTS.md, "The
 // producer's prefetch".
-inline constexpr std::uint64_t producer_prefetch = 1024;
+inline constexpr std::uint64_t producer_prefetch_distance = 1024;
 inline constexpr std::uint32_t producer_prefetch_max_extent = 2 * cache_line;
 
 // How a waiter learns that it must wake: "Memory ordering" in bus/src/shm/queue.cpp.
@@ -164,11 +164,12 @@ struct Hot {
 
     // Asks for the line a few records on for writing while this record is written. The line
     // was last read by the consumer, a lap ago, and taking it back from the consumer's cache is
-    // what a producer of small records waits for most; larger records are streamed by the
-    // hardware prefetcher, and asking for them too cost 1 KiB records 10%. Only lines the
-    // consumer has released: head_cache is a head seen earlier, the real one is at least there.
+    // what a producer of small records waits for most. Larger records are streamed by the
+    // hardware prefetcher; asking for theirs too bought nothing at 1 KiB and ran slower in one
+    // set of rounds. Only lines the consumer has released: head_cache is a head seen earlier,
+    // the real one is at least there.
     void prefetch_for_write(std::uint32_t need) const noexcept {
-        const std::uint64_t at = tail + producer_prefetch;
+        const std::uint64_t at = tail + producer_prefetch_distance;
         if (need <= producer_prefetch_max_extent && at + need - head_cache <= capacity)
             __builtin_prefetch(ring + (at & mask), 1);
     }

@@ -536,17 +536,23 @@ TEST_F(ShmQueue, CorruptRecordHeaderIsABadRecord) {
     ASSERT_EQ(shm::detail::record_state(control), shm::detail::RecordState::committed);
     ASSERT_EQ(shm::detail::record_extent(control), 64u);
     ASSERT_EQ(length, 5u);
-    const std::uint64_t keep = control & ~std::uint64_t{0xffffffff}; // all but the extent
+    // The producer's header with one field changed.
+    const auto header = [&](std::uint32_t extent, shm::detail::RecordState state) {
+        return shm::detail::pack_record(extent, state, shm::detail::record_slot(control),
+                                        shm::detail::record_generation(control));
+    };
+    using shm::detail::RecordState;
+    ASSERT_EQ(header(64, RecordState::committed), control);
     const struct {
         const char* what;
         std::uint64_t control;
         std::uint32_t length;
     } cases[] = {
-        {"extent one line past what was published", keep | 192, 5},
-        {"extent 0", keep, 5},
-        {"extent not whole lines", keep | 100, 5},
+        {"extent one line past what was published", header(192, RecordState::committed), 5},
+        {"extent 0", header(0, RecordState::committed), 5},
+        {"extent not whole lines", header(100, RecordState::committed), 5},
         {"length past the extent", control, 64 - shm::detail::record_header_size + 1},
-        {"unknown state", (control & ~(std::uint64_t{0xff} << 32)) | std::uint64_t{9} << 32, 5},
+        {"unknown state", header(64, static_cast<RecordState>(9)), 5},
     };
     for (const auto& k : cases) {
         SCOPED_TRACE(k.what);

@@ -214,7 +214,7 @@ TEST_F(ShmQueue, EmptyQueueTimesOut) {
 TEST_F(ShmQueue, FullQueueRefusesAndNeverOverwrites) {
     auto p = create(4096);
     auto c = open(shm::Role::consumer);
-    const std::string record(64, 'x'); // 128 bytes in the ring: header, padding to a line
+    const std::string record(64, 'x'); // one line of the ring (its header is beside the ring)
     int pushed = 0;
     for (;; ++pushed) {
         std::string r = record;
@@ -225,11 +225,11 @@ TEST_F(ShmQueue, FullQueueRefusesAndNeverOverwrites) {
             break;
         }
     }
-    EXPECT_EQ(pushed, 4096 / 128);
+    EXPECT_EQ(pushed, 4096 / 64);
     EXPECT_EQ(p.push(bytes(record), 20ms), bus::errc::timeout);
     auto stats = p.stats();
     EXPECT_EQ(stats.depth_records, static_cast<std::uint64_t>(pushed));
-    EXPECT_EQ(stats.depth_bytes, static_cast<std::uint64_t>(pushed) * 128);
+    EXPECT_EQ(stats.depth_bytes, static_cast<std::uint64_t>(pushed) * 64);
     EXPECT_THROW(c.release(), std::logic_error); // nothing taken: a programming error
 }
 
@@ -296,7 +296,7 @@ TEST_F(ShmQueue, RecordsWrapAroundTheRingIntact) {
 TEST_F(ShmQueue, RecordLargerThanTheRingIsRefused) {
     auto p = create(4096);
     auto c = open(shm::Role::consumer);
-    EXPECT_EQ(p.max_record(), 4096u - 16);
+    EXPECT_EQ(p.max_record(), 4096u);
     EXPECT_EQ(p.try_reserve(p.max_record() + 1).error(), bus::errc::record_too_large);
     EXPECT_EQ(p.reserve(1 << 20, 1s).error(), bus::errc::record_too_large); // no waiting
     std::string big(p.max_record() + 1, 'b');
@@ -515,9 +515,9 @@ TEST_F(ShmQueue, SegmentOfAnotherLayoutIsRefused) {
     EXPECT_EQ(info.value().error, bus::errc::layout_mismatch);
 }
 
-// A record header is a peer's writing. Each bound the consumer checks, broken in turn in a live
-// segment: the consumer gets bad_record and reads nothing out of bounds; put back, the record
-// is delivered.
+// A record header is a peer's writing. Each bound the consumer checks, broken in turn in the
+// header array of a live segment: the consumer gets bad_record and reads nothing out of bounds;
+// put back, the record is delivered.
 TEST_F(ShmQueue, CorruptRecordHeaderIsABadRecord) {
     auto p = create(4096);
     auto c = open(shm::Role::consumer);
@@ -526,7 +526,7 @@ TEST_F(ShmQueue, CorruptRecordHeaderIsABadRecord) {
     const bus::UniqueFd file(::open(path().c_str(), O_RDWR | O_CLOEXEC));
     ASSERT_TRUE(file);
     const int fd = file.get();
-    // The header of the record at position 0 is the first thing after the control block.
+    // The header of the record at position 0: the first of the array after the control block.
     const auto at = static_cast<off_t>(shm::detail::control_size());
     const auto at_length = at + static_cast<off_t>(offsetof(shm::detail::RecordHeader, length));
     std::uint64_t control = 0;
@@ -551,7 +551,7 @@ TEST_F(ShmQueue, CorruptRecordHeaderIsABadRecord) {
         {"extent one line past what was published", header(192, RecordState::committed), 5},
         {"extent 0", header(0, RecordState::committed), 5},
         {"extent not whole lines", header(100, RecordState::committed), 5},
-        {"length past the extent", control, 64 - shm::detail::record_header_size + 1},
+        {"length past the extent", control, 64 + 1},
         {"unknown state", header(64, static_cast<RecordState>(9)), 5},
     };
     for (const auto& k : cases) {
@@ -686,7 +686,7 @@ TEST_F(ShmQueue, ListInspectAndRemove) {
     EXPECT_EQ(i.mode, shm::Mode::spsc);
     EXPECT_EQ(i.stats.capacity, 4096u);
     EXPECT_EQ(i.stats.depth_records, 2u);
-    EXPECT_EQ(i.stats.depth_bytes, 128u); // two records, each a 16-byte header in a line
+    EXPECT_EQ(i.stats.depth_bytes, 128u); // two records of a line each
     EXPECT_EQ(i.owner_pid, ::getpid());
     EXPECT_TRUE(i.owner_alive);
     EXPECT_TRUE(i.in_use);

@@ -209,8 +209,7 @@ private:
 
 inline Result<std::span<std::byte>> Queue::try_reserve(std::size_t n) {
     detail::Hot& h = *hot_;
-    if (h.exclusive && !h.reservation.active && n <= h.capacity - detail::record_header_size)
-        [[likely]] {
+    if (h.exclusive && !h.reservation.active && n <= h.capacity) [[likely]] {
         const std::uint32_t need = detail::extent_for(n);
         if (h.tail + need - h.head_cache > h.capacity) [[unlikely]] {
             h.head_cache = h.head_word->load(std::memory_order_acquire);
@@ -274,9 +273,9 @@ inline Result<std::span<const std::byte>> Queue::try_front() {
             h.tail_cache = h.tail_word->load(std::memory_order_acquire);
             if (h.head == h.tail_cache)
                 return errc::empty;
-            // A record just arrived, in lines the producer still holds: ask for the line after
-            // the header's now, so its transfer overlaps the header's rather than following it.
-            __builtin_prefetch(h.ring + ((h.head + detail::cache_line) & h.mask));
+            // A record just arrived, in lines the producer still holds: ask for its payload's
+            // line now, so its transfer overlaps the header's rather than following it.
+            __builtin_prefetch(h.payload_at(h.head));
         }
         const detail::RecordHeader* header = h.header_at(h.head);
         const std::uint64_t c = header->control.load(std::memory_order_acquire);

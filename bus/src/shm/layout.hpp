@@ -3,11 +3,14 @@
 // (errc::layout_mismatch) instead of misreading it; bump format_version for changes of meaning
 // that keep the sizes.
 //
-//   [ Control (control_size bytes, page-aligned) ][ ring (capacity bytes, a power of two) ]
+//   [ Control (control_size bytes, page-aligned) ]
+//   [ RecordHeader per line of the ring (capacity / 4 bytes, rounded up to a page) ]
+//   [ ring (capacity bytes, a power of two) ]
 //
 // The ring is mapped twice, back to back, so a record that runs past the end of the ring is
 // still contiguous in memory (queue.cpp). Positions (head, tail) are byte counts since
-// creation; a record starts at ring[position & (capacity - 1)], on a cache line.
+// creation; a record starts at ring[position & (capacity - 1)], on a cache line, and its header
+// is the one of that line.
 #pragma once
 
 #include "bus/detail/shm_hot.hpp"
@@ -19,8 +22,9 @@
 namespace bus::shm::detail {
 
 inline constexpr char magic[8] = {'b', 'u', 's', '.', 's', 'h', 'm', 'q'};
-inline constexpr std::uint32_t format_version = 2; // 2: the waiter words are slot bitmasks
-inline constexpr std::size_t max_peers = 64;       // one bit each in the waiter bitmasks
+// 2: the waiter words are slot bitmasks; 3: record headers beside the ring, not in it
+inline constexpr std::uint32_t format_version = 3;
+inline constexpr std::size_t max_peers = 64; // one bit each in the waiter bitmasks
 inline constexpr std::size_t max_capacity = std::size_t{1} << 30;
 
 // cache_line, record_align, Sync, RecordState, RecordHeader and its packing are in

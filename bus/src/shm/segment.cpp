@@ -61,8 +61,17 @@ Mapping::~Mapping() {
         ::munmap(base_, size_);
 }
 
+std::size_t headers_size(std::size_t capacity) noexcept {
+    const std::size_t page = page_size();
+    return (capacity / record_align * sizeof(RecordHeader) + page - 1) / page * page;
+}
+
+std::size_t ring_offset(std::size_t capacity) noexcept {
+    return control_size() + headers_size(capacity);
+}
+
 Result<Mapping> map_queue(int fd, std::size_t capacity) {
-    const std::size_t control = control_size();
+    const std::size_t control = ring_offset(capacity); // the control block and the headers
     const std::size_t total = control + 2 * capacity;
     // Reserve the whole range first, so the two views of the ring land back to back and nothing
     // else can be mapped between them; then map the segment over it.
@@ -113,7 +122,7 @@ std::error_code check_layout(const Identity& id, std::uint64_t file_size) noexce
     if (id.capacity < page_size() || id.capacity > max_capacity ||
         (id.capacity & (id.capacity - 1)) != 0)
         return errc::layout_mismatch;
-    if (file_size != id.control_size + id.capacity)
+    if (file_size != ring_offset(id.capacity) + id.capacity)
         return errc::layout_mismatch;
     if (id.mode != 1 && id.mode != 2) // Mode::spsc, Mode::mpsc
         return errc::layout_mismatch;

@@ -35,6 +35,10 @@ Result<std::string> segment_name(std::string_view name);
 
 std::size_t page_size() noexcept;
 std::size_t control_size() noexcept; // sizeof(Control) rounded up to pages
+// The record headers (one per line of the ring) rounded up to pages; they follow the control
+// block, and the ring follows them at ring_offset().
+std::size_t headers_size(std::size_t capacity) noexcept;
+std::size_t ring_offset(std::size_t capacity) noexcept;
 
 // A move-only mapping, unmapped in the destructor (as iceoryx's PosixMemoryMap).
 class Mapping {
@@ -55,8 +59,8 @@ private:
     std::size_t size_ = 0;
 };
 
-// The control block followed by the ring mapped twice: [control][ring][ring again], all
-// shared with the segment, read-write.
+// The control block and the headers followed by the ring mapped twice:
+// [control][headers][ring][ring again], all shared with the segment, read-write.
 Result<Mapping> map_queue(int fd, std::size_t capacity);
 // The first `size` bytes of the segment, read-only (for inspection).
 Result<Mapping> map_read_only(int fd, std::size_t size);

@@ -24,6 +24,10 @@ inline constexpr std::size_t cache_line = 64;
 // next: the producer writing record k+1 never takes away the line the consumer is reading for
 // record k. Measured against 16-byte alignment (denser: a 64-byte payload takes 80 bytes
 // instead of 128) in bench/shm_bench.cpp: 0.48-0.62 of the minimal ring against 0.26-0.46.
+// Each line of the ring has one RecordHeader in the header array beside it (four to a line):
+// the header of the record that starts on that line. A 64-byte record is one line of the ring,
+// as in a ring with no headers, where a header in front of it made two (format 3; the
+// measurement is in bench/RESULTS.md, "Where the record header goes").
 inline constexpr std::size_t record_align = cache_line;
 
 // How far ahead of its tail a producer of small records asks for the lines it will write
@@ -44,7 +48,7 @@ enum class RecordState : std::uint8_t {
     aborted = 3,   // given up by its producer: the consumer steps over it
 };
 
-// Each record starts with this header; the payload follows at +16.
+// The header of the record that starts at ring position p is headers[(p & mask) / record_align].
 struct RecordHeader {
     // extent (32 bits: header + payload + padding) | state (8) | slot (8) | generation (16).
     // slot and generation name the producer that claimed the record (mpsc), so the consumer
@@ -74,16 +78,17 @@ constexpr std::uint32_t record_generation(std::uint64_t c) {
     return (c >> 48) & 0xffff;
 }
 
-// Bytes a record of `n` payload bytes takes in the ring.
+// Bytes a record of `n` payload bytes takes in the ring: whole lines, at least one (an empty
+// record still needs a line of its own, for its header).
 constexpr std::uint32_t extent_for(std::size_t n) {
-    return static_cast<std::uint32_t>((record_header_size + n + record_align - 1) &
-                                      ~(record_align - 1));
+    return static_cast<std::uint32_t>(((n == 0 ? 1 : n) + record_align - 1) & ~(record_align - 1));
 }
 
 // The state of one handle that the fast paths read and write.
 struct Hot {
     // the mapping, and the segment's words (set when the handle attaches)
-    std::byte* ring = nullptr; // mapped twice back to back: records are contiguous
+    std::byte* ring = nullptr;       // mapped twice back to back: records are contiguous
+    RecordHeader* headers = nullptr; // one per line of the ring
     std::uint64_t capacity = 0;
     std::uint64_t mask = 0;
     std::atomic<std::uint64_t>* tail_word = nullptr;
@@ -132,11 +137,9 @@ struct Hot {
     } taken;
 
     RecordHeader* header_at(std::uint64_t pos) const noexcept {
-        return reinterpret_cast<RecordHeader*>(ring + (pos & mask));
+        return headers + (pos & mask) / record_align;
     }
-    std::byte* payload_at(std::uint64_t pos) const noexcept {
-        return ring + (pos & mask) + record_header_size;
-    }
+    std::byte* payload_at(std::uint64_t pos) const noexcept { return ring + (pos & mask); }
     // Whether a record's header (a peer's writing) is one try_front() may hand out: committed,
     // extent a whole number of lines (so at least one), within the `avail` bytes published, the
     // payload within the extent. extent - 1 wraps when extent is 0, so one comparison bounds
@@ -145,7 +148,7 @@ struct Hot {
                          std::uint64_t avail) noexcept {
         const std::uint32_t extent = record_extent(control);
         return record_state(control) == RecordState::committed && extent % record_align == 0 &&
-               std::uint64_t{extent} - 1 < avail && length <= extent - record_header_size;
+               std::uint64_t{extent} - 1 < avail && length <= extent;
     }
 
     // mpsc, exclusive: says a reservation is open, then checks the lock is still ours (another

@@ -196,6 +196,7 @@ private:
     void commit_slow(std::size_t used);
     Result<std::span<const std::byte>> try_front_slow();
     Result<std::span<const std::byte>> front_wait(std::chrono::nanoseconds timeout);
+    void fall_behind() noexcept;
     void release_slow();
     void wake_consumer() noexcept;
     void wake_producers() noexcept;
@@ -282,7 +283,13 @@ inline Result<std::span<const std::byte>> Queue::try_front() {
         const std::uint32_t length = header->length;
         // The header is a peer's writing: bound it before use (the slow path says what is wrong).
         if (detail::Hot::readable(c, length, h.tail_cache - h.head)) [[likely]] {
-            h.taken = {true, h.head, detail::record_extent(c), length};
+            const std::uint32_t extent = detail::record_extent(c);
+            // Bytes published after this record: some, but not many, and the producer is
+            // streaming just ahead (a round trip's record is alone).
+            const std::uint64_t after = h.tail_cache - h.head - extent;
+            if (after != 0 && after < h.trail) [[unlikely]]
+                fall_behind();
+            h.taken = {true, h.head, extent, length};
             return std::span<const std::byte>(h.payload_at(h.head), length);
         }
     }

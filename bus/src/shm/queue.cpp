@@ -161,6 +161,10 @@ constexpr std::chrono::nanoseconds liveness_slice = 20ms;
 // How long the consumer waits on one claimed record before asking whether its producer lives.
 constexpr std::chrono::nanoseconds stuck_limit = 10ms;
 
+// Queue::fall_behind(): pauses between its looks at tail, and how many looks at most.
+constexpr unsigned trail_pauses = 4;
+constexpr unsigned trail_looks = 32;
+
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -404,6 +408,7 @@ std::error_code Queue::Impl::attach() {
     consumer_waiting = &ctrl->consumer_waiting;
     producers_waiting = &ctrl->producers_waiting;
     reserve_lock = &ctrl->reserve_lock;
+    trail = std::min<std::uint64_t>(consumer_trail, capacity / 4);
     exclusive = role == Role::producer && mode == Mode::spsc;
     const int f = fd.get();
 
@@ -1431,6 +1436,24 @@ Result<std::span<std::byte>> Queue::reserve_wait(std::size_t n, std::chrono::nan
 void Queue::commit_slow(std::size_t used) {
     impl_->commit_slow(used);
 }
+// try_front() found the consumer close behind a streaming producer (detail::consumer_trail).
+// Waits, while tail keeps moving, until that much is published behind the head, for at most
+// trail_looks looks: a producer that stops is not waited for, and a slow one costs a few
+// hundred nanoseconds a record at most.
+void Queue::fall_behind() noexcept {
+    detail::Hot& h = *hot_;
+    for (unsigned look = 0; look < trail_looks; ++look) {
+        for (unsigned i = 0; i < trail_pauses; ++i)
+            cpu_relax();
+        const std::uint64_t tail = h.tail_word->load(std::memory_order_acquire);
+        if (tail == h.tail_cache)
+            return;
+        h.tail_cache = tail;
+        if (tail - h.head >= h.trail)
+            return;
+    }
+}
+
 Result<std::span<const std::byte>> Queue::try_front_slow() {
     return impl_->try_front_slow();
 }

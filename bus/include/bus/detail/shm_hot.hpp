@@ -36,6 +36,14 @@ inline constexpr std::size_t record_align = cache_line;
 inline constexpr std::uint64_t producer_prefetch_distance = 1024;
 inline constexpr std::uint32_t producer_prefetch_max_extent = 2 * cache_line;
 
+// A consumer that finds records published after the one it takes, but fewer than this many
+// bytes of them, is close behind a producer that is streaming. Read there, it takes the header
+// line the producer is still filling (four records to a line), and its prefetchers the lines
+// just ahead: each costs the producer a transfer back, the producer slows to the consumer's
+// pace, and the two stay locked a few records apart at a fifth of their speed. So it lets the
+// producer get ahead first (Queue::fall_behind): bench/RESULTS.md, "The consumer's trail".
+inline constexpr std::uint64_t consumer_trail = 4096;
+
 // How a waiter learns that it must wake: "Memory ordering" in bus/src/shm/queue.cpp.
 enum class Sync : std::uint32_t {
     fence = 1,      // every publisher pays a full fence
@@ -91,6 +99,7 @@ struct Hot {
     RecordHeader* headers = nullptr; // one per line of the ring
     std::uint64_t capacity = 0;
     std::uint64_t mask = 0;
+    std::uint64_t trail = 0; // consumer_trail, at most a quarter of the ring
     std::atomic<std::uint64_t>* tail_word = nullptr;
     std::atomic<std::uint64_t>* produced_word = nullptr;
     std::atomic<std::uint64_t>* head_word = nullptr;

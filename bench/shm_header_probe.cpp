@@ -1,8 +1,8 @@
 // Experiment for issue 5: what a record header costs a 64 B SPSC ring by where it lives, and
 // what the producer's prefetch (bus/detail/shm_hot.hpp, prefetch_for_write) does to each.
 //   ring       64 B slots, no header (the bench's minimal ring)
-//   inline     16 B header + 64 B payload in a 128 B slot (bus's segment format 2, today's)
-//   side16     64 B payload slots, 16 B headers in a side array (4 per line; format 3, branch)
+//   inline     16 B header + 64 B payload in a 128 B slot (bus's segment format 2, until stop 14)
+//   side16     64 B payload slots, 16 B headers in a side array (4 per line; format 3, bus's now)
 //   +pf        the same, the producer asking for the line 1 KiB ahead for writing, as bus does
 // One producer process, one consumer process, tail/head published per record with cached
 // copies, pause-spin (the structure of shm_bench.cpp's minimal ring); the consumer reads every

@@ -41,7 +41,8 @@ inline constexpr std::uint32_t producer_prefetch_max_extent = 2 * cache_line;
 // line the producer is still filling (four records to a line), and its prefetchers the lines
 // just ahead: each costs the producer a transfer back, the producer slows to the consumer's
 // pace, and the two stay locked a few records apart at a fifth of their speed. So it lets the
-// producer get ahead first (Queue::fall_behind): bench/RESULTS.md, "The consumer's trail".
+// producer get ahead first (Queue::fall_behind): bench/RESULTS.md, "Format 3 and the
+// consumer's trail".
 inline constexpr std::uint64_t consumer_trail = 4096;
 
 // How a waiter learns that it must wake: "Memory ordering" in bus/src/shm/queue.cpp.
@@ -179,7 +180,9 @@ struct Hot {
     // what a producer of small records waits for most. Larger records are streamed by the
     // hardware prefetcher; asking for theirs too bought nothing at 1 KiB and ran slower in one
     // set of rounds. Only lines the consumer has released: head_cache is a head seen earlier,
-    // the real one is at least there.
+    // the real one is at least there. Unless the build targets PRFCHW this is a plain read
+    // prefetch (prefetcht0); PREFETCHW itself, for this line and the header's, measured no
+    // better (bench/RESULTS.md, "Format 3 and the consumer's trail").
     void prefetch_for_write(std::uint32_t need) const noexcept {
         const std::uint64_t at = tail + producer_prefetch_distance;
         if (need <= producer_prefetch_max_extent && at + need - head_cache <= capacity)

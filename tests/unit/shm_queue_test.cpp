@@ -572,6 +572,40 @@ TEST_F(ShmQueue, CorruptRecordHeaderIsABadRecord) {
     }
 }
 
+// tail is a peer's writing as well (found by fuzz_shm). A tail far past head, with a header
+// that says the record is longer than the ring, was handed out as a span past both views of
+// the ring; with aborted headers instead, the consumer stepped over them for ever. Both are
+// bad_record now, for either mode.
+TEST_F(ShmQueue, TailMoreThanARingAheadIsABadRecord) {
+    for (auto mode : {shm::Mode::spsc, shm::Mode::mpsc}) {
+        SCOPED_TRACE(mode == shm::Mode::spsc ? "spsc" : "mpsc");
+        shm::CreateOptions options;
+        options.mode = mode;
+        auto p = create(4096, options);
+        auto c = open(shm::Role::consumer);
+        ASSERT_FALSE(p.try_push(bytes("only")));
+        const bus::UniqueFd file(::open(path().c_str(), O_RDWR | O_CLOEXEC));
+        ASSERT_TRUE(file);
+        const int fd = file.get();
+        const std::uint64_t far = std::uint64_t{1} << 40;
+        ASSERT_EQ(::pwrite(fd, &far, sizeof far, offsetof(shm::detail::Control, tail)), 8);
+        const auto at = static_cast<off_t>(shm::detail::control_size()); // position 0's header
+        using shm::detail::RecordState;
+        for (auto state : {RecordState::committed, RecordState::aborted}) {
+            // A record two rings long, or every line an aborted record of one line.
+            const std::uint32_t extent = state == RecordState::committed ? 2 * 4096 : 64;
+            for (off_t line = 0; line < 4096 / 64; ++line) {
+                const std::uint64_t control = shm::detail::pack_record(extent, state, 0, 0);
+                ASSERT_EQ(::pwrite(fd, &control, sizeof control, at + 16 * line), 8);
+            }
+            auto r = c.try_front();
+            ASSERT_FALSE(r) << r.value().size() << " bytes handed out";
+            EXPECT_EQ(r.error(), bus::errc::bad_record);
+        }
+        name_ += "x"; // the next mode's queue (TearDown removes both)
+    }
+}
+
 TEST_F(ShmQueue, GarbageSegmentIsRefused) {
     const int fd =
         ::shm_open(("/bus." + name_).c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);

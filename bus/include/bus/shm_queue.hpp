@@ -282,7 +282,7 @@ inline Result<std::span<const std::byte>> Queue::try_front() {
         const std::uint64_t c = header->control.load(std::memory_order_acquire);
         const std::uint32_t length = header->length;
         // The header is a peer's writing: bound it before use (the slow path says what is wrong).
-        if (detail::Hot::readable(c, length, h.tail_cache - h.head)) [[likely]] {
+        if (h.readable(c, length, h.tail_cache - h.head)) [[likely]] {
             const std::uint32_t extent = detail::record_extent(c);
             // Bytes published after this record: some, but not many, and the producer is
             // streaming just ahead (a round trip's record is alone).

@@ -1010,11 +1010,16 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
             if (head == tail_cache)
                 return errc::empty;
         }
+        // tail is a peer's writing too: more than a ring ahead of head is no ring at all, and
+        // stepping over aborted records up to it would never end.
+        if (tail_cache - head > capacity)
+            return errc::bad_record;
         RecordHeader* h = header_at(head);
         std::uint64_t c = h->control.load(std::memory_order_acquire);
         const std::uint32_t extent = record_extent(c);
         // The header is a peer's writing: bound everything before using it.
-        if (extent == 0 || extent % record_align != 0 || extent > tail_cache - head)
+        if (extent == 0 || extent % record_align != 0 || extent > tail_cache - head ||
+            extent > capacity)
             return errc::bad_record;
         switch (record_state(c)) {
         case RecordState::committed: {

@@ -8,6 +8,7 @@
 // errors, liveness) stays out of line in bus/src/shm/queue.cpp, which explains the protocol.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -151,14 +152,13 @@ struct Hot {
     }
     std::byte* payload_at(std::uint64_t pos) const noexcept { return ring + (pos & mask); }
     // Whether a record's header (a peer's writing) is one try_front() may hand out: committed,
-    // extent a whole number of lines (so at least one), within the `avail` bytes published, the
-    // payload within the extent. extent - 1 wraps when extent is 0, so one comparison bounds
-    // both ends.
-    static bool readable(std::uint64_t control, std::uint32_t length,
-                         std::uint64_t avail) noexcept {
+    // extent a whole number of lines (so at least one), within the `avail` bytes published and
+    // within the ring (`avail` is tail - head, and tail is a peer's writing too), the payload
+    // within the extent. extent - 1 wraps when extent is 0, so one comparison bounds both ends.
+    bool readable(std::uint64_t control, std::uint32_t length, std::uint64_t avail) const noexcept {
         const std::uint32_t extent = record_extent(control);
         return record_state(control) == RecordState::committed && extent % record_align == 0 &&
-               std::uint64_t{extent} - 1 < avail && length <= extent;
+               std::uint64_t{extent} - 1 < std::min(avail, capacity) && length <= extent;
     }
 
     // mpsc, exclusive: says a reservation is open, then checks the lock is still ours (another

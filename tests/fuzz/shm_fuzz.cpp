@@ -1,12 +1,12 @@
 // A shared-memory queue whose segment a broken or malicious peer has written over. A real
 // queue is made (the consumer here, a producer opened beside it), one record goes through to
 // learn where the ring is mapped, and then the input is written into the segment file: the
-// words the producer owns (tail, produced) and the consumer's head, the record headers and the
-// ring. The consumer must then give records that lie inside the ring, or an error, and never
-// crash or hang; the producer must refuse or write inside the ring; `bus shm ls`'s inspect()
-// must describe the segment without trusting it.
+// words the producer owns (tail, produced, the last record's name) and the
+// consumer's head, the record headers and the ring. The consumer must then give records that lie
+// inside the ring, or an error, and never crash or hang; the producer must refuse or write inside
+// the ring; `bus shm ls`'s inspect() must describe the segment without trusting it.
 //
-// Input: [mode][tail 8][head 8][produced 8][bytes for the headers and the ring...]
+// Input: [mode][tail 8][head 8][produced 8][last 8][headers and ring...]
 #include "../../bus/src/shm/layout.hpp"
 #include "../../bus/src/shm/segment.hpp"
 
@@ -31,7 +31,8 @@ std::span<const std::byte> bytes(const char* s) {
 } // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    if (size < 25)
+    constexpr std::size_t words = 33; // the mode and the words before the headers
+    if (size < words)
         return 0;
     const std::string name = "fuzz." + std::to_string(::getpid());
     shm::CreateOptions options;
@@ -59,15 +60,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const int fd = ::open(("/dev/shm/bus." + name).c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0)
         __builtin_trap();
-    const auto word = [&](std::size_t at, std::size_t offset) {
-        (void)::pwrite(fd, data + at, 8, static_cast<off_t>(offset));
+    const auto word = [&](std::size_t at, std::size_t n, std::size_t offset) {
+        (void)::pwrite(fd, data + at, n, static_cast<off_t>(offset));
     };
-    word(1, offsetof(shm::detail::Control, tail));
-    word(9, offsetof(shm::detail::Control, head));
-    word(17, offsetof(shm::detail::Control, produced));
+    word(1, 8, offsetof(shm::detail::Control, tail));
+    word(9, 8, offsetof(shm::detail::Control, head));
+    word(17, 8, offsetof(shm::detail::Control, produced));
+    word(25, 8, offsetof(shm::detail::Control, last));
     const std::size_t rest =
-        std::min<std::size_t>(size - 25, shm::detail::headers_size(capacity) + capacity);
-    (void)::pwrite(fd, data + 25, rest, static_cast<off_t>(shm::detail::control_size()));
+        std::min<std::size_t>(size - words, shm::detail::headers_size(capacity) + capacity);
+    (void)::pwrite(fd, data + words, rest, static_cast<off_t>(shm::detail::control_size()));
     ::close(fd);
 
     // The consumer: whatever it hands out lies in the ring (mapped twice, back to back).

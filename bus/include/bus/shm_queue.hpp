@@ -243,19 +243,14 @@ inline void Queue::commit(std::size_t used) {
     detail::Hot& h = *hot_;
     if (h.reservation.active && used <= h.reservation.size) [[likely]] {
         detail::RecordHeader* header = h.header_at(h.reservation.pos);
-        header->length = static_cast<std::uint32_t>(used);
         h.reservation.active = false;
         if (h.exclusive) {
-            // The record may shrink: tail has not moved yet. The tail store publishes.
-            const std::uint32_t extent = detail::extent_for(used);
-            header->control.store(h.committed_tag | extent, std::memory_order_relaxed);
-            h.tail = h.reservation.pos + extent;
-            h.produced_word->store(++h.produced, std::memory_order_relaxed);
-            h.tail_word->store(h.tail, std::memory_order_release);
+            h.commit_exclusive(header, static_cast<std::uint32_t>(used));
             if (h.mode == Mode::mpsc && h.leave_exclusive()) [[unlikely]]
                 wake_stealer();
         } else {
             // mpsc: tail moved at reserve(); the header's state publishes.
+            header->length = static_cast<std::uint32_t>(used);
             header->control.store(h.committed_tag | h.reservation.extent,
                                   std::memory_order_release);
         }
@@ -277,6 +272,11 @@ inline Result<std::span<const std::byte>> Queue::try_front() {
             // A record just arrived, in lines the producer still holds: ask for its payload's
             // line now, so its transfer overlaps the header's rather than following it.
             __builtin_prefetch(h.payload_at(h.head));
+            if (const std::int64_t n = h.lone_length(); n >= 0) {
+                h.taken = {true, h.head, static_cast<std::uint32_t>(h.tail_cache - h.head),
+                           static_cast<std::uint32_t>(n)};
+                return std::span<const std::byte>(h.payload_at(h.head), h.taken.length);
+            }
         }
         const detail::RecordHeader* header = h.header_at(h.head);
         const std::uint64_t c = header->control.load(std::memory_order_acquire);

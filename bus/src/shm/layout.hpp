@@ -22,8 +22,9 @@
 namespace bus::shm::detail {
 
 inline constexpr char magic[8] = {'b', 'u', 's', '.', 's', 'h', 'm', 'q'};
-// 2: the waiter words are slot bitmasks; 3: record headers beside the ring, not in it
-inline constexpr std::uint32_t format_version = 3;
+// 2: the waiter words are slot bitmasks; 3: record headers beside the ring, not in it;
+// 4: the last exclusive record named beside tail
+inline constexpr std::uint32_t format_version = 4;
 inline constexpr std::size_t max_peers = 64; // one bit each in the waiter bitmasks
 inline constexpr std::size_t max_capacity = std::size_t{1} << 30;
 
@@ -74,6 +75,9 @@ struct Control {
     // --- written by producers on every record ---
     alignas(cache_line) std::atomic<std::uint64_t> tail; // end of the last reserved record
     std::atomic<std::uint64_t> produced;
+    // the last record an exclusive producer committed, for a consumer one record behind
+    // (Hot::commit_exclusive, Hot::lone_length)
+    std::atomic<std::uint64_t> last;
 
     // --- written by the consumer on every record ---
     alignas(cache_line) std::atomic<std::uint64_t> head; // start of the next unread record
@@ -123,6 +127,7 @@ constexpr std::uint32_t layout_fingerprint() {
         sizeof(Identity),
         sizeof(Control),
         offsetof(Control, tail),
+        offsetof(Control, last),
         offsetof(Control, head),
         offsetof(Control, reserve_lock),
         offsetof(Control, lock_sleepers),

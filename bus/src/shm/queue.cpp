@@ -16,6 +16,10 @@
 // bytes, so the consumer's reads happen-before the producer's overwrite. Each side caches the
 // other's index and reloads it only when the cache says "full"/"empty", so in steady state
 // each side touches the other's cache line once per batch, not once per record.
+// The record just committed is also named beside tail (`last`, Hot::commit_exclusive), so a
+// consumer that reloads tail and finds that one record alone
+// takes it without fetching its header's line: a round trip crosses two lines a leg (tail's
+// and the payload's), as a ring without headers does.
 //
 // MPSC. Producers serialize only the reservation, under `reserve_lock`: read tail, check
 // room, write the header as `claimed` with the claimer's slot and generation, store tail
@@ -403,6 +407,7 @@ struct Queue::Impl : detail::Hot {
 std::error_code Queue::Impl::attach() {
     tail_word = &ctrl->tail;
     produced_word = &ctrl->produced;
+    last_word = &ctrl->last;
     head_word = &ctrl->head;
     consumed_word = &ctrl->consumed;
     consumer_waiting = &ctrl->consumer_waiting;
@@ -889,6 +894,9 @@ bool Queue::Impl::lock_owner_dead(std::uint32_t owner) const noexcept {
                                 std::memory_order_relaxed);
     ctrl->produced.store(ctrl->produced.load(std::memory_order_relaxed) + 1,
                          std::memory_order_relaxed);
+    // A claim moves tail past the record the `last` word may name, so it takes the name back
+    // first: lone_length() trusts a name only while tail ends at that record.
+    ctrl->last.store(no_record, std::memory_order_relaxed);
     ctrl->tail.store(t + need, std::memory_order_release); // publishes the claim
     unlock_reserve();
     reservation = {true, t, need, n};
@@ -908,17 +916,13 @@ bool Queue::Impl::has_room(std::size_t n) noexcept {
     if (used > reservation.size)
         throw std::logic_error("bus::shm::Queue::commit: more bytes than were reserved");
     RecordHeader* h = header_at(reservation.pos);
-    h->length = static_cast<std::uint32_t>(used);
     reservation.active = false;
     if (exclusive) {
-        const std::uint32_t extent = extent_for(used); // may shrink: tail has not moved
-        h->control.store(committed_tag | extent, std::memory_order_relaxed);
-        tail = reservation.pos + extent;
-        ctrl->produced.store(++produced, std::memory_order_relaxed);
-        ctrl->tail.store(tail, std::memory_order_release);
+        commit_exclusive(h, static_cast<std::uint32_t>(used));
         if (mode == Mode::mpsc && leave_exclusive())
             wake_stealer();
     } else {
+        h->length = static_cast<std::uint32_t>(used);
         h->control.store(committed_tag | reservation.extent, std::memory_order_release);
     }
     notify_consumer();
@@ -988,6 +992,11 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
             tail_cache = ctrl->tail.load(std::memory_order_acquire);
             if (head == tail_cache)
                 return errc::empty;
+            if (const std::int64_t n = lone_length(); n >= 0) { // as Queue::try_front()
+                taken = {true, head, static_cast<std::uint32_t>(tail_cache - head),
+                         static_cast<std::uint32_t>(n)};
+                return std::span<const std::byte>(payload_at(head), taken.length);
+            }
         }
         const RecordHeader* h = header_at(head);
         const std::uint64_t c = h->control.load(std::memory_order_acquire);
@@ -1318,6 +1327,7 @@ Result<Queue> Queue::create(std::string_view name, std::size_t capacity, CreateO
         return fail(mapping.error());
 
     auto* ctrl = new (mapping.value().data()) Control{};
+    ctrl->last.store(no_record, std::memory_order_relaxed);
     std::memcpy(ctrl->id.magic, magic, sizeof magic);
     ctrl->id.version = format_version;
     ctrl->id.layout = layout_fingerprint();

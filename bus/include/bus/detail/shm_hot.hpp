@@ -58,6 +58,9 @@ enum class RecordState : std::uint8_t {
     aborted = 3,   // given up by its producer: the consumer steps over it
 };
 
+// The `last` word while no record is named there (Hot::commit_exclusive).
+inline constexpr std::uint64_t no_record = ~std::uint64_t{0};
+
 // The header of the record that starts at ring position p is headers[(p & mask) / record_align].
 struct RecordHeader {
     // extent (32 bits: header + payload + padding) | state (8) | slot (8) | generation (16).
@@ -104,6 +107,7 @@ struct Hot {
     std::uint64_t trail = 0; // consumer_trail, at most a quarter of the ring
     std::atomic<std::uint64_t>* tail_word = nullptr;
     std::atomic<std::uint64_t>* produced_word = nullptr;
+    std::atomic<std::uint64_t>* last_word = nullptr;
     std::atomic<std::uint64_t>* head_word = nullptr;
     std::atomic<std::uint64_t>* consumed_word = nullptr;
     const std::atomic<std::uint32_t>* consumer_waiting = nullptr;
@@ -146,6 +150,37 @@ struct Hot {
         std::uint32_t extent = 0;
         std::uint32_t length = 0;
     } taken;
+
+    // The exclusive producer's commit of its reservation with `used` bytes. The record is also
+    // named beside tail, in the line the consumer reads anyway, so a consumer one record behind
+    // takes it without the header's line (lone_length()): one word, its position (a multiple
+    // of record_align) | (used - 1) % record_align, from which and its extent (tail - head
+    // when it is alone) the length follows. An empty record is not named. The tail store
+    // publishes.
+    void commit_exclusive(RecordHeader* header, std::uint32_t used) noexcept {
+        const std::uint32_t extent = extent_for(used); // may shrink: tail has not moved
+        header->length = used;
+        header->control.store(committed_tag | extent, std::memory_order_relaxed);
+        last_word->store(used == 0 ? no_record : reservation.pos | ((used - 1) % record_align),
+                         std::memory_order_relaxed);
+        tail = reservation.pos + extent;
+        produced_word->store(++produced, std::memory_order_relaxed);
+        tail_word->store(tail, std::memory_order_release);
+    }
+    // The length of the record at head when an exclusive producer committed it last and tail
+    // (tail_cache, just loaded) has moved past it: then it is the only record published (every
+    // store of tail past a record is preceded by a store of `last`: a later record's name, or
+    // no_record for an mpsc claim), and its extent is tail - head. -1 otherwise.
+    // Positions never repeat, so a name matches one record only; a peer's garbage is bounded
+    // like a header's.
+    std::int64_t lone_length() const noexcept {
+        const std::uint64_t last = last_word->load(std::memory_order_relaxed);
+        const std::uint64_t extent = tail_cache - head;
+        if ((last & ~std::uint64_t{record_align - 1}) != head || extent % record_align != 0 ||
+            extent > capacity)
+            return -1;
+        return static_cast<std::int64_t>(extent - record_align + 1 + (last % record_align));
+    }
 
     RecordHeader* header_at(std::uint64_t pos) const noexcept {
         return headers + (pos & mask) / record_align;

@@ -272,11 +272,8 @@ inline Result<std::span<const std::byte>> Queue::try_front() {
             // A record just arrived, in lines the producer still holds: ask for its payload's
             // line now, so its transfer overlaps the header's rather than following it.
             __builtin_prefetch(h.payload_at(h.head));
-            if (const std::int64_t n = h.lone_length(); n >= 0) {
-                h.taken = {true, h.head, static_cast<std::uint32_t>(h.tail_cache - h.head),
-                           static_cast<std::uint32_t>(n)};
+            if (h.take_lone())
                 return std::span<const std::byte>(h.payload_at(h.head), h.taken.length);
-            }
         }
         const detail::RecordHeader* header = h.header_at(h.head);
         const std::uint64_t c = header->control.load(std::memory_order_acquire);

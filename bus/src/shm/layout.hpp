@@ -76,7 +76,7 @@ struct Control {
     alignas(cache_line) std::atomic<std::uint64_t> tail; // end of the last reserved record
     std::atomic<std::uint64_t> produced;
     // the last record an exclusive producer committed, for a consumer one record behind
-    // (Hot::commit_exclusive, Hot::lone_length)
+    // (Hot::commit_exclusive, Hot::take_lone)
     std::atomic<std::uint64_t> last;
 
     // --- written by the consumer on every record ---

@@ -70,8 +70,7 @@ struct RecordHeader {
     std::uint32_t length; // payload bytes; written before the committing store
     std::uint32_t unused;
 };
-inline constexpr std::size_t record_header_size = sizeof(RecordHeader);
-static_assert(record_header_size == 16);
+static_assert(sizeof(RecordHeader) == 16);
 
 constexpr std::uint64_t pack_record(std::uint32_t extent, RecordState state, std::uint32_t slot,
                                     std::uint32_t generation) {
@@ -153,7 +152,7 @@ struct Hot {
 
     // The exclusive producer's commit of its reservation with `used` bytes. The record is also
     // named beside tail, in the line the consumer reads anyway, so a consumer one record behind
-    // takes it without the header's line (lone_length()): one word, its position (a multiple
+    // takes it without the header's line (take_lone()): one word, its position (a multiple
     // of record_align) | (used - 1) % record_align, from which and its extent (tail - head
     // when it is alone) the length follows. An empty record is not named. The tail store
     // publishes.
@@ -167,19 +166,22 @@ struct Hot {
         produced_word->store(++produced, std::memory_order_relaxed);
         tail_word->store(tail, std::memory_order_release);
     }
-    // The length of the record at head when an exclusive producer committed it last and tail
+    // Takes the record at head when an exclusive producer committed it last and tail
     // (tail_cache, just loaded) has moved past it: then it is the only record published (every
     // store of tail past a record is preceded by a store of `last`: a later record's name, or
-    // no_record for an mpsc claim), and its extent is tail - head. -1 otherwise.
-    // Positions never repeat, so a name matches one record only; a peer's garbage is bounded
-    // like a header's.
-    std::int64_t lone_length() const noexcept {
+    // no_record for an mpsc claim), its extent is tail - head and its length follows from the
+    // name, with no look at its header. Positions never repeat, so a name matches one record
+    // only; a peer's garbage is bounded like a header's. False when the record is not alone.
+    bool take_lone() noexcept {
         const std::uint64_t last = last_word->load(std::memory_order_relaxed);
         const std::uint64_t extent = tail_cache - head;
         if ((last & ~std::uint64_t{record_align - 1}) != head || extent % record_align != 0 ||
             extent > capacity)
-            return -1;
-        return static_cast<std::int64_t>(extent - record_align + 1 + (last % record_align));
+            return false;
+        const auto length =
+            static_cast<std::uint32_t>(extent - record_align + 1 + last % record_align);
+        taken = {true, head, static_cast<std::uint32_t>(extent), length};
+        return true;
     }
 
     RecordHeader* header_at(std::uint64_t pos) const noexcept {

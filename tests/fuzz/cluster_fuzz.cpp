@@ -1,7 +1,7 @@
 // The cluster's text parsers: [[app]] tables (busd's config file, and `$sys.cluster.start`
 // definitions), the log line format read back for `$sys.cluster.logs`, and the UTF-8 repair of
 // what workers print. The first input byte picks the parser.
-#include "../../bus/src/cluster/logs.hpp"
+#include "cluster/logs.hpp"
 
 #include <bus/cluster_supervisor.hpp>
 

@@ -7,8 +7,8 @@
 // the ring; `bus shm ls`'s inspect() must describe the segment without trusting it.
 //
 // Input: [mode][tail 8][head 8][produced 8][last 8][headers and ring...]
-#include "../../bus/src/shm/layout.hpp"
-#include "../../bus/src/shm/segment.hpp"
+#include "shm/layout.hpp"
+#include "shm/segment.hpp"
 
 #include <bus/shm_queue.hpp>
 

@@ -6,8 +6,8 @@
 // BUS_SHM_STRESS_RECORDS=N raises the record counts (default: a million per mode).
 #include "../support/shm_records.hpp"
 
-#include "../../bus/src/shm/layout.hpp"
-#include "../../bus/src/shm/segment.hpp"
+#include "shm/layout.hpp"
+#include "shm/segment.hpp"
 
 #include <bus/shm_queue.hpp>
 

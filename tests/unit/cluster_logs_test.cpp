@@ -1,6 +1,6 @@
 // Worker output in cluster mode (bus/src/cluster/logs.hpp): UTF-8 repair, the log line format
 // read back, rotation and tail of the files, and lines cut from a pipe.
-#include "../../bus/src/cluster/logs.hpp"
+#include "cluster/logs.hpp"
 
 #include <gtest/gtest.h>
 

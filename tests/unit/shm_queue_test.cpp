@@ -4,8 +4,8 @@
 // deaths included.
 #include "../support/shm_records.hpp"
 // White-box: one test plays a producer that died inside the reservation lock.
-#include "../../bus/src/shm/layout.hpp"
-#include "../../bus/src/shm/segment.hpp"
+#include "shm/layout.hpp"
+#include "shm/segment.hpp"
 
 #include <bus/shm_queue.hpp>
 #include <bus/unique_fd.hpp>

@@ -15,8 +15,8 @@
 // a client, so a stalled subscriber costs a publisher nothing.
 #include "bus/broker.hpp"
 
-#include "../transport/sockets.hpp"
-#include "../transport/zmq_watch.hpp"
+#include "transport/sockets.hpp"
+#include "transport/zmq_watch.hpp"
 #include "bus/channel.hpp"
 #include "bus/endpoint.hpp"
 #include "bus/frame.hpp"

@@ -1,7 +1,7 @@
 #include "bus/client.hpp"
 
-#include "../transport/sockets.hpp"
-#include "../transport/zmq_watch.hpp"
+#include "transport/sockets.hpp"
+#include "transport/zmq_watch.hpp"
 #include "bus/endpoint.hpp"
 #include "bus/frame.hpp"
 #include "bus/v1/broker.pb.h"

@@ -1,4 +1,4 @@
-#include "logs.hpp"
+#include "cluster/logs.hpp"
 
 #include <algorithm>
 #include <cerrno>

@@ -121,8 +121,8 @@
 // network namespace can send one) only causes a re-check.
 #include "bus/shm_queue.hpp"
 
-#include "layout.hpp"
-#include "segment.hpp"
+#include "shm/layout.hpp"
+#include "shm/segment.hpp"
 
 #include "bus/unique_fd.hpp"
 

@@ -3,8 +3,8 @@
 // queue never changes it, and never counts as holding it.
 #include "bus/shm_queue.hpp"
 
-#include "layout.hpp"
-#include "segment.hpp"
+#include "shm/layout.hpp"
+#include "shm/segment.hpp"
 
 #include "bus/unique_fd.hpp"
 

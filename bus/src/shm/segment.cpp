@@ -1,4 +1,4 @@
-#include "segment.hpp"
+#include "shm/segment.hpp"
 
 #include <bit>
 #include <cerrno>

@@ -11,7 +11,7 @@
 
 #include "bus/error.hpp"
 #include "bus/shm_queue.hpp"
-#include "layout.hpp"
+#include "shm/layout.hpp"
 
 #include <atomic>
 #include <chrono>

@@ -1,4 +1,4 @@
-#include "sockets.hpp"
+#include "transport/sockets.hpp"
 
 #include <netdb.h>
 #include <sys/socket.h>

@@ -1,5 +1,7 @@
 #include <bus/subject.hpp>
 
+#include "broker/subject_trie.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -1,5 +1,7 @@
 #include "bus/subject.hpp"
 
+#include "core/subject_tokens.hpp"
+
 namespace bus {
 namespace {
 

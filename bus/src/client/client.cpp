@@ -1,10 +1,10 @@
 #include "bus/client.hpp"
 
-#include "transport/sockets.hpp"
-#include "transport/zmq_watch.hpp"
 #include "bus/endpoint.hpp"
 #include "bus/frame.hpp"
 #include "bus/v1/broker.pb.h"
+#include "transport/sockets.hpp"
+#include "transport/zmq_watch.hpp"
 
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>

@@ -8,11 +8,11 @@
 // exited (its pidfd said so): a worker that is being killed could still be touching them.
 #include "bus/cluster_supervisor.hpp"
 
-#include "transport/sockets.hpp"
 #include "bus/child_process.hpp"
 #include "bus/v1/cluster.pb.h"
 #include "cluster/logs.hpp"
 #include "cluster/wire.hpp"
+#include "transport/sockets.hpp"
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>

@@ -1,10 +1,10 @@
 #include "bus/cluster.hpp"
 
-#include "transport/sockets.hpp"
 #include "bus/endpoint.hpp"
 #include "bus/frame.hpp"
 #include "bus/v1/cluster.pb.h"
 #include "cluster/wire.hpp"
+#include "transport/sockets.hpp"
 
 #include <boost/asio/post.hpp>
 

@@ -1,0 +1,67 @@
+// The daemon: busd as one object. It composes the broker (router and endpoints), the cluster
+// supervisor and the `$sys.cluster.*` control it answers, and the signals busd obeys, from one
+// Config; busd's main parses its command line into a Config and runs a Daemon, and tests run a
+// whole busd in-process the same way. Faces that busd grows (HTTP, bridges) plug in here.
+#pragma once
+
+#include "bus/broker.hpp"
+#include "bus/cluster_supervisor.hpp"
+
+#include <boost/asio/io_context.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace bus::daemon {
+
+struct Config {
+    broker::Options broker;
+    std::vector<cluster::AppConfig> apps;
+    // Where cluster apps' output is kept (APP.log); empty: $XDG_STATE_HOME/bus/logs, else
+    // ~/.local/state/bus/logs, else beside the sockets.
+    std::string apps_log_dir;
+    // One line per event worth telling (busd prints them on stderr).
+    std::function<void(const std::string&)> log;
+};
+
+// busd's config from its sources, each over the one before: the TOML file (`config_file`, may
+// be empty), then BUS_ENDPOINT when neither the file nor the command line names an endpoint,
+// then `endpoints` from the command line; `curve_keys_file` (may be empty) holds the CURVE key
+// pair for tcp://. Throws ConfigError naming the file and key.
+Config load_config(const std::string& config_file, const std::vector<std::string>& endpoints,
+                   const std::string& curve_keys_file);
+
+// Writes a new CURVE key pair to `path` (created 0600, never overwritten) and returns its
+// public key; throws std::runtime_error saying why it could not.
+std::string generate_curve_keys(const std::string& path);
+
+class Daemon {
+public:
+    // Binds every endpoint and starts the cluster's apps. On failure, `why` says what failed in
+    // a sentence for a person ("another busd already serves unix:///...").
+    static Result<std::unique_ptr<Daemon>> start(boost::asio::io_context& io, Config config,
+                                                 std::string* why = nullptr);
+    // Kills whatever the cluster still runs; unlinks the endpoints' socket files.
+    ~Daemon();
+    Daemon(const Daemon&) = delete;
+    Daemon& operator=(const Daemon&) = delete;
+
+    // SIGHUP reloads every app with zero downtime; SIGTERM or SIGINT stops gracefully (a
+    // second one stops at once) and then calls `stopped`.
+    void handle_signals(std::function<void()> stopped);
+    // Graceful stop: workers finish what they hold, then the broker closes; then `done`.
+    void stop(std::function<void()> done);
+
+    const std::vector<std::string>& endpoints() const noexcept;
+    broker::Broker& broker() noexcept;
+
+    struct Impl;
+
+private:
+    explicit Daemon(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace bus::daemon

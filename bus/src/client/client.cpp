@@ -4,7 +4,7 @@
 #include "bus/frame.hpp"
 #include "bus/v1/broker.pb.h"
 #include "transport/sockets.hpp"
-#include "transport/zmq_watch.hpp"
+#include "transport/zmq_link.hpp"
 
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
@@ -126,131 +126,21 @@ private:
     std::shared_ptr<Channel> channel_;
 };
 
-class ZmqLink final : public Client::Link {
+// ZeroMQ hides its connection: only heartbeats tell that the broker went away.
+class ZmqClientLink final : public Client::Link {
 public:
-    ZmqLink(asio::io_context& io, const std::string& endpoint, std::size_t max_message_size,
-            const std::string& server_key, std::function<void(Message&)> rx)
-        : io_(io), max_frame_(max_message_size + 64 * 1024),
-          socket_(context_, zmq::socket_type::dealer), rx_(std::move(rx)) {
-        if (!server_key.empty()) {
-            // CURVE with a fresh key pair of our own: the broker authenticates itself to us by
-            // its key, and the link is encrypted.
-            char public_key[41], secret_key[41];
-            if (zmq_curve_keypair(public_key, secret_key) != 0)
-                throw zmq::error_t();
-            socket_.set(zmq::sockopt::curve_serverkey, server_key);
-            socket_.set(zmq::sockopt::curve_publickey, std::string(public_key, 40));
-            socket_.set(zmq::sockopt::curve_secretkey, std::string(secret_key, 40));
-        }
-        socket_.set(zmq::sockopt::linger, 0);
-        socket_.set(zmq::sockopt::sndhwm, 1000); // batches
-        // What the broker cannot hand over waits in its own bounded queue and is dropped there,
-        // counted and reported; a deep queue here would only hide a slow consumer.
-        socket_.set(zmq::sockopt::rcvhwm, 256);
-        socket_.set(zmq::sockopt::maxmsgsize,
-                    static_cast<int64_t>(max_frame_ + frame::header_size));
-        socket_.set(zmq::sockopt::reconnect_ivl, 50);
-        socket_.set(zmq::sockopt::reconnect_ivl_max, 1000);
-        socket_.connect(endpoint);
-        watch_ = std::make_unique<detail::ZmqWatch>(
-            io, socket_, [this] { read(); }, [this] { write_pending(); });
-        watch_->start();
-    }
-    ~ZmqLink() override { watch_.reset(); }
+    ZmqClientLink(asio::io_context& io, const std::string& endpoint, std::size_t max_message_size,
+                  const std::string& server_key, std::function<void(Message&)> rx)
+        : zmq_(io, endpoint, max_message_size, server_key, std::move(rx)) {}
 
     bool carries_fds() const override { return false; }
     bool needs_heartbeat_timeout() const override { return true; }
-    // What one loop turn sends travels as one ZeroMQ message, a batch of channel frames (ZeroMQ
-    // costs per message, not per byte). Batches go into ZeroMQ's own queue, bounded by SNDHWM;
-    // when it is full they wait here, in order, and send() says so, as a channel does past
-    // its high-water mark.
     Sent send(const v1::Envelope& header, std::string_view payload, Fds) override {
-        if (!batch_.empty() &&
-            batch_.size() + header.ByteSizeLong() + payload.size() + 16 > detail::zmq_batch_bytes)
-            flush();
-        frame::append_split(batch_, header, payload);
-        if (!flush_posted_) {
-            flush_posted_ = true;
-            asio::post(io_, [this, alive = std::weak_ptr<void>(alive_)] {
-                if (alive.expired())
-                    return;
-                flush_posted_ = false;
-                flush();
-            });
-        }
-        return pending_.empty() ? Sent::ok : Sent::ok_but_full;
+        return zmq_.send(header, payload) ? Sent::ok : Sent::ok_but_full;
     }
 
 private:
-    void flush() {
-        if (batch_.empty())
-            return;
-        zmq::message_t msg(batch_.data(), batch_.size());
-        batch_.clear();
-        if (pending_.empty() && try_send(msg)) {
-            watch_->kick();
-            return;
-        }
-        pending_.push_back(std::move(msg));
-        watch_->want_write(true);
-    }
-
-    bool try_send(zmq::message_t& msg) {
-        try {
-            return socket_.send(msg, zmq::send_flags::dontwait).has_value();
-        } catch (const zmq::error_t&) {
-            return false;
-        }
-    }
-
-    void write_pending() {
-        while (!pending_.empty() && try_send(pending_.front()))
-            pending_.pop_front();
-        if (pending_.empty())
-            watch_->want_write(false);
-    }
-
-    void read() {
-        for (int i = 0; i < 256; ++i) {
-            zmq::message_t msg;
-            try {
-                if (!socket_.recv(msg, zmq::recv_flags::dontwait))
-                    return;
-                if (msg.more()) { // not from a broker: drop the whole message
-                    zmq::message_t rest;
-                    while (socket_.get(zmq::sockopt::rcvmore) &&
-                           socket_.recv(rest, zmq::recv_flags::dontwait)) {
-                    }
-                    continue;
-                }
-            } catch (const zmq::error_t&) {
-                return;
-            }
-            auto alive = std::weak_ptr<void>(alive_); // a handler may close the client
-            for (auto frames = msg.to_string_view(); !frames.empty();) {
-                auto body = frame::take_frame(frames, max_frame_);
-                if (!body)
-                    break; // not from a broker: ignore the rest
-                if (!message_.view(body.value()))
-                    continue;
-                rx_(message_);
-                if (alive.expired())
-                    return;
-            }
-        }
-    }
-
-    asio::io_context& io_;
-    std::shared_ptr<int> alive_ = std::make_shared<int>(0); // expires with the link
-    std::size_t max_frame_;
-    std::string batch_;
-    bool flush_posted_ = false;
-    zmq::context_t context_{1};
-    zmq::socket_t socket_;
-    std::function<void(Message&)> rx_;
-    std::unique_ptr<detail::ZmqWatch> watch_;
-    std::deque<zmq::message_t> pending_;
-    Message message_; // reused for deliveries; a ZeroMQ link carries no fds
+    detail::ZmqLink zmq_;
 };
 
 } // namespace
@@ -319,7 +209,8 @@ Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::strin
                 return errc::no_server_key;
         }
         try {
-            client->link_ = std::make_unique<ZmqLink>(io, text, options.max_message_size, key, rx);
+            client->link_ =
+                std::make_unique<ZmqClientLink>(io, text, options.max_message_size, key, rx);
         } catch (const zmq::error_t& e) {
             return std::error_code(e.num(), std::system_category());
         }

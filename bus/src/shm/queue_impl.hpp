@@ -202,6 +202,7 @@ struct Queue::Impl : detail::Hot {
     // async
     void async_wait(boost::asio::io_context& io, WaitHandler handler, std::size_t record_size);
     void cancel();
+    void end_async() noexcept; // detaching
 };
 
 } // namespace bus::shm

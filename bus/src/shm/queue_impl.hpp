@@ -1,5 +1,6 @@
 // Queue::Impl, the state of one queue handle, and the little that more than one of the files
-// implementing it needs. The protocol they implement is the comment at the top of queue.cpp.
+// implementing it needs; its calls are listed by the file that defines them. The protocol
+// they implement is the comment at the top of queue.cpp.
 #pragma once
 
 #include "bus/shm_queue.hpp"
@@ -23,6 +24,7 @@ namespace detail {
 
 using Clock = std::chrono::steady_clock;
 
+// How long blocking calls spin before they sleep, unless set_spin() says otherwise.
 constexpr std::chrono::nanoseconds default_spin = std::chrono::microseconds(20);
 // How long a waiter sleeps before it looks at the other side's liveness again.
 constexpr std::chrono::nanoseconds liveness_slice = std::chrono::milliseconds(20);
@@ -75,11 +77,8 @@ struct Queue::Impl : detail::Hot {
     UniqueFd notify_socket; // unbound datagram socket for waking async waiters
     std::shared_ptr<AsyncWait> async;
 
-    ~Impl();
-
+    // --- used by all of them, inline
     std::size_t max_record() const noexcept { return capacity; }
-
-    std::error_code attach();
     void require(Role r, const char* what) const {
         if (role != r) [[unlikely]]
             wrong_end(what);
@@ -88,7 +87,6 @@ struct Queue::Impl : detail::Hot {
         throw std::logic_error(std::string("bus::shm::Queue::") + what + " on a " +
                                (role == Role::producer ? "producer" : "consumer") + " handle");
     }
-
     // barriers: see "Memory ordering" in queue.cpp (publish_barrier() is in Hot)
     void notify_consumer() noexcept {
         publish_barrier();
@@ -100,13 +98,7 @@ struct Queue::Impl : detail::Hot {
         if (ctrl->producers_waiting.load(std::memory_order_relaxed) != 0)
             wake_producers();
     }
-    void wake_consumer() noexcept;
-    void wake_producers() noexcept;
-    void send_notify(std::uint64_t token) noexcept;
     std::uint64_t my_bit() const noexcept { return std::uint64_t{1} << slot; }
-    void reap_slot_waits(std::size_t i) noexcept;
-    void reap_dead_waiters() noexcept;
-    bool reap_if_dead(std::size_t i) noexcept;
     bool reap_due() noexcept {
         const auto now = detail::Clock::now();
         if (now < next_reap)
@@ -114,14 +106,10 @@ struct Queue::Impl : detail::Hot {
         next_reap = now + detail::liveness_slice;
         return true;
     }
-
-    // liveness
-    bool other_side_dead() const noexcept;
     bool other_side_alive() const noexcept {
         return detail::held_by_other(fd.get(), role == Role::producer ? detail::lock_consumer
                                                                       : detail::lock_producers);
     }
-    bool claimer_dead(std::uint64_t control) const noexcept;
     bool liveness_due(detail::Clock::time_point now) {
         if (now < next_liveness)
             return false;
@@ -129,13 +117,17 @@ struct Queue::Impl : detail::Hot {
         return true;
     }
 
-    // producer. The hot calls have an inlined fast path (shm_queue.hpp) for the common case
-    // (exclusive, room, a committed record) and an out-of-line path for everything else.
+    // --- queue.cpp: the ring. The hot calls have an inlined fast path (shm_queue.hpp) for the
+    // common case (exclusive, room, a committed record) and these for everything else.
     Result<std::span<std::byte>> try_reserve_slow(std::size_t n);
-    Result<std::span<std::byte>> reserve_wait(std::size_t n, std::chrono::nanoseconds timeout);
     bool has_room(std::size_t n) noexcept;
     void commit_slow(std::size_t used);
     void abort() noexcept;
+    Result<std::span<const std::byte>> try_front_slow();
+    void release();
+    void advance(std::uint32_t extent, bool skip) noexcept;
+
+    // --- reservation_lock.cpp: mpsc
     void lock_reserve() noexcept;
     void lock_reserve_slow() noexcept;
     void unlock_reserve() noexcept;
@@ -145,64 +137,30 @@ struct Queue::Impl : detail::Hot {
     void release_bias() noexcept;
     bool lock_owner_dead(std::uint32_t owner) const noexcept;
 
-    // consumer
+    // --- waits.cpp: waking, spinning, sleeping, async
+    void wake_consumer() noexcept;
+    void wake_producers() noexcept;
+    void send_notify(std::uint64_t token) noexcept;
+    // ready() until it says true, or the spin is over
+    template <class Ready>
+    bool burst(std::chrono::nanoseconds timeout, bool backoff, Ready&& ready);
+    template <class Ready>
+    bool spin_until(detail::Clock::time_point deadline, bool backoff, Ready&& ready);
+    Result<std::span<std::byte>> reserve_wait(std::size_t n, std::chrono::nanoseconds timeout);
     Result<std::span<const std::byte>> try_front();
-    Result<std::span<const std::byte>> try_front_slow();
     Result<std::span<const std::byte>> front_wait(std::chrono::nanoseconds timeout);
-    void release();
-    void advance(std::uint32_t extent, bool skip) noexcept;
-
-    // Spinning. Most spinning waits end within a few hundred nanoseconds, and a clock read costs
-    // 20-40 ns in a VM: burst() looks a few times without the clock before spin_until()
-    // measures. `backoff` (the producer waiting for room) doubles the pause between looks, up
-    // to about a microsecond: each look at `head` takes its line from the consumer, whose next
-    // release() must take it back, so polling a full ring tightly slows the very consumer it
-    // waits for, and the ring stays full (measured: half the throughput). A consumer waiting
-    // for a record does not back off: that is the latency path.
-    static constexpr unsigned max_pauses = 64;
-    // An mpsc consumer whose head record is claimed but not yet committed looks less often:
-    // each look takes the header's line from the producer that is about to commit into it
-    // (measured with headers in the ring: +15-30% mpsc throughput).
-    static constexpr unsigned claim_pauses = 8;
-    template <class Ready>
-    bool burst(std::chrono::nanoseconds timeout, bool backoff, Ready&& ready) {
-        if (spin <= std::chrono::nanoseconds::zero() || timeout < std::chrono::microseconds(10))
-            return false;
-        unsigned pauses = 1;
-        for (unsigned spent = 0; spent < 256; spent += pauses) {
-            for (unsigned k = 0; k < pauses; ++k)
-                detail::cpu_relax();
-            saw_claim = false;
-            if (ready())
-                return true;
-            if (backoff)
-                pauses = std::min(2 * pauses, max_pauses);
-            else
-                pauses = saw_claim ? claim_pauses : 1;
-        }
-        return false;
-    }
-    template <class Ready>
-    bool spin_until(detail::Clock::time_point deadline, bool backoff, Ready&& ready) {
-        if (spin <= std::chrono::nanoseconds::zero())
-            return false;
-        const auto end = std::min(deadline, detail::deadline_after(detail::Clock::now(), spin));
-        for (unsigned i = 1;; ++i) {
-            saw_claim = false;
-            if (ready())
-                return true;
-            const unsigned pauses = backoff ? max_pauses : saw_claim ? claim_pauses : 1;
-            for (unsigned k = 0; k < pauses; ++k)
-                detail::cpu_relax();
-            if ((i & 63) == 0 && detail::Clock::now() >= end)
-                return false;
-        }
-    }
-
-    // async
     void async_wait(boost::asio::io_context& io, WaitHandler handler, std::size_t record_size);
     void cancel();
     void end_async() noexcept; // detaching
+
+    // --- attach.cpp: attaching and detaching, the dead
+    std::error_code attach();
+    ~Impl();
+    bool other_side_dead() const noexcept;
+    bool claimer_dead(std::uint64_t control) const noexcept;
+    void reap_slot_waits(std::size_t i) noexcept;
+    void reap_dead_waiters() noexcept;
+    bool reap_if_dead(std::size_t i) noexcept;
 };
 
 } // namespace bus::shm

@@ -119,6 +119,13 @@
 // waiter has bound; the publisher that sees it sends one byte there. The socket is what the Asio
 // loop watches; a timer at the slice does the liveness checks. A stray datagram (anyone in the
 // network namespace can send one) only causes a re-check.
+//
+// WHERE. This file: the ring, i.e. reserve/commit and front/release beyond their inline fast
+// paths (bus/include/bus/shm_queue.hpp, bus/detail/shm_hot.hpp), and the Queue calls.
+// reservation_lock.cpp: the mpsc reservation lock, and taking it over from one producer.
+// waits.cpp: spinning, the futex and async waits, and waking. attach.cpp: create/open,
+// attach/detach, telling that a peer died and taking back what it left. The handle's state,
+// Queue::Impl, is in queue_impl.hpp.
 #include "bus/shm_queue.hpp"
 
 #include "shm/layout.hpp"

@@ -1,6 +1,9 @@
 // Queue::Impl, the state of one queue handle, and the little that more than one of the files
 // implementing it needs; its calls are listed by the file that defines them. The protocol
 // they implement is the comment at the top of queue.cpp.
+//
+// A handle is used by one thread at a time (shm_queue.hpp), so its own fields are plain; what
+// other processes see is in the segment (ctrl, the headers, the ring), ordered by the protocol.
 #pragma once
 
 #include "bus/shm_queue.hpp"

@@ -100,7 +100,7 @@ struct Control {
     // --- read by the consumer on every record, written when producers start waiting ---
     // Bit s: the producer of slot s waits for room (sync or async; async alone). Bitmasks and
     // not counts, so the waits of a producer that died asleep can be taken back by whoever
-    // finds its slot dead (reap_dead_waiters() in queue.cpp): clearing a bit is idempotent, a
+    // finds its slot dead (reap_dead_waiters() in attach.cpp): clearing a bit is idempotent, a
     // count could only be guessed at.
     alignas(cache_line) std::atomic<std::uint64_t> producers_waiting;
     std::atomic<std::uint64_t> producers_async;

@@ -13,6 +13,7 @@
 #include "bus/v1/cluster.pb.h"
 #include "cluster/logs.hpp"
 #include "cluster/wire.hpp"
+#include "core/fnv1a.hpp"
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -801,14 +802,9 @@ struct Supervisor::Impl {
     // FNV-1a over every watched file's name and content (a directory: its regular files, in
     // name order).
     static std::uint64_t content_hash(const std::vector<std::string>& paths) {
-        std::uint64_t h = 1469598103934665603ull;
+        bus::detail::Fnv1a h;
         auto mix = [&](std::string_view bytes) {
-            for (unsigned char c : bytes) {
-                h ^= c;
-                h *= 1099511628211ull;
-            }
-            h ^= 0xff; // separator
-            h *= 1099511628211ull;
+            h.add(bytes).add(0xff); // separator
         };
         auto file = [&](const std::filesystem::path& p) {
             mix(p.string());
@@ -830,7 +826,7 @@ struct Supervisor::Impl {
                 file(path);
             }
         }
-        return h;
+        return h.value();
     }
 
     void start_watch(App& a) {

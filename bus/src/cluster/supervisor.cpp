@@ -8,19 +8,16 @@
 // exited (its pidfd said so): a worker that is being killed could still be touching them.
 #include "bus/cluster_supervisor.hpp"
 
-#include "transport/sockets.hpp"
 #include "bus/child_process.hpp"
 #include "bus/v1/cluster.pb.h"
 #include "cluster/logs.hpp"
 #include "cluster/wire.hpp"
 #include "core/fnv1a.hpp"
+#include "transport/sockets.hpp"
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <fcntl.h>
@@ -43,36 +40,6 @@ namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 using detail::control_is;
 using detail::send_control;
-
-namespace {
-
-std::string address_text(const sockaddr_storage& ss) {
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (ss.ss_family == AF_INET) {
-        const auto& a = reinterpret_cast<const sockaddr_in&>(ss);
-        ::inet_ntop(AF_INET, &a.sin_addr, host, sizeof host);
-        port = ntohs(a.sin_port);
-        return std::string(host) + ":" + std::to_string(port);
-    }
-    if (ss.ss_family == AF_INET6) {
-        const auto& a = reinterpret_cast<const sockaddr_in6&>(ss);
-        ::inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof host);
-        port = ntohs(a.sin6_port);
-        return "[" + std::string(host) + "]:" + std::to_string(port);
-    }
-    return "?";
-}
-
-std::string local_text(int fd) {
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0)
-        return "?";
-    return address_text(ss);
-}
-
-} // namespace
 
 struct App;
 
@@ -339,7 +306,7 @@ struct Supervisor::Impl {
             }
             Pending c;
             c.fd = UniqueFd(fd);
-            c.peer = address_text(ss);
+            c.peer = bus::detail::address_text(ss);
             c.local = l.address.substr(6);
             c.id = ++a.next_id;
             a.pending.push_back(std::move(c));
@@ -1202,7 +1169,7 @@ struct Supervisor::Impl {
                 detail = "cannot listen on " + address + ": " + fd.error().message();
                 return errc::request_failed;
             }
-            const std::string bound = "tcp://" + local_text(fd.value().get());
+            const std::string bound = "tcp://" + bus::detail::local_address_text(fd.value().get());
             listeners.push_back(std::make_unique<Listener>(io, std::move(fd).value(), bound));
         }
         a.listeners = std::move(listeners);

@@ -137,10 +137,7 @@ int main(int argc, char** argv) {
         try {
             options = bus::broker::load_config(config_file);
             apps = bus::cluster::load_apps(config_file);
-        } catch (const bus::broker::ConfigError& e) {
-            std::fprintf(stderr, "busd: bad config: %s\n", e.what());
-            return 2;
-        } catch (const bus::cluster::ConfigError& e) {
+        } catch (const bus::ConfigError& e) {
             std::fprintf(stderr, "busd: bad config: %s\n", e.what());
             return 2;
         }

@@ -10,9 +10,11 @@
 
 #include "bus/child_process.hpp"
 #include "bus/v1/cluster.pb.h"
+#include "cluster/join_server.hpp"
 #include "cluster/logs.hpp"
+#include "cluster/proc_stats.hpp"
+#include "cluster/watch.hpp"
 #include "cluster/wire.hpp"
-#include "core/fnv1a.hpp"
 #include "transport/sockets.hpp"
 
 #include <boost/asio/post.hpp>
@@ -21,15 +23,10 @@
 #include <sys/socket.h>
 
 #include <fcntl.h>
-#include <sys/inotify.h>
-#include <sys/syscall.h>
 
 #include <csignal>
-#include <cstdio>
 #include <cstring>
 #include <deque>
-#include <filesystem>
-#include <fstream>
 #include <list>
 #include <map>
 #include <unistd.h>
@@ -121,7 +118,7 @@ struct Listener {
 enum class AppState { running, stopping, stopped, errored };
 
 struct App {
-    explicit App(asio::io_context& io) : heartbeat_timer(io), watch_timer(io) {}
+    explicit App(asio::io_context& io) : heartbeat_timer(io) {}
     AppConfig config;
     AppState state = AppState::running;
     std::string reason;    // why it is errored
@@ -136,24 +133,9 @@ struct App {
     std::uint64_t next_id = 0;
     std::uint64_t ping_seq = 0;
     asio::steady_timer heartbeat_timer;
-    // watch: inotify on the watched paths' directories, debounced, compared by content hash
-    std::unique_ptr<asio::posix::stream_descriptor> inotify;
-    asio::steady_timer watch_timer;
-    std::uint64_t watch_hash = 0;
-    std::unique_ptr<detail::LogFile> logs; // the workers' stdout and stderr
+    std::unique_ptr<detail::FileWatch> watch; // when config.watch names files
+    std::unique_ptr<detail::LogFile> logs;    // the workers' stdout and stderr
 };
-
-// Resident memory of a process, from /proc (0 when it cannot be read).
-std::uint64_t rss_bytes(pid_t pid) {
-    std::uint64_t out = 0;
-    if (FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/statm").c_str(), "re")) {
-        unsigned long long size = 0, resident = 0;
-        if (std::fscanf(f, "%llu %llu", &size, &resident) == 2)
-            out = resident * static_cast<unsigned long long>(::sysconf(_SC_PAGESIZE));
-        std::fclose(f);
-    }
-    return out;
-}
 
 // A close-on-exec pipe (read end, write end); two empty fds when none can be made.
 std::pair<UniqueFd, UniqueFd> pipe() {
@@ -169,27 +151,6 @@ bool busd_accepts(Mode mode) {
 }
 
 namespace {
-
-// Resident memory and CPU time of a process, from /proc (0 when it cannot be read).
-void add_usage(v1::ClusterWorker& w) {
-    const std::string dir = "/proc/" + std::to_string(w.pid());
-    w.set_rss_bytes(rss_bytes(static_cast<pid_t>(w.pid())));
-    if (FILE* f = std::fopen((dir + "/stat").c_str(), "re")) {
-        char buffer[1024];
-        const std::size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);
-        std::fclose(f);
-        buffer[n] = '\0';
-        // Fields after the command (which may hold spaces) start after the last ')'.
-        if (const char* p = std::strrchr(buffer, ')')) {
-            unsigned long long utime = 0, stime = 0;
-            // state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-            if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
-                            &stime) == 2)
-                w.set_cpu_ms((utime + stime) * 1000 /
-                             static_cast<unsigned long long>(::sysconf(_SC_CLK_TCK)));
-        }
-    }
-}
 
 // What `ls` and the `$sys.cluster.errored` event say of an app.
 void describe(const App& a, v1::ClusterApp& info) {
@@ -228,7 +189,8 @@ void describe(const App& a, v1::ClusterApp& info) {
         w->set_started_unix_ns(
             now_ns -
             std::chrono::duration_cast<std::chrono::nanoseconds>(now_steady - p->started).count());
-        add_usage(*w);
+        w->set_rss_bytes(detail::rss_bytes(p->pid()));
+        w->set_cpu_ms(detail::cpu_ms(p->pid()));
     }
 }
 
@@ -240,6 +202,7 @@ struct Supervisor::Impl {
     std::vector<std::unique_ptr<App>> apps;
     std::function<void()> stopped;
     bool stopping = false;
+    std::unique_ptr<detail::JoinServer> joins; // when options.join_path is set
     // Handlers posted or armed on the loop hold this weakly: the supervisor may be gone.
     std::shared_ptr<int> alive = std::make_shared<int>(0);
 
@@ -764,244 +727,69 @@ struct Supervisor::Impl {
         }
     }
 
-    // --- watch -------------------------------------------------------------------------------
-
-    // FNV-1a over every watched file's name and content (a directory: its regular files, in
-    // name order).
-    static std::uint64_t content_hash(const std::vector<std::string>& paths) {
-        bus::detail::Fnv1a h;
-        auto mix = [&](std::string_view bytes) {
-            h.add(bytes).add(0xff); // separator
-        };
-        auto file = [&](const std::filesystem::path& p) {
-            mix(p.string());
-            std::ifstream in(p, std::ios::binary);
-            std::string content((std::istreambuf_iterator<char>(in)), {});
-            mix(content);
-        };
-        for (const auto& path : paths) {
-            std::error_code ec;
-            if (std::filesystem::is_directory(path, ec)) {
-                std::vector<std::filesystem::path> files;
-                for (const auto& e : std::filesystem::directory_iterator(path, ec))
-                    if (e.is_regular_file(ec))
-                        files.push_back(e.path());
-                std::sort(files.begin(), files.end());
-                for (const auto& f : files)
-                    file(f);
-            } else {
-                file(path);
-            }
-        }
-        return h.value();
-    }
-
-    void start_watch(App& a) {
-        if (a.config.watch.empty() || a.inotify)
-            return;
-        const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-        if (fd < 0) {
-            log("app '" + a.config.name + "': cannot watch: " + std::strerror(errno));
-            return;
-        }
-        a.inotify = std::make_unique<asio::posix::stream_descriptor>(io, fd);
-        // Directories, not files: editors save by writing a new file and renaming it over the
-        // old one, which a watch on the old file's inode would miss.
-        const auto mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE |
-                          IN_MODIFY | IN_ATTRIB;
-        for (const auto& path : a.config.watch) {
-            std::error_code ec;
-            const auto dir = std::filesystem::is_directory(path, ec)
-                                 ? std::filesystem::path(path)
-                                 : std::filesystem::path(path).parent_path();
-            const std::string d = dir.empty() ? "." : dir.string();
-            if (::inotify_add_watch(fd, d.c_str(), mask) < 0)
-                log("app '" + a.config.name + "': cannot watch " + d + ": " + std::strerror(errno));
-        }
-        a.watch_hash = content_hash(a.config.watch);
-        wait_watch(a);
-    }
-
-    void wait_watch(App& a) {
-        a.inotify->async_wait(
-            asio::posix::stream_descriptor::wait_read,
-            [this, &a, alive = std::weak_ptr<int>(alive)](boost::system::error_code ec) {
-                if (ec || alive.expired() || !a.inotify)
-                    return;
-                char buffer[8192];
-                while (::read(a.inotify->native_handle(), buffer, sizeof buffer) > 0) {
-                }
-                // Debounced: the check runs once the events have stopped for a while.
-                a.watch_timer.expires_after(a.config.watch_debounce);
-                a.watch_timer.async_wait([this, &a, alive](boost::system::error_code e) {
-                    if (e || alive.expired())
-                        return;
-                    const auto h = content_hash(a.config.watch);
-                    if (h == a.watch_hash) {
-                        log("app '" + a.config.name + "': watched files unchanged");
-                        return;
-                    }
-                    a.watch_hash = h;
-                    log("app '" + a.config.name + "': watched files changed");
-                    if (a.state == AppState::running) {
-                        for (int i = 0; i < a.config.instances; ++i)
-                            queue_replacement(a, i);
-                        log("app '" + a.config.name + "': reload queued");
-                    }
-                });
-                wait_watch(a);
-            });
-    }
-
     // --- heartbeats --------------------------------------------------------------------------
 
     void heartbeat(App& a) {
         a.heartbeat_timer.expires_after(a.config.heartbeat);
-        a.heartbeat_timer.async_wait(
-            [this, &a, alive = std::weak_ptr<int>(alive)](boost::system::error_code ec) {
-                if (ec || alive.expired() || a.state != AppState::running)
-                    return;
-                const auto now = Clock::now();
-                std::vector<std::shared_ptr<Proc>> procs(a.procs.begin(), a.procs.end());
-                for (auto& p : procs) {
-                    if (p->cut)
-                        continue;
-                    p->window_messages = 0;
-                    p->window_allowance = flood_allowance(*p);
-                    if (!p->in_flight.empty()) {
-                        auto oldest = p->in_flight.begin()->second.sent;
-                        for (auto& [id, c] : p->in_flight)
-                            oldest = std::min(oldest, c.sent);
-                        if (now - oldest > a.config.ack_timeout) {
-                            cut(*p, "did not acknowledge a connection within ack_timeout");
-                            continue;
-                        }
-                    }
-                    if (p->state != Proc::State::ready)
-                        continue;
-                    if (a.config.max_memory && !p->over_memory && !p->retiring && !p->joined &&
-                        a.slots[p->instance]->current == p) {
-                        if (const auto rss = rss_bytes(p->pid()); rss > a.config.max_memory) {
-                            p->over_memory = true;
-                            log(who(*p) + " uses " + std::to_string(rss >> 20) +
-                                " MiB, above max_memory: replacing it");
-                            queue_replacement(a, p->instance);
-                        }
-                    }
-                    if (p->unanswered_pings >= a.config.heartbeat_misses) {
-                        cut(*p, std::to_string(p->unanswered_pings) + " heartbeats unanswered");
-                        continue;
-                    }
-                    v1::Heartbeat beat;
-                    beat.set_seq(++a.ping_seq);
-                    beat.set_sent_unix_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                              std::chrono::system_clock::now().time_since_epoch())
-                                              .count());
-                    ++p->unanswered_pings;
-                    send_control(*p->channel, beat);
-                }
-                heartbeat(a);
-            });
-    }
-
-    // --- workers that join -------------------------------------------------------------------
-
-    // busd's cluster socket: workers it did not start join an app here (Worker::join). Only
-    // busd's own user may (the kernel's peer credentials), and the first message must be Join.
-    std::unique_ptr<asio::posix::stream_descriptor> join_socket;
-    std::string join_path;
-
-    std::error_code listen_for_joins(const std::string& path) {
-        auto fd = bus::detail::listen_unix(path);
-        if (!fd)
-            return fd.error();
-        join_socket = std::make_unique<asio::posix::stream_descriptor>(io, fd.value().release());
-        join_path = path;
-        accept_joins();
-        return {};
-    }
-
-    void accept_joins() {
-        join_socket->async_wait(
-            asio::posix::stream_descriptor::wait_read,
-            [this, alive = std::weak_ptr<int>(alive)](boost::system::error_code ec) {
-                if (ec || alive.expired())
-                    return;
-                for (;;) {
-                    UniqueFd fd(::accept4(join_socket->native_handle(), nullptr, nullptr,
-                                          SOCK_NONBLOCK | SOCK_CLOEXEC));
-                    if (!fd) {
-                        if (errno == EINTR || errno == ECONNABORTED)
-                            continue;
-                        break;
-                    }
-                    on_join_connection(std::move(fd));
-                }
-                accept_joins();
-            });
-    }
-
-    void on_join_connection(UniqueFd fd) {
-        ucred cred{};
-        socklen_t len = sizeof cred;
-        if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
-            cred.uid != ::geteuid()) {
-            log("cluster socket: refused a worker of uid " + std::to_string(cred.uid) +
-                " (only busd's own user may join)");
-            return;
-        }
-        UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, cred.pid, 0)));
-        auto channel = Channel::adopt(io, std::move(fd));
-        if (!channel)
-            return;
-        auto conn = channel.value();
-        // Until Join: one message, within a few seconds, or the connection is closed.
-        auto timer = std::make_shared<asio::steady_timer>(io, std::chrono::seconds(5));
-        timer->async_wait([conn](boost::system::error_code ec) {
-            if (!ec)
-                conn->close();
-        });
-        auto watch = std::make_shared<UniqueFd>(std::move(pidfd));
-        auto answered = std::make_shared<bool>(false);
-        conn->on_message([this, conn, timer, watch, answered, pid = cred.pid,
-                          alive = std::weak_ptr<int>(alive)](Message& m) {
-            // Only the first message counts (a worker waits for the answer before it says
-            // more). It is handled after this call: the handlers it replaces are running now.
-            if (std::exchange(*answered, true))
+        a.heartbeat_timer.async_wait([this, &a, alive = std::weak_ptr<int>(alive)](
+                                         boost::system::error_code ec) {
+            if (ec || alive.expired() || a.state != AppState::running)
                 return;
-            timer->cancel();
-            auto first = std::make_shared<Message>(std::move(m));
-            asio::post(io, [this, conn, first, watch, pid, alive] {
-                if (alive.expired())
-                    return conn->close();
-                conn->on_disconnect({});
-                on_join(conn, *first, pid, std::move(*watch));
-            });
+            const auto now = Clock::now();
+            std::vector<std::shared_ptr<Proc>> procs(a.procs.begin(), a.procs.end());
+            for (auto& p : procs) {
+                if (p->cut)
+                    continue;
+                p->window_messages = 0;
+                p->window_allowance = flood_allowance(*p);
+                if (!p->in_flight.empty()) {
+                    auto oldest = p->in_flight.begin()->second.sent;
+                    for (auto& [id, c] : p->in_flight)
+                        oldest = std::min(oldest, c.sent);
+                    if (now - oldest > a.config.ack_timeout) {
+                        cut(*p, "did not acknowledge a connection within ack_timeout");
+                        continue;
+                    }
+                }
+                if (p->state != Proc::State::ready)
+                    continue;
+                if (a.config.max_memory && !p->over_memory && !p->retiring && !p->joined &&
+                    a.slots[p->instance]->current == p) {
+                    if (const auto rss = detail::rss_bytes(p->pid()); rss > a.config.max_memory) {
+                        p->over_memory = true;
+                        log(who(*p) + " uses " + std::to_string(rss >> 20) +
+                            " MiB, above max_memory: replacing it");
+                        queue_replacement(a, p->instance);
+                    }
+                }
+                if (p->unanswered_pings >= a.config.heartbeat_misses) {
+                    cut(*p, std::to_string(p->unanswered_pings) + " heartbeats unanswered");
+                    continue;
+                }
+                v1::Heartbeat beat;
+                beat.set_seq(++a.ping_seq);
+                beat.set_sent_unix_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count());
+                ++p->unanswered_pings;
+                send_control(*p->channel, beat);
+            }
+            heartbeat(a);
         });
-        conn->on_disconnect([conn, timer](std::error_code) { timer->cancel(); });
     }
 
-    void on_join(std::shared_ptr<Channel> conn, Message& m, pid_t pid, UniqueFd pidfd) {
-        v1::Join join;
-        v1::JoinAck ack;
-        App* a = nullptr;
-        if (!control_is(m, join) || !m.fds.empty())
-            ack.set_reason("the first message must be a bus.v1.Join");
-        else if (!(a = find_app(join.app())))
-            ack.set_reason("no app named '" + join.app() + "'");
-        else if (a->state != AppState::running || a->deleting)
-            ack.set_reason("app '" + join.app() + "' is not running");
-        if (!ack.reason().empty()) {
-            log("cluster socket: refused pid " + std::to_string(pid) + ": " + ack.reason());
-            conn->on_message({});
-            send_control(*conn, ack);
-            conn->close();
-            return;
-        }
-        adopt_joined(*a, std::move(conn), pid, std::move(pidfd));
-    }
+    // --- workers that join ---------------------------------------------------------------
 
-    void adopt_joined(App& a, std::shared_ptr<Channel> channel, pid_t pid, UniqueFd pidfd) {
+    // A worker busd did not start, asking through the cluster socket to join an app: one of the
+    // app's workers from now on, or the answer is why not (JoinServer::Admit).
+    std::string adopt_joined(const v1::Join& join, std::shared_ptr<Channel> channel, pid_t pid,
+                             UniqueFd pidfd) {
+        App* found = find_app(join.app());
+        if (!found)
+            return "no app named '" + join.app() + "'";
+        if (found->state != AppState::running || found->deleting)
+            return "app '" + join.app() + "' is not running";
+        App& a = *found;
         // The lowest instance number no worker of the app has, from the app's own count up.
         int instance = std::max(a.config.instances, static_cast<int>(a.slots.size()));
         for (bool taken = true; taken; instance += taken) {
@@ -1037,6 +825,7 @@ struct Supervisor::Impl {
         ack.set_instance(static_cast<std::uint32_t>(instance));
         send_control(*p->channel, ack);
         log(who(*p) + " joined");
+        return {};
     }
 
     // --- logs --------------------------------------------------------------------------------
@@ -1128,7 +917,19 @@ struct Supervisor::Impl {
             apps.pop_back();
             return ec;
         }
-        start_watch(a);
+        if (!a.config.watch.empty())
+            a.watch = detail::FileWatch::start(
+                io, a.config.watch, a.config.watch_debounce,
+                [this, &a](const std::string& line) {
+                    log("app '" + a.config.name + "': " + line);
+                },
+                [this, &a] {
+                    if (a.state != AppState::running)
+                        return;
+                    for (int i = 0; i < a.config.instances; ++i)
+                        queue_replacement(a, i);
+                    log("app '" + a.config.name + "': reload queued");
+                });
         return {};
     }
 
@@ -1139,9 +940,8 @@ struct Supervisor::Impl {
     void erase_app(App& a) {
         a.deleting = false;
         a.heartbeat_timer.cancel();
-        a.watch_timer.cancel();
-        if (a.inotify)
-            a.inotify->close();
+        if (a.watch)
+            a.watch->stop();
         for (auto& s : a.slots)
             s->restart_timer.cancel();
         log("app '" + a.config.name + "' deleted");
@@ -1247,8 +1047,7 @@ struct Supervisor::Impl {
 Supervisor::Supervisor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Supervisor::~Supervisor() {
-    if (!impl_->join_path.empty())
-        ::unlink(impl_->join_path.c_str());
+    impl_->joins.reset(); // closes the cluster socket and removes its file
     // ChildProcess's destructor kills (SIGKILL) and reaps whatever still runs.
     for (auto& a : impl_->apps) {
         a->procs.clear();
@@ -1263,12 +1062,21 @@ Result<std::unique_ptr<Supervisor>> Supervisor::start(asio::io_context& io,
                                                       std::vector<AppConfig> apps, Options options,
                                                       std::string* failed) {
     std::unique_ptr<Supervisor> s(new Supervisor(std::make_unique<Impl>(io, std::move(options))));
-    if (const auto& path = s->impl_->options.join_path; !path.empty())
-        if (const auto ec = s->impl_->listen_for_joins(path)) {
+    if (const auto& path = s->impl_->options.join_path; !path.empty()) {
+        Impl& m = *s->impl_;
+        auto joins = detail::JoinServer::listen(
+            io, path, [&m](const std::string& line) { m.log(line); },
+            [&m](const v1::Join& join, std::shared_ptr<Channel> channel, pid_t pid,
+                 UniqueFd pidfd) {
+                return m.adopt_joined(join, std::move(channel), pid, std::move(pidfd));
+            });
+        if (!joins) {
             if (failed)
-                *failed = "cluster socket " + path + ": " + ec.message();
-            return ec;
+                *failed = "cluster socket " + path + ": " + joins.error().message();
+            return joins.error();
         }
+        m.joins = std::move(joins).value();
+    }
     for (auto& config : apps) {
         const std::string name = config.name;
         std::string detail;

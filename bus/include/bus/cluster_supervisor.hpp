@@ -170,9 +170,8 @@ public:
     std::error_code logs(const v1::ClusterCommand& command, bool privileged, v1::LogTail& out,
                          std::string& detail);
 
-    struct Impl;
-
 private:
+    struct Impl;
     explicit Supervisor(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> impl_;
 };

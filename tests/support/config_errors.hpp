@@ -19,8 +19,15 @@ struct BadConfig {
     const char* key;
 };
 
+// On one line ("app[0].instances in [[app]] / name = ..."): gtest prints it on failure, and
+// gtest_discover_tests makes it the end of the test's name in ctest.
 inline std::ostream& operator<<(std::ostream& out, const BadConfig& bad) {
-    return out << "key " << bad.key << " in:\n" << bad.toml;
+    std::string text = bad.toml;
+    while (!text.empty() && text.back() == '\n')
+        text.pop_back();
+    for (auto at = text.find('\n'); at != std::string::npos; at = text.find('\n', at))
+        text.replace(at, 1, " / ");
+    return out << bad.key << " in " << text;
 }
 
 // The message of the ConfigError `read` throws for `text` as DIR/busd.toml ("" when none).

@@ -190,7 +190,7 @@ v1::ClusterCommand start_command(std::string text, const std::string& source,
                                  const std::string& base_dir) {
     try {
         cluster::parse_apps(text, source, base_dir);
-    } catch (const cluster::ConfigError& e) {
+    } catch (const ConfigError& e) {
         throw Failure(exit_code::usage, e.what());
     }
     v1::ClusterCommand command;

@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
     try {
         endpoints.insert(endpoints.end(), listen.begin(), listen.end());
         config = bus::daemon::load_config(config_file, endpoints, keys_file);
-    } catch (const bus::cluster::ConfigError& e) {
+    } catch (const bus::ConfigError& e) {
         std::fprintf(stderr, "busd: bad config: %s\n", e.what());
         return 2;
     }

@@ -20,7 +20,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 if (app.name.empty() || app.argv.empty() || app.instances < 1 ||
                     app.instances > 1024 || (!app.cwd.empty() && app.cwd.front() != '/'))
                     __builtin_trap();
-        } catch (const bus::cluster::ConfigError&) {
+        } catch (const bus::ConfigError&) {
         }
         break;
     case 1: {

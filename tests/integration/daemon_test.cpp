@@ -1,5 +1,6 @@
 // A whole busd in this process: bus::daemon::Daemon on the test's own loop, as busd's main
 // runs it, with real clients over its real sockets.
+#include "../support/temp_dir.hpp"
 #include "../support/test_support.hpp"
 
 #include <bus/client.hpp>
@@ -19,12 +20,6 @@ using bus::test::run_until;
 
 class DaemonTest : public ::testing::Test {
 protected:
-    DaemonTest() {
-        char tmpl[] = "/tmp/bus-daemon-test-XXXXXX";
-        dir_ = ::mkdtemp(tmpl);
-    }
-    ~DaemonTest() override { std::filesystem::remove_all(dir_); }
-
     bus::daemon::Config config() const {
         bus::daemon::Config c;
         c.broker.endpoints = {unix_endpoint(), "ipc://" + dir_ + "/busd.zmq"};
@@ -35,7 +30,8 @@ protected:
     std::string unix_endpoint() const { return "unix://" + dir_ + "/busd.sock"; }
 
     boost::asio::io_context io_;
-    std::string dir_;
+    bus::test::TempDir tmp_;
+    const std::string dir_ = tmp_.path();
     mutable std::string log_;
 };
 

@@ -3,6 +3,8 @@
 // (producer, seq), so the consumer can tell a lost, duplicated, reordered or torn record.
 #pragma once
 
+#include "core/fnv1a.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -33,15 +35,6 @@ inline std::size_t record_size(std::uint32_t producer, std::uint64_t seq, std::s
     return sizeof(RecordHead) + mix(seq * 131 + producer) % spread;
 }
 
-inline std::uint64_t fnv1a(std::span<const std::byte> bytes) {
-    std::uint64_t h = 14695981039346656037ull;
-    for (auto b : bytes) {
-        h ^= static_cast<std::uint8_t>(b);
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 inline void write_record(std::span<std::byte> out, std::uint32_t producer, std::uint64_t seq) {
     RecordHead head{producer, static_cast<std::uint32_t>(out.size()), seq, 0};
     std::memcpy(out.data(), &head, sizeof head);
@@ -50,7 +43,7 @@ inline void write_record(std::span<std::byte> out, std::uint32_t producer, std::
         out[i] = static_cast<std::byte>(x);
         x = x * 6364136223846793005ull + 1442695040888963407ull;
     }
-    head.checksum = fnv1a(out);
+    head.checksum = bus::detail::Fnv1a().add(out).value();
     std::memcpy(out.data(), &head, sizeof head);
 }
 
@@ -66,7 +59,7 @@ inline std::string check_record(std::span<const std::byte> record, RecordHead& h
     RecordHead zeroed = head;
     zeroed.checksum = 0;
     std::memcpy(copy.data(), &zeroed, sizeof zeroed);
-    if (fnv1a(copy) != head.checksum)
+    if (bus::detail::Fnv1a().add(copy).value() != head.checksum)
         return "checksum mismatch (producer " + std::to_string(head.producer) + ", seq " +
                std::to_string(head.seq) + ")";
     return {};

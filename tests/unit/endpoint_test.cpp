@@ -1,6 +1,8 @@
 // Endpoint parsing and the per-user runtime directory (bus/endpoint.hpp): every endpoint text a
 // user or a config file gives is parsed here, and the runtime directory is what keeps busd's
 // sockets private.
+#include "../support/temp_dir.hpp"
+
 #include <bus/endpoint.hpp>
 
 #include <gtest/gtest.h>
@@ -83,12 +85,8 @@ private:
 
 class RuntimeDir : public ::testing::Test {
 protected:
-    RuntimeDir() {
-        char tmpl[] = "/tmp/bus-endpoint-test-XXXXXX";
-        base_ = ::mkdtemp(tmpl);
-    }
-    ~RuntimeDir() override { std::filesystem::remove_all(base_); }
-    std::string base_;
+    bus::test::TempDir tmp_;
+    const std::string base_ = tmp_.path();
 };
 
 TEST_F(RuntimeDir, IsMadePrivateUnderXdgRuntimeDir) {

@@ -29,17 +29,13 @@
 #pragma once
 
 #include "bus/broker.hpp"
+#include "bus/config_error.hpp"
 
-#include <stdexcept>
 #include <string>
 
 namespace bus::broker {
 
-struct ConfigError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
-// Throws ConfigError ("FILE: key 'limits.max_message_size': must be between ...").
+// Throws bus::ConfigError ("FILE: key 'limits.max_message_size': must be between ...").
 Options load_config(const std::string& path);
 
 } // namespace bus::broker

@@ -7,6 +7,7 @@
 // stopped), zero-downtime reloads one worker at a time, and a graceful stop.
 #pragma once
 
+#include "bus/config_error.hpp"
 #include "bus/error.hpp"
 #include "bus/unique_fd.hpp"
 #include "bus/v1/cluster.pb.h"
@@ -18,7 +19,6 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -73,11 +73,7 @@ struct AppConfig {
     int log_files = 5;
 };
 
-struct ConfigError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
-// The `[[app]]` tables of busd's TOML config. Throws ConfigError naming the key
+// The `[[app]]` tables of busd's TOML config. Throws bus::ConfigError naming the key
 // ("FILE: key 'app[0].instances': must be between 1 and 1024").
 std::vector<AppConfig> load_apps(const std::string& path);
 // The same from TOML text (`bus cluster start FILE` sends the file's text); `source` names it in
@@ -174,9 +170,8 @@ public:
     std::error_code logs(const v1::ClusterCommand& command, bool privileged, v1::LogTail& out,
                          std::string& detail);
 
-    struct Impl;
-
 private:
+    struct Impl;
     explicit Supervisor(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> impl_;
 };

@@ -2,7 +2,7 @@
 // (bus/src/broker/config.cpp), which leaves `app` to this reader.
 #include "bus/cluster_supervisor.hpp"
 
-#include <toml++/toml.h>
+#include "core/toml_reader.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -14,73 +14,6 @@
 
 namespace bus::cluster {
 namespace {
-
-class Reader {
-public:
-    Reader(std::string path, const toml::table& table, std::string prefix)
-        : path_(std::move(path)), table_(table), prefix_(std::move(prefix)) {}
-
-    [[noreturn]] void fail(const std::string& key, const std::string& what) const {
-        throw ConfigError(path_ + ": key '" + prefix_ + (key.empty() ? "" : "." + key) +
-                          "': " + what);
-    }
-
-    void only(std::initializer_list<std::string_view> known) const {
-        for (const auto& [key, value] : table_)
-            if (std::find(known.begin(), known.end(), key.str()) == known.end())
-                fail(std::string(key.str()), "unknown key");
-    }
-
-    const toml::node* get(const char* key) const { return table_.get(key); }
-
-    std::optional<std::string> string(const char* key) const {
-        const auto* node = get(key);
-        if (!node)
-            return std::nullopt;
-        if (!node->is_string())
-            fail(key, "must be a string");
-        return node->as_string()->get();
-    }
-
-    std::vector<std::string> strings(const char* key) const {
-        std::vector<std::string> out;
-        const auto* node = get(key);
-        if (!node)
-            return out;
-        if (!node->is_array())
-            fail(key, "must be an array of strings");
-        for (const auto& item : *node->as_array()) {
-            if (!item.is_string())
-                fail(key, "must be an array of strings");
-            out.push_back(item.as_string()->get());
-        }
-        return out;
-    }
-
-    template <class T>
-    void integer(const char* key, T& out, std::int64_t min, std::int64_t max) const {
-        const auto* node = get(key);
-        if (!node)
-            return;
-        if (!node->is_integer())
-            fail(key, "must be an integer");
-        const auto v = node->as_integer()->get();
-        if (v < min || v > max)
-            fail(key, "must be between " + std::to_string(min) + " and " + std::to_string(max));
-        out = static_cast<T>(v);
-    }
-
-    void duration(const char* key, milliseconds& out, std::int64_t min, std::int64_t max) const {
-        std::int64_t ms = out.count();
-        integer(key, ms, min, max);
-        out = milliseconds(ms);
-    }
-
-private:
-    std::string path_;
-    const toml::table& table_;
-    std::string prefix_;
-};
 
 bool valid_name(const std::string& name) {
     return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
@@ -119,13 +52,7 @@ std::vector<AppConfig> load_apps(const std::string& path) {
 
 std::vector<AppConfig> parse_apps(std::string_view text, const std::string& path,
                                   const std::string& base_dir) {
-    toml::table root;
-    try {
-        root = toml::parse(text, path);
-    } catch (const toml::parse_error& e) {
-        throw ConfigError(path + ":" + std::to_string(e.source().begin.line) + ": " +
-                          std::string(e.description()));
-    }
+    const toml::table root = bus::detail::parse_toml(text, path);
     // Relative to base_dir, when there is one (else relative to busd's own directory).
     const auto resolve = [&](const std::string& p) {
         if (base_dir.empty() || p.empty() || p.front() == '/')
@@ -133,15 +60,8 @@ std::vector<AppConfig> parse_apps(std::string_view text, const std::string& path
         return (std::filesystem::path(base_dir) / p).lexically_normal().string();
     };
     std::vector<AppConfig> apps;
-    const auto* node = root.get("app");
-    if (!node)
-        return apps;
-    if (!node->is_array_of_tables())
-        throw ConfigError(path + ": key 'app': must be an array of tables ([[app]])");
     std::set<std::string> names;
-    int index = 0;
-    for (const auto& item : *node->as_array()) {
-        Reader r(path, *item.as_table(), "app[" + std::to_string(index++) + "]");
+    for (const auto& r : bus::detail::TomlReader(path, root).tables("app")) {
         r.only({"name",
                 "command",
                 "args",
@@ -223,16 +143,14 @@ std::vector<AppConfig> parse_apps(std::string_view text, const std::string& path
         r.duration("max_restart_delay_ms", p.max_restart_delay, 0, hour_ms);
         if (p.max_restart_delay < p.restart_delay)
             r.fail("max_restart_delay_ms", "must not be below restart_delay_ms");
-        if (const auto* codes = r.get("stop_exit_codes")) {
-            if (!codes->is_array())
-                r.fail("stop_exit_codes", "must be an array of exit codes (0 to 255)");
-            for (const auto& code : *codes->as_array()) {
+        const std::string bad_codes = "must be an array of exit codes (0 to 255)";
+        if (const auto* codes = r.array("stop_exit_codes", bad_codes))
+            for (const auto& code : *codes) {
                 if (!code.is_integer() || code.as_integer()->get() < 0 ||
                     code.as_integer()->get() > 255)
-                    r.fail("stop_exit_codes", "must be an array of exit codes (0 to 255)");
+                    r.fail("stop_exit_codes", bad_codes);
                 p.stop_exit_codes.push_back(static_cast<int>(code.as_integer()->get()));
             }
-        }
         r.duration("kill_timeout_ms", app.kill_timeout, 1, hour_ms);
         r.duration("listen_timeout_ms", app.listen_timeout, 1, hour_ms);
         r.duration("heartbeat_ms", app.heartbeat, 10, hour_ms);

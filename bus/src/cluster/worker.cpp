@@ -8,34 +8,13 @@
 
 #include <boost/asio/post.hpp>
 
-#include <arpa/inet.h>
 #include <csignal>
 #include <cstdlib>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 namespace bus::cluster {
-namespace {
-
-std::string address_text(const sockaddr_storage& ss) {
-    char host[INET6_ADDRSTRLEN] = "?";
-    if (ss.ss_family == AF_INET) {
-        const auto& a = reinterpret_cast<const sockaddr_in&>(ss);
-        ::inet_ntop(AF_INET, &a.sin_addr, host, sizeof host);
-        return std::string(host) + ":" + std::to_string(ntohs(a.sin_port));
-    }
-    if (ss.ss_family == AF_INET6) {
-        const auto& a = reinterpret_cast<const sockaddr_in6&>(ss);
-        ::inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof host);
-        return "[" + std::string(host) + "]:" + std::to_string(ntohs(a.sin6_port));
-    }
-    return "?";
-}
-
-} // namespace
 
 using detail::control_is;
 using detail::send_control;
@@ -244,10 +223,8 @@ void Worker::listen(const std::string& address, bool reuseport, std::vector<Uniq
         answer.set_error("no listening socket came with the message");
     }
     if (fd && !shutting_down_) {
-        sockaddr_storage ss{};
-        socklen_t len = sizeof ss;
-        ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
-        listeners_.push_back(std::make_unique<Listener>(io_, fd.release(), address_text(ss)));
+        const std::string bound = bus::detail::local_address_text(fd.get());
+        listeners_.push_back(std::make_unique<Listener>(io_, fd.release(), bound));
         accept(*listeners_.back());
     }
     send_control(*channel_, answer);
@@ -275,7 +252,7 @@ void Worker::accept_batch(Listener& l) {
                 continue;
             return accept(l); // EAGAIN: the backlog is empty (or another worker took it)
         }
-        Connection c{UniqueFd(fd), address_text(ss), l.address, 0};
+        Connection c{UniqueFd(fd), bus::detail::address_text(ss), l.address, 0};
         if (on_connection_)
             on_connection_(std::move(c));
         if (alive.expired() || shutting_down_)

@@ -4,10 +4,10 @@
 
 #include "bus/broker_config.hpp"
 #include "bus/endpoint.hpp"
+#include "core/toml_reader.hpp"
 
 #include <boost/asio/signal_set.hpp>
 
-#include <toml++/toml.h>
 #include <zmq.h>
 
 #include <algorithm>
@@ -36,17 +36,12 @@ std::string default_apps_log_dir() {
 }
 
 void load_curve_keys(const std::string& path, broker::Options& options) {
-    try {
-        auto keys = toml::parse_file(path);
-        options.curve_public_key = keys["public"].value_or(std::string());
-        options.curve_secret_key = keys["secret"].value_or(std::string());
-    } catch (const toml::parse_error& e) {
-        throw cluster::ConfigError(path + ": " + std::string(e.description()));
-    }
+    auto keys = detail::parse_toml_file(path);
+    options.curve_public_key = keys["public"].value_or(std::string());
+    options.curve_secret_key = keys["secret"].value_or(std::string());
     if (options.curve_public_key.size() != curve_key_length ||
         options.curve_secret_key.size() != curve_key_length)
-        throw cluster::ConfigError(path +
-                                   ": needs public and secret keys (Z85, 40 characters each)");
+        throw ConfigError(path + ": needs public and secret keys (Z85, 40 characters each)");
 }
 
 // What failed to start, for a person.
@@ -75,11 +70,7 @@ Config load_config(const std::string& config_file, const std::vector<std::string
                    const std::string& curve_keys_file) {
     Config config;
     if (!config_file.empty()) {
-        try {
-            config.broker = broker::load_config(config_file);
-        } catch (const broker::ConfigError& e) {
-            throw cluster::ConfigError(e.what());
-        }
+        config.broker = broker::load_config(config_file);
         config.apps = cluster::load_apps(config_file);
     }
     if (!endpoints.empty())

@@ -14,6 +14,7 @@
 #pragma once
 
 #include "bus/detail/shm_hot.hpp"
+#include "core/fnv1a.hpp"
 
 #include <atomic>
 #include <cstddef>
@@ -145,13 +146,11 @@ constexpr std::uint32_t layout_fingerprint() {
         sizeof(void*),
         std::atomic<std::uint64_t>::is_always_lock_free,
     };
-    std::uint64_t h = 14695981039346656037ull; // FNV-1a
-    for (auto p : parts) {
-        for (int i = 0; i < 8; ++i) {
-            h ^= (p >> (8 * i)) & 0xff;
-            h *= 1099511628211ull;
-        }
-    }
+    bus::detail::Fnv1a fnv; // each part's 8 bytes, least significant first
+    for (auto p : parts)
+        for (int i = 0; i < 8; ++i)
+            fnv.add(static_cast<std::uint8_t>(p >> (8 * i)));
+    const std::uint64_t h = fnv.value();
     return static_cast<std::uint32_t>(h ^ (h >> 32));
 }
 

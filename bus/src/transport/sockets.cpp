@@ -1,6 +1,8 @@
 #include "transport/sockets.hpp"
 
+#include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -96,6 +98,29 @@ Result<UniqueFd> listen_unix(const std::string& path) {
     if (bound < 0 || ::listen(fd.get(), SOMAXCONN) < 0)
         return last_error();
     return fd;
+}
+
+std::string address_text(const sockaddr_storage& address) {
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (address.ss_family == AF_INET) {
+        const auto& a = reinterpret_cast<const sockaddr_in&>(address);
+        ::inet_ntop(AF_INET, &a.sin_addr, host, sizeof host);
+        return std::string(host) + ":" + std::to_string(ntohs(a.sin_port));
+    }
+    if (address.ss_family == AF_INET6) {
+        const auto& a = reinterpret_cast<const sockaddr_in6&>(address);
+        ::inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof host);
+        return std::string("[") + host + "]:" + std::to_string(ntohs(a.sin6_port));
+    }
+    return "?";
+}
+
+std::string local_address_text(int fd) {
+    sockaddr_storage address{};
+    socklen_t len = sizeof address;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &len) < 0)
+        return "?";
+    return address_text(address);
 }
 
 } // namespace bus::detail

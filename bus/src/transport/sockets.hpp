@@ -1,12 +1,14 @@
 // Listening and connecting sockets, one copy for every part of bus: busd's unix:// endpoint and
 // cluster socket, a client's unix:// link, a cluster worker joining busd, and the cluster's TCP
-// listeners (busd's own, and each worker's in reuseport mode).
+// listeners (busd's own, and each worker's in reuseport mode), and the text of their addresses.
 #pragma once
 
 #include "bus/error.hpp"
 #include "bus/unique_fd.hpp"
 
 #include <string>
+
+#include <sys/socket.h>
 
 namespace bus::detail {
 
@@ -25,5 +27,11 @@ Result<UniqueFd> listen_unix(const std::string& path);
 
 // A blocking, close-on-exec Unix stream socket connected to `path`.
 Result<UniqueFd> connect_unix(const std::string& path);
+
+// HOST:PORT for IPv4, [HOST]:PORT for IPv6, "?" for anything else: how the cluster names a
+// connection's ends (NewConn's addresses) and its listeners.
+std::string address_text(const sockaddr_storage& address);
+// The address a socket is bound to, as above ("?" when the kernel will not say).
+std::string local_address_text(int fd);
 
 } // namespace bus::detail

@@ -27,7 +27,12 @@ public:
         return channel_->connected() && channel_->queued_bytes() < queue_bytes_;
     }
     std::size_t queued_bytes() const override { return channel_->queued_bytes(); }
-    void close() override { channel_->disconnect(); }
+    // The router is done with the client: the channel's end, reported from the loop later,
+    // must not reach back into a router that may be gone by then.
+    void close() override {
+        channel_->on_disconnect(nullptr);
+        channel_->disconnect();
+    }
 
 private:
     std::shared_ptr<Channel> channel_;

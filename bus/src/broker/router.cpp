@@ -33,6 +33,8 @@ void count(v1::SubjectStats& s, std::size_t bytes, bool dropped) {
 
 } // namespace
 
+const char* const version = BUS_VERSION;
+
 Router::Router(const Options& options, std::string broker_id)
     : options_(options), access_(options), broker_id_(std::move(broker_id)),
       started_ns_(now_unix_ns()),

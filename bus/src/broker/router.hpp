@@ -35,7 +35,8 @@
 
 namespace bus::broker {
 
-inline constexpr const char* version = "0.1.0";
+// busd's version, as project() in the top CMakeLists.txt says (Welcome, $sys.stats).
+extern const char* const version;
 
 // `$sys.>` is the broker's own: its events and the requests it answers.
 inline bool is_sys(std::string_view subject) {

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <deque>
+#include <thread>
 
 namespace {
 
@@ -269,19 +270,56 @@ TEST_F(RouterTest, ARequestRefusedByItsInstanceIsServiceLost) {
     EXPECT_EQ(errors(requester), std::vector<std::string>{"service_lost:instance overloaded"});
 }
 
-TEST_F(RouterTest, ARequestPastItsDeadlineIsForgottenAtTheHeartbeat) {
+std::int64_t unix_ns_now() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+TEST_F(RouterTest, ARequestPastItsDeadlineIsNeverDelivered) {
     auto service = connect(), requester = connect();
     serve(service, "svc");
     v1::Envelope in;
     in.set_kind(v1::KIND_REQUEST);
     in.set_subject("svc");
     in.set_id(1);
-    in.set_deadline_unix_ns(1); // long past
+    in.set_deadline_unix_ns(unix_ns_now() - 1); // its requester has given up
+    std::vector<bus::UniqueFd> none;
+    router_.handle(*requester.client, in, "", none);
+    EXPECT_TRUE(of_kind(service, v1::KIND_REQUEST).empty());
+    EXPECT_EQ(errors(requester), std::vector<std::string>{"expired:svc"});
+    const auto stats = router_.stats();
+    EXPECT_EQ(stats.expired(), 1u);
+    ASSERT_EQ(stats.services_size(), 1);
+    EXPECT_EQ(stats.services(0).name(), "svc");
+    EXPECT_EQ(stats.services(0).expired(), 1u);
+    EXPECT_EQ(stats.services(0).requests(), 0u);
+
+    // One with time left is delivered, and counted as routed.
+    in.set_id(2);
+    in.set_deadline_unix_ns(unix_ns_now() + 60'000'000'000);
+    router_.handle(*requester.client, in, "", none);
+    EXPECT_EQ(of_kind(service, v1::KIND_REQUEST).size(), 1u);
+    EXPECT_EQ(router_.stats().services(0).requests(), 1u);
+}
+
+TEST_F(RouterTest, ARequestThatExpiresInFlightIsForgottenAtTheHeartbeat) {
+    auto service = connect(), requester = connect();
+    serve(service, "svc");
+    v1::Envelope in;
+    in.set_kind(v1::KIND_REQUEST);
+    in.set_subject("svc");
+    in.set_id(1);
+    // Delivered with time left, then past: the deadline passing is what is tested.
+    const auto deadline = unix_ns_now() + 200'000'000;
+    in.set_deadline_unix_ns(deadline);
     std::vector<bus::UniqueFd> none;
     router_.handle(*requester.client, in, "", none);
     const auto routed = of_kind(service, v1::KIND_REQUEST);
     ASSERT_EQ(routed.size(), 1u);
     const auto broker_id = routed[0]->header.id();
+    while (unix_ns_now() <= deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
     router_.heartbeat();
     v1::Envelope reply;
     reply.set_kind(v1::KIND_REPLY);

@@ -53,6 +53,8 @@ enum class errc {
     record_too_large, // the record could never fit in the ring
     queue_in_use,     // that end of the queue is held by a live process (or all slots are)
     bad_record,       // a record header in the ring is invalid: a peer corrupted the queue
+    // the bus again (added later; the values above keep theirs)
+    expired, // a request whose deadline passed before busd could hand it to a service
 };
 
 const std::error_category& bus_category() noexcept;

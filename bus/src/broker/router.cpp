@@ -189,6 +189,13 @@ void Router::request(Client& c, const v1::Envelope& in, std::string_view payload
     if (it == services_.end() || it->second.instances.empty())
         return send_error(c, in.id(), errc::no_responders, in.subject());
     auto& service = it->second;
+    // Its requester has given up and been told so: no service runs it now. (A ZeroMQ link
+    // hands a restarted busd the requests it queued while busd was down, seconds late.)
+    if (in.deadline_unix_ns() != 0 && in.deadline_unix_ns() <= now_unix_ns()) {
+        ++service.expired;
+        ++expired_total_;
+        return send_error(c, in.id(), errc::expired, in.subject());
+    }
     Client* server = find(service.instances[service.next++ % service.instances.size()]);
     if (!server)
         return send_error(c, in.id(), errc::no_responders, in.subject());

@@ -93,6 +93,7 @@ private:
         std::vector<std::uint64_t> instances;
         std::size_t next = 0;
         std::uint64_t requests = 0;
+        std::uint64_t expired = 0; // dropped past their deadline
     };
     struct InFlight {
         std::uint64_t requester, server, client_request_id;
@@ -145,6 +146,7 @@ private:
 
     // sys.cpp
     v1::ClientInfo info(const Client& c) const;
+    void service_info(const std::string& name, const Service& service, v1::ServiceInfo& out) const;
     void sys_request(Client& c, const v1::Envelope& in, std::string_view payload);
     void announce(const Client& c, const char* subject);
 
@@ -175,7 +177,7 @@ private:
     TypeRegistry types_;
     // Empty in the common case, which then costs routing one test of emptiness per message.
     std::vector<MonitorRef> monitors_;
-    std::uint64_t msgs_routed_ = 0, dropped_total_ = 0;
+    std::uint64_t msgs_routed_ = 0, dropped_total_ = 0, expired_total_ = 0;
     v1::Envelope out_;         // reused header of the broker's own answers
     std::string fanout_head_;  // a publish's outbound header, serialized once for all recipients
     std::string header_bytes_; // any other outbound header, serialized

@@ -65,6 +65,13 @@ v1::ClientInfo Router::info(const Client& c) const {
     return i;
 }
 
+void Router::service_info(const std::string& name, const Service& service,
+                          v1::ServiceInfo& out) const {
+    out.set_name(name);
+    out.set_requests(service.requests);
+    out.set_expired(service.expired);
+}
+
 v1::BrokerStats Router::stats() const {
     v1::BrokerStats s;
     s.set_version(version);
@@ -75,8 +82,11 @@ v1::BrokerStats Router::stats() const {
     s.set_clients(static_cast<std::uint32_t>(clients_.size()));
     s.set_msgs_routed(msgs_routed_);
     s.set_dropped(dropped_total_);
+    s.set_expired(expired_total_);
     for (const auto& [name, stats] : subject_stats_)
         *s.add_subjects() = stats;
+    for (const auto& [name, service] : services_)
+        service_info(name, service, *s.add_services());
     return s;
 }
 
@@ -116,8 +126,7 @@ void Router::sys_request(Client& c, const v1::Envelope& in, std::string_view pay
         auto list = std::make_unique<v1::ServiceList>();
         for (const auto& [name, service] : services_) {
             auto* s = list->add_services();
-            s->set_name(name);
-            s->set_requests(service.requests);
+            service_info(name, service, *s);
             for (auto num : service.instances)
                 if (auto* instance = find(num))
                     s->add_instances(instance->id);

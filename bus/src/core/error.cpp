@@ -62,6 +62,8 @@ public:
                    "BUS_SERVER_KEY)";
         case errc::request_failed:
             return "the service answered with an error";
+        case errc::expired:
+            return "the request's deadline passed before it reached a service";
         case errc::bad_endpoint:
             return "endpoint must be ipc://PATH, unix://PATH or tcp://HOST:PORT";
         case errc::full:
@@ -100,6 +102,7 @@ constexpr std::pair<std::string_view, errc> wire_names[] = {
     {"forbidden", errc::forbidden},
     {"message_too_large", errc::message_too_large},
     {"fds_not_supported", errc::fds_not_supported},
+    {"expired", errc::expired},
     {"bad_request", errc::bad_frame},
 };
 } // namespace

@@ -95,6 +95,7 @@ int main(int argc, char** argv) {
     // busd is one thread: the loop needs no locks (measured: the scheduler's mutex was ~5% of
     // busd's instructions per routed message).
     boost::asio::io_context io(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE);
+    config.stopped_by_signal = [&io] { io.stop(); };
     std::string why;
     auto busd = bus::daemon::Daemon::start(io, std::move(config), &why);
     if (!busd) {
@@ -108,7 +109,6 @@ int main(int argc, char** argv) {
     std::fflush(stderr);
     if (daemon)
         busd::ready_to_serve(ready, pid_file);
-    busd.value()->handle_signals([&io] { io.stop(); });
     io.run();
     if (daemon)
         ::unlink(pid_file.c_str());

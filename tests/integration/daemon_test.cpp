@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <filesystem>
 #include <optional>
 
@@ -76,12 +77,25 @@ TEST_F(DaemonTest, ASecondDaemonOnTheSameEndpointsSaysWhoServesThem) {
 TEST_F(DaemonTest, StopClosesTheEndpointsAndCallsBack) {
     auto daemon = bus::daemon::Daemon::start(io_, config());
     ASSERT_TRUE(daemon);
+    ASSERT_TRUE(std::filesystem::exists(dir_ + "/busd.sock"));
     bool stopped = false;
     daemon.value()->stop([&] { stopped = true; });
     ASSERT_TRUE(run_until(io_, [&] { return stopped; }));
-    daemon.value().reset();
     EXPECT_FALSE(std::filesystem::exists(dir_ + "/busd.sock"));
+    EXPECT_FALSE(std::filesystem::exists(dir_ + "/busd.zmq"));
     EXPECT_FALSE(bus::Client::connect(io_, unix_endpoint()));
+}
+
+TEST_F(DaemonTest, SigtermStopsItGracefullyOnlyWhenAsked) {
+    auto c = config();
+    bool stopped = false;
+    c.stopped_by_signal = [&] { stopped = true; };
+    auto daemon = bus::daemon::Daemon::start(io_, std::move(c));
+    ASSERT_TRUE(daemon);
+    ASSERT_EQ(::raise(SIGTERM), 0); // caught: the process goes on
+    ASSERT_TRUE(run_until(io_, [&] { return stopped; }));
+    EXPECT_NE(log_.find("signal 15, stopping"), std::string::npos) << log_;
+    EXPECT_FALSE(std::filesystem::exists(dir_ + "/busd.sock"));
 }
 
 } // namespace

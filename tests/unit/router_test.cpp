@@ -26,29 +26,37 @@ struct Sent {
     std::size_t fds = 0;
 };
 
+// What a link saw, kept apart from the link: the router destroys a client's link with the
+// client, and a test still reads what it saw.
+struct Record {
+    bool accepting = true;
+    bool closed = false;
+    std::deque<Sent> sent;
+    std::vector<Queued> queued_items;
+};
+
 class RecordingLink final : public Link {
 public:
-    explicit RecordingLink(Kind kind) : Link(kind) {}
+    RecordingLink(Kind kind, std::shared_ptr<Record> record)
+        : Link(kind), record_(std::move(record)) {}
     bool send(std::string_view header, std::string_view payload, std::vector<bus::UniqueFd> fds,
               const Queued& queued) override {
-        if (!accepting)
+        if (!record_->accepting)
             return false;
         Sent s;
         EXPECT_TRUE(s.header.ParseFromArray(header.data(), static_cast<int>(header.size())));
         EXPECT_EQ(s.header.fd_count(), fds.size());
         s.payload = std::string(payload);
         s.fds = fds.size();
-        sent.push_back(std::move(s));
-        queued_items.push_back(queued);
+        record_->sent.push_back(std::move(s));
+        record_->queued_items.push_back(queued);
         return true;
     }
-    bool ready() const override { return accepting; }
-    void close() override { closed = true; }
+    bool ready() const override { return record_->accepting; }
+    void close() override { record_->closed = true; }
 
-    bool accepting = true;
-    bool closed = false;
-    std::deque<Sent> sent;
-    std::vector<Queued> queued_items;
+private:
+    std::shared_ptr<Record> record_;
 };
 
 class RouterTest : public ::testing::Test {
@@ -56,14 +64,13 @@ protected:
     RouterTest() : router_(options_, "test-broker") {}
 
     struct Peer {
-        Client* client;
-        RecordingLink* link;
+        Client* client; // valid until the router removes it
+        std::shared_ptr<Record> link;
     };
     Peer connect(Link::Kind kind = Link::Kind::channel) {
-        auto link = std::make_unique<RecordingLink>(kind);
-        auto* raw = link.get();
-        Client& c = router_.add(std::move(link));
-        return {&c, raw};
+        auto record = std::make_shared<Record>();
+        Client& c = router_.add(std::make_unique<RecordingLink>(kind, record));
+        return {&c, record};
     }
 
     void send(Peer& p, v1::Kind kind, const std::string& subject, std::string_view payload = {},
@@ -201,6 +208,45 @@ TEST_F(RouterTest, AMessageRefusedAfterItWasTakenIsUndoneAsADrop) {
     EXPECT_EQ(stats.subjects(0).msgs(), 0u);
     EXPECT_EQ(stats.subjects(0).bytes(), 0u);
     EXPECT_EQ(stats.subjects(0).dropped(), 1u);
+}
+
+TEST_F(RouterTest, ARequestRefusedAfterItWasTakenIsServiceLostAndForgotten) {
+    auto service = connect(Link::Kind::zmq_ipc), requester = connect();
+    serve(service, "svc");
+    send(requester, v1::KIND_REQUEST, "svc", "q", 7);
+    ASSERT_EQ(service.link->queued_items.size(), 1u);
+    Queued taken = service.link->queued_items[0];
+    ASSERT_NE(taken.request, 0u);
+    router_.refused(*service.client, taken);
+    EXPECT_EQ(errors(requester), std::vector<std::string>{"service_lost:instance overloaded"});
+    // Its answer, had it come, goes nowhere: the requester had exactly one.
+    v1::Envelope reply;
+    reply.set_kind(v1::KIND_REPLY);
+    reply.set_correlation_id(taken.request);
+    std::vector<bus::UniqueFd> none;
+    router_.handle(*service.client, reply, "late", none);
+    EXPECT_TRUE(of_kind(requester, v1::KIND_REPLY).empty());
+}
+
+TEST_F(RouterTest, ARefusedSlowConsumerNoticeIsToldAgain) {
+    auto slow = connect(Link::Kind::zmq_ipc), pub = connect();
+    subscribe(slow, 1, "t");
+    slow.link->accepting = false;
+    send(pub, v1::KIND_PUBLISH, "t");
+    send(pub, v1::KIND_PUBLISH, "t");
+    slow.link->accepting = true;
+    send(pub, v1::KIND_PUBLISH, "t"); // the notice (2 dropped), then the message
+    ASSERT_EQ(slow.link->queued_items.size(), 2u);
+    EXPECT_EQ(slow.link->queued_items[0].told, 2u);
+    // ZeroMQ refuses the batch that held the notice and the message: 3 lost, untold.
+    router_.refused(*slow.client, slow.link->queued_items[0]);
+    router_.refused(*slow.client, slow.link->queued_items[1]);
+    slow.link->sent.clear();
+    send(pub, v1::KIND_PUBLISH, "t");
+    ASSERT_EQ(slow.link->sent.size(), 2u);
+    v1::SlowConsumer notice;
+    ASSERT_TRUE(notice.ParseFromString(slow.link->sent[0].payload));
+    EXPECT_EQ(notice.dropped(), 3u);
 }
 
 TEST_F(RouterTest, ARequestGetsItsReplyWithItsOwnId) {
@@ -413,6 +459,10 @@ TEST_F(RouterTest, AClientThatLeavesTakesItsSubscriptionsWithIt) {
     send(pub, v1::KIND_PUBLISH, "t");
     EXPECT_EQ(router_.stats().clients(), 2u);
     EXPECT_TRUE(errors(pub).empty());
+    // The route was worked out anew: nobody is left to count a delivery to.
+    const auto stats = router_.stats();
+    ASSERT_EQ(stats.subjects_size(), 1);
+    EXPECT_EQ(stats.subjects(0).msgs(), 1u);
 }
 
 TEST_F(RouterTest, ASilentZeroMqClientIsDroppedAtTheHeartbeatAndAChannelIsPinged) {

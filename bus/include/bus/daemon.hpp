@@ -24,6 +24,10 @@ struct Config {
     std::string apps_log_dir;
     // One line per event worth telling (busd prints them on stderr).
     std::function<void(const std::string&)> log;
+    // Set: the daemon obeys the process's signals, as busd does, from before its endpoints
+    // bind: SIGHUP reloads every app with zero downtime; SIGTERM or SIGINT stops gracefully (a
+    // second one stops at once), and then this is called. Unset: signals are left alone.
+    std::function<void()> stopped_by_signal;
 };
 
 // busd's config from its sources, each over the one before: the TOML file (`config_file`, may
@@ -48,13 +52,11 @@ public:
     Daemon(const Daemon&) = delete;
     Daemon& operator=(const Daemon&) = delete;
 
-    // SIGHUP reloads every app with zero downtime; SIGTERM or SIGINT stops gracefully (a
-    // second one stops at once) and then calls `stopped`.
-    void handle_signals(std::function<void()> stopped);
     // Graceful stop: workers finish what they hold, then the broker closes; then `done`.
     void stop(std::function<void()> done);
 
     const std::vector<std::string>& endpoints() const noexcept;
+    // Valid until the daemon stops.
     broker::Broker& broker() noexcept;
 
     struct Impl;

@@ -93,12 +93,13 @@ struct Broker::Impl {
 
     void tick() {
         heartbeat_timer.expires_after(options.heartbeat);
-        heartbeat_timer.async_wait([this](boost::system::error_code ec) {
-            if (ec)
-                return;
-            router.heartbeat();
-            tick();
-        });
+        heartbeat_timer.async_wait(
+            [this, alive = std::weak_ptr<int>(alive)](boost::system::error_code ec) {
+                if (ec || alive.expired())
+                    return;
+                router.heartbeat();
+                tick();
+            });
     }
 
     asio::io_context& io;
@@ -109,6 +110,8 @@ struct Broker::Impl {
     std::unique_ptr<ZmqServer> ipc_server, tcp_server;
     asio::steady_timer heartbeat_timer;
     std::vector<std::string> unlink_on_exit;
+    // A beat that fired before busd stopped still runs its handler: it checks this.
+    std::shared_ptr<int> alive = std::make_shared<int>(0);
 };
 
 Broker::Broker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

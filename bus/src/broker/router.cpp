@@ -290,9 +290,12 @@ bool Router::report_drops(Client& to) {
     header.set_source("busd");
     // Its own buffer: this runs in the middle of deliveries that use the shared ones.
     const std::string head = header.SerializeAsString();
-    if (!to.link->send(head, notice.SerializeAsString(), {}, Queued{.told = to.unreported_drops}))
+    const std::uint64_t told = to.unreported_drops;
+    if (!to.link->send(head, notice.SerializeAsString(), {}, Queued{.told = told}))
         return false;
-    to.unreported_drops = 0;
+    // Not `= 0`: a ZeroMQ link that handed its batch over to make room may have had earlier
+    // messages refused inside send(), and those are not in this notice.
+    to.unreported_drops -= told;
     return true;
 }
 
@@ -394,6 +397,13 @@ void Router::remove(std::uint64_t num) {
 void Router::close_all() {
     for (auto& [num, c] : clients_)
         c->link->close();
+    // The links go too: they may refer to endpoints that go next.
+    routes_.clear();
+    subscriptions_ = SubjectTrie<SubRef>();
+    services_.clear();
+    in_flight_.clear();
+    monitors_.clear();
+    clients_.clear();
 }
 
 // --- heartbeat ----------------------------------------------------------------------------

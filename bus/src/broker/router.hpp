@@ -73,7 +73,7 @@ public:
     // One heartbeat: pings every client, tells slow consumers what they lost, drops ZeroMQ
     // clients silent for 3 intervals, forgets requests past their deadline.
     void heartbeat();
-    // Closes every client's link (busd is stopping).
+    // Closes every client's link and forgets every client (busd is stopping).
     void close_all();
     void on_sys_request(std::string prefix, Broker::SysHandler handler);
     // Publishes a `$sys` event from busd itself; costs nothing without subscribers.

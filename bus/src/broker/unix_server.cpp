@@ -15,6 +15,7 @@ class ChannelLink final : public Link {
 public:
     ChannelLink(std::shared_ptr<Channel> channel, std::size_t queue_bytes)
         : Link(Kind::channel), channel_(std::move(channel)), queue_bytes_(queue_bytes) {}
+    ~ChannelLink() override { close(); }
 
     bool send(std::string_view header, std::string_view payload, std::vector<UniqueFd> fds,
               const Queued&) override {
@@ -55,8 +56,9 @@ std::error_code UnixServer::listen(const std::string& path) {
 
 void UnixServer::accept() {
     acceptor_->async_accept(
-        [this](boost::system::error_code ec, asio::local::stream_protocol::socket socket) {
-            if (ec == asio::error::operation_aborted)
+        [this, alive = std::weak_ptr<int>(alive_)](boost::system::error_code ec,
+                                                   asio::local::stream_protocol::socket socket) {
+            if (ec == asio::error::operation_aborted || alive.expired())
                 return;
             if (!ec)
                 adopt(UniqueFd(socket.release()));

@@ -39,6 +39,8 @@ private:
     Router& router_;
     const Options& options_;
     std::unique_ptr<boost::asio::local::stream_protocol::acceptor> acceptor_;
+    // An accept that completed before the server went still runs its handler: it checks this.
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 
 } // namespace bus::broker

@@ -9,6 +9,7 @@
 #include <charconv>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 namespace bus::broker {
 namespace {
@@ -72,8 +73,11 @@ public:
         } catch (const zmq::error_t& e) {
             if (e.num() == EHOSTUNREACH) {
                 // Gone. Removing it here would pull the client out from under the caller.
-                boost::asio::post(server_.io_,
-                                  [&router = server_.router_, n = num] { router.remove(n); });
+                boost::asio::post(server_.io_, [&router = server_.router_, n = num,
+                                                alive = std::weak_ptr<int>(server_.alive_)] {
+                    if (!alive.expired())
+                        router.remove(n);
+                });
             }
         }
         batch_.clear();
@@ -153,8 +157,12 @@ Result<std::unique_ptr<ZmqServer>> ZmqServer::bind(boost::asio::io_context& io,
             "inproc://busd-monitor-" +
             std::to_string(reinterpret_cast<std::uintptr_t>(server.get()));
         if (zmq_socket_monitor(socket->handle(), monitor_address.c_str(), ZMQ_EVENT_DISCONNECTED) !=
-            0)
-            return last_error();
+            0) {
+            const auto ec = last_error();
+            if (!tcp)
+                ::unlink(endpoint.address.c_str());
+            return ec;
+        }
         server->monitor_ = std::make_unique<zmq::socket_t>(context, zmq::socket_type::pair);
         server->monitor_->connect(monitor_address);
     } catch (const zmq::error_t& e) {
@@ -282,7 +290,10 @@ void ZmqServer::read_monitor() {
 
 void ZmqServer::list_unflushed(std::uint64_t num) {
     if (unflushed_.empty())
-        boost::asio::post(io_, [this] { flush_all(); });
+        boost::asio::post(io_, [this, alive = std::weak_ptr<int>(alive_)] {
+            if (!alive.expired())
+                flush_all();
+        });
     unflushed_.push_back(num);
 }
 

@@ -57,6 +57,8 @@ private:
     std::unordered_map<std::string, std::uint64_t> by_routing_id_;
     std::vector<std::uint64_t> unflushed_; // clients with a batch to hand to ZeroMQ
     v1::Envelope in_;                      // reused inbound header
+    // Posted work checks it: a server gone (busd stopping) runs none of it.
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 
 } // namespace bus::broker

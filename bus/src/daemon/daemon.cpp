@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 
 #include <fcntl.h>
@@ -41,7 +42,8 @@ void load_curve_keys(const std::string& path, broker::Options& options) {
     options.curve_secret_key = keys["secret"].value_or(std::string());
     if (options.curve_public_key.size() != curve_key_length ||
         options.curve_secret_key.size() != curve_key_length)
-        throw ConfigError(path + ": needs public and secret keys (Z85, 40 characters each)");
+        throw ConfigError("key file " + path +
+                          ": needs public and secret keys (Z85, 40 characters each)");
 }
 
 // What failed to start, for a person.
@@ -100,8 +102,7 @@ std::string generate_curve_keys(const std::string& path) {
 }
 
 struct Daemon::Impl {
-    explicit Impl(asio::io_context& io_)
-        : io(io_), signals(io_, SIGINT, SIGTERM), reload(io_, SIGHUP) {}
+    explicit Impl(asio::io_context& io_) : io(io_) {}
 
     // `$sys.cluster.<op>`: ls, reload, restart, start, stop, scale, delete, and logs.
     broker::Broker::SysAnswer cluster_request(const std::string& subject, std::string_view payload,
@@ -136,8 +137,18 @@ struct Daemon::Impl {
         return answer;
     }
 
+    // Before the endpoints exist: a SIGTERM as soon as a client can connect is a clean stop (a
+    // signal_set keeps a signal that arrives before the wait).
+    void handle_signals(std::function<void()> stopped) {
+        finished = std::move(stopped);
+        signals.emplace(io, SIGINT, SIGTERM);
+        reload.emplace(io, SIGHUP);
+        wait_reload();
+        wait_signal();
+    }
+
     void wait_reload() {
-        reload.async_wait([this](boost::system::error_code ec, int) {
+        reload->async_wait([this](boost::system::error_code ec, int) {
             if (ec)
                 return;
             if (cluster)
@@ -147,13 +158,13 @@ struct Daemon::Impl {
     }
 
     void wait_signal() {
-        signals.async_wait([this](boost::system::error_code ec, int signal) {
+        signals->async_wait([this](boost::system::error_code ec, int signal) {
             if (ec)
                 return;
             if (log)
                 log("signal " + std::to_string(signal) + ", stopping");
             if (cluster && !stopping) {
-                reload.cancel();
+                reload->cancel();
                 stop([this] { finished(); });
                 return wait_signal();
             }
@@ -176,8 +187,8 @@ struct Daemon::Impl {
 
     // The cluster first (its workers' links are the broker's clients), then the broker.
     void finish() {
-        signals.cancel();
-        reload.cancel();
+        signals.reset();
+        reload.reset();
         cluster.reset();
         broker.reset();
     }
@@ -187,8 +198,8 @@ struct Daemon::Impl {
     std::unique_ptr<broker::Broker> broker;
     std::unique_ptr<cluster::Supervisor> cluster;
     std::vector<std::string> endpoints;
-    asio::signal_set signals;
-    asio::signal_set reload;
+    std::optional<asio::signal_set> signals; // SIGINT, SIGTERM
+    std::optional<asio::signal_set> reload;  // SIGHUP
     std::function<void()> finished;
     bool stopping = false;
 };
@@ -202,6 +213,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(asio::io_context& io, Config confi
                                               std::string* why) {
     auto impl = std::make_unique<Impl>(io);
     impl->log = config.log;
+    if (config.stopped_by_signal)
+        impl->handle_signals(std::move(config.stopped_by_signal));
     std::string failed;
     auto broker = broker::Broker::start(io, std::move(config.broker), &failed);
     if (!broker) {
@@ -246,12 +259,6 @@ Result<std::unique_ptr<Daemon>> Daemon::start(asio::io_context& io, Config confi
         return i->cluster_request(subject, payload, uid);
     });
     return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
-}
-
-void Daemon::handle_signals(std::function<void()> stopped) {
-    impl_->finished = std::move(stopped);
-    impl_->wait_reload();
-    impl_->wait_signal();
 }
 
 void Daemon::stop(std::function<void()> done) {

@@ -2,6 +2,7 @@
 // (this binary re-run with `--child MODE`). Every promise test runs over both links: ZeroMQ
 // (ipc://) and the channel framing (unix://).
 #include "../support/busd.hpp"
+#include "../support/temp_dir.hpp"
 #include "../support/test_support.hpp"
 
 #include <utility> // before Asio's awaitable.hpp (Boost 1.74 misses it: DESIGN.md)
@@ -44,6 +45,7 @@ std::string self_exe;
 const std::string busd_bin = std::string(BUS_BIN_DIR) + "/busd";
 
 using bus::test::Busd;
+using bus::test::TempDir;
 
 class BrokerTest : public ::testing::TestWithParam<std::string> {
 protected:
@@ -897,9 +899,8 @@ TEST(BusdAccess, RulesConfineAUidToItsSubjectsAndOthersAreRefused) {
     if (::getuid() != 0)
         GTEST_SKIP() << "needs root to run clients under other uids";
     boost::asio::io_context io;
-    char tmpl[] = "/tmp/bus-acl-XXXXXX";
-    const std::string conf_dir = ::mkdtemp(tmpl);
-    const std::string conf = conf_dir + "/busd.toml";
+    const TempDir conf_dir;
+    const std::string conf = conf_dir.file("busd.toml");
     std::ofstream(conf) << "[[access.rules]]\nuid = 65534\npublish = [\"allowed.>\"]\n"
                            "subscribe = [\"allowed.>\"]\n";
     Busd busd(io, {"-c", conf});
@@ -925,7 +926,6 @@ TEST(BusdAccess, RulesConfineAUidToItsSubjectsAndOthersAreRefused) {
     ASSERT_FALSE(watcher->flush_wait());
     EXPECT_EQ(seen, (std::vector<std::string>{"allowed.x"}));
     EXPECT_EQ(run_as("65533"), 4); // no rule, not allowed: the broker hangs up
-    std::filesystem::remove_all(conf_dir);
 }
 
 std::string run_and_read(const std::string& command) {
@@ -943,13 +943,13 @@ std::string run_and_read(const std::string& command) {
 
 TEST(BusdTcp, OnlyClientsWithTheServersCurveKeyGetIn) {
     boost::asio::io_context io;
-    char tmpl[] = "/tmp/bus-tcp-XXXXXX";
-    const std::string keys_dir = ::mkdtemp(tmpl);
-    const std::string server_key = run_and_read(busd_bin + " --generate-keys " + keys_dir + "/k");
-    const std::string other_key = run_and_read(busd_bin + " --generate-keys " + keys_dir + "/o");
+    const TempDir keys_dir;
+    const std::string server_key =
+        run_and_read(busd_bin + " --generate-keys " + keys_dir.file("k"));
+    const std::string other_key = run_and_read(busd_bin + " --generate-keys " + keys_dir.file("o"));
     ASSERT_EQ(server_key.size(), 40u) << server_key;
     struct stat st {};
-    ASSERT_EQ(::stat((keys_dir + "/k").c_str(), &st), 0);
+    ASSERT_EQ(::stat(keys_dir.file("k").c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0600u);
     const std::string tcp = "tcp://127.0.0.1:" + std::to_string(bus::test::free_tcp_port());
 
@@ -957,7 +957,7 @@ TEST(BusdTcp, OnlyClientsWithTheServersCurveKeyGetIn) {
     const int rc = std::system((busd_bin + " --listen " + tcp + " 2>/dev/null").c_str());
     EXPECT_EQ(WEXITSTATUS(rc), 1);
 
-    Busd busd(io, {"--listen", tcp, "--curve-keys", keys_dir + "/k"});
+    Busd busd(io, {"--listen", tcp, "--curve-keys", keys_dir.file("k")});
     bus::ClientOptions good;
     good.server_key = server_key;
     auto client = bus::Client::connect(io, tcp, good);
@@ -978,17 +978,15 @@ TEST(BusdTcp, OnlyClientsWithTheServersCurveKeyGetIn) {
     auto keyless = bus::Client::connect(io, tcp);
     ASSERT_FALSE(keyless);
     EXPECT_EQ(keyless.error(), bus::errc::no_server_key);
-    std::filesystem::remove_all(keys_dir);
 }
 
 // --- the broker as a library, and a child on the parent's channel -------------------------------
 
 TEST(BrokerLibrary, ChildOnItsParentsChannelUsesTheBusWithTheSameApi) {
     boost::asio::io_context io;
-    char tmpl[] = "/tmp/bus-lib-XXXXXX";
-    const std::string dir = ::mkdtemp(tmpl);
+    const TempDir dir;
     bus::broker::Options options;
-    options.endpoints = {"unix://" + dir + "/busd.sock"};
+    options.endpoints = {"unix://" + dir.file("busd.sock")};
     auto broker = bus::broker::Broker::start(io, options);
     ASSERT_TRUE(broker) << broker.error().message();
     // A child whose only link to the bus is its channel to us (as busd's workers have).
@@ -1036,7 +1034,6 @@ TEST(BrokerLibrary, ChildOnItsParentsChannelUsesTheBusWithTheSameApi) {
     EXPECT_EQ(*code, 0);
     client.reset();
     broker.value().reset();
-    std::filesystem::remove_all(dir);
 }
 
 // --- the daemon itself ---------------------------------------------------------------------
@@ -1101,11 +1098,10 @@ TEST(Busd, SigtermStopsCleanlyAndRemovesItsSockets) {
 }
 
 TEST(Busd, DaemonModeDetachesWritesItsPidAndServes) {
-    char tmpl[] = "/tmp/bus-daemon-XXXXXX";
-    const std::string dir = ::mkdtemp(tmpl);
-    const std::string pid_file = dir + "/busd.pid";
+    const TempDir dir;
+    const std::string pid_file = dir.file("busd.pid");
     const int rc = std::system((busd_bin + " --daemon --pid-file " + pid_file + " --log-file " +
-                                dir + "/busd.log -e unix://" + dir + "/busd.sock")
+                                dir.file("busd.log") + " -e unix://" + dir.file("busd.sock"))
                                    .c_str());
     ASSERT_EQ(WEXITSTATUS(rc), 0); // returns once the daemon serves
     pid_t pid = 0;
@@ -1113,29 +1109,27 @@ TEST(Busd, DaemonModeDetachesWritesItsPidAndServes) {
     ASSERT_GT(pid, 0);
     EXPECT_EQ(::kill(pid, 0), 0);
     boost::asio::io_context io;
-    auto client = bus::Client::connect(io, "unix://" + dir + "/busd.sock");
+    auto client = bus::Client::connect(io, "unix://" + dir.file("busd.sock"));
     ASSERT_TRUE(client) << client.error().message();
     EXPECT_FALSE(client.value()->flush_wait());
     ::kill(pid, SIGTERM);
     for (int i = 0; i < 100 && ::kill(pid, 0) == 0; ++i)
         std::this_thread::sleep_for(20ms);
     EXPECT_NE(::kill(pid, 0), 0);
-    std::ifstream log(dir + "/busd.log");
+    std::ifstream log(dir.file("busd.log"));
     std::string text((std::istreambuf_iterator<char>(log)), {});
     EXPECT_NE(text.find("busd: serving"), std::string::npos) << text;
-    std::filesystem::remove_all(dir);
 }
 
 TEST(Busd, BadConfigIsRefusedNamingTheKey) {
-    char tmpl[] = "/tmp/bus-config-XXXXXX";
-    const std::string dir = ::mkdtemp(tmpl);
-    std::ofstream(dir + "/busd.toml") << "[limits]\nmax_message_size = -5\n";
-    const std::string out = dir + "/out";
+    const TempDir dir;
+    std::ofstream(dir.file("busd.toml")) << "[limits]\nmax_message_size = -5\n";
+    const std::string out = dir.file("out");
     const int rc = std::system(
-        (busd_bin + " -c " + dir + "/busd.toml -e unix://" + dir + "/s 2> " + out).c_str());
+        (busd_bin + " -c " + dir.file("busd.toml") + " -e unix://" + dir.file("s") + " 2> " + out)
+            .c_str());
     std::ifstream in(out);
     std::string text((std::istreambuf_iterator<char>(in)), {});
-    std::filesystem::remove_all(dir);
     EXPECT_EQ(WEXITSTATUS(rc), 2);
     EXPECT_NE(text.find("limits.max_message_size"), std::string::npos) << text;
 }
@@ -1143,14 +1137,12 @@ TEST(Busd, BadConfigIsRefusedNamingTheKey) {
 // A bad command-line option is a usage error too (2, not CLI11's own codes), naming it; --help
 // is not an error.
 TEST(Busd, BadOptionIsAUsageErrorNamingIt) {
-    char tmpl[] = "/tmp/bus-options-XXXXXX";
-    const std::string dir = ::mkdtemp(tmpl);
-    const std::string out = dir + "/out";
+    const TempDir dir;
+    const std::string out = dir.file("out");
     const int rc = std::system((busd_bin + " --no-such-option 2> " + out).c_str());
     std::ifstream in(out);
     std::string text((std::istreambuf_iterator<char>(in)), {});
     const int help = std::system((busd_bin + " --help > /dev/null").c_str());
-    std::filesystem::remove_all(dir);
     EXPECT_EQ(WEXITSTATUS(rc), 2);
     EXPECT_NE(text.find("--no-such-option"), std::string::npos) << text;
     EXPECT_EQ(WEXITSTATUS(help), 0);

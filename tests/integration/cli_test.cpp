@@ -2,6 +2,7 @@
 // the only program built with testonly.v1.Reading), and `bus sub|pub|req|serve|ls|status|types`
 // as subprocesses whose output and exit codes are checked.
 #include "../support/busd.hpp"
+#include "../support/temp_dir.hpp"
 #include "../support/test_support.hpp"
 
 #include <utility> // before Asio's awaitable.hpp (Boost 1.74 misses it: DESIGN.md)
@@ -32,6 +33,7 @@ namespace {
 
 using bus::test::Busd;
 using bus::test::run_until;
+using bus::test::TempDir;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
@@ -62,15 +64,13 @@ public:
     Command(boost::asio::io_context& io, const std::vector<std::string>& argv,
             const std::string& input = {})
         : io_(io) {
-        char tmpl[] = "/tmp/bus-cli-cmd-XXXXXX";
-        dir_ = ::mkdtemp(tmpl);
-        std::ofstream(dir_ + "/in") << input;
+        std::ofstream(dir_.file("in")) << input;
         std::vector<std::string> sh = {
             "/bin/sh", "-c", "exec \"$@\" <\"$CMD_IN\" >\"$CMD_OUT\" 2>\"$CMD_ERR\"", "sh"};
         sh.insert(sh.end(), argv.begin(), argv.end());
         bus::SpawnOptions options;
-        options.env = {"CMD_IN=" + dir_ + "/in", "CMD_OUT=" + dir_ + "/out",
-                       "CMD_ERR=" + dir_ + "/err", "NO_COLOR="};
+        options.env = {"CMD_IN=" + dir_.file("in"), "CMD_OUT=" + dir_.file("out"),
+                       "CMD_ERR=" + dir_.file("err"), "NO_COLOR="};
         auto p = bus::spawn(io_, sh, options);
         EXPECT_TRUE(p) << p.error().message();
         if (p) {
@@ -82,8 +82,7 @@ public:
         }
     }
     ~Command() {
-        process_.reset(); // kills and reaps a child still running
-        std::filesystem::remove_all(dir_);
+        process_.reset(); // kills and reaps a child still running (before dir_ goes)
     }
     // Waits for the exit (bounded, so a hung command fails the test instead of hanging it).
     bool wait() {
@@ -93,8 +92,8 @@ public:
     bool exited() const { return code_.has_value(); }
     int code() const { return code_.value_or(-100); }
     int signal() const { return signal_; }
-    std::string out() const { return slurp(dir_ + "/out"); }
-    std::string err() const { return slurp(dir_ + "/err"); }
+    std::string out() const { return slurp(dir_.file("out")); }
+    std::string err() const { return slurp(dir_.file("err")); }
     void kill(int sig) {
         if (process_ && process_->running())
             process_->kill(sig);
@@ -102,7 +101,7 @@ public:
 
 private:
     boost::asio::io_context& io_;
-    std::string dir_;
+    TempDir dir_;
     std::shared_ptr<bus::ChildProcess> process_;
     std::optional<int> code_;
     int signal_ = 0;
@@ -185,18 +184,6 @@ private:
     int master_ = -1;
     bool reaped_ = false;
     std::string output_;
-};
-
-// A private directory under /tmp, removed however the test ends.
-struct TempDir {
-    TempDir() {
-        char tmpl[] = "/tmp/bus-cli-test-XXXXXX";
-        path = ::mkdtemp(tmpl);
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    std::string path;
 };
 
 std::size_t count_of(const std::string& text, const std::string& what) {
@@ -1002,12 +989,11 @@ TEST_F(CliTest, ZshCompletionOffersCommandsOptionsAndWhatBusdKnows) {
 TEST(CliZsh, CompletionOffersTheAppsOfBusdsCluster) {
     boost::asio::io_context io;
     const TempDir dir;
-    std::ofstream(dir.path + "/busd.toml")
-        << "[[app]]\nname = \"hello\"\ncommand = \"" << BUS_BIN_DIR
-        << "/bus-http-hello\"\nlisten = [\"tcp://127.0.0.1:0\"]\n"
-        << "[[app]]\nname = \"help\"\ncommand = \"" << BUS_BIN_DIR
-        << "/bus-http-hello\"\nlisten = [\"tcp://127.0.0.1:0\"]\n";
-    Busd busd(io, {"-c", dir.path + "/busd.toml", "--apps-log-dir", dir.path + "/logs"});
+    std::ofstream(dir.file("busd.toml")) << "[[app]]\nname = \"hello\"\ncommand = \"" << BUS_BIN_DIR
+                                         << "/bus-http-hello\"\nlisten = [\"tcp://127.0.0.1:0\"]\n"
+                                         << "[[app]]\nname = \"help\"\ncommand = \"" << BUS_BIN_DIR
+                                         << "/bus-http-hello\"\nlisten = [\"tcp://127.0.0.1:0\"]\n";
+    Busd busd(io, {"-c", dir.file("busd.toml"), "--apps-log-dir", dir.file("logs")});
     auto complete = [&](const std::string& line) { return zsh_complete(io, busd.ipc(), line); };
     using Lines = std::vector<std::string>;
     EXPECT_EQ(complete("cluster logs "), (Lines{"hello", "help"}));
@@ -1048,7 +1034,7 @@ TEST_F(CliTest, MonitorShowsPublishesRequestsAndRepliesDecoded) {
 
 TEST_F(CliTest, MonitorPcapHoldsEachMessageAsAnEnvelope) {
     const TempDir dir;
-    const std::string file = dir.path + "/capture.pcap";
+    const std::string file = dir.file("capture.pcap");
     auto monitor = start({"monitor", "--pcap", file, "-n", "2", "cap.>"});
     ASSERT_TRUE(monitoring("cap.>"));
     ASSERT_EQ(run({"pub", "-H", "k=v", "cap.one", "first"}).code, 0);
@@ -1088,7 +1074,7 @@ TEST_F(CliTest, MonitorPcapHoldsEachMessageAsAnEnvelope) {
 // real `bus monitor --pcap` wrote: each packet's Envelope fields as the monitor's JSON shows them.
 TEST_F(CliTest, WiresharkDissectorDecodesAMonitorPcap) {
     const TempDir dir;
-    const std::string file = dir.path + "/capture.pcap";
+    const std::string file = dir.file("capture.pcap");
     auto monitor = start({"monitor", "--json", "--pcap", file, "-n", "5", "cap.>"});
     ASSERT_TRUE(monitoring("cap.>"));
     ASSERT_EQ(run({"pub", "-H", "k=v", "-H", "trace=abc", "cap.one", "first"}).code, 0);
@@ -1185,14 +1171,14 @@ TEST_F(CliTest, MonitorPatternLeavesOtherSubjectsOut) {
 TEST(CliTcp, WorksAgainstARemoteBusdWithItsCurveKey) {
     boost::asio::io_context io;
     TempDir keys;
-    Command generate(io, {bus::test::busd_path(), "--generate-keys", keys.path + "/k"});
+    Command generate(io, {bus::test::busd_path(), "--generate-keys", keys.file("k")});
     ASSERT_TRUE(generate.wait());
     std::string key = generate.out();
     while (!key.empty() && (key.back() == '\n' || key.back() == ' '))
         key.pop_back();
     ASSERT_EQ(key.size(), 40u) << generate.out() << generate.err();
     const std::string tcp = "tcp://127.0.0.1:" + std::to_string(bus::test::free_tcp_port());
-    Busd busd(io, {"--listen", tcp, "--curve-keys", keys.path + "/k"});
+    Busd busd(io, {"--listen", tcp, "--curve-keys", keys.file("k")});
     auto bus_over_tcp = [&](std::vector<std::string> args) {
         std::vector<std::string> argv = {"env", "BUS_SERVER_KEY=" + key, bus_bin, "-e", tcp};
         argv.insert(argv.end(), args.begin(), args.end());
@@ -1234,7 +1220,7 @@ TEST(CliMonitorAccess, OtherUidsMonitorOnlyWhenTheConfigNamesThem) {
     for (const bool named : {false, true}) {
         boost::asio::io_context io;
         const TempDir conf_dir;
-        const std::string conf = conf_dir.path + "/busd.toml";
+        const std::string conf = conf_dir.file("busd.toml");
         std::ofstream(conf) << "[access]\nallow_uids = [" << nobody << "]\n"
                             << (named ? "monitor_uids = [65534]\n" : "");
         {
@@ -1284,9 +1270,9 @@ TEST(CliMonitorAccess, OtherUidsMonitorOnlyWhenTheConfigNamesThem) {
 TEST(CliMonitorAccess, BusdRefusesABadMonitorUidsNamingTheKey) {
     boost::asio::io_context io;
     const TempDir dir;
-    std::ofstream(dir.path + "/busd.toml") << "[access]\nmonitor_uids = [\"root\"]\n";
-    Command busd(io, {bus::test::busd_path(), "-c", dir.path + "/busd.toml", "-e",
-                      "unix://" + dir.path + "/s"});
+    std::ofstream(dir.file("busd.toml")) << "[access]\nmonitor_uids = [\"root\"]\n";
+    Command busd(
+        io, {bus::test::busd_path(), "-c", dir.file("busd.toml"), "-e", "unix://" + dir.file("s")});
     ASSERT_TRUE(busd.wait());
     EXPECT_EQ(busd.code(), 2);
     EXPECT_NE(busd.err().find("access.monitor_uids"), std::string::npos) << busd.err();

@@ -5,6 +5,7 @@
 // busd's stderr goes to a log file the tests read to know when something happened (a worker
 // ready, replaced, an app errored). Every busd is stopped by its fixture, and its workers with
 // it (SIGKILL on a busd leaves no orphan either: that is one of the tests).
+#include "../support/temp_dir.hpp"
 #include "../support/test_support.hpp"
 
 #include <bus/child_process.hpp>
@@ -39,6 +40,7 @@
 namespace {
 
 using bus::test::run_until;
+using bus::test::TempDir;
 using namespace std::chrono_literals;
 
 std::string self_exe;
@@ -333,9 +335,7 @@ std::string read_file(const std::string& path) {
 // A busd running one app; stderr in DIR/busd.log, its apps' logs in DIR/logs.
 class Busd {
 public:
-    Busd(boost::asio::io_context& io, const std::string& app_toml) : io_(io) {
-        char tmpl[] = "/tmp/bus-cluster-test-XXXXXX";
-        dir_ = ::mkdtemp(tmpl);
+    Busd(boost::asio::io_context& io, const std::string& app_toml) : io_(io), dir_(tmp_.path()) {
         std::ofstream(dir_ + "/busd.toml") << app_toml;
         start();
     }
@@ -345,7 +345,6 @@ public:
         for (pid_t pid : worker_pids())
             if (!process_gone(pid))
                 ::kill(pid, SIGKILL);
-        std::filesystem::remove_all(dir_);
     }
     void start() {
         const std::string command = "exec " + busd_bin + " -e unix://" + dir_ + "/busd.sock -c " +
@@ -388,6 +387,7 @@ public:
 
 private:
     boost::asio::io_context& io_;
+    TempDir tmp_; // removed once busd and its workers are gone
     std::string dir_;
     std::shared_ptr<bus::ChildProcess> process_;
     std::optional<int> exit_;
@@ -409,13 +409,11 @@ protected:
         busd_ = std::make_unique<Busd>(io_, toml);
         ASSERT_TRUE(busd_->wait_log(") ready", ready)) << busd_->log();
     }
-    void TearDown() override {
-        busd_.reset();
-        // The files a test made, even when it failed half-way.
-        for (const char* suffix : {"", ".ready", ".conf", ".conf.tmp"})
-            std::filesystem::remove(marker() + suffix);
-    }
-    std::string marker() const { return busd_dir_marker_; }
+    void TearDown() override { busd_.reset(); }
+    // A file for a worker to create (first_time()) or wait for, and its siblings (marker() +
+    // ".ready", ".conf"), in the test's own directory: gone with it, even when the test fails
+    // half-way.
+    std::string marker() const { return files_.file("marker"); }
     // busd with one worker that exits at once, every time: errored after `max_restarts` exits
     // `delay` apart.
     void start_crashing(int max_restarts, std::chrono::milliseconds delay) {
@@ -428,10 +426,8 @@ protected:
 
     boost::asio::io_context io_;
     int port_ = bus::test::free_tcp_port();
+    const TempDir files_;
     std::unique_ptr<Busd> busd_;
-    std::string busd_dir_marker_ =
-        "/tmp/bus-cluster-marker-" + std::to_string(::getpid()) + "-" + std::to_string(port_);
-    void SetUp() override { std::filesystem::remove(busd_dir_marker_); }
 };
 
 TEST_F(ClusterTest, RoundRobinSpreadsConnectionsOverWorkers) {
@@ -520,7 +516,6 @@ TEST_F(ClusterTest, WorkerDyingBeforeAckDoesNotLoseTheConnection) {
     }
     EXPECT_TRUE(busd_->wait_log("exited with code 3")) << busd_->log();
     EXPECT_TRUE(std::filesystem::exists(marker()));
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, WorkerSendingGarbageIsCutOffAndReplaced) {
@@ -539,7 +534,6 @@ TEST_F(ClusterTest, WorkerSendingGarbageIsCutOffAndReplaced) {
         instances.insert(r->instance());
     }
     EXPECT_EQ(instances, (std::set<int>{0, 1}));
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, StuckWorkerMissesHeartbeatsAndIsReplaced) {
@@ -553,7 +547,6 @@ TEST_F(ClusterTest, StuckWorkerMissesHeartbeatsAndIsReplaced) {
     }
     EXPECT_TRUE(busd_->wait_log("heartbeats unanswered")) << busd_->log();
     EXPECT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, WorkerThatNeverAcksIsCutOffAndItsConnectionServedElsewhere) {
@@ -566,7 +559,6 @@ TEST_F(ClusterTest, WorkerThatNeverAcksIsCutOffAndItsConnectionServedElsewhere) 
     }
     EXPECT_TRUE(busd_->wait_log("did not acknowledge a connection within ack_timeout"))
         << busd_->log();
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, WorkerFloodingItsChannelIsCutOff) {
@@ -578,7 +570,6 @@ TEST_F(ClusterTest, WorkerFloodingItsChannelIsCutOff) {
     }
     EXPECT_TRUE(busd_->wait_log("floods its channel")) << busd_->log();
     EXPECT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, WorkerAckingAConnectionItWasNotGivenIsCutOff) {
@@ -589,7 +580,6 @@ TEST_F(ClusterTest, WorkerAckingAConnectionItWasNotGivenIsCutOff) {
         ASSERT_TRUE(r) << "connection " << i << " got no answer\n" << busd_->log();
     }
     EXPECT_TRUE(busd_->wait_log("which it was not given")) << busd_->log();
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, WorkerAskingForReplacementIsReplacedNewOneFirst) {
@@ -604,7 +594,6 @@ TEST_F(ClusterTest, WorkerAskingForReplacementIsReplacedNewOneFirst) {
               log.find(") ready", log.find("replacing worker 0")));
     EXPECT_LT(log.find(") ready", log.find("replacing worker 0")),
               log.find("shutting down (replaced)"));
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, StopExitCodeIsNotRestarted) {
@@ -628,7 +617,6 @@ TEST_F(ClusterTest, WorkerAboveMaxMemoryIsReplacedGracefully) {
     for (int i = 0; i < 4; ++i)
         ASSERT_TRUE(http_get(port_)) << busd_->log();
     EXPECT_EQ(count(busd_->log(), "above max_memory"), 1u) << busd_->log();
-    std::filesystem::remove(marker());
 }
 
 // Saves the way editors do: a new file renamed over the old one (no moment with half a file).
@@ -659,7 +647,6 @@ TEST_F(ClusterTest, WatchedFileChangeReloadsOnce) {
         ASSERT_TRUE(r);
         EXPECT_EQ(old_pids.count(r->pid()), 0u);
     }
-    std::filesystem::remove(watched);
 }
 
 TEST_F(ClusterTest, CrashLoopingAppBecomesErrored) {
@@ -1001,7 +988,6 @@ TEST_F(ClusterControlTest, ConnectionsWaitForAReadyWorker) {
         ASSERT_TRUE(r) << busd_->log();
         EXPECT_EQ(r->status, 200);
     }
-    std::filesystem::remove(ready_file);
 }
 
 TEST_F(ClusterControlTest, BadCommandsAreErrors) {

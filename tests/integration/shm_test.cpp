@@ -5,6 +5,7 @@
 //
 // BUS_SHM_STRESS_RECORDS=N raises the record counts (default: a million per mode).
 #include "../support/shm_records.hpp"
+#include "../support/temp_dir.hpp"
 
 #include "shm/layout.hpp"
 #include "shm/segment.hpp"
@@ -110,24 +111,20 @@ private:
 // saw (so a consumer that is SIGKILLed leaves its account behind).
 class SeenFile {
 public:
-    explicit SeenFile(std::uint64_t n) : size_(n) {
-        char path[] = "/tmp/bus-shm-seen-XXXXXX";
-        const int fd = ::mkstemp(path);
-        path_ = path;
+    explicit SeenFile(std::uint64_t n) : path_(dir_.file("seen")), size_(n) {
+        const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(n)) != 0)
             throw std::runtime_error("seen file");
         map_ = static_cast<std::uint8_t*>(
             ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
         ::close(fd);
     }
-    ~SeenFile() {
-        ::munmap(map_, size_);
-        ::unlink(path_.c_str());
-    }
+    ~SeenFile() { ::munmap(map_, size_); }
     const std::string& path() const { return path_; }
     std::uint8_t operator[](std::uint64_t i) const { return map_[i]; }
 
 private:
+    bus::test::TempDir dir_;
     std::string path_;
     std::uint64_t size_;
     std::uint8_t* map_;

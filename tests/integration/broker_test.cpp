@@ -951,7 +951,8 @@ TEST(BusdTcp, OnlyClientsWithTheServersCurveKeyGetIn) {
     struct stat st {};
     ASSERT_EQ(::stat(keys_dir.file("k").c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0600u);
-    const std::string tcp = "tcp://127.0.0.1:" + std::to_string(bus::test::free_tcp_port());
+    const bus::test::ReservedPort port;
+    const std::string tcp = port.tcp();
 
     // Without keys, busd refuses to listen on tcp://.
     const int rc = std::system((busd_bin + " --listen " + tcp + " 2>/dev/null").c_str());

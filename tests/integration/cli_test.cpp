@@ -1177,7 +1177,8 @@ TEST(CliTcp, WorksAgainstARemoteBusdWithItsCurveKey) {
     while (!key.empty() && (key.back() == '\n' || key.back() == ' '))
         key.pop_back();
     ASSERT_EQ(key.size(), 40u) << generate.out() << generate.err();
-    const std::string tcp = "tcp://127.0.0.1:" + std::to_string(bus::test::free_tcp_port());
+    const bus::test::ReservedPort port;
+    const std::string tcp = port.tcp();
     Busd busd(io, {"--listen", tcp, "--curve-keys", keys.file("k")});
     auto bus_over_tcp = [&](std::vector<std::string> args) {
         std::vector<std::string> argv = {"env", "BUS_SERVER_KEY=" + key, bus_bin, "-e", tcp};
@@ -1206,7 +1207,8 @@ TEST(CliTcp, WorksAgainstARemoteBusdWithItsCurveKey) {
 
 TEST(CliTcp, WithoutTheServersKeyBusSaysWhatIsMissing) {
     boost::asio::io_context io;
-    const std::string tcp = "tcp://127.0.0.1:" + std::to_string(bus::test::free_tcp_port());
+    const bus::test::ReservedPort port; // nobody listens on it: bus must not get that far
+    const std::string tcp = port.tcp();
     Command keyless(io, {"env", "-u", "BUS_SERVER_KEY", bus_bin, "-e", tcp, "status"});
     ASSERT_TRUE(keyless.wait());
     EXPECT_EQ(keyless.code(), 3) << keyless.err();

@@ -369,6 +369,19 @@ public:
         return run_until(
             io_, [&] { return count(log(), what) >= n; }, timeout);
     }
+    // The port busd bound for `app` (listen on port 0) the `nth` time it started it: busd logs
+    // "app 'APP' listening on tcp://127.0.0.1:PORT" with the address as bound. 0 if it never
+    // said so (the caller's assertion shows the log).
+    int listening_port(const std::string& app, std::size_t nth = 1) {
+        const std::string said = "app '" + app + "' listening on tcp://127.0.0.1:";
+        if (!wait_log(said, nth))
+            return 0;
+        const std::string text = log();
+        auto at = text.find(said);
+        for (std::size_t i = 1; i < nth; ++i)
+            at = text.find(said, at + 1);
+        return std::atoi(text.c_str() + at + said.size());
+    }
     // Every worker pid the log mentions.
     std::set<pid_t> worker_pids() const {
         std::set<pid_t> pids;
@@ -393,6 +406,7 @@ private:
     std::optional<int> exit_;
 };
 
+// PORT 0 lets busd pick (the fixtures read back what it took); reuseport needs a fixed one.
 std::string app_config(const std::string& command, const std::vector<std::string>& args, int port,
                        int instances, const std::string& extra = "") {
     std::string toml = "[[app]]\nname = \"web\"\ncommand = \"" + command + "\"\nargs = [";
@@ -405,8 +419,18 @@ std::string app_config(const std::string& command, const std::vector<std::string
 
 class ClusterTest : public ::testing::Test {
 protected:
-    void start(const std::string& toml, std::size_t ready = 2) {
+    // busd with app 'web' (app_config), and port_ the port it listens on: the one the test
+    // chose, or (port_ 0) the one busd bound.
+    void launch(const std::string& toml) {
         busd_ = std::make_unique<Busd>(io_, toml);
+        if (port_ == 0) {
+            port_ = busd_->listening_port("web");
+            ASSERT_NE(port_, 0) << "busd never said where app 'web' listens\n" << busd_->log();
+        }
+    }
+    // ... and `ready` workers ready.
+    void start(const std::string& toml, std::size_t ready = 2) {
+        launch(toml);
         ASSERT_TRUE(busd_->wait_log(") ready", ready)) << busd_->log();
     }
     void TearDown() override { busd_.reset(); }
@@ -417,15 +441,14 @@ protected:
     // busd with one worker that exits at once, every time: errored after `max_restarts` exits
     // `delay` apart.
     void start_crashing(int max_restarts, std::chrono::milliseconds delay) {
-        busd_ = std::make_unique<Busd>(
-            io_, app_config(self_exe, {"--worker", "crash"}, port_, 1,
-                            "max_restarts = " + std::to_string(max_restarts) +
-                                "\nmin_uptime_ms = 5000\nrestart_delay_ms = " +
-                                std::to_string(delay.count()) + "\n"));
+        launch(app_config(self_exe, {"--worker", "crash"}, port_, 1,
+                          "max_restarts = " + std::to_string(max_restarts) +
+                              "\nmin_uptime_ms = 5000\nrestart_delay_ms = " +
+                              std::to_string(delay.count()) + "\n"));
     }
 
     boost::asio::io_context io_;
-    int port_ = bus::test::free_tcp_port();
+    int port_ = 0; // busd picks
     const TempDir files_;
     std::unique_ptr<Busd> busd_;
 };
@@ -471,6 +494,8 @@ TEST_F(ClusterTest, SharedModeWorkersAcceptOnBusdsSocket) {
 }
 
 TEST_F(ClusterTest, ReuseportModeWorkersBindTheirOwnSockets) {
+    const bus::test::ReservedPort reserved; // "reuseport needs a fixed port"
+    port_ = reserved.port();
     start(app_config(hello_bin, {}, port_, 2, "mode = \"reuseport\"\n"));
     ASSERT_TRUE(busd_->wait_log("accepting on tcp://127.0.0.1:" + std::to_string(port_), 2))
         << busd_->log();
@@ -597,8 +622,7 @@ TEST_F(ClusterTest, WorkerAskingForReplacementIsReplacedNewOneFirst) {
 }
 
 TEST_F(ClusterTest, StopExitCodeIsNotRestarted) {
-    busd_ = std::make_unique<Busd>(
-        io_, app_config(self_exe, {"--worker", "crash"}, port_, 1, "stop_exit_codes = [1]\n"));
+    launch(app_config(self_exe, {"--worker", "crash"}, port_, 1, "stop_exit_codes = [1]\n"));
     ASSERT_TRUE(busd_->wait_log("stop exit code: not restarted")) << busd_->log();
     EXPECT_EQ(count(busd_->log(), ") started"), 1u);
 }
@@ -899,6 +923,8 @@ TEST_F(ClusterControlTest, StopThenStartAgain) {
     ASSERT_TRUE(wait_for("stopped", 0)) << busd_->log();
     EXPECT_FALSE(http_get(port_));
     ASSERT_TRUE(control("start", "web"));
+    port_ = busd_->listening_port("web", 2); // bound again: port 0, another pick
+    ASSERT_NE(port_, 0) << busd_->log();
     ASSERT_TRUE(busd_->wait_log(") ready", 4)) << busd_->log();
     auto r = http_get(port_);
     ASSERT_TRUE(r);
@@ -970,10 +996,9 @@ TEST_F(ClusterControlTest, LeastConnectionsSendsNewConnectionsToTheLeastLoadedWo
 // kernel's backlog; all are answered once a worker is ready.
 TEST_F(ClusterControlTest, ConnectionsWaitForAReadyWorker) {
     const std::string ready_file = marker() + ".ready";
-    busd_ = std::make_unique<Busd>(
-        io_, app_config(self_exe, {"--worker", "ready-on-file"}, port_, 1,
-                        "env = { TEST_READY = \"" + ready_file +
-                            "\" }\nmax_pending = 2\nlisten_timeout_ms = 60000\n"));
+    launch(app_config(self_exe, {"--worker", "ready-on-file"}, port_, 1,
+                      "env = { TEST_READY = \"" + ready_file +
+                          "\" }\nmax_pending = 2\nlisten_timeout_ms = 60000\n"));
     ASSERT_TRUE(busd_->wait_log(") started")) << busd_->log();
     std::vector<std::future<std::optional<Response>>> answers;
     for (int i = 0; i < 5; ++i)
@@ -1060,13 +1085,14 @@ TEST_F(ClusterControlTest, StartAddsAppsFromAFileAndFromTheShortForm) {
     const std::string dir = busd_->dir();
     std::filesystem::create_directory(dir + "/app");
     std::filesystem::create_symlink(hello_bin, dir + "/app/hello");
-    const int file_port = bus::test::free_tcp_port();
     std::ofstream(dir + "/app/apps.toml")
         << "[[app]]\nname = \"fromfile\"\ncommand = \"./hello\"\ninstances = 2\n"
-        << "listen = [\"tcp://127.0.0.1:" << file_port << "\"]\n";
+        << "listen = [\"tcp://127.0.0.1:0\"]\n";
     auto [code, out] = bus_cli("cluster start " + dir + "/app/apps.toml");
     ASSERT_EQ(code, 0) << out;
     EXPECT_NE(out.find("fromfile"), std::string::npos) << out;
+    const int file_port = busd_->listening_port("fromfile");
+    ASSERT_NE(file_port, 0) << busd_->log();
     ASSERT_TRUE(busd_->wait_log("app 'fromfile' worker 1 (pid", 1)) << busd_->log();
     ASSERT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
     std::set<int> instances;
@@ -1077,12 +1103,13 @@ TEST_F(ClusterControlTest, StartAddsAppsFromAFileAndFromTheShortForm) {
     }
     EXPECT_EQ(instances, (std::set<int>{0, 1}));
 
-    const int short_port = bus::test::free_tcp_port();
     std::tie(code, out) =
         bus_cli("cluster start --name short -i 1 --mode least_connections --listen "
-                "tcp://127.0.0.1:" +
-                std::to_string(short_port) + " --cwd " + dir + "/app -- ./hello");
+                "tcp://127.0.0.1:0 --cwd " +
+                dir + "/app -- ./hello");
     ASSERT_EQ(code, 0) << out;
+    const int short_port = busd_->listening_port("short");
+    ASSERT_NE(short_port, 0) << busd_->log();
     ASSERT_TRUE(busd_->wait_log(") ready", 4)) << busd_->log();
     auto r = http_get(short_port);
     ASSERT_TRUE(r) << busd_->log();
@@ -1137,9 +1164,10 @@ TEST_F(ClusterControlTest, DeleteStopsTheAppAndForgetsIt) {
     EXPECT_NE(out.find("no app named 'web'"), std::string::npos) << out;
 
     std::tie(code, out) =
-        bus_cli("cluster start --name web --listen tcp://127.0.0.1:" + std::to_string(port_) +
-                " -- " + hello_bin);
+        bus_cli("cluster start --name web --listen tcp://127.0.0.1:0 -- " + hello_bin);
     ASSERT_EQ(code, 0) << out;
+    port_ = busd_->listening_port("web", 2);
+    ASSERT_NE(port_, 0) << busd_->log();
     ASSERT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
     auto r = http_get(port_);
     ASSERT_TRUE(r);

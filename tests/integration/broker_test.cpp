@@ -778,15 +778,52 @@ TEST_P(BrokerTest, RequesterKilledMidRequestCostsTheServiceNothing) {
     EXPECT_EQ(answered, 1);
 }
 
+// What the kernel may hold in one local socket's buffers: a send buffer of up to twice
+// net.core.wmem_max (setsockopt doubles what it is given).
+std::size_t kernel_socket_bytes() {
+    std::size_t wmem_max = 0;
+    std::ifstream("/proc/sys/net/core/wmem_max") >> wmem_max;
+    return 2 * (wmem_max ? wmem_max : std::size_t{4} << 20);
+}
+
+// The most a client holds before publish() says "slow down", from its bounds (client.cpp): a
+// unix:// link queues up to its channel's high-water mark; a ZeroMQ link packs frames into
+// batches of at most 16 KiB and gives them to ZeroMQ, whose queue holds 1000 (SNDHWM), behind
+// what ZeroMQ's I/O thread has already written into the socket (one batch being encoded, the
+// rest in the kernel).
+std::size_t client_send_bound(const std::string& link) {
+    if (link == "unix")
+        return bus::ChannelOptions{}.high_water_mark;
+    constexpr std::size_t zmq_batch_bytes = 16 * 1024, zmq_sndhwm = 1000;
+    return (zmq_sndhwm + 2) * zmq_batch_bytes + kernel_socket_bytes();
+}
+
 TEST_P(BrokerTest, PublishReportsBackpressureBeforeMemoryRunsAway) {
     auto pub = connect();
     const std::string payload(1024, 'p');
-    int accepted = 0;
-    // The loop does not run here, so nothing leaves this process's queue: publish() must say
-    // "slow down" after a bounded amount (unix:// channel high-water mark; ZeroMQ's SNDHWM).
-    while (pub->publish_bytes("nowhere", payload) && accepted < 1000000)
-        ++accepted;
-    EXPECT_LT(accepted, 1000000);
+    // Nothing is read on either side: this process's loop does not run here, and busd is
+    // stopped (ZeroMQ's I/O thread writes on its own). So publish() must say "slow down" once
+    // the client's bounds are full: within a number of messages that those bounds set (each
+    // one holds at least its payload), not a gigabyte later.
+    const std::size_t bound = client_send_bound(GetParam()) / payload.size() + 1;
+    ASSERT_EQ(::kill(busd_->pid(), SIGSTOP), 0);
+    struct Resume {
+        pid_t pid;
+        ~Resume() { ::kill(pid, SIGCONT); }
+    } resume{busd_->pid()};
+    std::size_t accepted = 0;
+    bool refused = false;
+    while (!refused && accepted <= bound) {
+        if (pub->publish_bytes("nowhere", payload))
+            ++accepted;
+        else
+            refused = true;
+    }
+    EXPECT_TRUE(refused) << "publish() took " << accepted << " messages of " << payload.size()
+                         << " bytes without a \"slow down\"; the bound is " << bound;
+    EXPECT_GT(accepted, 0u);
+    std::printf("[          ] %zu messages before \"slow down\" (bound %zu)\n", accepted, bound);
+    ::kill(busd_->pid(), SIGCONT);
     flush(pub); // and everything queued still goes out
 }
 

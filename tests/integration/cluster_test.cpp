@@ -32,6 +32,7 @@
 #include <map>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <set>
 #include <sstream>
 #include <sys/un.h>
@@ -331,6 +332,71 @@ std::string read_file(const std::string& path) {
     std::ifstream in(path);
     return std::string((std::istreambuf_iterator<char>(in)), {});
 }
+
+// A program (run in /) whose stdout is read here as it comes. Every read is bounded, so a program
+// that never prints what is awaited fails the test instead of hanging it; destroying it
+// kills the program if it still runs.
+class PipedCommand {
+public:
+    PipedCommand(boost::asio::io_context& io, const std::vector<std::string>& argv) : io_(io) {
+        int fds[2];
+        EXPECT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+        out_.reset(fds[0]);
+        bus::UniqueFd write_end(fds[1]);
+        bus::SpawnOptions options;
+        options.cwd = "/";
+        options.stdout_fd = write_end.get();
+        auto p = bus::spawn(io_, argv, options);
+        EXPECT_TRUE(p) << p.error().message();
+        if (p) {
+            process_ = std::move(p).value();
+            process_->on_exit([this](int code, int) { exit_ = code; });
+        }
+    } // our copy of the write end closes here: the read end ends when the program's does
+    // Reads until what it printed holds `lines` lines, or `timeout` passes.
+    bool read_lines(std::size_t lines, std::chrono::milliseconds timeout = 20s) {
+        return read_until([&] { return count(output_, "\n") >= lines; }, timeout);
+    }
+    // Reads to the end of its output and waits for it to exit: its exit code, nullopt if that
+    // takes longer than `timeout`.
+    std::optional<int> finish(std::chrono::milliseconds timeout = 20s) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        read_until([] { return false; }, timeout);
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        run_until(
+            io_, [&] { return exit_.has_value(); }, std::max(left, 0ms));
+        return exit_;
+    }
+    const std::string& output() const { return output_; }
+
+private:
+    // Reads until `done()`, the end of the output, or `timeout`; returns done().
+    bool read_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (!done() && !ended_) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
+            pollfd p{out_.get(), POLLIN, 0};
+            if (left <= 0ms || ::poll(&p, 1, static_cast<int>(left.count())) <= 0)
+                break;
+            char buf[4096];
+            const ssize_t n = ::read(out_.get(), buf, sizeof buf);
+            if (n <= 0)
+                ended_ = true;
+            else
+                output_.append(buf, static_cast<std::size_t>(n));
+        }
+        return done();
+    }
+
+    boost::asio::io_context& io_;
+    bus::UniqueFd out_;
+    std::shared_ptr<bus::ChildProcess> process_;
+    std::optional<int> exit_;
+    std::string output_;
+    bool ended_ = false;
+};
 
 // A busd running one app; stderr in DIR/busd.log, its apps' logs in DIR/logs.
 class Busd {
@@ -1267,19 +1333,17 @@ TEST_F(ClusterControlTest, WorkerOutputIsLoggedPublishedAndShown) {
     ASSERT_EQ(code, 0) << out;
     EXPECT_EQ(count(out, "\n"), 1u) << out;
 
-    // -f: the tail, then lines written afterwards, each once.
-    const std::string follow = "cd / && exec " + std::string(BUS_CLI) + " -e unix://" +
-                               busd_->dir() + "/busd.sock cluster logs web -f -n 3 --timeout 3s";
-    FILE* p = ::popen(follow.c_str(), "r");
-    ASSERT_TRUE(p);
-    std::this_thread::sleep_for(500ms);
+    // -f: the tail, then lines written afterwards, each once. bus subscribes before it asks
+    // for the tail, so once the tail is out, a line written now is one -f must show.
+    PipedCommand follow(io_, {BUS_CLI, "-e", "unix://" + busd_->dir() + "/busd.sock", "cluster",
+                              "logs", "web", "-f", "-n", "3", "--timeout", "3s"});
+    ASSERT_TRUE(follow.read_lines(3)) << "the tail of 3 lines, within 20 s: " << follow.output();
     ASSERT_TRUE(http_get(port_));
-    std::string followed;
-    char buf[4096];
-    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
-        followed.append(buf, n);
-    EXPECT_EQ(::pclose(p), 0) << followed;
-    EXPECT_EQ(count(followed, "served "), 2u) << "one from the tail, one new: " << followed;
+    const auto exit_code = follow.finish();
+    ASSERT_TRUE(exit_code) << "still running 20 s after its --timeout 3s: " << follow.output();
+    EXPECT_EQ(*exit_code, 0) << follow.output();
+    EXPECT_EQ(count(follow.output(), "served "), 2u)
+        << "one from the tail, one new: " << follow.output();
 
     std::tie(code, out) = bus_cli("cluster logs nosuch");
     EXPECT_NE(code, 0);

@@ -1,5 +1,6 @@
-// Helpers shared by the test executables: running a loop until something happened, counting
-// open descriptors, and raw socket writes for playing a broken peer.
+// Helpers shared by the test executables: running a loop (or just waiting) until something
+// happened, counting open descriptors, a TCP port held for the test, and raw socket writes for
+// playing a broken peer.
 #pragma once
 
 #include <boost/asio/io_context.hpp>
@@ -11,6 +12,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include <arpa/inet.h>
@@ -29,6 +31,19 @@ inline bool run_until(boost::asio::io_context& io, const std::function<bool()>& 
         io.run_for(std::chrono::milliseconds(5));
     }
     return done();
+}
+
+// Polls `done()` every millisecond until it holds or `timeout` passes; returns done(). For what
+// another thread or process brings about, with no loop to run here.
+inline bool wait_until(const std::function<bool()>& done,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!done()) {
+        if (std::chrono::steady_clock::now() >= deadline)
+            return done();
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
 }
 
 inline std::size_t open_fd_count() {

@@ -693,11 +693,13 @@ TEST_F(ClusterTest, StopExitCodeIsNotRestarted) {
     EXPECT_EQ(count(busd_->log(), ") started"), 1u);
 }
 
+// The fat worker touches its 512 MiB before it says ready: seconds on a loaded machine, so it
+// gets a listen_timeout that is not what is under test.
 TEST_F(ClusterTest, WorkerAboveMaxMemoryIsReplacedGracefully) {
-    start(
-        app_config(self_exe, {"--worker", "fat"}, port_, 2,
-                   "env = { TEST_MARKER = \"" + marker() +
-                       "\" }\nmax_memory_mb = 256\nheartbeat_ms = 50\nheartbeat_misses = 1000\n"));
+    start(app_config(self_exe, {"--worker", "fat"}, port_, 2,
+                     "env = { TEST_MARKER = \"" + marker() +
+                         "\" }\nmax_memory_mb = 256\nheartbeat_ms = 50\nheartbeat_misses = 1000\n" +
+                         "listen_timeout_ms = 60000\n"));
     ASSERT_TRUE(busd_->wait_log("above max_memory: replacing it")) << busd_->log();
     ASSERT_TRUE(busd_->wait_log("shutting down (replaced)")) << busd_->log();
     const std::string log = busd_->log();

@@ -1204,7 +1204,9 @@ TEST(Busd, SigtermStopsCleanlyAndRemovesItsSockets) {
 TEST(Busd, DaemonModeDetachesWritesItsPidAndServes) {
     const TempDir dir;
     const std::string pid_file = dir.file("busd.pid");
-    const int rc = std::system((busd_bin + " --daemon --pid-file " + pid_file + " --log-file " +
+    // --daemon makes busd's runtime directory even when it is given every file: in ours.
+    const int rc = std::system(("XDG_RUNTIME_DIR=" + dir.path() + " " + busd_bin +
+                                " --daemon --pid-file " + pid_file + " --log-file " +
                                 dir.file("busd.log") + " -e unix://" + dir.file("busd.sock"))
                                    .c_str());
     ASSERT_EQ(WEXITSTATUS(rc), 0); // returns once the daemon serves

@@ -2,10 +2,10 @@
 // control bodies, subjects) goes to a real in-process Broker, beside a well-behaved client
 // subscribed to everything. The broker must answer or hang up, never crash, hang or leak, and
 // keep serving the other client.
+#include "../support/temp_dir.hpp"
+
 #include <bus/broker.hpp>
 #include <bus/client.hpp>
-
-#include <filesystem>
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -15,14 +15,12 @@ namespace {
 
 struct World {
     boost::asio::io_context io;
-    std::string dir;
+    bus::test::TempDir dir;
     std::unique_ptr<bus::broker::Broker> broker;
     std::shared_ptr<bus::Client> witness;
     World() {
-        char tmpl[] = "/tmp/bus-fuzz-XXXXXX";
-        dir = ::mkdtemp(tmpl);
         bus::broker::Options options;
-        options.endpoints = {"unix://" + dir + "/busd.sock"};
+        options.endpoints = {"unix://" + (dir / "busd.sock")};
         options.limits.max_message_size = 64 * 1024;
         broker = bus::broker::Broker::start(io, options).value();
         witness = bus::Client::connect(io, options.endpoints[0]).value();
@@ -31,7 +29,6 @@ struct World {
         if (witness->flush_wait())
             __builtin_trap();
     }
-    ~World() { std::filesystem::remove_all(dir); }
 };
 
 } // namespace
@@ -41,7 +38,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
-    (world.dir + "/busd.sock").copy(addr.sun_path, sizeof addr.sun_path - 1);
+    world.(dir / "busd.sock").copy(addr.sun_path, sizeof addr.sun_path - 1);
     if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0)
         __builtin_trap();
     (void)::send(fd, data, size, MSG_NOSIGNAL);

@@ -5,6 +5,7 @@
 // busd's stderr goes to a log file the tests read to know when something happened (a worker
 // ready, replaced, an app errored). Every busd is stopped by its fixture, and its workers with
 // it (SIGKILL on a busd leaves no orphan either: that is one of the tests).
+#include "../support/temp_dir.hpp"
 #include "../support/test_support.hpp"
 
 #include <bus/child_process.hpp>
@@ -31,6 +32,7 @@
 #include <map>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <set>
 #include <sstream>
 #include <sys/un.h>
@@ -39,6 +41,7 @@
 namespace {
 
 using bus::test::run_until;
+using bus::test::TempDir;
 using namespace std::chrono_literals;
 
 std::string self_exe;
@@ -330,12 +333,75 @@ std::string read_file(const std::string& path) {
     return std::string((std::istreambuf_iterator<char>(in)), {});
 }
 
+// A program (run in /) whose stdout is read here as it comes. Every read is bounded, so a program
+// that never prints what is awaited fails the test instead of hanging it; destroying it
+// kills the program if it still runs.
+class PipedCommand {
+public:
+    PipedCommand(boost::asio::io_context& io, const std::vector<std::string>& argv) : io_(io) {
+        int fds[2];
+        EXPECT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+        out_.reset(fds[0]);
+        bus::UniqueFd write_end(fds[1]);
+        bus::SpawnOptions options;
+        options.cwd = "/";
+        options.stdout_fd = write_end.get();
+        auto p = bus::spawn(io_, argv, options);
+        EXPECT_TRUE(p) << p.error().message();
+        if (p) {
+            process_ = std::move(p).value();
+            process_->on_exit([this](int code, int) { exit_ = code; });
+        }
+    } // our copy of the write end closes here: the read end ends when the program's does
+    // Reads until what it printed holds `lines` lines, or `timeout` passes.
+    bool read_lines(std::size_t lines, std::chrono::milliseconds timeout = 20s) {
+        return read_until([&] { return count(output_, "\n") >= lines; }, timeout);
+    }
+    // Reads to the end of its output and waits for it to exit: its exit code, nullopt if that
+    // takes longer than `timeout`.
+    std::optional<int> finish(std::chrono::milliseconds timeout = 20s) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        read_until([] { return false; }, timeout);
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        run_until(
+            io_, [&] { return exit_.has_value(); }, std::max(left, 0ms));
+        return exit_;
+    }
+    const std::string& output() const { return output_; }
+
+private:
+    // Reads until `done()`, the end of the output, or `timeout`; returns done().
+    bool read_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (!done() && !ended_) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
+            pollfd p{out_.get(), POLLIN, 0};
+            if (left <= 0ms || ::poll(&p, 1, static_cast<int>(left.count())) <= 0)
+                break;
+            char buf[4096];
+            const ssize_t n = ::read(out_.get(), buf, sizeof buf);
+            if (n <= 0)
+                ended_ = true;
+            else
+                output_.append(buf, static_cast<std::size_t>(n));
+        }
+        return done();
+    }
+
+    boost::asio::io_context& io_;
+    bus::UniqueFd out_;
+    std::shared_ptr<bus::ChildProcess> process_;
+    std::optional<int> exit_;
+    std::string output_;
+    bool ended_ = false;
+};
+
 // A busd running one app; stderr in DIR/busd.log, its apps' logs in DIR/logs.
 class Busd {
 public:
-    Busd(boost::asio::io_context& io, const std::string& app_toml) : io_(io) {
-        char tmpl[] = "/tmp/bus-cluster-test-XXXXXX";
-        dir_ = ::mkdtemp(tmpl);
+    Busd(boost::asio::io_context& io, const std::string& app_toml) : io_(io), dir_(tmp_.path()) {
         std::ofstream(dir_ + "/busd.toml") << app_toml;
         start();
     }
@@ -345,7 +411,6 @@ public:
         for (pid_t pid : worker_pids())
             if (!process_gone(pid))
                 ::kill(pid, SIGKILL);
-        std::filesystem::remove_all(dir_);
     }
     void start() {
         const std::string command = "exec " + busd_bin + " -e unix://" + dir_ + "/busd.sock -c " +
@@ -370,6 +435,19 @@ public:
         return run_until(
             io_, [&] { return count(log(), what) >= n; }, timeout);
     }
+    // The port busd bound for `app` (listen on port 0) the `nth` time it started it: busd logs
+    // "app 'APP' listening on tcp://127.0.0.1:PORT" with the address as bound. 0 if it never
+    // said so (the caller's assertion shows the log).
+    int listening_port(const std::string& app, std::size_t nth = 1) {
+        const std::string said = "app '" + app + "' listening on tcp://127.0.0.1:";
+        if (!wait_log(said, nth))
+            return 0;
+        const std::string text = log();
+        auto at = text.find(said);
+        for (std::size_t i = 1; i < nth; ++i)
+            at = text.find(said, at + 1);
+        return std::atoi(text.c_str() + at + said.size());
+    }
     // Every worker pid the log mentions.
     std::set<pid_t> worker_pids() const {
         std::set<pid_t> pids;
@@ -388,11 +466,13 @@ public:
 
 private:
     boost::asio::io_context& io_;
+    TempDir tmp_; // removed once busd and its workers are gone
     std::string dir_;
     std::shared_ptr<bus::ChildProcess> process_;
     std::optional<int> exit_;
 };
 
+// PORT 0 lets busd pick (the fixtures read back what it took); reuseport needs a fixed one.
 std::string app_config(const std::string& command, const std::vector<std::string>& args, int port,
                        int instances, const std::string& extra = "") {
     std::string toml = "[[app]]\nname = \"web\"\ncommand = \"" + command + "\"\nargs = [";
@@ -405,33 +485,38 @@ std::string app_config(const std::string& command, const std::vector<std::string
 
 class ClusterTest : public ::testing::Test {
 protected:
-    void start(const std::string& toml, std::size_t ready = 2) {
+    // busd with app 'web' (app_config), and port_ the port it listens on: the one the test
+    // chose, or (port_ 0) the one busd bound.
+    void launch(const std::string& toml) {
         busd_ = std::make_unique<Busd>(io_, toml);
+        if (port_ == 0) {
+            port_ = busd_->listening_port("web");
+            ASSERT_NE(port_, 0) << "busd never said where app 'web' listens\n" << busd_->log();
+        }
+    }
+    // ... and `ready` workers ready.
+    void start(const std::string& toml, std::size_t ready = 2) {
+        launch(toml);
         ASSERT_TRUE(busd_->wait_log(") ready", ready)) << busd_->log();
     }
-    void TearDown() override {
-        busd_.reset();
-        // The files a test made, even when it failed half-way.
-        for (const char* suffix : {"", ".ready", ".conf", ".conf.tmp"})
-            std::filesystem::remove(marker() + suffix);
-    }
-    std::string marker() const { return busd_dir_marker_; }
+    void TearDown() override { busd_.reset(); }
+    // A file for a worker to create (first_time()) or wait for, and its siblings (marker() +
+    // ".ready", ".conf"), in the test's own directory: gone with it, even when the test fails
+    // half-way.
+    std::string marker() const { return (files_ / "marker"); }
     // busd with one worker that exits at once, every time: errored after `max_restarts` exits
     // `delay` apart.
     void start_crashing(int max_restarts, std::chrono::milliseconds delay) {
-        busd_ = std::make_unique<Busd>(
-            io_, app_config(self_exe, {"--worker", "crash"}, port_, 1,
-                            "max_restarts = " + std::to_string(max_restarts) +
-                                "\nmin_uptime_ms = 5000\nrestart_delay_ms = " +
-                                std::to_string(delay.count()) + "\n"));
+        launch(app_config(self_exe, {"--worker", "crash"}, port_, 1,
+                          "max_restarts = " + std::to_string(max_restarts) +
+                              "\nmin_uptime_ms = 5000\nrestart_delay_ms = " +
+                              std::to_string(delay.count()) + "\n"));
     }
 
     boost::asio::io_context io_;
-    int port_ = bus::test::free_tcp_port();
+    int port_ = 0; // busd picks
+    const TempDir files_;
     std::unique_ptr<Busd> busd_;
-    std::string busd_dir_marker_ =
-        "/tmp/bus-cluster-marker-" + std::to_string(::getpid()) + "-" + std::to_string(port_);
-    void SetUp() override { std::filesystem::remove(busd_dir_marker_); }
 };
 
 TEST_F(ClusterTest, RoundRobinSpreadsConnectionsOverWorkers) {
@@ -475,6 +560,8 @@ TEST_F(ClusterTest, SharedModeWorkersAcceptOnBusdsSocket) {
 }
 
 TEST_F(ClusterTest, ReuseportModeWorkersBindTheirOwnSockets) {
+    const bus::test::ReservedPort reserved; // "reuseport needs a fixed port"
+    port_ = reserved.port();
     start(app_config(hello_bin, {}, port_, 2, "mode = \"reuseport\"\n"));
     ASSERT_TRUE(busd_->wait_log("accepting on tcp://127.0.0.1:" + std::to_string(port_), 2))
         << busd_->log();
@@ -520,7 +607,6 @@ TEST_F(ClusterTest, WorkerDyingBeforeAckDoesNotLoseTheConnection) {
     }
     EXPECT_TRUE(busd_->wait_log("exited with code 3")) << busd_->log();
     EXPECT_TRUE(std::filesystem::exists(marker()));
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, WorkerSendingGarbageIsCutOffAndReplaced) {
@@ -539,7 +625,6 @@ TEST_F(ClusterTest, WorkerSendingGarbageIsCutOffAndReplaced) {
         instances.insert(r->instance());
     }
     EXPECT_EQ(instances, (std::set<int>{0, 1}));
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, StuckWorkerMissesHeartbeatsAndIsReplaced) {
@@ -553,7 +638,6 @@ TEST_F(ClusterTest, StuckWorkerMissesHeartbeatsAndIsReplaced) {
     }
     EXPECT_TRUE(busd_->wait_log("heartbeats unanswered")) << busd_->log();
     EXPECT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, WorkerThatNeverAcksIsCutOffAndItsConnectionServedElsewhere) {
@@ -566,7 +650,6 @@ TEST_F(ClusterTest, WorkerThatNeverAcksIsCutOffAndItsConnectionServedElsewhere) 
     }
     EXPECT_TRUE(busd_->wait_log("did not acknowledge a connection within ack_timeout"))
         << busd_->log();
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, WorkerFloodingItsChannelIsCutOff) {
@@ -578,7 +661,6 @@ TEST_F(ClusterTest, WorkerFloodingItsChannelIsCutOff) {
     }
     EXPECT_TRUE(busd_->wait_log("floods its channel")) << busd_->log();
     EXPECT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, WorkerAckingAConnectionItWasNotGivenIsCutOff) {
@@ -589,7 +671,6 @@ TEST_F(ClusterTest, WorkerAckingAConnectionItWasNotGivenIsCutOff) {
         ASSERT_TRUE(r) << "connection " << i << " got no answer\n" << busd_->log();
     }
     EXPECT_TRUE(busd_->wait_log("which it was not given")) << busd_->log();
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, WorkerAskingForReplacementIsReplacedNewOneFirst) {
@@ -604,21 +685,21 @@ TEST_F(ClusterTest, WorkerAskingForReplacementIsReplacedNewOneFirst) {
               log.find(") ready", log.find("replacing worker 0")));
     EXPECT_LT(log.find(") ready", log.find("replacing worker 0")),
               log.find("shutting down (replaced)"));
-    std::filesystem::remove(marker());
 }
 
 TEST_F(ClusterTest, StopExitCodeIsNotRestarted) {
-    busd_ = std::make_unique<Busd>(
-        io_, app_config(self_exe, {"--worker", "crash"}, port_, 1, "stop_exit_codes = [1]\n"));
+    launch(app_config(self_exe, {"--worker", "crash"}, port_, 1, "stop_exit_codes = [1]\n"));
     ASSERT_TRUE(busd_->wait_log("stop exit code: not restarted")) << busd_->log();
     EXPECT_EQ(count(busd_->log(), ") started"), 1u);
 }
 
+// The fat worker touches its 512 MiB before it says ready: seconds on a loaded machine, so it
+// gets a listen_timeout that is not what is under test.
 TEST_F(ClusterTest, WorkerAboveMaxMemoryIsReplacedGracefully) {
-    start(
-        app_config(self_exe, {"--worker", "fat"}, port_, 2,
-                   "env = { TEST_MARKER = \"" + marker() +
-                       "\" }\nmax_memory_mb = 256\nheartbeat_ms = 50\nheartbeat_misses = 1000\n"));
+    start(app_config(self_exe, {"--worker", "fat"}, port_, 2,
+                     "env = { TEST_MARKER = \"" + marker() +
+                         "\" }\nmax_memory_mb = 256\nheartbeat_ms = 50\nheartbeat_misses = 1000\n" +
+                         "listen_timeout_ms = 60000\n"));
     ASSERT_TRUE(busd_->wait_log("above max_memory: replacing it")) << busd_->log();
     ASSERT_TRUE(busd_->wait_log("shutting down (replaced)")) << busd_->log();
     const std::string log = busd_->log();
@@ -628,7 +709,6 @@ TEST_F(ClusterTest, WorkerAboveMaxMemoryIsReplacedGracefully) {
     for (int i = 0; i < 4; ++i)
         ASSERT_TRUE(http_get(port_)) << busd_->log();
     EXPECT_EQ(count(busd_->log(), "above max_memory"), 1u) << busd_->log();
-    std::filesystem::remove(marker());
 }
 
 // Saves the way editors do: a new file renamed over the old one (no moment with half a file).
@@ -659,7 +739,6 @@ TEST_F(ClusterTest, WatchedFileChangeReloadsOnce) {
         ASSERT_TRUE(r);
         EXPECT_EQ(old_pids.count(r->pid()), 0u);
     }
-    std::filesystem::remove(watched);
 }
 
 TEST_F(ClusterTest, CrashLoopingAppBecomesErrored) {
@@ -912,6 +991,8 @@ TEST_F(ClusterControlTest, StopThenStartAgain) {
     ASSERT_TRUE(wait_for("stopped", 0)) << busd_->log();
     EXPECT_FALSE(http_get(port_));
     ASSERT_TRUE(control("start", "web"));
+    port_ = busd_->listening_port("web", 2); // bound again: port 0, another pick
+    ASSERT_NE(port_, 0) << busd_->log();
     ASSERT_TRUE(busd_->wait_log(") ready", 4)) << busd_->log();
     auto r = http_get(port_);
     ASSERT_TRUE(r);
@@ -983,10 +1064,9 @@ TEST_F(ClusterControlTest, LeastConnectionsSendsNewConnectionsToTheLeastLoadedWo
 // kernel's backlog; all are answered once a worker is ready.
 TEST_F(ClusterControlTest, ConnectionsWaitForAReadyWorker) {
     const std::string ready_file = marker() + ".ready";
-    busd_ = std::make_unique<Busd>(
-        io_, app_config(self_exe, {"--worker", "ready-on-file"}, port_, 1,
-                        "env = { TEST_READY = \"" + ready_file +
-                            "\" }\nmax_pending = 2\nlisten_timeout_ms = 60000\n"));
+    launch(app_config(self_exe, {"--worker", "ready-on-file"}, port_, 1,
+                      "env = { TEST_READY = \"" + ready_file +
+                          "\" }\nmax_pending = 2\nlisten_timeout_ms = 60000\n"));
     ASSERT_TRUE(busd_->wait_log(") started")) << busd_->log();
     std::vector<std::future<std::optional<Response>>> answers;
     for (int i = 0; i < 5; ++i)
@@ -1001,7 +1081,6 @@ TEST_F(ClusterControlTest, ConnectionsWaitForAReadyWorker) {
         ASSERT_TRUE(r) << busd_->log();
         EXPECT_EQ(r->status, 200);
     }
-    std::filesystem::remove(ready_file);
 }
 
 TEST_F(ClusterControlTest, BadCommandsAreErrors) {
@@ -1074,13 +1153,14 @@ TEST_F(ClusterControlTest, StartAddsAppsFromAFileAndFromTheShortForm) {
     const std::string dir = busd_->dir();
     std::filesystem::create_directory(dir + "/app");
     std::filesystem::create_symlink(hello_bin, dir + "/app/hello");
-    const int file_port = bus::test::free_tcp_port();
     std::ofstream(dir + "/app/apps.toml")
         << "[[app]]\nname = \"fromfile\"\ncommand = \"./hello\"\ninstances = 2\n"
-        << "listen = [\"tcp://127.0.0.1:" << file_port << "\"]\n";
+        << "listen = [\"tcp://127.0.0.1:0\"]\n";
     auto [code, out] = bus_cli("cluster start " + dir + "/app/apps.toml");
     ASSERT_EQ(code, 0) << out;
     EXPECT_NE(out.find("fromfile"), std::string::npos) << out;
+    const int file_port = busd_->listening_port("fromfile");
+    ASSERT_NE(file_port, 0) << busd_->log();
     ASSERT_TRUE(busd_->wait_log("app 'fromfile' worker 1 (pid", 1)) << busd_->log();
     ASSERT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
     std::set<int> instances;
@@ -1091,12 +1171,13 @@ TEST_F(ClusterControlTest, StartAddsAppsFromAFileAndFromTheShortForm) {
     }
     EXPECT_EQ(instances, (std::set<int>{0, 1}));
 
-    const int short_port = bus::test::free_tcp_port();
     std::tie(code, out) =
         bus_cli("cluster start --name short -i 1 --mode least_connections --listen "
-                "tcp://127.0.0.1:" +
-                std::to_string(short_port) + " --cwd " + dir + "/app -- ./hello");
+                "tcp://127.0.0.1:0 --cwd " +
+                dir + "/app -- ./hello");
     ASSERT_EQ(code, 0) << out;
+    const int short_port = busd_->listening_port("short");
+    ASSERT_NE(short_port, 0) << busd_->log();
     ASSERT_TRUE(busd_->wait_log(") ready", 4)) << busd_->log();
     auto r = http_get(short_port);
     ASSERT_TRUE(r) << busd_->log();
@@ -1151,9 +1232,10 @@ TEST_F(ClusterControlTest, DeleteStopsTheAppAndForgetsIt) {
     EXPECT_NE(out.find("no app named 'web'"), std::string::npos) << out;
 
     std::tie(code, out) =
-        bus_cli("cluster start --name web --listen tcp://127.0.0.1:" + std::to_string(port_) +
-                " -- " + hello_bin);
+        bus_cli("cluster start --name web --listen tcp://127.0.0.1:0 -- " + hello_bin);
     ASSERT_EQ(code, 0) << out;
+    port_ = busd_->listening_port("web", 2);
+    ASSERT_NE(port_, 0) << busd_->log();
     ASSERT_TRUE(busd_->wait_log(") ready", 3)) << busd_->log();
     auto r = http_get(port_);
     ASSERT_TRUE(r);
@@ -1253,19 +1335,17 @@ TEST_F(ClusterControlTest, WorkerOutputIsLoggedPublishedAndShown) {
     ASSERT_EQ(code, 0) << out;
     EXPECT_EQ(count(out, "\n"), 1u) << out;
 
-    // -f: the tail, then lines written afterwards, each once.
-    const std::string follow = "cd / && exec " + std::string(BUS_CLI) + " -e unix://" +
-                               busd_->dir() + "/busd.sock cluster logs web -f -n 3 --timeout 3s";
-    FILE* p = ::popen(follow.c_str(), "r");
-    ASSERT_TRUE(p);
-    std::this_thread::sleep_for(500ms);
+    // -f: the tail, then lines written afterwards, each once. bus subscribes before it asks
+    // for the tail, so once the tail is out, a line written now is one -f must show.
+    PipedCommand follow(io_, {BUS_CLI, "-e", "unix://" + busd_->dir() + "/busd.sock", "cluster",
+                              "logs", "web", "-f", "-n", "3", "--timeout", "3s"});
+    ASSERT_TRUE(follow.read_lines(3)) << "the tail of 3 lines, within 20 s: " << follow.output();
     ASSERT_TRUE(http_get(port_));
-    std::string followed;
-    char buf[4096];
-    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
-        followed.append(buf, n);
-    EXPECT_EQ(::pclose(p), 0) << followed;
-    EXPECT_EQ(count(followed, "served "), 2u) << "one from the tail, one new: " << followed;
+    const auto exit_code = follow.finish();
+    ASSERT_TRUE(exit_code) << "still running 20 s after its --timeout 3s: " << follow.output();
+    EXPECT_EQ(*exit_code, 0) << follow.output();
+    EXPECT_EQ(count(follow.output(), "served "), 2u)
+        << "one from the tail, one new: " << follow.output();
 
     std::tie(code, out) = bus_cli("cluster logs nosuch");
     EXPECT_NE(code, 0);

@@ -5,6 +5,8 @@
 //
 // BUS_SHM_STRESS_RECORDS=N raises the record counts (default: a million per mode).
 #include "../support/shm_records.hpp"
+#include "../support/temp_dir.hpp"
+#include "../support/test_support.hpp"
 
 #include "shm/layout.hpp"
 #include "shm/segment.hpp"
@@ -14,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -36,6 +39,7 @@ extern char** environ;
 namespace {
 
 namespace shm = bus::shm;
+using bus::test::wait_until;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
@@ -83,17 +87,14 @@ public:
     }
     // The exit status once the child has ended (nullopt at the timeout).
     std::optional<int> wait(std::chrono::milliseconds timeout = 60s) {
-        const auto end = Clock::now() + timeout;
-        while (!status_) {
-            int status = 0;
-            const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-            if (r == pid_)
-                status_ = status;
-            else if (Clock::now() >= end)
-                break;
-            else
-                std::this_thread::sleep_for(1ms);
-        }
+        wait_until(
+            [&] {
+                int status = 0;
+                if (!status_ && ::waitpid(pid_, &status, WNOHANG) == pid_)
+                    status_ = status;
+                return status_.has_value();
+            },
+            timeout);
         return status_;
     }
     bool exited_zero(std::chrono::milliseconds timeout = 60s) {
@@ -110,24 +111,20 @@ private:
 // saw (so a consumer that is SIGKILLed leaves its account behind).
 class SeenFile {
 public:
-    explicit SeenFile(std::uint64_t n) : size_(n) {
-        char path[] = "/tmp/bus-shm-seen-XXXXXX";
-        const int fd = ::mkstemp(path);
-        path_ = path;
+    explicit SeenFile(std::uint64_t n) : path_((dir_ / "seen")), size_(n) {
+        const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(n)) != 0)
             throw std::runtime_error("seen file");
         map_ = static_cast<std::uint8_t*>(
             ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
         ::close(fd);
     }
-    ~SeenFile() {
-        ::munmap(map_, size_);
-        ::unlink(path_.c_str());
-    }
+    ~SeenFile() { ::munmap(map_, size_); }
     const std::string& path() const { return path_; }
     std::uint8_t operator[](std::uint64_t i) const { return map_[i]; }
 
 private:
+    bus::test::TempDir dir_;
     std::string path_;
     std::uint64_t size_;
     std::uint8_t* map_;
@@ -139,17 +136,15 @@ int fail(const std::string& what) {
 }
 
 // BUS_SHM_TEST_START_DELAY_MS=N: a child sleeps that long before it opens the queue, as one
-// that is slow to start on a loaded machine (exec, dynamic linking, a busy CPU) would.
+// that is slow to start on a loaded machine (exec, dynamic linking, a busy CPU) would. (The
+// delay is the behaviour a test asks for, not a wait for something.)
 shm::Queue open_retrying(const std::string& name, shm::Role role) {
     if (const char* delay = std::getenv("BUS_SHM_TEST_START_DELAY_MS"))
         std::this_thread::sleep_for(std::chrono::milliseconds(std::atoll(delay)));
-    // The parent may not have created it yet.
-    for (int i = 0;; ++i) {
-        auto q = shm::Queue::open(name, role);
-        if (q || i > 5000)
-            return std::move(q).value();
-        std::this_thread::sleep_for(1ms);
-    }
+    // The parent may not have created it yet (it throws, ending the child, after 5 s).
+    auto q = shm::Queue::open(name, role);
+    wait_until([&] { return q || bool(q = shm::Queue::open(name, role)); }, 5s);
+    return std::move(q).value();
 }
 
 // produce NAME ID COUNT SPREAD SPIN_NS: COUNT records (0 = until killed) from producer ID.
@@ -373,13 +368,7 @@ Drained drain(shm::Queue& q, bus::test::SequenceCheck& order, std::uint64_t limi
 // Waits until a live process holds the other end of `q`: a child just started has not
 // necessarily attached yet, and until it has, a wait on `q` may report the one before it dead.
 bool wait_attached(const shm::Queue& q, std::chrono::milliseconds timeout = 10s) {
-    const auto end = Clock::now() + timeout;
-    while (!q.peer_alive()) {
-        if (Clock::now() >= end)
-            return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
+    return wait_until([&] { return q.peer_alive(); }, timeout);
 }
 
 TEST_F(ShmProcesses, SpscMillionRecordsNothingLostNothingDuplicated) {
@@ -625,9 +614,7 @@ TEST_F(ShmProcesses, ProducerKilledAsleepForRoomCostsNoWakeUps) {
         ++records;
     ASSERT_GE(records, 20);
     Child sleeper({"wait-room", name_, "2000"});
-    const auto end = Clock::now() + 10s;
-    while (q.stats().waiting_producers != 1 && Clock::now() < end)
-        std::this_thread::sleep_for(1ms);
+    wait_until([&] { return q.stats().waiting_producers == 1; });
     ASSERT_EQ(q.stats().waiting_producers, 1u) << "the child never slept";
     sleeper.kill();
     ASSERT_TRUE(sleeper.wait());
@@ -651,9 +638,9 @@ TEST_F(ShmProcesses, ProducerKilledAsleepForRoomCostsNoWakeUps) {
     while (!p.value().try_push(std::as_bytes(std::span(one)))) {
     }
     p.value().set_spin(std::chrono::nanoseconds::zero());
+    std::atomic<bool> saw_it_sleep{false};
     std::thread release([&] {
-        while (q.stats().waiting_producers != 1)
-            std::this_thread::sleep_for(1ms);
+        saw_it_sleep = wait_until([&] { return q.stats().waiting_producers == 1; });
         auto r = q.front(1s);
         if (r)
             q.release();
@@ -662,6 +649,7 @@ TEST_F(ShmProcesses, ProducerKilledAsleepForRoomCostsNoWakeUps) {
     EXPECT_FALSE(p.value().push(std::as_bytes(std::span(one)), 5s));
     EXPECT_LT(Clock::now() - start, 1s);
     release.join();
+    EXPECT_TRUE(saw_it_sleep) << "the live producer never slept waiting for room";
     EXPECT_GT(ctrl->space_seq.load() - wakes_before, 0u);
     ::munmap(map, size);
 }
@@ -764,12 +752,10 @@ TEST_F(ShmProcesses, KilledConsumerLeavesRecordsToTheNextAndTheProducerPeerDead)
         ++seq;
     }
     // Let the last consumer finish, then stop it.
-    const auto end = Clock::now() + 30s;
     // Empty is head == tail (depth_bytes). depth_records is produced - consumed, and a consumer
     // killed between its two stores in release() (head, then consumed) leaves consumed one
     // short for good: approximate after a crash, as documented.
-    while (p.stats().depth_bytes > 0 && Clock::now() < end)
-        std::this_thread::sleep_for(1ms);
+    wait_until([&] { return p.stats().depth_bytes == 0; }, 30s);
     EXPECT_EQ(p.stats().depth_bytes, 0u);
     EXPECT_LE(p.stats().depth_records, static_cast<std::uint64_t>(kills));
     consumer->kill();

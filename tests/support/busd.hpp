@@ -2,6 +2,7 @@
 // stopped by the test (tests that need BUS_BIN_DIR defined to find it).
 #pragma once
 
+#include "temp_dir.hpp"
 #include "test_support.hpp"
 
 #include <bus/child_process.hpp>
@@ -28,15 +29,11 @@ inline std::string busd_path() {
 // A private busd: its own runtime directory, started and stopped by the test.
 class Busd {
 public:
-    explicit Busd(boost::asio::io_context& io, std::vector<std::string> extra = {}) : io_(io) {
-        char tmpl[] = "/tmp/bus-test-XXXXXX";
-        dir_ = ::mkdtemp(tmpl);
+    explicit Busd(boost::asio::io_context& io, std::vector<std::string> extra = {})
+        : io_(io), dir_(tmp_.path()) {
         start(std::move(extra));
     }
-    ~Busd() {
-        stop();
-        std::filesystem::remove_all(dir_);
-    }
+    ~Busd() { stop(); }
     void start(std::vector<std::string> extra = {}) {
         std::vector<std::string> argv = {busd_path(), "-e", ipc(), "-e", unix()};
         argv.insert(argv.end(), extra.begin(), extra.end());
@@ -77,6 +74,7 @@ public:
 
 private:
     boost::asio::io_context& io_;
+    TempDir tmp_; // removed after the process is stopped (members go after the destructor)
     std::string dir_;
     std::shared_ptr<bus::ChildProcess> process_;
     std::optional<int> exit_;

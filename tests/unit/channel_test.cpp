@@ -344,10 +344,14 @@ TEST_F(ChannelTest, CloseFromOnDrainStillDeliversEverything) {
     bus::ChannelOptions options;
     options.high_water_mark = 16 * 1024;
     auto [a, b] = make_pair(options);
+    // Until send() says the queue is past its high-water mark: within 16 KiB of 1000-byte
+    // messages, nothing being written while the loop does not run.
+    const int bound = static_cast<int>(options.high_water_mark / 1000) + 1;
     int sent = 0;
-    while (a->send_bytes(std::string(1000, 'd')))
+    while (sent <= bound && a->send_bytes(std::string(1000, 'd')))
         ++sent;
-    ++sent;
+    ASSERT_LE(sent, bound) << "send() never reported the queue past its high-water mark";
+    ++sent; // the refused one is queued all the same
     a->on_drain([&, a = a.get()] {
         for (int i = 0; i < 5000; ++i, ++sent)
             a->send_bytes(std::string(1000, 'e'));

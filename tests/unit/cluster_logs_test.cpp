@@ -1,5 +1,6 @@
 // Worker output in cluster mode (bus/src/cluster/logs.hpp): UTF-8 repair, the log line format
 // read back, rotation and tail of the files, and lines cut from a pipe.
+#include "../support/temp_dir.hpp"
 #include "cluster/logs.hpp"
 
 #include <gtest/gtest.h>
@@ -76,18 +77,14 @@ TEST(LogLineFormat, RefusesLinesNotInTheForm) {
 
 class LogFileTest : public ::testing::Test {
 protected:
-    void SetUp() override {
-        char tmpl[] = "/tmp/bus-logs-test-XXXXXX";
-        dir_ = ::mkdtemp(tmpl);
-    }
-    void TearDown() override { std::filesystem::remove_all(dir_); }
     static std::string lines(int from, int to) {
         std::string out;
         for (int i = from; i < to; ++i)
             out += "line " + std::to_string(i) + "\n";
         return out;
     }
-    std::string dir_;
+    bus::test::TempDir tmp_;
+    const std::string dir_ = tmp_.path();
     std::vector<std::string> errors_;
     std::function<void(const std::string&)> error_ = [this](const std::string& e) {
         errors_.push_back(e);

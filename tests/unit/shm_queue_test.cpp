@@ -3,6 +3,7 @@
 // the tests the ThreadSanitizer stage runs; tests/integration/shm_test.cpp does real processes,
 // deaths included.
 #include "../support/shm_records.hpp"
+#include "../support/test_support.hpp"
 // White-box: one test plays a producer that died inside the reservation lock.
 #include "shm/layout.hpp"
 #include "shm/segment.hpp"
@@ -18,6 +19,7 @@
 #include <chrono>
 #include <cstddef>
 #include <fcntl.h>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <sys/mman.h>
@@ -28,6 +30,8 @@
 namespace {
 
 namespace shm = bus::shm;
+namespace layout = bus::shm::detail;
+using bus::test::wait_until;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
@@ -50,6 +54,54 @@ std::string text(std::span<const std::byte> b) {
     return std::string(reinterpret_cast<const char*>(b.data()), b.size());
 }
 
+// The control block of queue `name`, mapped read-write: for a test that watches the queue's own
+// words (who announced a wait, who holds the reservation lock) to know a race it sets up really
+// happened, or that plays a peer that died. Null if it cannot be mapped.
+class ControlMapping {
+public:
+    explicit ControlMapping(const std::string& name) {
+        const int fd = ::shm_open(("/bus." + name).c_str(), O_RDWR | O_CLOEXEC, 0);
+        if (fd < 0)
+            return;
+        void* map =
+            ::mmap(nullptr, layout::control_size(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ::close(fd);
+        if (map != MAP_FAILED)
+            control_ = static_cast<layout::Control*>(map);
+    }
+    ~ControlMapping() {
+        if (control_)
+            ::munmap(control_, layout::control_size());
+    }
+    ControlMapping(const ControlMapping&) = delete;
+    ControlMapping& operator=(const ControlMapping&) = delete;
+    layout::Control* get() const { return control_; }
+
+private:
+    layout::Control* control_ = nullptr;
+};
+
+bool holds_lock_biased(const layout::Control& ctrl) {
+    return ctrl.id.sync == static_cast<std::uint32_t>(layout::Sync::membarrier);
+}
+
+// Whether thread `tid` of this process is asleep (state S: blocked in the kernel, as in a futex
+// wait), as /proc shows it.
+bool asleep(pid_t tid) {
+    std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto paren = line.rfind(')');
+    return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'S';
+}
+
+// Waits (bounded) until thread `waiter` has announced its wait in the queue's words
+// (`announced()`) and is asleep. A test of a wake-up makes the other side act only then, so that
+// it tests the wake-up and not a record or room found on the way in; false if that never came.
+bool sleeps_waiting(pid_t waiter, const std::function<bool()>& announced) {
+    return wait_until([&] { return announced() && asleep(waiter); });
+}
+
 class ShmQueue : public ::testing::Test {
 protected:
     void SetUp() override {
@@ -59,8 +111,7 @@ protected:
                 std::to_string(++n);
     }
     void TearDown() override {
-        for (void* map : maps_)
-            ::munmap(map, bus::shm::detail::control_size());
+        maps_.clear();
         used_.push_back(name_);
         for (const auto& name : used_)
             (void)shm::remove(name, true);
@@ -85,24 +136,15 @@ protected:
         return ::stat(path().c_str(), &st) == 0;
     }
 
-    // The queue's control block, mapped read-write, for a test that plays a peer that died.
-    // Unmapped at the end of the test; null if it cannot be mapped.
-    bus::shm::detail::Control* control() {
-        const int fd = ::shm_open(("/bus." + name_).c_str(), O_RDWR | O_CLOEXEC, 0);
-        if (fd < 0)
-            return nullptr;
-        void* map = ::mmap(nullptr, bus::shm::detail::control_size(), PROT_READ | PROT_WRITE,
-                           MAP_SHARED, fd, 0);
-        ::close(fd);
-        if (map == MAP_FAILED)
-            return nullptr;
-        maps_.push_back(map);
-        return static_cast<bus::shm::detail::Control*>(map);
+    // The queue's control block (ControlMapping), unmapped at the end of the test.
+    layout::Control* control() {
+        maps_.push_back(std::make_unique<ControlMapping>(name_));
+        return maps_.back()->get();
     }
 
     std::string name_;
     std::vector<std::string> used_;
-    std::vector<void*> maps_;
+    std::vector<std::unique_ptr<ControlMapping>> maps_;
 };
 
 shm::CreateOptions mpsc() {
@@ -349,18 +391,33 @@ TEST_F(ShmQueue, LoneMpscProducerHoldsTheLockUntilASecondOneComes) {
     c.release();
     EXPECT_EQ(c.try_front().error(), bus::errc::empty); // a's open reservation is not in the ring
     auto b = open(shm::Role::producer);
+    auto* ctrl = control();
+    ASSERT_NE(ctrl, nullptr);
+    // Only membarrier queues hold the lock biased (BUS_SHM_NO_MEMBARRIER=1 makes a fence queue,
+    // where b claims its record behind a's at once). The order is the same either way.
+    const bool biased = holds_lock_biased(*ctrl);
+    const std::uint32_t a_holds = ctrl->reserve_lock.load();
+    if (biased) {
+        ASSERT_NE(a_holds & layout::lock_biased, 0u) << "a, alone, does not hold the lock biased";
+    }
     std::atomic<bool> pushed{false};
+    std::atomic<pid_t> b_thread{0};
     std::thread tb([&] {
+        b_thread = ::gettid();
         EXPECT_FALSE(b.push(bytes("b1"), 5s)); // takes the lock over once a has committed
         pushed = true;
     });
-    std::this_thread::sleep_for(50ms);
-    // Only membarrier queues hold the lock biased (BUS_SHM_NO_MEMBARRIER=1 makes a fence queue,
-    // where b claims its record behind a's at once). The order is the same either way.
-    auto* ctrl = control();
-    ASSERT_NE(ctrl, nullptr);
-    if (ctrl->id.sync == static_cast<std::uint32_t>(bus::shm::detail::Sync::membarrier)) {
+    // What the test is about happens while a's reservation is open, or it fails here: b took
+    // the lock over (the lock word is b's) and sleeps until a commits; or, in a fence queue, b
+    // pushed, and its record waits behind a's claim.
+    if (biased) {
+        EXPECT_TRUE(wait_until([&] {
+            return b_thread != 0 && ctrl->reserve_lock.load() != a_holds && asleep(b_thread);
+        })) << "b never took the lock over and slept waiting for a's commit";
         EXPECT_FALSE(pushed.load()) << "b reserved while a was writing under the lock";
+    } else {
+        EXPECT_TRUE(wait_until([&] { return pushed.load(); })) << "b never pushed";
+        EXPECT_EQ(c.try_front().error(), bus::errc::empty) << "b's record went before a's claim";
     }
     std::memcpy(slot_a.value().data(), "a2", 2);
     a.commit();
@@ -762,17 +819,22 @@ TEST_F(ShmQueue, SleepingConsumerWakesForARecord) {
     auto p = create();
     auto c = open(shm::Role::consumer);
     c.set_spin(0ns);
+    auto* ctrl = control();
+    ASSERT_NE(ctrl, nullptr);
+    const pid_t consumer = ::gettid();
+    std::atomic<bool> saw_it_asleep{false};
     std::thread producer([&] {
-        std::this_thread::sleep_for(30ms);
+        saw_it_asleep = sleeps_waiting(
+            consumer, [&] { return (ctrl->consumer_waiting.load() & layout::waiting_sync) != 0; });
         (void)p.try_push(bytes("wake"));
     });
     const auto start = Clock::now();
     auto r = c.front(10s);
     const auto waited = Clock::now() - start;
     producer.join();
+    EXPECT_TRUE(saw_it_asleep) << "the consumer never slept waiting (the record came first)";
     ASSERT_TRUE(r) << r.error().message();
     EXPECT_EQ(text(r.value()), "wake");
-    EXPECT_GE(waited, 25ms);
     EXPECT_LT(waited, 5s);
 }
 
@@ -784,8 +846,13 @@ TEST_F(ShmQueue, SleepingProducerWakesForRoom) {
         p.set_spin(0ns);
         while (!p.try_push(bytes(std::string(100, 'f')))) {
         }
+        ControlMapping ctrl(name_);
+        ASSERT_NE(ctrl.get(), nullptr);
+        const pid_t producer = ::gettid();
+        std::atomic<bool> saw_it_asleep{false};
         std::thread consumer([&] {
-            std::this_thread::sleep_for(30ms);
+            saw_it_asleep =
+                sleeps_waiting(producer, [&] { return ctrl.get()->producers_waiting.load() != 0; });
             (void)c.try_front();
             c.release();
         });
@@ -793,8 +860,8 @@ TEST_F(ShmQueue, SleepingProducerWakesForRoom) {
         auto ec = p.push(bytes(std::string(100, 'g')), 10s);
         const auto waited = Clock::now() - start;
         consumer.join();
+        EXPECT_TRUE(saw_it_asleep) << "the producer never slept waiting (room came first)";
         EXPECT_FALSE(ec) << ec.message();
-        EXPECT_GE(waited, 25ms);
         EXPECT_LT(waited, 5s);
         name_ += ".2";
     }
@@ -808,7 +875,11 @@ TEST_F(ShmQueue, AsyncWaitCompletesWhenARecordArrives) {
     auto c = open(shm::Role::consumer);
     std::optional<std::error_code> result;
     c.async_wait(io, [&](std::error_code ec) { result = ec; });
-    io.run_for(30ms);
+    auto* ctrl = control();
+    ASSERT_NE(ctrl, nullptr);
+    // The wait is announced before the record comes: what completes it is the wake-up.
+    ASSERT_NE(ctrl->consumer_waiting.load() & layout::waiting_async, 0u) << "wait not announced";
+    io.run_for(30ms); // the behaviour under test: an empty queue does not complete it
     EXPECT_FALSE(result);
     std::thread producer([&] { (void)p.try_push(bytes("async")); });
     const auto start = Clock::now();
@@ -820,12 +891,12 @@ TEST_F(ShmQueue, AsyncWaitCompletesWhenARecordArrives) {
     EXPECT_EQ(text(c.try_front().value()), "async");
     c.release();
 
-    // Ready at once: completes without waiting.
+    // Ready at once: completes without waiting (its handler is posted to the loop at once).
     ASSERT_FALSE(p.try_push(bytes("now")));
     result.reset();
     c.async_wait(io, [&](std::error_code ec) { result = ec; });
     io.restart();
-    io.run_for(20ms);
+    io.poll();
     ASSERT_TRUE(result);
     EXPECT_FALSE(*result);
 }
@@ -839,7 +910,11 @@ TEST_F(ShmQueue, AsyncWaitForRoom) {
     std::optional<std::error_code> result;
     p.async_wait(
         io, [&](std::error_code ec) { result = ec; }, 200);
-    io.run_for(30ms);
+    auto* ctrl = control();
+    ASSERT_NE(ctrl, nullptr);
+    // The wait is announced before room is made: what completes it is the wake-up.
+    ASSERT_NE(ctrl->producers_async.load(), 0u) << "wait not announced";
+    io.run_for(30ms); // the behaviour under test: a full queue does not complete it
     EXPECT_FALSE(result);
     std::thread consumer([&] {
         (void)c.try_front();
@@ -862,16 +937,17 @@ TEST_F(ShmQueue, AsyncWaitIsCanceledByCancelAndByDestruction) {
         auto c = open(shm::Role::consumer);
         c.async_wait(io, [&](std::error_code ec) { result = ec; });
         c.cancel();
-        io.run_for(20ms);
-        ASSERT_TRUE(result);
+        ASSERT_TRUE(bus::test::run_until(
+            io, [&] { return result.has_value(); }, 5s))
+            << "cancel() never completed the wait";
         EXPECT_EQ(*result, std::errc::operation_canceled);
         result.reset();
         c.async_wait(io, [&](std::error_code ec) { result = ec; });
         EXPECT_THROW(c.async_wait(io, [](std::error_code) {}), std::logic_error);
     }
-    io.restart();
-    io.run_for(20ms);
-    ASSERT_TRUE(result);
+    ASSERT_TRUE(bus::test::run_until(
+        io, [&] { return result.has_value(); }, 5s))
+        << "destroying the queue never completed its wait";
     EXPECT_EQ(*result, std::errc::operation_canceled);
 }
 
@@ -880,6 +956,12 @@ TEST_F(ShmQueue, AsyncWaitIsCanceledByCancelAndByDestruction) {
 struct StressResult {
     std::string error;
     std::uint64_t records = 0;
+    // What shows that the threads raced as the test says they do:
+    std::uint64_t interleaved = 0;            // records of another producer than the record before
+    std::uint64_t takeovers = 0;              // returning producers that found the lock held biased
+    std::uint64_t consumer_seen_waiting = 0;  // records after which a producer saw it waiting
+    std::uint64_t producers_seen_waiting = 0; // releases after which it saw a producer waiting
+    bool lock_biasing = false; // a membarrier queue: a lone producer holds the lock biased
 };
 
 // Producers (each its own handle and thread) push `per_producer` checksummed records; the
@@ -896,6 +978,14 @@ StressResult run_stress(const std::string& name, shm::Mode mode, int producers,
         return {"create: " + created.error().message()};
     auto c = std::move(created).value();
     c.set_spin(spin);
+    const ControlMapping mapping(name);
+    if (!mapping.get())
+        return {"cannot map the control block"};
+    const layout::Control& ctrl = *mapping.get();
+    // Each side reads the other's waiting word on every record anyway (queue.cpp): reading it
+    // here too changes nothing that is measured.
+    auto consumer_waiting = [&] { return ctrl.consumer_waiting.load(std::memory_order_relaxed); };
+    auto producers_waiting = [&] { return ctrl.producers_waiting.load(std::memory_order_relaxed); };
     std::vector<std::optional<shm::Queue>> handles;
     for (int i = 0; i < producers; ++i) {
         auto q = shm::Queue::open(name, shm::Role::producer);
@@ -904,18 +994,32 @@ StressResult run_stress(const std::string& name, shm::Mode mode, int producers,
         q.value().set_spin(spin);
         handles.emplace_back(std::move(q).value());
     }
-    std::atomic<bool> failed{false};
+    std::atomic<bool> failed{false}, producer_0_done{false}, never_alone{false};
+    std::atomic<std::uint64_t> takeovers{0}, consumer_seen_waiting{0};
     std::vector<std::thread> threads;
     for (int i = 0; i < producers; ++i) {
         threads.emplace_back([&, i] {
             auto& q = handles[static_cast<std::size_t>(i)];
             const auto id = static_cast<std::uint32_t>(i);
+            std::uint64_t seen_waiting = 0;
             for (std::uint64_t seq = 0; seq < per_producer && !failed; ++seq) {
                 // Producers come and go: producer 0 stays, alone at times, so it holds the
-                // reservation lock biased and the others take it over when they come back.
+                // reservation lock biased (membarrier queues) and the others take it over when
+                // they come back. A producer that leaves comes back once that is so (or once
+                // producer 0 is done), and counts the take-over it is about to make.
                 if (reopen_every && i > 0 && seq % reopen_every == 0) {
                     q.reset(); // detach
-                    std::this_thread::sleep_for(std::chrono::microseconds(200 * i));
+                    if (holds_lock_biased(ctrl)) {
+                        auto biased = [&] {
+                            return (ctrl.reserve_lock.load() & layout::lock_biased) != 0;
+                        };
+                        if (!wait_until([&] { return biased() || producer_0_done || failed; },
+                                        10s)) {
+                            never_alone = failed = true;
+                            return;
+                        }
+                        takeovers += biased();
+                    }
                     auto again = shm::Queue::open(name, shm::Role::producer);
                     if (!again) {
                         failed = true;
@@ -931,12 +1035,17 @@ StressResult run_stress(const std::string& name, shm::Mode mode, int producers,
                 }
                 bus::test::write_record(slot.value(), id, seq);
                 q->commit();
+                seen_waiting += (consumer_waiting() & layout::waiting_sync) != 0;
             }
+            consumer_seen_waiting += seen_waiting;
+            if (i == 0)
+                producer_0_done = true;
         });
     }
     StressResult result;
     bus::test::SequenceCheck order(static_cast<std::size_t>(producers));
     const std::uint64_t total = per_producer * static_cast<std::uint64_t>(producers);
+    std::optional<std::uint32_t> last_producer;
     while (result.records < total && result.error.empty()) {
         auto r = c.front(10s);
         if (!r) {
@@ -948,11 +1057,20 @@ StressResult run_stress(const std::string& name, shm::Mode mode, int producers,
         if (result.error.empty())
             result.error = order.take(head);
         c.release();
+        result.producers_seen_waiting += producers_waiting() != 0;
+        result.interleaved += last_producer && *last_producer != head.producer;
+        last_producer = head.producer;
         ++result.records;
     }
-    failed = !result.error.empty();
+    failed = failed || !result.error.empty();
     for (auto& t : threads)
         t.join();
+    result.takeovers = takeovers;
+    result.consumer_seen_waiting = consumer_seen_waiting;
+    result.lock_biasing = holds_lock_biased(ctrl);
+    if (never_alone)
+        result.error =
+            "producer 0, alone, never held the lock biased (10 s); then: " + result.error;
     if (result.error.empty() && c.try_front())
         result.error = "a record more than was pushed";
     if (result.error.empty() && c.stats().skipped != 0)
@@ -972,6 +1090,7 @@ TEST_F(ShmQueue, MpscThreadsNothingLostNothingDuplicated) {
     auto r = run_stress(name_, shm::Mode::mpsc, 3, n, 1 << 16, 20us, 300);
     EXPECT_EQ(r.error, "");
     EXPECT_EQ(r.records, 3 * n);
+    EXPECT_GT(r.interleaved, 0u) << "the producers' records never mixed: they never raced";
 }
 
 TEST_F(ShmQueue, MpscProducersComingAndGoingHandTheLockOver) {
@@ -979,6 +1098,17 @@ TEST_F(ShmQueue, MpscProducersComingAndGoingHandTheLockOver) {
     auto r = run_stress(name_, shm::Mode::mpsc, 3, n, 1 << 16, 20us, 300, n / 50);
     EXPECT_EQ(r.error, "");
     EXPECT_EQ(r.records, 3 * n);
+    EXPECT_GT(r.interleaved, 0u) << "the producers' records never mixed: they never raced";
+    // A membarrier queue: the lock went from producer 0, alone and holding it biased, to the
+    // others as they came back.
+    if (r.lock_biasing) {
+        EXPECT_GT(r.takeovers, 0u) << "no producer ever took the lock over from producer 0";
+    }
+    std::printf("[          ] %llu records, %llu from another producer than the one before, "
+                "%llu take-overs of the biased lock\n",
+                static_cast<unsigned long long>(r.records),
+                static_cast<unsigned long long>(r.interleaved),
+                static_cast<unsigned long long>(r.takeovers));
 }
 
 TEST_F(ShmQueue, SleepingThreadsOnATinyRingLoseNoWakeUp) {
@@ -992,13 +1122,22 @@ TEST_F(ShmQueue, SleepingThreadsOnATinyRingLoseNoWakeUp) {
     name_ += ".mp";
     auto r2 = run_stress(name_, shm::Mode::mpsc, 2, n / 2, 4096, 0ns, 1000, n / 20);
     EXPECT_EQ(r2.error, "");
+    // Both sides did sleep: each saw the other announced as waiting, record after record.
+    for (const auto* run : {&r, &r2}) {
+        EXPECT_GT(run->consumer_seen_waiting, 0u) << "the consumer never slept";
+        EXPECT_GT(run->producers_seen_waiting, 0u) << "no producer ever slept";
+    }
     const auto took = Clock::now() - start;
     EXPECT_LT(took, under_tsan ? 60s : 20s);
-    std::printf("[          ] %llu + %llu records with sleeping waits in %lld ms\n",
-                static_cast<unsigned long long>(r.records),
-                static_cast<unsigned long long>(r2.records),
-                static_cast<long long>(
-                    std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
+    std::printf(
+        "[          ] %llu + %llu records with sleeping waits in %lld ms (the consumer "
+        "seen waiting after %llu + %llu, producers after %llu + %llu)\n",
+        static_cast<unsigned long long>(r.records), static_cast<unsigned long long>(r2.records),
+        static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()),
+        static_cast<unsigned long long>(r.consumer_seen_waiting),
+        static_cast<unsigned long long>(r2.consumer_seen_waiting),
+        static_cast<unsigned long long>(r.producers_seen_waiting),
+        static_cast<unsigned long long>(r2.producers_seen_waiting));
 }
 
 } // namespace

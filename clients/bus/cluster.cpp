@@ -89,7 +89,7 @@ Message ask(boost::asio::io_context& io, Client& client, const std::string& op,
         throw Failure(exit_code::failure, "interrupted");
     if (*result) {
         std::string text = "busd refused cluster " + op + (app.empty() ? "" : " " + app) + ": ";
-        const auto detail = header_value(reply.envelope(), "detail");
+        const std::string detail(reply.header("detail"));
         text += detail.empty() ? result->message() : detail;
         if (*result == errc::no_responders && detail.find("cluster") == std::string::npos)
             text += " (is this busd running applications? docs/cluster.md)";

@@ -343,13 +343,6 @@ std::string type_name_of(std::string_view type_url) {
     return std::string(type_url);
 }
 
-std::string header_value(const v1::Envelope& e, std::string_view key) {
-    for (const auto& h : e.headers())
-        if (h.key() == key)
-            return h.value();
-    return {};
-}
-
 std::string to_json(const pb::Message& m) {
     std::string out;
     pb::util::JsonPrintOptions options;

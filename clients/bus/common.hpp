@@ -122,10 +122,9 @@ private:
 std::string hex(std::string_view bytes);
 std::string base64(std::string_view bytes);
 bool printable_utf8(std::string_view bytes);
-std::string local_time(std::chrono::system_clock::time_point t);       // HH:MM:SS.mmm
-std::string iso_time(std::chrono::system_clock::time_point t);         // UTC, RFC 3339, µs
-std::string type_name_of(std::string_view type_url);                   // the url without its prefix
-std::string header_value(const v1::Envelope& e, std::string_view key); // "" if absent
+std::string local_time(std::chrono::system_clock::time_point t); // HH:MM:SS.mmm
+std::string iso_time(std::chrono::system_clock::time_point t);   // UTC, RFC 3339, µs
+std::string type_name_of(std::string_view type_url);             // the url without its prefix
 
 // protobuf's JSON mapping of `m`, compact; field names as in the .proto.
 std::string to_json(const google::protobuf::Message& m);

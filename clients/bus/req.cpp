@@ -59,7 +59,7 @@ int run_req(const ReqOptions& o, const Global& g) {
         throw Failure(exit_code::failure, "interrupted");
     if (*result) {
         std::string text = explain(*result, o.service, g);
-        if (const auto detail = header_value(reply.envelope(), "detail");
+        if (const std::string detail(reply.header("detail"));
             !detail.empty() && detail != o.service)
             text += ": " + detail;
         if (*result == errc::request_failed)

@@ -3,9 +3,14 @@
 // A benchmark payload starts with the sender's CLOCK_MONOTONIC time (8 bytes, little-endian),
 // which is the same clock in every process of the host: `bench sub` measures the latency of
 // each message from it, `bench req` the round trip of each request.
-#include "common.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
 
 #include <bus/subject.hpp>
+
+#include <boost/asio/steady_timer.hpp>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>

@@ -1,7 +1,11 @@
 // bus cluster ls|reload|restart|start|stop|scale|delete|logs: busd's applications and their
 // workers, and control of them at run time, through busd's $sys.cluster.* requests
 // (docs/cluster.md).
-#include "common.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "output.hpp"
+#include "receive.hpp"
 
 #include <bus/cluster_supervisor.hpp>
 #include <bus/v1/cluster.pb.h>

@@ -1,10 +1,15 @@
 // What the broker knows: bus ls clients|subjects|subscriptions|services|types, bus status,
 // bus types show pkg.Msg.
-#include "common.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "output.hpp"
+#include "types.hpp"
 
 #include <bus/v1/broker.pb.h>
 
 #include <google/protobuf/descriptor.pb.h>
+#include <nlohmann/json.hpp>
 
 namespace bus::cli {
 namespace {

@@ -1,6 +1,12 @@
 // bus monitor [PATTERN]: everything busd routes (publishes, requests, replies, errors, direct
 // messages, $sys events), decoded like `bus sub` shows messages.
-#include "common.hpp"
+#include "body.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "output.hpp"
+#include "receive.hpp"
+#include "types.hpp"
 
 #include <bus/subject.hpp>
 

@@ -1,5 +1,9 @@
 // bus pub SUBJECT [BODY]: publish raw bytes, or JSON encoded as a protobuf type.
-#include "common.hpp"
+#include "body.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "types.hpp"
 
 #include <bus/subject.hpp>
 

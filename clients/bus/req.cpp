@@ -1,5 +1,10 @@
 // bus req SERVICE [BODY]: call a service and print its reply; bus serve SERVICE: answer one.
-#include "common.hpp"
+#include "body.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "output.hpp"
+#include "types.hpp"
 
 #include <bus/subject.hpp>
 

@@ -1,5 +1,11 @@
 // bus sub PATTERN...: print messages as they arrive, decoded through busd's type registry.
-#include "common.hpp"
+#include "body.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "output.hpp"
+#include "receive.hpp"
+#include "types.hpp"
 
 #include <bus/subject.hpp>
 

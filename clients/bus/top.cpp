@@ -2,12 +2,16 @@
 // place on a terminal (one snapshot after another when piped; one JSON object each with --json).
 // With a terminal on stdin it reads keys: q quits, s changes the sort, p pauses, ? or h shows
 // them.
-#include "common.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "output.hpp"
 
 #include <bus/v1/broker.pb.h>
 
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <array>

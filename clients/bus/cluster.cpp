@@ -80,26 +80,21 @@ void print(const v1::ClusterList& list, const Global& g) {
 Message ask(boost::asio::io_context& io, Client& client, const std::string& op,
             const v1::ClusterCommand& command, double timeout_s) {
     const std::string& app = command.app();
-    std::optional<std::error_code> result;
-    Message reply;
-    client.request("$sys.cluster." + op, command,
-                   std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000)),
-                   [&](std::error_code ec, Message& m) {
-                       result = ec;
-                       reply = std::move(m);
-                   });
-    run_until_done(io, [&] { return result.has_value(); });
-    if (!result)
+    auto reply =
+        call(io, client, "$sys.cluster." + op, command,
+             std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000)),
+             [&](std::error_code ec, const Message& error) {
+                 std::string text =
+                     "busd refused cluster " + op + (app.empty() ? "" : " " + app) + ": ";
+                 const std::string detail(error.header("detail"));
+                 text += detail.empty() ? ec.message() : detail;
+                 if (ec == errc::no_responders && detail.find("cluster") == std::string::npos)
+                     text += " (is this busd running applications? docs/cluster.md)";
+                 return text;
+             });
+    if (!reply)
         throw Failure(exit_code::failure, "interrupted");
-    if (*result) {
-        std::string text = "busd refused cluster " + op + (app.empty() ? "" : " " + app) + ": ";
-        const std::string detail(reply.header("detail"));
-        text += detail.empty() ? result->message() : detail;
-        if (*result == errc::no_responders && detail.find("cluster") == std::string::npos)
-            text += " (is this busd running applications? docs/cluster.md)";
-        throw Failure(exit_code_for(*result), text);
-    }
-    return reply;
+    return std::move(*reply);
 }
 
 int run_cluster(const std::string& op, const v1::ClusterCommand& command, double timeout_s,

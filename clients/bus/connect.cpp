@@ -1,5 +1,5 @@
-// Global options, connecting to busd, exit codes and the words for request errors
-// (connect.hpp).
+// Global options, connecting to busd, waiting for a request's answer, exit codes and the words
+// for request errors (connect.hpp).
 #include "connect.hpp"
 
 #include "loop.hpp"
@@ -78,6 +78,55 @@ std::shared_ptr<Client> connect(boost::asio::io_context& io, const Global& g,
                                                   ec.message() + ")." + start_hint(g.endpoint));
     }
     return client.value();
+}
+
+namespace {
+
+// Where a request's answer lands. The handler holds it too: a call that Ctrl-C ended leaves its
+// request pending, and close() answers that one later (channel_closed), after call() returned.
+struct Answer {
+    std::optional<std::error_code> error;
+    Message reply;
+};
+
+std::optional<Message> wait_for(boost::asio::io_context& io,
+                                const std::function<void(Client::ReplyHandler)>& send,
+                                const Explain& explain) {
+    auto answer = std::make_shared<Answer>();
+    send([answer](std::error_code ec, Message& m) {
+        answer->error = ec;
+        answer->reply = std::move(m);
+    });
+    run_until_done(io, [&] { return answer->error.has_value(); });
+    if (!answer->error)
+        return std::nullopt;
+    if (*answer->error)
+        throw Failure(exit_code_for(*answer->error), explain(*answer->error, answer->reply));
+    return std::move(answer->reply);
+}
+
+} // namespace
+
+std::optional<Message> call(boost::asio::io_context& io, Client& client, const std::string& service,
+                            const google::protobuf::Message& request,
+                            std::chrono::milliseconds timeout, const Explain& explain) {
+    return wait_for(
+        io,
+        [&](Client::ReplyHandler done) {
+            client.request(service, request, timeout, std::move(done));
+        },
+        explain);
+}
+
+std::optional<Message> call(boost::asio::io_context& io, Client& client, const std::string& service,
+                            std::string_view payload, std::chrono::milliseconds timeout,
+                            const Explain& explain) {
+    return wait_for(
+        io,
+        [&](Client::ReplyHandler done) {
+            client.request_bytes(service, payload, timeout, std::move(done));
+        },
+        explain);
 }
 
 int exit_code_for(std::error_code ec) {

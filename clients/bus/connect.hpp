@@ -1,6 +1,6 @@
 // How a `bus` command meets busd and how it ends: the global options, the exit codes and
-// Failure that carries one, connecting with an error that says what was tried, and the words
-// for the errors requests get.
+// Failure that carries one, connecting with an error that says what was tried, call() for a
+// request whose answer the command waits for, and the words for the errors requests get.
 #pragma once
 
 #include <utility> // before Asio (Boost 1.74 misses it: DESIGN.md)
@@ -8,9 +8,12 @@
 #include <bus/client.hpp>
 
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <system_error>
 
 namespace bus::cli {
@@ -48,6 +51,22 @@ struct Global {
 // A connected, welcomed client, or Failure(unavailable) naming the endpoint and what to do.
 std::shared_ptr<Client> connect(boost::asio::io_context& io, const Global& g,
                                 const std::string& name);
+
+// What a command says when its request failed: `reply` is the error busd or the service sent
+// (its "detail" header may say more), empty when the error arose in this process (a timeout,
+// a lost broker).
+using Explain = std::function<std::string(std::error_code error, const Message& reply)>;
+
+// Sends a request to `service` and runs `io` until it is answered: the reply; nullopt when
+// SIGINT/SIGTERM came first (what Ctrl-C means is the command's to say); Failure with the
+// error's exit code and `explain`'s words when the request failed.
+std::optional<Message> call(boost::asio::io_context& io, Client& client, const std::string& service,
+                            const google::protobuf::Message& request,
+                            std::chrono::milliseconds timeout, const Explain& explain);
+// The same with a raw payload.
+std::optional<Message> call(boost::asio::io_context& io, Client& client, const std::string& service,
+                            std::string_view payload, std::chrono::milliseconds timeout,
+                            const Explain& explain);
 
 // Exit code and text for an error a request or the broker reported.
 int exit_code_for(std::error_code ec);

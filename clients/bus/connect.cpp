@@ -162,6 +162,11 @@ std::string explain(std::error_code ec, const std::string& what, const Global& g
     return what + ": " + ec.message();
 }
 
+Failure refusal(const std::string& what, const ClientEvent& e) {
+    return Failure(exit_code_for(e.error), what + ": " + e.error.message() +
+                                               (e.detail.empty() ? "" : " (" + e.detail + ")"));
+}
+
 std::chrono::milliseconds parse_duration(const std::string& text, const std::string& option) {
     std::size_t end = 0;
     double value = 0;

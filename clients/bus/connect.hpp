@@ -71,6 +71,9 @@ std::optional<Message> call(boost::asio::io_context& io, Client& client, const s
 // Exit code and text for an error a request or the broker reported.
 int exit_code_for(std::error_code ec);
 std::string explain(std::error_code ec, const std::string& what, const Global& g);
+// The end of a command whose message, subscription or monitor the broker refused (an error
+// event): "`what`: the error (its detail)".
+Failure refusal(const std::string& what, const ClientEvent& e);
 
 // "250ms", "2s", "1.5m", "1h"; a bare number is seconds. Throws Failure(usage).
 std::chrono::milliseconds parse_duration(const std::string& text, const std::string& option);

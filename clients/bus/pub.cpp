@@ -50,9 +50,7 @@ int run_pub(const PubOptions& o, const Global& g) {
     std::optional<Failure> failed;
     client->on_event([&](const ClientEvent& e) {
         if (e.kind == ClientEvent::Kind::error && !failed)
-            failed.emplace(exit_code_for(e.error),
-                           "the broker refused the message: " + e.error.message() +
-                               (e.detail.empty() ? "" : " (" + e.detail + ")"));
+            failed = refusal("the broker refused the message", e);
     });
     const auto message = encode_body(o.body_options, types, io, *client, body);
 

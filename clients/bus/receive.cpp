@@ -1,7 +1,9 @@
-// ArrivalQueue and receive_until (receive.hpp).
+// Patterns, ArrivalQueue, the events and the end of receiving commands (receive.hpp).
 #include "receive.hpp"
 
 #include "loop.hpp"
+
+#include <bus/subject.hpp>
 
 #include <boost/asio/steady_timer.hpp>
 
@@ -36,6 +38,37 @@ void ArrivalQueue::drain() {
         if (count_ && ++shown_ >= count_)
             done_ = true;
     }
+}
+
+void check_pattern(const std::string& pattern) {
+    if (!valid_pattern(pattern))
+        throw Failure(exit_code::usage,
+                      "'" + pattern +
+                          "' is not a valid pattern: dot-separated tokens of printable ASCII, "
+                          "`*` for one token, `>` as the last token for the rest");
+}
+
+void report_events(Client& client, const Global& g, ArrivalQueue& queue,
+                   std::optional<Failure>& failed, const std::string& refused,
+                   const std::string& dropped) {
+    client.on_event([&g, &queue, &failed, refused, dropped](const ClientEvent& e) {
+        switch (e.kind) {
+        case ClientEvent::Kind::error:
+            failed = refusal(refused, e);
+            queue.stop();
+            break;
+        case ClientEvent::Kind::disconnected:
+            std::fprintf(stderr, "bus: lost the broker at %s; waiting for it to come back\n",
+                         g.endpoint.c_str());
+            break;
+        case ClientEvent::Kind::slow_consumer:
+            std::fprintf(stderr, "bus: the broker dropped %llu %s for us (slow consumer)\n",
+                         static_cast<unsigned long long>(e.dropped), dropped.c_str());
+            break;
+        case ClientEvent::Kind::connected:
+            break;
+        }
+    });
 }
 
 void receive_until(boost::asio::io_context& io, Client& client,

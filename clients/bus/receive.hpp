@@ -1,5 +1,6 @@
-// What the receiving commands (sub, monitor; cluster logs -f) run on: their lines in arrival
-// order while a type is asked of busd (ArrivalQueue), and how they end (receive_until).
+// What the receiving commands (sub, monitor; cluster logs -f) run on: their patterns, their
+// lines in arrival order while a type is asked of busd (ArrivalQueue), the client's events
+// while they run, and how they end (receive_until).
 #pragma once
 
 #include "connect.hpp"
@@ -55,6 +56,17 @@ private:
     std::uint64_t shown_ = 0;
     bool done_ = false;
 };
+
+// Failure(usage) unless `pattern` is one to subscribe or monitor with, saying what one is.
+void check_pattern(const std::string& pattern);
+
+// What a receiving command (sub, monitor) does with its client's events: the broker refusing
+// it (`refused`: what it refused) sets `failed`, which receive_until throws, and stops `queue`;
+// a lost broker and what the broker dropped for it (`dropped`: what those are) are said on
+// stderr.
+void report_events(Client& client, const Global& g, ArrivalQueue& queue,
+                   std::optional<Failure>& failed, const std::string& refused,
+                   const std::string& dropped);
 
 // The end of a receiving command (sub, monitor): runs `io` until `done` or until `timeout`
 // passes, then closes `client`. Throws `failed` if a handler set it, else Failure(timeout) when

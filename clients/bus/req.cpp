@@ -63,11 +63,8 @@ int run_req(const ReqOptions& o, const Global& g) {
     if (!reply)
         throw Failure(exit_code::failure, "interrupted");
     const auto& type_url = reply->envelope().type_url();
-    if (!type_url.empty() && type_url != json_type_url) {
-        bool fetched = false;
-        types.fetch(*client, type_name_of(type_url), [&] { fetched = true; });
-        run_until_done(io, [&] { return fetched; });
-    }
+    if (!type_url.empty() && type_url != json_type_url)
+        types.fetch_wait(io, *client, type_name_of(type_url));
     const Style style{g.color()};
     std::string line;
     if (g.json) {

@@ -179,15 +179,20 @@ void Types::fetch(Client& client, const std::string& name, std::function<void()>
         });
 }
 
+bool Types::fetch_wait(boost::asio::io_context& io, Client& client, const std::string& name) {
+    // Shared with the callback, which an interrupted wait leaves waiting for busd's answer.
+    auto done = std::make_shared<bool>(false);
+    fetch(client, name, [done] { *done = true; });
+    return run_until_done(io, [&] { return *done; });
+}
+
 const pb::Descriptor* Types::resolve(boost::asio::io_context& io, Client& client,
                                      const std::string& name) {
-    bool done = false;
-    fetch(client, name, [&] { done = true; });
-    run_until_done(io, [&] { return done; });
+    const bool answered = fetch_wait(io, client, name);
     std::string error;
     if (auto* d = find(name, &error))
         return d;
-    if (!done)
+    if (!answered)
         throw Failure(exit_code::failure, "interrupted");
     throw Failure(exit_code::usage, error);
 }

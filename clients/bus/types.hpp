@@ -41,6 +41,8 @@ public:
 
     // Asks busd for `name` (once; later callers wait for the same answer), then calls `done`.
     void fetch(Client& client, const std::string& name, std::function<void()> done);
+    // fetch(), running `io` until busd answered; false when SIGINT/SIGTERM came first.
+    bool fetch_wait(boost::asio::io_context& io, Client& client, const std::string& name);
     // Blocking: local or registry; Failure(usage) if neither knows it.
     const google::protobuf::Descriptor* resolve(boost::asio::io_context& io, Client& client,
                                                 const std::string& name);

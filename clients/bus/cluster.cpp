@@ -244,11 +244,11 @@ v1::ClusterCommand start_command(const StartArgs& a) {
     if (!a.cwd.empty())
         app.insert("cwd", a.cwd);
     toml::table env;
-    for (const auto& kv : a.env) {
-        const auto eq = kv.find('=');
-        if (eq == std::string::npos || eq == 0)
-            throw Failure(exit_code::usage, "--env '" + kv + "': give NAME=VALUE");
-        env.insert(kv.substr(0, eq), kv.substr(eq + 1));
+    for (const auto& text : a.env) {
+        const auto kv = key_value(text);
+        if (!kv)
+            throw Failure(exit_code::usage, "--env '" + text + "': give NAME=VALUE");
+        env.insert(kv->first, kv->second);
     }
     if (!env.empty())
         app.insert("env", std::move(env));

@@ -191,4 +191,11 @@ std::chrono::milliseconds parse_duration(const std::string& text, const std::str
     return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(value * scale)));
 }
 
+std::optional<std::pair<std::string, std::string>> key_value(const std::string& text) {
+    const auto eq = text.find('=');
+    if (eq == std::string::npos || eq == 0)
+        return std::nullopt;
+    return std::pair(text.substr(0, eq), text.substr(eq + 1));
+}
+
 } // namespace bus::cli

@@ -77,5 +77,7 @@ Failure refusal(const std::string& what, const ClientEvent& e);
 
 // "250ms", "2s", "1.5m", "1h"; a bare number is seconds. Throws Failure(usage).
 std::chrono::milliseconds parse_duration(const std::string& text, const std::string& option);
+// KEY=VALUE split at its first '=' (VALUE may be empty); nullopt without '=' or without KEY.
+std::optional<std::pair<std::string, std::string>> key_value(const std::string& text);
 
 } // namespace bus::cli

@@ -35,10 +35,10 @@ int run_pub(const PubOptions& o, const Global& g) {
         throw Failure(exit_code::usage, "--rate must be a positive number of messages a second");
     Client::Headers headers;
     for (const auto& h : o.headers) {
-        const auto eq = h.find('=');
-        if (eq == std::string::npos || eq == 0)
+        auto header = key_value(h);
+        if (!header)
             throw Failure(exit_code::usage, "--header: '" + h + "' is not KEY=VALUE");
-        headers.emplace_back(h.substr(0, eq), h.substr(eq + 1));
+        headers.push_back(std::move(*header));
     }
     Types types;
     load_body_types(o.body_options, types);

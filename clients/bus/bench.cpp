@@ -3,9 +3,14 @@
 // A benchmark payload starts with the sender's CLOCK_MONOTONIC time (8 bytes, little-endian),
 // which is the same clock in every process of the host: `bench sub` measures the latency of
 // each message from it, `bench req` the round trip of each request.
-#include "common.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
 
 #include <bus/subject.hpp>
+
+#include <boost/asio/steady_timer.hpp>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -192,15 +197,10 @@ int bench_req(const BenchOptions& o, const Global& g) {
     const auto start = std::chrono::steady_clock::now();
     // One request at a time: the figure is the round trip.
     while (r.count < o.count && !interrupted()) {
-        std::optional<std::error_code> result;
         const auto sent = monotonic_ns();
-        client->request_bytes(o.subject, stamped(o.size), timeout,
-                              [&](std::error_code ec, Message&) { result = ec; });
-        run_until_done(io, [&] { return result.has_value(); });
-        if (!result)
-            break;
-        if (*result)
-            throw Failure(exit_code_for(*result), explain(*result, o.subject, g));
+        if (!call(io, *client, o.subject, stamped(o.size), timeout,
+                  [&](std::error_code ec, const Message&) { return explain(ec, o.subject, g); }))
+            break; // Ctrl-C: the report of what was done
         r.latencies_ns.push_back(monotonic_ns() - sent);
         ++r.count;
     }

@@ -1,7 +1,11 @@
 // bus cluster ls|reload|restart|start|stop|scale|delete|logs: busd's applications and their
 // workers, and control of them at run time, through busd's $sys.cluster.* requests
 // (docs/cluster.md).
-#include "common.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "output.hpp"
+#include "receive.hpp"
 
 #include <bus/cluster_supervisor.hpp>
 #include <bus/v1/cluster.pb.h>
@@ -76,26 +80,21 @@ void print(const v1::ClusterList& list, const Global& g) {
 Message ask(boost::asio::io_context& io, Client& client, const std::string& op,
             const v1::ClusterCommand& command, double timeout_s) {
     const std::string& app = command.app();
-    std::optional<std::error_code> result;
-    Message reply;
-    client.request("$sys.cluster." + op, command,
-                   std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000)),
-                   [&](std::error_code ec, Message& m) {
-                       result = ec;
-                       reply = std::move(m);
-                   });
-    run_until_done(io, [&] { return result.has_value(); });
-    if (!result)
+    auto reply =
+        call(io, client, "$sys.cluster." + op, command,
+             std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000)),
+             [&](std::error_code ec, const Message& error) {
+                 std::string text =
+                     "busd refused cluster " + op + (app.empty() ? "" : " " + app) + ": ";
+                 const std::string detail(error.header("detail"));
+                 text += detail.empty() ? ec.message() : detail;
+                 if (ec == errc::no_responders && detail.find("cluster") == std::string::npos)
+                     text += " (is this busd running applications? docs/cluster.md)";
+                 return text;
+             });
+    if (!reply)
         throw Failure(exit_code::failure, "interrupted");
-    if (*result) {
-        std::string text = "busd refused cluster " + op + (app.empty() ? "" : " " + app) + ": ";
-        const auto detail = header_value(reply.envelope(), "detail");
-        text += detail.empty() ? result->message() : detail;
-        if (*result == errc::no_responders && detail.find("cluster") == std::string::npos)
-            text += " (is this busd running applications? docs/cluster.md)";
-        throw Failure(exit_code_for(*result), text);
-    }
-    return reply;
+    return std::move(*reply);
 }
 
 int run_cluster(const std::string& op, const v1::ClusterCommand& command, double timeout_s,
@@ -245,11 +244,11 @@ v1::ClusterCommand start_command(const StartArgs& a) {
     if (!a.cwd.empty())
         app.insert("cwd", a.cwd);
     toml::table env;
-    for (const auto& kv : a.env) {
-        const auto eq = kv.find('=');
-        if (eq == std::string::npos || eq == 0)
-            throw Failure(exit_code::usage, "--env '" + kv + "': give NAME=VALUE");
-        env.insert(kv.substr(0, eq), kv.substr(eq + 1));
+    for (const auto& text : a.env) {
+        const auto kv = key_value(text);
+        if (!kv)
+            throw Failure(exit_code::usage, "--env '" + text + "': give NAME=VALUE");
+        env.insert(kv->first, kv->second);
     }
     if (!env.empty())
         app.insert("env", std::move(env));

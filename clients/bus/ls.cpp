@@ -1,33 +1,30 @@
 // What the broker knows: bus ls clients|subjects|subscriptions|services|types, bus status,
 // bus types show pkg.Msg.
-#include "common.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "output.hpp"
+#include "types.hpp"
 
 #include <bus/v1/broker.pb.h>
 
 #include <google/protobuf/descriptor.pb.h>
+#include <nlohmann/json.hpp>
 
 namespace bus::cli {
 namespace {
 
 // Asks busd one of its $sys questions; Failure when it does not answer.
 template <class T>
-T ask(boost::asio::io_context& io, Client& client, const Global& g, const std::string& what,
-      const std::string& payload = {}) {
-    std::optional<std::error_code> result;
-    Message reply;
-    client.request_bytes(what, payload, std::chrono::seconds(5),
-                         [&](std::error_code ec, Message& m) {
-                             result = ec;
-                             reply = std::move(m);
-                         });
-    run_until_done(io, [&] { return result.has_value(); });
-    if (!result)
+T ask(boost::asio::io_context& io, Client& client, const Global& g, const std::string& what) {
+    const auto reply = call(
+        io, client, what, "", std::chrono::seconds(5), [&](std::error_code ec, const Message&) {
+            return "busd did not answer " + what + " at " + g.endpoint + ": " + ec.message();
+        });
+    if (!reply)
         throw Failure(exit_code::failure, "interrupted");
-    if (*result)
-        throw Failure(exit_code_for(*result), "busd did not answer " + what + " at " + g.endpoint +
-                                                  ": " + result->message());
     T out;
-    if (!out.ParseFromString(std::string(reply.payload())))
+    if (!out.ParseFromString(std::string(reply->payload())))
         throw Failure(exit_code::failure, "busd's answer to " + what + " does not parse");
     return out;
 }

@@ -1,7 +1,9 @@
 // bus: the command-line inspector. Subscribes, publishes, calls and serves services, lists
 // what the broker knows, and decodes protobuf payloads it was never compiled with (through
-// busd's type registry). One source file per command group; common.cpp holds what they share.
-#include "common.hpp"
+// busd's type registry). One source file per command group (commands.hpp); what they share
+// is in connect, loop, output, types, receive and body.
+#include "commands.hpp"
+#include "connect.hpp"
 
 #include <bus/endpoint.hpp>
 

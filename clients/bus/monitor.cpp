@@ -1,8 +1,12 @@
 // bus monitor [PATTERN]: everything busd routes (publishes, requests, replies, errors, direct
 // messages, $sys events), decoded like `bus sub` shows messages.
-#include "common.hpp"
-
-#include <bus/subject.hpp>
+#include "body.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "output.hpp"
+#include "receive.hpp"
+#include "types.hpp"
 
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
@@ -110,11 +114,7 @@ std::string kind_name(v1::Kind kind) {
 }
 
 int run_monitor(const MonitorOptions& o, const Global& g) {
-    if (!valid_pattern(o.pattern))
-        throw Failure(exit_code::usage,
-                      "'" + o.pattern +
-                          "' is not a valid pattern: dot-separated tokens of printable ASCII, "
-                          "`*` for one token, `>` as the last token for the rest");
+    check_pattern(o.pattern);
     std::optional<std::chrono::milliseconds> timeout;
     if (!o.timeout.empty())
         timeout = parse_duration(o.timeout, "--timeout");
@@ -136,20 +136,8 @@ int run_monitor(const MonitorOptions& o, const Global& g) {
         return format_message(types, Shown{at, kind_name(e.monitored_kind()), &e, o.raw, o.headers},
                               g, style);
     });
-    client->on_event([&](const ClientEvent& e) {
-        if (e.kind == ClientEvent::Kind::error) {
-            failed.emplace(exit_code_for(e.error),
-                           "the broker at " + g.endpoint + " refused to be monitored: " +
-                               e.error.message() + (e.detail.empty() ? "" : " (" + e.detail + ")"));
-            queue.stop();
-        } else if (e.kind == ClientEvent::Kind::disconnected) {
-            std::fprintf(stderr, "bus: lost the broker at %s; waiting for it to come back\n",
-                         g.endpoint.c_str());
-        } else if (e.kind == ClientEvent::Kind::slow_consumer) {
-            std::fprintf(stderr, "bus: the broker dropped %llu copies for us (slow consumer)\n",
-                         static_cast<unsigned long long>(e.dropped));
-        }
-    });
+    report_events(*client, g, queue, failed,
+                  "the broker at " + g.endpoint + " refused to be monitored", "copies");
     client->monitor(o.pattern, [&](Message& m) { queue.push(m.envelope()); });
 
     receive_until(io, *client, timeout, queue.done(), failed, queue.shown(), o.count, o.timeout);

@@ -1,5 +1,9 @@
 // bus pub SUBJECT [BODY]: publish raw bytes, or JSON encoded as a protobuf type.
-#include "common.hpp"
+#include "body.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "types.hpp"
 
 #include <bus/subject.hpp>
 
@@ -31,10 +35,10 @@ int run_pub(const PubOptions& o, const Global& g) {
         throw Failure(exit_code::usage, "--rate must be a positive number of messages a second");
     Client::Headers headers;
     for (const auto& h : o.headers) {
-        const auto eq = h.find('=');
-        if (eq == std::string::npos || eq == 0)
+        auto header = key_value(h);
+        if (!header)
             throw Failure(exit_code::usage, "--header: '" + h + "' is not KEY=VALUE");
-        headers.emplace_back(h.substr(0, eq), h.substr(eq + 1));
+        headers.push_back(std::move(*header));
     }
     Types types;
     load_body_types(o.body_options, types);
@@ -46,9 +50,7 @@ int run_pub(const PubOptions& o, const Global& g) {
     std::optional<Failure> failed;
     client->on_event([&](const ClientEvent& e) {
         if (e.kind == ClientEvent::Kind::error && !failed)
-            failed.emplace(exit_code_for(e.error),
-                           "the broker refused the message: " + e.error.message() +
-                               (e.detail.empty() ? "" : " (" + e.detail + ")"));
+            failed = refusal("the broker refused the message", e);
     });
     const auto message = encode_body(o.body_options, types, io, *client, body);
 

@@ -1,5 +1,10 @@
 // bus req SERVICE [BODY]: call a service and print its reply; bus serve SERVICE: answer one.
-#include "common.hpp"
+#include "body.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "output.hpp"
+#include "types.hpp"
 
 #include <bus/subject.hpp>
 
@@ -44,41 +49,29 @@ int run_req(const ReqOptions& o, const Global& g) {
     auto client = connect(io, g, "req");
     const auto request = encode_body(o.body_options, types, io, *client, body);
 
-    std::optional<std::error_code> result;
-    Message reply;
-    auto done = [&](std::error_code ec, Message& m) {
-        result = ec;
-        reply = std::move(m);
-    };
-    if (request)
-        client->request(o.service, *request, timeout, done);
-    else
-        client->request_bytes(o.service, body, timeout, done);
-    run_until_done(io, [&] { return result.has_value(); });
-    if (!result)
-        throw Failure(exit_code::failure, "interrupted");
-    if (*result) {
-        std::string text = explain(*result, o.service, g);
-        if (const auto detail = header_value(reply.envelope(), "detail");
+    const Explain what_failed = [&](std::error_code ec, const Message& error) {
+        std::string text = explain(ec, o.service, g);
+        if (const std::string detail(error.header("detail"));
             !detail.empty() && detail != o.service)
             text += ": " + detail;
-        if (*result == errc::request_failed)
-            text += " (" + reply.envelope().subject() + ")";
-        throw Failure(exit_code_for(*result), text);
-    }
-    const auto& type_url = reply.envelope().type_url();
-    if (!type_url.empty() && type_url != json_type_url) {
-        bool fetched = false;
-        types.fetch(*client, type_name_of(type_url), [&] { fetched = true; });
-        run_until_done(io, [&] { return fetched; });
-    }
+        if (ec == errc::request_failed)
+            text += " (" + error.envelope().subject() + ")";
+        return text;
+    };
+    const auto reply = request ? call(io, *client, o.service, *request, timeout, what_failed)
+                               : call(io, *client, o.service, body, timeout, what_failed);
+    if (!reply)
+        throw Failure(exit_code::failure, "interrupted");
+    const auto& type_url = reply->envelope().type_url();
+    if (!type_url.empty() && type_url != json_type_url)
+        types.fetch_wait(io, *client, type_name_of(type_url));
     const Style style{g.color()};
     std::string line;
     if (g.json) {
-        Shown s{std::chrono::system_clock::now(), {}, &reply.envelope(), false, false};
+        Shown s{std::chrono::system_clock::now(), {}, &reply->envelope(), false, false};
         line = format_message(types, s, g, style);
     } else {
-        line = payload_text(types, reply.envelope());
+        line = payload_text(types, reply->envelope());
     }
     std::fwrite(line.data(), 1, line.size(), stdout);
     std::fputc('\n', stdout);

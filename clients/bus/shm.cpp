@@ -1,6 +1,8 @@
 // bus shm ls|rm: the shared-memory queues on this host (segments bus.* in /dev/shm), read from
 // their headers without busd; and removing the stale ones a dead owner left.
-#include "common.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "output.hpp"
 
 #include <bus/shm_queue.hpp>
 

@@ -1,7 +1,13 @@
 // bus sub PATTERN...: print messages as they arrive, decoded through busd's type registry.
-#include "common.hpp"
+#include "body.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "output.hpp"
+#include "receive.hpp"
+#include "types.hpp"
 
-#include <bus/subject.hpp>
+#include <algorithm>
 
 namespace bus::cli {
 namespace {
@@ -22,11 +28,7 @@ bool clean_label(const std::string& s) {
 
 int run_sub(const SubOptions& o, const Global& g) {
     for (const auto& p : o.patterns)
-        if (!valid_pattern(p))
-            throw Failure(exit_code::usage,
-                          "'" + p +
-                              "' is not a valid pattern: dot-separated tokens of printable "
-                              "ASCII, `*` for one token, `>` as the last token for the rest");
+        check_pattern(p);
     if (!clean_label(o.queue))
         throw Failure(exit_code::usage, "--queue: '" + o.queue +
                                             "' is not a valid group name (printable ASCII, no "
@@ -45,26 +47,7 @@ int run_sub(const SubOptions& o, const Global& g) {
     ArrivalQueue queue(types, *client, o.raw, o.count, [&](auto at, const v1::Envelope& e) {
         return format_message(types, Shown{at, {}, &e, o.raw, o.headers}, g, style);
     });
-    client->on_event([&](const ClientEvent& e) {
-        switch (e.kind) {
-        case ClientEvent::Kind::error:
-            failed.emplace(exit_code_for(e.error),
-                           "the broker refused the subscription: " + e.error.message() +
-                               (e.detail.empty() ? "" : " (" + e.detail + ")"));
-            queue.stop();
-            break;
-        case ClientEvent::Kind::disconnected:
-            std::fprintf(stderr, "bus: lost the broker at %s; waiting for it to come back\n",
-                         g.endpoint.c_str());
-            break;
-        case ClientEvent::Kind::slow_consumer:
-            std::fprintf(stderr, "bus: the broker dropped %llu messages for us (slow consumer)\n",
-                         static_cast<unsigned long long>(e.dropped));
-            break;
-        case ClientEvent::Kind::connected:
-            break;
-        }
-    });
+    report_events(*client, g, queue, failed, "the broker refused the subscription", "messages");
     for (const auto& p : o.patterns)
         client->subscribe(
             p, [&](Message& m) { queue.push(m.envelope()); }, o.queue);

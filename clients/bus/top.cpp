@@ -2,12 +2,16 @@
 // place on a terminal (one snapshot after another when piped; one JSON object each with --json).
 // With a terminal on stdin it reads keys: q quits, s changes the sort, p pauses, ? or h shows
 // them.
-#include "common.hpp"
+#include "commands.hpp"
+#include "connect.hpp"
+#include "loop.hpp"
+#include "output.hpp"
 
 #include <bus/v1/broker.pb.h>
 
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <array>
@@ -391,20 +395,14 @@ int run_top(const TopOptions& o, const Global& g) {
     while (!interrupted() && !quit) {
         if (due && !view.paused) {
             Sample now;
-            std::optional<std::error_code> result;
-            auto ask = [&](const char* what, google::protobuf::Message& into) {
-                result.reset();
-                client->request_bytes(what, {}, std::chrono::seconds(5),
-                                      [&](std::error_code ec, Message& m) {
-                                          result = ec;
-                                          if (!ec)
-                                              into.ParseFromString(std::string(m.payload()));
-                                      });
-                run_until_done(io, [&] { return result.has_value(); });
-                if (result && *result)
-                    throw Failure(exit_code_for(*result), "busd at " + g.endpoint +
-                                                              " did not answer " + what + ": " +
-                                                              result->message());
+            auto ask = [&](const std::string& what, google::protobuf::Message& into) {
+                const auto reply = call(io, *client, what, "", std::chrono::seconds(5),
+                                        [&](std::error_code ec, const Message&) {
+                                            return "busd at " + g.endpoint + " did not answer " +
+                                                   what + ": " + ec.message();
+                                        });
+                if (reply) // else Ctrl-C: the loop below ends
+                    into.ParseFromString(std::string(reply->payload()));
             };
             ask("$sys.stats", now.stats);
             if (interrupted())

@@ -52,6 +52,9 @@ public:
 
     // The whole envelope, headers and all; decoded on first use.
     const v1::Envelope& envelope() const;
+    // The value of the header named `key` (the first, if sent twice), or empty when there is
+    // none; a view into envelope(), which it decodes.
+    std::string_view header(std::string_view key) const;
 
     // Decodes the payload into `out`: protobuf binary, or protobuf's JSON mapping when the
     // message came from a Node peer. errc::wrong_type when the envelope names another type or

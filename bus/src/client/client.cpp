@@ -31,13 +31,6 @@ std::int64_t deadline_after(std::chrono::milliseconds timeout) {
         .count();
 }
 
-std::string header_value(const v1::Envelope& e, std::string_view key) {
-    for (const auto& h : e.headers())
-        if (h.key() == key)
-            return h.value();
-    return {};
-}
-
 } // namespace
 
 // --- links ------------------------------------------------------------------------------------
@@ -631,7 +624,7 @@ void Client::receive(Message& message) {
         if (pending_.count(message.correlation_id())) {
             complete(message.correlation_id(), ec, message);
         } else {
-            emit({ClientEvent::Kind::error, 0, ec, header_value(message.envelope(), "detail")});
+            emit({ClientEvent::Kind::error, 0, ec, std::string(message.header("detail"))});
         }
         break;
     }

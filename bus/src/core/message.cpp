@@ -89,6 +89,13 @@ const v1::Envelope& Message::envelope() const {
     return envelope_;
 }
 
+std::string_view Message::header(std::string_view key) const {
+    for (const auto& h : envelope().headers())
+        if (h.key() == key)
+            return h.value();
+    return {};
+}
+
 std::error_code Message::parse(google::protobuf::Message& out) const {
     const std::string_view url = type_url();
     if (is_json()) {

@@ -52,6 +52,19 @@ TEST(Message, ViewsTheFrameWithoutCopyingIt) {
     EXPECT_LE(m.payload().data() + m.payload().size(), body.data() + body.size());
 }
 
+TEST(Message, HeaderFindsTheFirstOfItsNameOrNothing) {
+    auto e = sample();
+    auto* again = e.add_headers();
+    again->set_key("trace");
+    again->set_value("second");
+    const std::string body = e.SerializeAsString();
+    bus::Message m;
+    ASSERT_TRUE(m.view(body));
+    EXPECT_EQ(m.header("trace"), "abc");
+    EXPECT_EQ(m.header("absent"), "");
+    EXPECT_EQ(m.header(""), "");
+}
+
 TEST(Message, AMovedMessageOwnsItsBytesOnceTheFrameIsGone) {
     const auto e = sample();
     auto body = std::make_unique<std::string>(e.SerializeAsString());

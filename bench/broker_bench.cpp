@@ -42,7 +42,7 @@
 // stall.bus-ipc) contains one of the NAMEs.
 #include "broker/harness.hpp"
 #include "broker/peers.hpp"
-#include "report.hpp"
+#include "common/report.hpp"
 
 #include <bus/broker.hpp>
 

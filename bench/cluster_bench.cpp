@@ -8,7 +8,7 @@
 //
 // Errors are wrk's socket errors (connect, read, write, timeout) and non-2xx responses; a
 // connection that busd accepted and nobody answered would show as a timeout.
-#include "report.hpp"
+#include "common/report.hpp"
 
 #include <bus/child_process.hpp>
 #include <bus/client.hpp>

@@ -35,7 +35,7 @@ void read_exact(int fd, char* data, std::size_t size) {
     }
 }
 
-void pin_to_cpu(int cpu) {
+void pin_to_cpu(int cpu) noexcept {
     const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
     if (cpus < 2)
         return;
@@ -80,7 +80,7 @@ pid_t fork_child(const std::string& name, const std::function<int()>& body,
     return pid;
 }
 
-bool wait_child(pid_t pid) {
+bool wait_child(pid_t pid) noexcept {
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0)
         if (errno != EINTR)

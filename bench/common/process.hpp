@@ -37,7 +37,7 @@ void read_exact(int fd, char* data, std::size_t size);
 
 // Runs the calling thread on `cpu` (modulo the CPUs online) alone. Nothing on a one-CPU
 // machine, where two pinned processes would only take turns.
-void pin_to_cpu(int cpu);
+void pin_to_cpu(int cpu) noexcept;
 
 struct ForkOptions {
     // Sent to the child when the bench ends (PR_SET_PDEATHSIG), however it ends: a benchmark
@@ -60,7 +60,7 @@ pid_t fork_child(const std::string& name, const std::function<int()>& body,
 
 // Waits for the child `pid` to end, through signals that interrupt the wait; true if it
 // exited with 0.
-bool wait_child(pid_t pid);
+bool wait_child(pid_t pid) noexcept;
 
 // A TCP port on 127.0.0.1 that nothing listens on now.
 int free_tcp_port();

@@ -130,16 +130,11 @@ struct Peer {
 // Forks a process that runs `body` on its end of a new socketpair and exits 0, or 1 if `body`
 // throws. It dies with the bench.
 Peer fork_peer(const std::function<void(bus::UniqueFd)>& body) {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-        throw_errno("socketpair");
-    bus::UniqueFd ours(sv[0]), theirs(sv[1]);
-    const pid_t pid = bench::fork_child("channel-bench: peer", [&] {
-        ours.reset();
-        body(std::move(theirs));
+    const auto peer = bench::fork_socket_peer("channel-bench: peer", [&](int socket) {
+        body(bus::UniqueFd(socket));
         return 0;
     });
-    return {pid, std::move(ours)};
+    return {peer.pid, bus::UniqueFd(peer.socket)};
 }
 
 void reap(pid_t pid) {

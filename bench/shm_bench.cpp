@@ -50,7 +50,6 @@
 #include <vector>
 
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 namespace {
@@ -96,6 +95,11 @@ void wait_ready(Shared& s) {
 // Runs `child` in a forked process pinned to CPU 0 (the parent runs on CPU 1).
 pid_t fork_child(const std::function<int()>& child) {
     return bench::fork_child("shm-bench child", child, {.cpu = 0});
+}
+
+// The same, with a socketpair: `child` gets its end.
+bench::SocketPeer fork_socket_child(const std::function<int(int socket)>& child) {
+    return bench::fork_socket_peer("shm-bench child", child, {.cpu = 0});
 }
 
 // Out of line, as it was before it called bench::wait_child: inlined, it changes how the
@@ -380,15 +384,9 @@ Throughput memcpy_throughput(std::size_t size) {
 
 Throughput channel_throughput(std::size_t size) {
     Shared* s = make_shared_block();
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        std::perror("socketpair");
-        std::exit(2);
-    }
-    const pid_t child = fork_child([&] {
-        ::close(sv[0]);
+    const auto peer = fork_socket_child([&](int socket) {
         boost::asio::io_context io;
-        auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(sv[1])), "adopt");
+        auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(socket)), "adopt");
         std::string payload(size, 'x');
         std::uint64_t seq = 0;
         bool done = false;
@@ -412,9 +410,8 @@ Throughput channel_throughput(std::size_t size) {
         io.run();
         return 0;
     });
-    ::close(sv[1]);
     boost::asio::io_context io;
-    auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(sv[0])), "adopt");
+    auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(peer.socket)), "adopt");
     const auto budget = std::chrono::duration<double>(opt.seconds);
     std::optional<Clock::time_point> start;
     std::uint64_t count = 0, measured = 0, sink = 0;
@@ -441,7 +438,7 @@ Throughput channel_throughput(std::size_t size) {
         }
     });
     io.run();
-    reap(child);
+    reap(peer.pid);
     if (!measured)
         return {};
     return {static_cast<double>(measured) / elapsed,
@@ -613,15 +610,9 @@ Latency ring_latency() {
 }
 
 Latency channel_latency(bool spin) {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        std::perror("socketpair");
-        std::exit(2);
-    }
-    const pid_t child = fork_child([&] {
-        ::close(sv[0]);
+    const auto peer = fork_socket_child([&](int socket) {
         boost::asio::io_context io;
-        auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(sv[1])), "adopt");
+        auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(socket)), "adopt");
         bool done = false;
         ch->on_message([&](bus::Message& m) {
             const auto payload = m.payload();
@@ -639,9 +630,8 @@ Latency channel_latency(bool spin) {
 
         return 0;
     });
-    ::close(sv[1]);
     boost::asio::io_context io;
-    auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(sv[0])), "adopt");
+    auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(peer.socket)), "adopt");
     bool answered = false;
     ch->on_message([&](bus::Message&) { answered = true; });
     std::string payload(ping_size, 'p');
@@ -658,7 +648,7 @@ Latency channel_latency(bool spin) {
     });
     ch->close();
     io.run_for(100ms);
-    reap(child);
+    reap(peer.pid);
     return result;
 }
 

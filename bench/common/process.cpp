@@ -80,6 +80,29 @@ pid_t fork_child(const std::string& name, const std::function<int()>& body,
     return pid;
 }
 
+SocketPeer fork_socket_peer(const std::string& name, const std::function<int(int socket)>& body,
+                            const ForkOptions& options) {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        throw_errno("socketpair");
+    pid_t pid = -1;
+    try {
+        pid = fork_child(
+            name,
+            [&] {
+                ::close(sv[0]);
+                return body(sv[1]);
+            },
+            options);
+    } catch (...) {
+        ::close(sv[0]);
+        ::close(sv[1]);
+        throw;
+    }
+    ::close(sv[1]);
+    return {pid, sv[0]};
+}
+
 bool wait_child(pid_t pid) noexcept {
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0)

@@ -58,6 +58,17 @@ pid_t fork_process(const ForkOptions& options = {});
 pid_t fork_child(const std::string& name, const std::function<int()>& body,
                  const ForkOptions& options = {});
 
+// A peer connected to the bench by a socketpair (AF_UNIX, SOCK_STREAM).
+struct SocketPeer {
+    pid_t pid;
+    int socket; // the bench's end; the bench closes it
+};
+
+// fork_child, with a socketpair between the two: `body` gets the child's end, and each process
+// closes the end it does not use, so either sees the other go as the end of the stream.
+SocketPeer fork_socket_peer(const std::string& name, const std::function<int(int socket)>& body,
+                            const ForkOptions& options = {});
+
 // Waits for the child `pid` to end, through signals that interrupt the wait; true if it
 // exited with 0.
 bool wait_child(pid_t pid) noexcept;

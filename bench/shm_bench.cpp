@@ -41,6 +41,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <map>
 #include <optional>
@@ -656,7 +657,8 @@ Latency channel_latency(bool spin) {
 
 // --- the run --------------------------------------------------------------------------------
 
-int main(int argc, char** argv) {
+// A set-up call that fails (socketpair, fork) throws: end as die() does, not in std::terminate.
+int main(int argc, char** argv) try {
     bench::OptionParser parser("shm-bench", opt);
     parser.add("--ring", "BYTES", [](std::string_view v) {
         opt.ring = std::bit_ceil(static_cast<std::size_t>(bench::to_integer(v, 1, 1LL << 40)));
@@ -781,4 +783,7 @@ int main(int argc, char** argv) {
             "rtt.mq.sleep", "1", true);
     }
     return 0;
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "shm-bench: %s\n", e.what());
+    return 2;
 }

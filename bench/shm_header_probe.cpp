@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <new>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -156,7 +157,8 @@ double run(double seconds) {
 
 } // namespace
 
-int main(int argc, char** argv) {
+// A fork that fails throws: end with a message and 2, not in std::terminate.
+int main(int argc, char** argv) try {
     bench::Options options;
     options.seconds = 0.5;
     options.rounds = 5;
@@ -186,4 +188,7 @@ int main(int argc, char** argv) {
         std::printf("\n");
         std::fflush(stdout);
     }
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "shm-header-probe: %s\n", e.what());
+    return 2;
 }

@@ -45,8 +45,8 @@ OptionParser::OptionParser(std::string program, Options& options, Selection sele
     add("--rounds", "N",
         [&options](std::string_view v) { options.rounds = static_cast<int>(to_integer(v, 1)); });
     if (selection == with_only)
+        // Given more than once, the lists add up.
         add("--only", "NAME[,NAME...]", [&options](std::string_view list) {
-            options.only.clear();
             for (std::size_t start = 0; start <= list.size();) {
                 const auto comma = std::min(list.find(',', start), list.size());
                 if (comma > start)

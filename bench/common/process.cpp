@@ -73,6 +73,9 @@ pid_t fork_child(const std::string& name, const std::function<int()>& body,
             status = body();
         } catch (const std::exception& e) {
             std::fprintf(stderr, "%s: %s\n", name.c_str(), e.what());
+        } catch (...) {
+            // Not past here: the child would go on running the bench's code.
+            std::fprintf(stderr, "%s: an exception that is not a std::exception\n", name.c_str());
         }
         std::fflush(nullptr);
         ::_exit(status);

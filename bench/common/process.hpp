@@ -54,7 +54,7 @@ struct ForkOptions {
 pid_t fork_process(const ForkOptions& options = {});
 
 // Forks a child that runs `body` and exits with what it returns; with 1 if it throws, after
-// printing "NAME: what" to stderr.
+// printing "NAME: what" to stderr. It never returns in the child.
 pid_t fork_child(const std::string& name, const std::function<int()>& body,
                  const ForkOptions& options = {});
 

@@ -42,17 +42,17 @@
 // stall.bus-ipc) contains one of the NAMEs.
 #include "broker/harness.hpp"
 #include "broker/peers.hpp"
-#include "report.hpp"
+#include "common/options.hpp"
+#include "common/process.hpp"
+#include "common/report.hpp"
+#include "common/watchdog.hpp"
 
 #include <bus/broker.hpp>
 
 #include <algorithm>
-#include <climits>
-#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -71,25 +71,13 @@ namespace {
 
 using namespace bench::broker;
 
-struct Options {
-    double seconds = 1.0;
+// --seconds, --rounds and --only, and broker-bench's own.
+struct Options : bench::Options {
     double stall_seconds = 2.0;
-    int rounds = 3;
     int search_steps = 5;
-    std::vector<std::string> only;
     std::string busd = BUS_BENCH_BUSD;
     bool keep = false;
 };
-
-const char* current_case = "";
-
-void on_watchdog(int) {
-    const char prefix[] = "broker-bench: timed out in case ";
-    (void)!::write(2, prefix, sizeof prefix - 1);
-    (void)!::write(2, current_case, std::strlen(current_case));
-    (void)!::write(2, "\n", 1);
-    ::_exit(3); // the janitor stops what is left
-}
 
 std::string find_program(const std::string& name) {
     std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
@@ -115,10 +103,7 @@ void record(const std::string& key, double value) {
 }
 
 std::optional<double> median_of(const std::string& key) {
-    const auto it = results.find(key);
-    if (it == results.end() || it->second.values.empty())
-        return std::nullopt;
-    return it->second.median();
+    return bench::median_of(results, key);
 }
 
 std::string spread_of(const std::string& key) {
@@ -139,7 +124,7 @@ public:
     std::string next_dir() {
         const std::string dir = base_ + "/run-" + std::to_string(++count_);
         if (::mkdir(dir.c_str(), 0700) < 0)
-            throw_errno("mkdir " + dir);
+            bench::throw_errno("mkdir " + dir);
         return dir;
     }
 
@@ -269,20 +254,12 @@ struct ReqCase {
 };
 const std::vector<ReqCase> req_cases{{"reqrep_serial", 1}, {"reqrep_64", 64}};
 
-bool selected(const Options& options, const std::string& name) {
-    if (options.only.empty())
-        return true;
-    return std::any_of(options.only.begin(), options.only.end(),
-                       [&](const std::string& o) { return name.find(o) != std::string::npos; });
-}
-
 std::string rate_text(double v) {
     return v >= 1e6 ? bench::fixed(v / 1e6, 2) + "M" : bench::fixed(v / 1e3, 1) + "k";
 }
 
 void pubsub_round(Peer& peer, Runs& runs, const Options& options, const PubSubCase& c) {
     const std::string name = c.name + "." + peer.name();
-    current_case = name.c_str();
     auto out = run_pubsub(peer, runs, options, c.size, c.subscribers, 0, options.seconds, 0, false);
     record(key(c.name, peer.name(), "sent"), out.sent_rate);
     record(key(c.name, peer.name(), "delivered"), out.delivered_rate);
@@ -317,7 +294,6 @@ void pubsub_round(Peer& peer, Runs& runs, const Options& options, const PubSubCa
 
 void reqrep_round(Peer& peer, Runs& runs, const Options& options, const ReqCase& c) {
     const std::string name = c.name + "." + peer.name();
-    current_case = name.c_str();
     const ReqResult r = run_reqrep(peer, runs, options, c.in_flight);
     const double rate = static_cast<double>(r.count) / r.seconds;
     record(key(c.name, peer.name(), "rate"), rate);
@@ -329,7 +305,6 @@ void reqrep_round(Peer& peer, Runs& runs, const Options& options, const ReqCase&
 
 void stall_round(Peer& peer, Runs& runs, const Options& options) {
     const std::string name = "stall." + peer.name();
-    current_case = name.c_str();
     auto out = run_pubsub(peer, runs, options, 64, 1, 1, options.stall_seconds, 0, true);
     const SubResult& h = out.healthy.at(0);
     // The longest time the healthy subscriber heard nothing while the publisher was sending,
@@ -374,10 +349,6 @@ const std::vector<std::string> stall_peers{"bus-unix", "bus-ipc", "nats", "zmq_p
 // the highest paced rate that lost nothing (0 if none of those tried did).
 std::optional<double> effective(const std::string& c, const std::string& peer) {
     return median_of(key(c, peer, "lossless"));
-}
-
-std::string ratio(std::optional<double> a, std::optional<double> b) {
-    return a && b && *a > 0 && *b > 0 ? bench::fixed(*a / *b, 2) : "-";
 }
 
 std::string opt_thousands(std::optional<double> v) {
@@ -426,8 +397,8 @@ void print_report(const Options& options) {
             table.add_row({p, bench::thousands(*sent), opt_thousands(delivered),
                            bench::fixed(100 * *loss, 2) + "%", opt_thousands(eff),
                            eff ? bench::fixed(*eff * static_cast<double>(c.size) / 1e6, 1) : "-",
-                           spread_of(key(c.name, p, "lossless")), ratio(unix, eff),
-                           ratio(ipc, eff)});
+                           spread_of(key(c.name, p, "lossless")), bench::ratio_text(unix, eff),
+                           bench::ratio_text(ipc, eff)});
         }
         table.print(stdout);
         std::printf("\n");
@@ -458,7 +429,8 @@ void print_report(const Options& options) {
             table.add_row({p, bench::thousands(*rate),
                            bench::fixed(*median_of(key(c.name, p, "p50")), 1),
                            bench::fixed(*median_of(key(c.name, p, "p99")), 1),
-                           spread_of(key(c.name, p, "rate")), ratio(unix, rate), ratio(ipc, rate)});
+                           spread_of(key(c.name, p, "rate")), bench::ratio_text(unix, rate),
+                           bench::ratio_text(ipc, rate)});
         }
         table.print(stdout);
         std::printf("\n");
@@ -520,8 +492,7 @@ void print_report(const Options& options) {
     // A bar prints only when both of its measurements ran.
     auto bar = [](const std::string& name, std::optional<double> a, std::optional<double> b,
                   const std::string& target) {
-        if (a && b && *b > 0)
-            bench::print_bar(stdout, {name, *a / *b, target, false});
+        bench::print_ratio_bar(stdout, name, a, b, target);
     };
     bar("broker.pubsub64.unix.vs_nats", effective("pubsub64", "bus-unix"),
         effective("pubsub64", "nats"), "1.0");
@@ -573,58 +544,27 @@ void print_report(const Options& options) {
 
 int main(int argc, char** argv) {
     Options options;
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "broker-bench: %s needs a value\n", arg.c_str());
-                std::exit(2);
-            }
-            return argv[++i];
-        };
-        if (arg == "--seconds")
-            options.seconds = std::stod(value());
-        else if (arg == "--stall-seconds")
-            options.stall_seconds = std::stod(value());
-        else if (arg == "--rounds")
-            options.rounds = std::stoi(value());
-        else if (arg == "--search-steps")
-            options.search_steps = std::stoi(value());
-        else if (arg == "--busd")
-            options.busd = value();
-        else if (arg == "--keep")
-            options.keep = true;
-        else if (arg == "--only") {
-            const std::string list = value();
-            std::size_t pos = 0;
-            while (pos <= list.size()) {
-                const std::size_t comma = std::min(list.find(',', pos), list.size());
-                if (comma > pos)
-                    options.only.push_back(list.substr(pos, comma - pos));
-                pos = comma + 1;
-            }
-        } else {
-            std::fprintf(stderr,
-                         "usage: broker-bench [--seconds S] [--stall-seconds S] [--rounds R] "
-                         "[--only NAME[,NAME...]] [--search-steps N] [--busd PATH] [--keep]\n");
-            return 2;
-        }
-    }
-    if (options.busd.empty()) {
-        char self[PATH_MAX] = {};
-        if (::readlink("/proc/self/exe", self, sizeof self - 1) > 0) {
-            std::string dir(self);
-            options.busd = dir.substr(0, dir.rfind('/')) + "/busd";
-        }
-    }
+    bench::OptionParser parser("broker-bench", options);
+    parser.add("--stall-seconds", "S",
+               [&](std::string_view v) { options.stall_seconds = bench::to_double(v); });
+    parser.add("--search-steps", "N", [&](std::string_view v) {
+        options.search_steps = static_cast<int>(bench::to_integer(v, 0));
+    });
+    parser.add("--busd", "PATH", [&](std::string_view v) { options.busd = v; });
+    parser.add("--keep", [&] { options.keep = true; });
+    parser.parse(argc, argv);
+    if (options.busd.empty())
+        options.busd = bench::program_dir() + "/busd";
 
     // Orphans of the servers (dbus-broker once its launcher is gone) come back to us.
     ::prctl(PR_SET_CHILD_SUBREAPER, 1);
     std::signal(SIGPIPE, SIG_IGN);
     janitor::start();
-    std::signal(SIGALRM, on_watchdog);
-    ::alarm(static_cast<unsigned>(600 +
-                                  options.rounds * 60 * (options.seconds + options.stall_seconds)));
+    // One alarm for the whole run, which names the case it fired in; the janitor stops what
+    // is left.
+    bench::watchdog::install("broker-bench");
+    bench::watchdog::arm(static_cast<unsigned>(
+        600 + options.rounds * 60 * (options.seconds + options.stall_seconds)));
 
     Paths paths;
     paths.busd = options.busd;
@@ -666,8 +606,9 @@ int main(int argc, char** argv) {
     const double t0 = now_s();
 
     auto attempt = [&](const std::string& name, auto&& body) {
-        if (!selected(options, name))
+        if (!options.selected(name))
             return;
+        bench::watchdog::enter(name);
         try {
             body();
         } catch (const std::exception& e) {
@@ -691,7 +632,7 @@ int main(int argc, char** argv) {
                 stall_peers.end())
                 attempt("stall." + peer->name(), [&] { stall_round(*peer, runs, options); });
     }
-    ::alarm(0);
+    bench::watchdog::disarm();
     std::fprintf(stderr, "broker-bench: %.0f s\n", now_s() - t0);
 
     print_report(options);

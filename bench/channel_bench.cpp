@@ -19,7 +19,10 @@
 // Each case runs R times (default 3), in rounds; the tables show the median.
 // --only keeps the cases whose name contains one of the NAMEs (throughput.bus.64B, rtt.raw,
 // fds.node, ...): a single case is what a profiler wants.
-#include "report.hpp"
+#include "common/options.hpp"
+#include "common/process.hpp"
+#include "common/report.hpp"
+#include "common/watchdog.hpp"
 
 #include <bus/channel.hpp>
 #include <bus/unique_fd.hpp>
@@ -33,8 +36,6 @@
 #include <array>
 #include <cerrno>
 #include <chrono>
-#include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -49,9 +50,7 @@
 
 #include <fcntl.h>
 #include <spawn.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef BUS_BENCH_NODE_SCRIPT
@@ -77,12 +76,10 @@ constexpr std::size_t raw_read_bytes = 256 * 1024;
 // Senders read the clock once per this many messages, so that timing costs them nothing.
 constexpr int messages_per_clock_check = 64;
 
-struct Options {
-    double seconds = 1.0;
-    int rounds = 3;
+// --seconds, --rounds and --only, and channel-bench's own.
+struct Options : bench::Options {
     int round_trips = 20000;
     int warmup_round_trips = 2000;
-    std::vector<std::string> only;
     std::string node = "node";
     std::string node_script = BUS_BENCH_NODE_SCRIPT;
 };
@@ -99,9 +96,8 @@ struct Latency {
     double p99_us = 0;
 };
 
-[[noreturn]] void throw_errno(const std::string& what) {
-    throw std::system_error(errno, std::system_category(), what);
-}
+using bench::throw_errno;
+using bench::write_all;
 
 double seconds_between(Clock::time_point from, Clock::time_point to) {
     return std::chrono::duration<double>(to - from).count();
@@ -124,25 +120,7 @@ std::uint32_t get_le32(const char* in) {
     return n;
 }
 
-// Nearest-rank percentile, as the Node peer computes it.
-double percentile_us(std::vector<double>& samples_us, double p) {
-    std::sort(samples_us.begin(), samples_us.end());
-    const auto rank =
-        static_cast<std::size_t>(std::ceil(p * static_cast<double>(samples_us.size())));
-    return samples_us[std::max<std::size_t>(rank, 1) - 1];
-}
-
 // --- processes ------------------------------------------------------------------------------
-
-// A hung case must not hang `bench/run`: SIGALRM ends the run, and PDEATHSIG the forked peer.
-const char* current_case = "";
-void on_watchdog(int) {
-    const char prefix[] = "channel-bench: timed out in case ";
-    (void)!::write(2, prefix, sizeof prefix - 1);
-    (void)!::write(2, current_case, std::strlen(current_case));
-    (void)!::write(2, "\n", 1);
-    ::_exit(3);
-}
 
 struct Peer {
     pid_t pid;
@@ -150,52 +128,18 @@ struct Peer {
 };
 
 // Forks a process that runs `body` on its end of a new socketpair and exits 0, or 1 if `body`
-// throws.
+// throws. It dies with the bench.
 Peer fork_peer(const std::function<void(bus::UniqueFd)>& body) {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-        throw_errno("socketpair");
-    bus::UniqueFd ours(sv[0]), theirs(sv[1]);
-    std::fflush(nullptr); // or the child flushes our buffered output a second time
-    const pid_t pid = ::fork();
-    if (pid < 0)
-        throw_errno("fork");
-    if (pid == 0) {
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-        ours.reset();
-        int status = 0;
-        try {
-            body(std::move(theirs));
-        } catch (const std::exception& e) {
-            std::fprintf(stderr, "channel-bench: %s: peer: %s\n", current_case, e.what());
-            status = 1;
-        }
-        std::fflush(nullptr);
-        ::_exit(status);
-    }
-    return {pid, std::move(ours)};
+    const auto peer = bench::fork_socket_peer("channel-bench: peer", [&](int socket) {
+        body(bus::UniqueFd(socket));
+        return 0;
+    });
+    return {peer.pid, bus::UniqueFd(peer.socket)};
 }
 
 void reap(pid_t pid) {
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR)
-            throw_errno("waitpid");
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    if (!bench::wait_child(pid))
         throw std::runtime_error("the peer process failed");
-}
-
-void write_all(int fd, const char* data, std::size_t size) {
-    while (size > 0) {
-        const ssize_t n = ::write(fd, data, size);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            throw_errno("write");
-        }
-        data += n;
-        size -= static_cast<std::size_t>(n);
-    }
 }
 
 void check_delivery(const Rate& rate, std::uint64_t malformed, std::error_code failure) {
@@ -281,7 +225,7 @@ void send_batches(bus::UniqueFd socket, double seconds, Encode encode) {
         std::size_t used = 0;
         while (const std::size_t n = encode(batch.data() + used, batch.size() - used))
             used += n;
-        write_all(socket.get(), batch.data(), used);
+        write_all(socket.get(), {batch.data(), used});
     } while (Clock::now() < deadline);
 }
 
@@ -408,17 +352,14 @@ nlohmann::json run_node(const Options& options, const std::vector<std::string>& 
             break;
         output.append(buf, static_cast<std::size_t>(n));
     }
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR)
-            throw_errno("waitpid");
+    const bool exited_0 = bench::wait_child(pid);
     while (!output.empty() && output.back() == '\n')
         output.pop_back();
     const std::string last_line = output.substr(output.rfind('\n') + 1);
     auto result = nlohmann::json::parse(last_line, nullptr, /*allow_exceptions=*/false);
     if (result.is_object() && result.contains("error"))
         throw std::runtime_error("node: " + result["error"].dump());
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !result.is_object())
+    if (!exited_0 || !result.is_object())
         throw std::runtime_error("node failed; it printed: " + output);
     return result;
 }
@@ -477,7 +418,8 @@ Latency rtt_bus(const Options& options) {
     reap(peer.pid);
     if (failure || malformed || done != total)
         throw std::runtime_error("bus round trips failed");
-    return {samples_us.size(), percentile_us(samples_us, 0.50), percentile_us(samples_us, 0.99)};
+    return {samples_us.size(), bench::percentile(samples_us, 0.50),
+            bench::percentile(samples_us, 0.99)};
 }
 
 // One frame from a blocking socket into `buf`; false at a clean end of stream. With one
@@ -514,7 +456,7 @@ Latency rtt_raw(const Options& options) {
         std::vector<char> buf(64 * 1024);
         std::size_t size = 0;
         while (read_frame(socket.get(), buf, size))
-            write_all(socket.get(), buf.data(), size);
+            write_all(socket.get(), {buf.data(), size});
     });
 
     std::string frame(frame_header + small_payload, 'x');
@@ -525,7 +467,7 @@ Latency rtt_raw(const Options& options) {
     const int fd = peer.socket.get();
     for (int i = 0; i < options.warmup_round_trips + options.round_trips; ++i) {
         const auto sent_at = Clock::now();
-        write_all(fd, frame.data(), frame.size());
+        write_all(fd, frame);
         std::size_t size = 0;
         if (!read_frame(fd, buf, size) || size != frame.size())
             throw std::runtime_error("raw echo failed");
@@ -535,7 +477,8 @@ Latency rtt_raw(const Options& options) {
     }
     peer.socket.reset();
     reap(peer.pid);
-    return {samples_us.size(), percentile_us(samples_us, 0.50), percentile_us(samples_us, 0.99)};
+    return {samples_us.size(), bench::percentile(samples_us, 0.50),
+            bench::percentile(samples_us, 0.99)};
 }
 
 Latency rtt_node(const Options& options) {
@@ -664,10 +607,6 @@ Rate fds_node(const Options& options) {
 
 // --- the report -----------------------------------------------------------------------------
 
-std::string size_name(std::size_t size) {
-    return size % 1024 == 0 ? std::to_string(size / 1024) + "KiB" : std::to_string(size) + "B";
-}
-
 struct Results {
     // per second, by "SIZE.peer" (throughput) or peer (fds)
     std::map<std::string, bench::Samples> throughput;
@@ -679,18 +618,6 @@ struct Results {
 const std::vector<std::string> throughput_peers{"bus", "raw", "floor", "node"};
 const std::vector<std::string> rtt_peers{"bus", "raw", "node"};
 const std::vector<std::string> fd_peers{"bus", "raw", "node"};
-
-std::optional<double> median_of(const std::map<std::string, bench::Samples>& samples,
-                                const std::string& key) {
-    const auto it = samples.find(key);
-    return it == samples.end() ? std::nullopt : std::optional(it->second.median());
-}
-
-std::string ratio(std::optional<double> numerator, double denominator) {
-    return numerator && *numerator > 0 && denominator > 0
-               ? bench::fixed(*numerator / denominator, 2)
-               : "-";
-}
 
 void print_report(const Options& options, const Results& results) {
     std::printf(
@@ -708,15 +635,15 @@ void print_report(const Options& options, const Results& results) {
                             {"spread"},
                             {"bus/peer"}});
         for (const std::size_t size : {small_payload, large_payload}) {
-            const auto bus = median_of(results.throughput, size_name(size) + ".bus");
+            const auto bus = bench::median_of(results.throughput, bench::size_name(size) + ".bus");
             for (const auto& name : throughput_peers) {
-                const auto it = results.throughput.find(size_name(size) + "." + name);
+                const auto it = results.throughput.find(bench::size_name(size) + "." + name);
                 if (it == results.throughput.end())
                     continue;
                 const double rate = it->second.median();
-                table.add_row({size_name(size), name, bench::thousands(rate),
+                table.add_row({bench::size_name(size), name, bench::thousands(rate),
                                bench::fixed(rate * static_cast<double>(size) / 1e6, 1),
-                               it->second.spread(), ratio(bus, rate)});
+                               it->second.spread(), bench::ratio_text(bus, rate)});
             }
         }
         table.print(stdout);
@@ -731,15 +658,15 @@ void print_report(const Options& options, const Results& results) {
                             {"p99 us"},
                             {"p50 spread"},
                             {"bus/peer p50"}});
-        const auto bus = median_of(results.rtt_p50_us, "bus");
+        const auto bus = bench::median_of(results.rtt_p50_us, "bus");
         for (const auto& name : rtt_peers) {
             const auto it = results.rtt_p50_us.find(name);
             if (it == results.rtt_p50_us.end())
                 continue;
             const double p50 = it->second.median();
             table.add_row({name, bench::fixed(p50, 1),
-                           bench::fixed(*median_of(results.rtt_p99_us, name), 1),
-                           it->second.spread(), ratio(bus, p50)});
+                           bench::fixed(*bench::median_of(results.rtt_p99_us, name), 1),
+                           it->second.spread(), bench::ratio_text(bus, p50)});
         }
         table.print(stdout);
         std::printf("\n");
@@ -749,73 +676,45 @@ void print_report(const Options& options, const Results& results) {
             "3. file descriptors passed, one per %zu B message (the receiver closes each)\n",
             fd_message_payload);
         bench::Table table({{"peer", bench::Align::left}, {"fds/s"}, {"spread"}, {"bus/peer"}});
-        const auto bus = median_of(results.fds, "bus");
+        const auto bus = bench::median_of(results.fds, "bus");
         for (const auto& name : fd_peers) {
             const auto it = results.fds.find(name);
             if (it == results.fds.end())
                 continue;
             const double rate = it->second.median();
-            table.add_row({name, bench::thousands(rate), it->second.spread(), ratio(bus, rate)});
+            table.add_row(
+                {name, bench::thousands(rate), it->second.spread(), bench::ratio_text(bus, rate)});
         }
         table.print(stdout);
         std::printf("\n");
     }
 
     // A bar prints only when both of its measurements ran (--only may have skipped one).
-    auto bar = [](const std::string& name, std::optional<double> numerator,
-                  std::optional<double> denominator, const std::string& target, bool at_most) {
-        if (numerator && denominator && *denominator > 0)
-            bench::print_bar(stdout, {name, *numerator / *denominator, target, at_most});
-    };
     const auto& tput = results.throughput;
-    bar("channel.64B.vs_node", median_of(tput, "64B.bus"), median_of(tput, "64B.node"), "20",
-        false);
-    bar("channel.64B.vs_floor", median_of(tput, "64B.bus"), median_of(tput, "64B.floor"), "0.70",
-        false);
-    bar("channel.4KiB.vs_raw", median_of(tput, "4KiB.bus"), median_of(tput, "4KiB.raw"), "0.50",
-        false);
-    bar("channel.rtt_p50.vs_raw", median_of(results.rtt_p50_us, "bus"),
-        median_of(results.rtt_p50_us, "raw"), "1.3", true);
-    bar("channel.fds.vs_raw", median_of(results.fds, "bus"), median_of(results.fds, "raw"), "0.50",
-        false);
+    bench::print_ratio_bar(stdout, "channel.64B.vs_node", bench::median_of(tput, "64B.bus"),
+                           bench::median_of(tput, "64B.node"), "20", false);
+    bench::print_ratio_bar(stdout, "channel.64B.vs_floor", bench::median_of(tput, "64B.bus"),
+                           bench::median_of(tput, "64B.floor"), "0.70", false);
+    bench::print_ratio_bar(stdout, "channel.4KiB.vs_raw", bench::median_of(tput, "4KiB.bus"),
+                           bench::median_of(tput, "4KiB.raw"), "0.50", false);
+    bench::print_ratio_bar(stdout, "channel.rtt_p50.vs_raw",
+                           bench::median_of(results.rtt_p50_us, "bus"),
+                           bench::median_of(results.rtt_p50_us, "raw"), "1.3", true);
+    bench::print_ratio_bar(stdout, "channel.fds.vs_raw", bench::median_of(results.fds, "bus"),
+                           bench::median_of(results.fds, "raw"), "0.50", false);
 }
 
 // --- main -----------------------------------------------------------------------------------
 
 Options parse_options(int argc, char** argv) {
     Options options;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view arg = argv[i];
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc)
-                throw std::invalid_argument(std::string(arg) + " needs a value");
-            return argv[++i];
-        };
-        if (arg == "--seconds") {
-            options.seconds = std::stod(value());
-        } else if (arg == "--rounds") {
-            options.rounds = std::stoi(value());
-        } else if (arg == "--round-trips") {
-            options.round_trips = std::stoi(value());
-        } else if (arg == "--only") {
-            const std::string list = value();
-            for (std::size_t start = 0; start <= list.size();) {
-                const auto comma = std::min(list.find(',', start), list.size());
-                if (comma > start)
-                    options.only.push_back(list.substr(start, comma - start));
-                start = comma + 1;
-            }
-        } else if (arg == "--node") {
-            options.node = value();
-        } else if (arg == "--node-script") {
-            options.node_script = value();
-        } else {
-            throw std::invalid_argument("unknown argument " + std::string(arg) +
-                                        " (see the comment at the top of bench/channel_bench.cpp)");
-        }
-    }
-    if (options.seconds <= 0 || options.rounds <= 0 || options.round_trips <= 0)
-        throw std::invalid_argument("--seconds, --rounds and --round-trips must be positive");
+    bench::OptionParser parser("channel-bench", options);
+    parser.add("--round-trips", "N", [&](std::string_view v) {
+        options.round_trips = static_cast<int>(bench::to_integer(v, 1));
+    });
+    parser.add("--node", "PATH", [&](std::string_view v) { options.node = v; });
+    parser.add("--node-script", "PATH", [&](std::string_view v) { options.node_script = v; });
+    parser.parse(argc, argv);
     options.warmup_round_trips = std::max(1, options.round_trips / 10);
     return options;
 }
@@ -842,7 +741,7 @@ std::vector<Case> all_cases(const Options& options, Results& results) {
                          [&samples, key] { samples.erase(key); }});
     };
     for (const std::size_t size : {small_payload, large_payload}) {
-        const std::string sized = size_name(size);
+        const std::string sized = bench::size_name(size);
         const double seconds = options.seconds;
         auto add = [&](const std::string& peer, std::function<Rate()> measure) {
             add_rate("throughput." + peer + "." + sized, results.throughput, sized + "." + peer,
@@ -882,24 +781,13 @@ std::vector<Case> all_cases(const Options& options, Results& results) {
 } // namespace
 
 int main(int argc, char** argv) {
-    Options options;
-    try {
-        options = parse_options(argc, argv);
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "channel-bench: %s\n", e.what());
-        return 2;
-    }
-    std::signal(SIGALRM, on_watchdog);
+    const Options options = parse_options(argc, argv);
+    bench::watchdog::install("channel-bench");
 
     Results results;
     std::vector<Case> cases;
     for (auto& c : all_cases(options, results)) {
-        const bool wanted =
-            options.only.empty() ||
-            std::any_of(options.only.begin(), options.only.end(), [&](const std::string& part) {
-                return c.name.find(part) != std::string::npos;
-            });
-        if (wanted)
+        if (options.selected(c.name))
             cases.push_back(std::move(c));
     }
     if (cases.empty()) {
@@ -916,9 +804,7 @@ int main(int argc, char** argv) {
         for (const auto& c : cases) {
             if (broken.contains(c.name))
                 continue;
-            current_case = c.name.c_str();
-            // Generous: a case takes `seconds` plus start-up, a slow machine maybe twice that.
-            ::alarm(static_cast<unsigned>(std::ceil(options.seconds * 4)) + 30);
+            bench::watchdog::arm_case(c.name, options.seconds);
             try {
                 const std::string result = c.measure();
                 std::fprintf(stderr, "channel-bench: round %d/%d: %-22s %s\n", round,
@@ -929,7 +815,7 @@ int main(int argc, char** argv) {
                 broken[c.name] = e.what();
                 c.discard();
             }
-            ::alarm(0);
+            bench::watchdog::disarm();
         }
     }
     print_report(options, results);

@@ -8,7 +8,9 @@
 //
 // Errors are wrk's socket errors (connect, read, write, timeout) and non-2xx responses; a
 // connection that busd accepted and nobody answered would show as a timeout.
-#include "report.hpp"
+#include "common/options.hpp"
+#include "common/process.hpp"
+#include "common/report.hpp"
 
 #include <bus/child_process.hpp>
 #include <bus/client.hpp>
@@ -41,11 +43,12 @@ namespace {
 using namespace std::chrono_literals;
 namespace asio = boost::asio;
 
-struct Options {
-    int seconds = 3;
+// --seconds (wrk's -d, whole seconds) and --rounds, and cluster-bench's own. No --only: every
+// server runs at once, and the bars compare them.
+struct Options : bench::Options {
+    Options() { seconds = 3; }
     int connections = 50;
     int threads = 2;
-    int rounds = 3;
 };
 
 struct WrkResult {
@@ -105,18 +108,6 @@ WrkResult run_wrk(int port, bool keep_alive, int seconds, const Options& o) {
     if (!r.ran || r.requests == 0)
         std::fprintf(stderr, "cluster-bench: wrk said:\n%s\n", out.c_str());
     return r;
-}
-
-int free_port() {
-    const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-    ::close(s);
-    return ntohs(a.sin_port);
 }
 
 // True once an HTTP GET on the port is answered with 200.
@@ -195,10 +186,6 @@ private:
     bool ready_ = false;
 };
 
-std::string bin_dir() {
-    return std::filesystem::canonical("/proc/self/exe").parent_path().string();
-}
-
 struct Busd {
     std::unique_ptr<Server> server;
     std::string socket;
@@ -208,7 +195,7 @@ Busd start_busd(asio::io_context& io, const std::string& mode, int port) {
     char tmpl[] = "/tmp/bus-cluster-bench-XXXXXX";
     const std::string dir = ::mkdtemp(tmpl);
     std::ofstream(dir + "/busd.toml")
-        << "[[app]]\nname = \"hello\"\ncommand = \"" << bin_dir()
+        << "[[app]]\nname = \"hello\"\ncommand = \"" << bench::program_dir()
         << "/cluster-bench-worker\"\ninstances = 2\nlisten = [\"tcp://127.0.0.1:" << port
         << "\"]\nmode = \"" << mode << "\"\n";
     Busd b;
@@ -216,8 +203,8 @@ Busd start_busd(asio::io_context& io, const std::string& mode, int port) {
     b.server = std::make_unique<Server>(
         io,
         std::vector<std::string>{"/bin/sh", "-c",
-                                 "exec " + bin_dir() + "/busd -e " + b.socket + " -c " + dir +
-                                     "/busd.toml 2>>" + dir + "/busd.log"},
+                                 "exec " + bench::program_dir() + "/busd -e " + b.socket + " -c " +
+                                     dir + "/busd.toml 2>>" + dir + "/busd.log"},
         port, dir);
     return b;
 }
@@ -317,26 +304,23 @@ std::string ms(double v) {
 
 int main(int argc, char** argv) {
     Options o;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const std::string key = argv[i];
-        if (key == "--seconds")
-            o.seconds = std::atoi(argv[i + 1]);
-        else if (key == "--connections")
-            o.connections = std::atoi(argv[i + 1]);
-        else if (key == "--threads")
-            o.threads = std::atoi(argv[i + 1]);
-        else if (key == "--rounds")
-            o.rounds = std::max(1, std::atoi(argv[i + 1]));
-        else {
-            std::fprintf(stderr, "usage: cluster-bench [--seconds N] [--connections N] "
-                                 "[--threads N] [--rounds N]\n");
-            return 2;
-        }
+    bench::OptionParser parser("cluster-bench", o, bench::OptionParser::without_only);
+    parser.add("--connections", "N", [&](std::string_view v) {
+        o.connections = static_cast<int>(bench::to_integer(v, 1));
+    });
+    parser.add("--threads", "N",
+               [&](std::string_view v) { o.threads = static_cast<int>(bench::to_integer(v, 1)); });
+    parser.parse(argc, argv);
+    // wrk's -d counts whole seconds.
+    const int seconds = static_cast<int>(o.seconds);
+    if (seconds != o.seconds) {
+        std::fprintf(stderr, "cluster-bench: --seconds takes whole seconds (wrk -d)\n");
+        return 2;
     }
     asio::io_context io;
     std::printf("cluster: HTTP hello, 2 workers, wrk -t%d -c%d -d%ds on 127.0.0.1, median of %d "
                 "interleaved rounds (errors: all rounds)\n\n",
-                o.threads, o.connections, o.seconds, o.rounds);
+                o.threads, o.connections, seconds, o.rounds);
 
     // Every server runs at once (idle ones cost nothing) and the measurements are interleaved
     // in rounds, so a burst of load from elsewhere on the machine hits every peer alike; each
@@ -346,10 +330,10 @@ int main(int argc, char** argv) {
         Server* server;
         std::vector<WrkResult> close, keep;
     };
-    auto rr = start_busd(io, "round_robin", free_port());
-    auto rp = start_busd(io, "reuseport", free_port());
-    auto node_cluster = start_node(io, true, free_port());
-    auto node_single = start_node(io, false, free_port());
+    auto rr = start_busd(io, "round_robin", bench::free_tcp_port());
+    auto rp = start_busd(io, "reuseport", bench::free_tcp_port());
+    auto node_cluster = start_node(io, true, bench::free_tcp_port());
+    auto node_single = start_node(io, false, bench::free_tcp_port());
     std::vector<Row> rows = {{"busd round_robin", rr.server.get(), {}, {}},
                              {"busd reuseport", rp.server.get(), {}, {}},
                              {"node cluster (round-robin)", node_cluster.get(), {}, {}},
@@ -359,8 +343,8 @@ int main(int argc, char** argv) {
             if (!r.server->ready())
                 continue;
             std::fprintf(stderr, "cluster-bench: round %d, %s\n", round, r.name.c_str());
-            r.close.push_back(run_wrk(r.server->port(), false, o.seconds, o));
-            r.keep.push_back(run_wrk(r.server->port(), true, o.seconds, o));
+            r.close.push_back(run_wrk(r.server->port(), false, seconds, o));
+            r.keep.push_back(run_wrk(r.server->port(), true, seconds, o));
             std::fprintf(stderr, "  close %.0f req/s, keep-alive %.0f req/s\n",
                          r.close.back().requests_per_s, r.keep.back().requests_per_s);
         }
@@ -424,7 +408,7 @@ int main(int argc, char** argv) {
             const std::string name = (what == "reload" ? "5 reloads, " : "SIGKILL every 1 s, ") +
                                      std::string(keep_alive ? "keep-alive" : "Connection: close");
             std::fprintf(stderr, "cluster-bench: %s\n", name.c_str());
-            auto b = start_busd(io, "round_robin", free_port());
+            auto b = start_busd(io, "round_robin", bench::free_tcp_port());
             FaultResult f;
             if (b.server->ready())
                 f = under_load(io, b.socket, b.server->port(), keep_alive,

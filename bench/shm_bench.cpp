@@ -6,7 +6,7 @@
 // byte of each record (a sum of its 64-bit words) where the transport leaves it: in place for
 // bus and the minimal ring, in its own buffer for message_queue and the channel, which copy.
 // Measured on the consumer for --seconds after the first record. The peers run in turn within
-// each of --reps rounds (so a slow moment of a shared machine hits them alike), and the table
+// each of --rounds rounds (so a slow moment of a shared machine hits them alike), and the table
 // gives the median round.
 //   bus spsc / bus mpsc     bus::shm::Queue, spinning waits (mpsc: one producer, the mode's cost)
 //   message_queue           boost::interprocess::message_queue (mutex + condition in shm)
@@ -23,6 +23,11 @@
 // message_queue: blocking receive; channel: the Asio loop blocking in epoll).
 //
 // Ends with one `bar:` line per target of the issue: `bar: NAME measured=X target=Y ok|short`.
+#include "common/options.hpp"
+#include "common/process.hpp"
+#include "common/report.hpp"
+#include "common/watchdog.hpp"
+
 #include <bus/channel.hpp>
 #include <bus/shm_queue.hpp>
 
@@ -33,21 +38,19 @@
 #include <atomic>
 #include <bit>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
-#include <sched.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 namespace {
@@ -57,11 +60,13 @@ namespace bip = boost::interprocess;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-struct Options {
-    double seconds = 0.5;
-    int reps = 5;
+// --seconds, --rounds and --only (the case keys: tput.PEER.SIZE, rtt.PEER.WAITS), and --ring.
+struct Options : bench::Options {
+    Options() {
+        seconds = 0.5;
+        rounds = 5;
+    }
     std::size_t ring = 4 << 20;
-    std::string only; // run the cases whose key contains one of these (comma-separated)
 };
 Options opt;
 
@@ -83,16 +88,6 @@ Shared* make_shared_block() {
     return new (p) Shared{};
 }
 
-void pin(int cpu) {
-    const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
-    if (cpus < 2)
-        return;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu % cpus, &set);
-    ::sched_setaffinity(0, sizeof set, &set);
-}
-
 void wait_ready(Shared& s) {
     while (!s.ready.load(std::memory_order_acquire))
         std::this_thread::yield();
@@ -100,25 +95,18 @@ void wait_ready(Shared& s) {
 
 // Runs `child` in a forked process pinned to CPU 0 (the parent runs on CPU 1).
 pid_t fork_child(const std::function<int()>& child) {
-    std::fflush(stdout);
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-        pin(0);
-        int rc = 1;
-        try {
-            rc = child();
-        } catch (const std::exception& e) {
-            std::fprintf(stderr, "shm-bench child: %s\n", e.what());
-        }
-        std::_Exit(rc);
-    }
-    return pid;
+    return bench::fork_child("shm-bench child", child, {.cpu = 0});
 }
 
-void reap(pid_t pid) {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+// The same, with a socketpair: `child` gets its end.
+bench::SocketPeer fork_socket_child(const std::function<int(int socket)>& child) {
+    return bench::fork_socket_peer("shm-bench child", child, {.cpu = 0});
+}
+
+// Out of line, as it was before it called bench::wait_child: inlined, it changes how the
+// compiler lays out the measuring functions that end with it.
+[[gnu::noinline]] void reap(pid_t pid) {
+    if (!bench::wait_child(pid))
         std::fprintf(stderr, "shm-bench: a peer process failed\n");
 }
 
@@ -397,15 +385,9 @@ Throughput memcpy_throughput(std::size_t size) {
 
 Throughput channel_throughput(std::size_t size) {
     Shared* s = make_shared_block();
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        std::perror("socketpair");
-        std::exit(2);
-    }
-    const pid_t child = fork_child([&] {
-        ::close(sv[0]);
+    const auto peer = fork_socket_child([&](int socket) {
         boost::asio::io_context io;
-        auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(sv[1])), "adopt");
+        auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(socket)), "adopt");
         std::string payload(size, 'x');
         std::uint64_t seq = 0;
         bool done = false;
@@ -429,9 +411,8 @@ Throughput channel_throughput(std::size_t size) {
         io.run();
         return 0;
     });
-    ::close(sv[1]);
     boost::asio::io_context io;
-    auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(sv[0])), "adopt");
+    auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(peer.socket)), "adopt");
     const auto budget = std::chrono::duration<double>(opt.seconds);
     std::optional<Clock::time_point> start;
     std::uint64_t count = 0, measured = 0, sink = 0;
@@ -458,7 +439,7 @@ Throughput channel_throughput(std::size_t size) {
         }
     });
     io.run();
-    reap(child);
+    reap(peer.pid);
     if (!measured)
         return {};
     return {static_cast<double>(measured) / elapsed,
@@ -630,15 +611,9 @@ Latency ring_latency() {
 }
 
 Latency channel_latency(bool spin) {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        std::perror("socketpair");
-        std::exit(2);
-    }
-    const pid_t child = fork_child([&] {
-        ::close(sv[0]);
+    const auto peer = fork_socket_child([&](int socket) {
         boost::asio::io_context io;
-        auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(sv[1])), "adopt");
+        auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(socket)), "adopt");
         bool done = false;
         ch->on_message([&](bus::Message& m) {
             const auto payload = m.payload();
@@ -656,9 +631,8 @@ Latency channel_latency(bool spin) {
 
         return 0;
     });
-    ::close(sv[1]);
     boost::asio::io_context io;
-    auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(sv[0])), "adopt");
+    auto ch = value_or_die(bus::Channel::adopt(io, bus::UniqueFd(peer.socket)), "adopt");
     bool answered = false;
     ch->on_message([&](bus::Message&) { answered = true; });
     std::string payload(ping_size, 'p');
@@ -675,96 +649,23 @@ Latency channel_latency(bool spin) {
     });
     ch->close();
     io.run_for(100ms);
-    reap(child);
+    reap(peer.pid);
     return result;
-}
-
-// --- the run --------------------------------------------------------------------------------
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.empty() ? 0 : v[v.size() / 2];
-}
-
-std::string size_name(std::size_t size) {
-    if (size >= 1024)
-        return std::to_string(size / 1024) + "KiB";
-    return std::to_string(size) + "B";
-}
-
-std::string fixed(double v, int decimals) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-    return buf;
-}
-
-std::string thousands(double v) {
-    std::string digits = std::to_string(static_cast<long long>(std::llround(v)));
-    std::string out;
-    for (std::size_t i = 0; i < digits.size(); ++i) {
-        if (i && (digits.size() - i) % 3 == 0)
-            out += ',';
-        out += digits[i];
-    }
-    return out;
-}
-
-// --only a,b: the cases whose key contains a or b.
-bool selected(const std::string& key) {
-    if (opt.only.empty())
-        return true;
-    std::size_t from = 0;
-    for (;;) {
-        const std::size_t comma = opt.only.find(',', from);
-        const std::string part = opt.only.substr(from, comma - from);
-        if (!part.empty() && key.find(part) != std::string::npos)
-            return true;
-        if (comma == std::string::npos)
-            return false;
-        from = comma + 1;
-    }
-}
-
-struct Bar {
-    std::string name;
-    double measured;
-    std::string target;
-    bool at_most;
-};
-
-void print_bar(const Bar& b) {
-    // Judged on the value as printed, so a line never reads "measured=0.50 target=0.50 short".
-    const double shown = std::round(b.measured * 100) / 100;
-    const double limit = std::strtod(b.target.c_str(), nullptr);
-    const bool ok = b.at_most ? shown <= limit : shown >= limit;
-    std::printf("bar: %s measured=%s target=%s %s\n", b.name.c_str(), fixed(b.measured, 2).c_str(),
-                b.target.c_str(), ok ? "ok" : "short");
-}
-
-int usage() {
-    std::fprintf(stderr, "usage: shm-bench [--seconds S] [--reps N] [--ring BYTES] [--only KEY]\n");
-    return 2;
 }
 
 } // namespace
 
-int main(int argc, char** argv) {
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        if (i + 1 >= argc)
-            return usage();
-        if (a == "--seconds")
-            opt.seconds = std::atof(argv[++i]);
-        else if (a == "--reps")
-            opt.reps = std::max(1, std::atoi(argv[++i]));
-        else if (a == "--ring")
-            opt.ring = std::bit_ceil(static_cast<std::size_t>(std::atoll(argv[++i])));
-        else if (a == "--only")
-            opt.only = argv[++i];
-        else
-            return usage();
-    }
-    pin(1);
+// --- the run --------------------------------------------------------------------------------
+
+// A set-up call that fails (socketpair, fork) throws: end as die() does, not in std::terminate.
+int main(int argc, char** argv) try {
+    bench::OptionParser parser("shm-bench", opt);
+    parser.add("--ring", "BYTES", [](std::string_view v) {
+        opt.ring = std::bit_ceil(static_cast<std::size_t>(bench::to_integer(v, 1, 1LL << 40)));
+    });
+    parser.parse(argc, argv);
+    bench::watchdog::install("shm-bench");
+    bench::pin_to_cpu(1);
 
     const std::vector<std::size_t> sizes = {64, 1024, 64 * 1024};
     struct Peer {
@@ -781,36 +682,40 @@ int main(int argc, char** argv) {
         {"channel", "bus::Channel (socketpair)", channel_throughput},
     };
 
-    std::map<std::string, double> msgs, bytes; // key: "tput.PEER.SIZE"
-    std::fprintf(stderr, "shm-bench: %d round(s) of %.2f s per case, ring %zu bytes\n", opt.reps,
+    // A value per round, by "tput.PEER.SIZE".
+    std::map<std::string, bench::Samples> msgs, bytes;
+    std::fprintf(stderr, "shm-bench: %d round(s) of %.2f s per case, ring %zu bytes\n", opt.rounds,
                  opt.seconds, opt.ring);
     std::printf("== Throughput: one producer process, one consumer process reading every byte "
                 "(median of %d rounds)\n",
-                opt.reps);
-    std::printf("%-28s %7s %16s %10s\n", "peer", "size", "msgs/s", "GB/s");
+                opt.rounds);
+    bench::Table throughput({{"peer", bench::Align::left}, {"size"}, {"msgs/s"}, {"GB/s"}});
     for (std::size_t size : sizes) {
-        std::map<std::string, std::vector<double>> m, b;
-        for (int r = 0; r < opt.reps; ++r) {
+        for (int r = 1; r <= opt.rounds; ++r) {
             for (const auto& peer : peers) {
-                const std::string key = "tput." + peer.key + "." + size_name(size);
-                if (!selected(key))
+                const std::string key = "tput." + peer.key + "." + bench::size_name(size);
+                if (!opt.selected(key))
                     continue;
+                bench::watchdog::arm_case(key, opt.seconds);
                 const auto t = peer.run(size);
-                m[key].push_back(t.msgs);
-                b[key].push_back(t.bytes);
+                msgs[key].values.push_back(t.msgs);
+                bytes[key].values.push_back(t.bytes);
+                std::fprintf(stderr, "shm-bench: round %d/%d: %-22s %s msgs/s\n", r, opt.rounds,
+                             key.c_str(), bench::thousands(t.msgs).c_str());
             }
         }
         for (const auto& peer : peers) {
-            const std::string key = "tput." + peer.key + "." + size_name(size);
-            if (!m.count(key))
+            const std::string key = "tput." + peer.key + "." + bench::size_name(size);
+            if (!msgs.count(key))
                 continue;
-            msgs[key] = median(m[key]);
-            bytes[key] = median(b[key]);
-            std::printf("%-28s %7s %16s %10s\n", peer.label.c_str(), size_name(size).c_str(),
-                        thousands(msgs[key]).c_str(), fixed(bytes[key] / 1e9, 2).c_str());
+            throughput.add_row({peer.label, bench::size_name(size),
+                                bench::thousands(msgs[key].median()),
+                                bench::fixed(bytes[key].median() / 1e9, 2)});
         }
-        std::fflush(stdout);
     }
+    bench::watchdog::disarm();
+    throughput.print(stdout);
+    std::fflush(stdout);
 
     struct LatencyCase {
         std::string key, label, waits;
@@ -828,41 +733,42 @@ int main(int argc, char** argv) {
         {"channel.sleep", "bus::Channel (socketpair)", "sleep",
          [] { return channel_latency(false); }},
     };
-    std::map<std::string, double> p50, p99; // key: "rtt.CASE"
-    std::map<std::string, std::vector<double>> p50s, p99s;
-    for (int r = 0; r < opt.reps; ++r) {
+    // A value per round, by "rtt.CASE".
+    std::map<std::string, bench::Samples> p50, p99;
+    for (int r = 1; r <= opt.rounds; ++r) {
         for (const auto& c : latency_cases) {
             const std::string key = "rtt." + c.key;
-            if (!selected(key))
+            if (!opt.selected(key))
                 continue;
+            bench::watchdog::arm_case(key, opt.seconds);
             const auto l = c.run();
-            p50s[key].push_back(l.p50);
-            p99s[key].push_back(l.p99);
+            p50[key].values.push_back(l.p50);
+            p99[key].values.push_back(l.p99);
+            std::fprintf(stderr, "shm-bench: round %d/%d: %-22s p50 %.2f µs, p99 %.2f µs\n", r,
+                         opt.rounds, key.c_str(), l.p50, l.p99);
         }
     }
+    bench::watchdog::disarm();
     std::printf("\n== Ping-pong round trip, %zu B records, µs (median of %d rounds)\n", ping_size,
-                opt.reps);
-    std::printf("%-28s %6s %9s %9s\n", "peer", "waits", "p50", "p99");
+                opt.rounds);
+    bench::Table latency({{"peer", bench::Align::left}, {"waits"}, {"p50"}, {"p99"}});
     for (const auto& c : latency_cases) {
         const std::string key = "rtt." + c.key;
-        if (!p50s.count(key))
+        if (!p50.count(key))
             continue;
-        p50[key] = median(p50s[key]);
-        p99[key] = median(p99s[key]);
-        std::printf("%-28s %6s %9s %9s\n", c.label.c_str(), c.waits.c_str(),
-                    fixed(p50[key], 2).c_str(), fixed(p99[key], 2).c_str());
+        latency.add_row({c.label, c.waits, bench::fixed(p50[key].median(), 2),
+                         bench::fixed(p99[key].median(), 2)});
     }
+    latency.print(stdout);
     std::fflush(stdout);
 
-    // The issue's bars, for each of bus's modes. A bar prints only when both of its
-    // measurements ran (--only may have skipped one).
+    // The issue's bars, for each of bus's modes.
     std::printf("\n");
-    auto bar = [](const std::string& name, const std::map<std::string, double>& m,
+    auto bar = [](const std::string& name, const std::map<std::string, bench::Samples>& m,
                   const std::string& a, const std::string& b, const std::string& target,
                   bool at_most) {
-        const auto x = m.find(a), y = m.find(b);
-        if (x != m.end() && y != m.end() && y->second > 0)
-            print_bar({name, x->second / y->second, target, at_most});
+        bench::print_ratio_bar(stdout, name, bench::median_of(m, a), bench::median_of(m, b), target,
+                               at_most);
     };
     for (std::string mode : {"spsc", "mpsc"}) {
         bar("shm." + mode + ".64B.vs_ring", msgs, "tput." + mode + ".64B", "tput.ring.64B", "0.50",
@@ -877,4 +783,7 @@ int main(int argc, char** argv) {
             "rtt.mq.sleep", "1", true);
     }
     return 0;
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "shm-bench: %s\n", e.what());
+    return 2;
 }

@@ -6,22 +6,26 @@
 //   +pf        the same, the producer asking for the line 1 KiB ahead for writing, as bus does
 // One producer process, one consumer process, tail/head published per record with cached
 // copies, pause-spin (the structure of shm_bench.cpp's minimal ring); the consumer reads every
-// payload byte. Prints msgs/s and the ratio to `ring` for each rep, the layouts interleaved.
+// payload byte. Prints msgs/s and the ratio to `ring` for each round, the layouts interleaved.
 // Not a bar: the measurement behind the segment format (bench/RESULTS.md, "Where the record
 // header goes").
 //
-//   build-bench/bin/shm-header-probe [REPS]
+//   build-bench/bin/shm-header-probe [--seconds S] [--rounds N]
+// Each layout runs S seconds (default 0.5) in each of N rounds (default 5). No --only: the
+// ratios are to `ring`, which every round needs.
+#include "common/options.hpp"
+#include "common/process.hpp"
+#include "common/watchdog.hpp"
+
 #include <atomic>
 #include <chrono>
-#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <new>
 #include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 namespace {
@@ -60,13 +64,10 @@ double run(double seconds) {
     char* side_base = mem + sizeof(Ctl);
     char* data = side_base + side;
     const std::uint64_t mask = slots - 1;
-    const pid_t child = ::fork();
-    if (child < 0) {
-        std::perror("fork");
-        std::exit(2);
-    }
+    // The producer dies with the consumer (ForkOptions::death_signal): a consumer that aborts
+    // takes it along.
+    const pid_t child = bench::fork_process();
     if (child == 0) {
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL); // a consumer that aborts takes its producer along
         char src[payload];
         std::memset(src, 'x', payload);
         std::uint64_t tail = 0, head_cache = 0, seq = 0;
@@ -147,7 +148,7 @@ double run(double seconds) {
         }
     }
     ctl->stop.store(1);
-    ::waitpid(child, nullptr, 0);
+    bench::wait_child(child);
     ::munmap(mem, bytes);
     if (sink == 42)
         std::puts("");
@@ -156,8 +157,14 @@ double run(double seconds) {
 
 } // namespace
 
-int main(int argc, char** argv) {
-    const int reps = argc > 1 ? std::atoi(argv[1]) : 5;
+// A fork that fails throws: end with a message and 2, not in std::terminate.
+int main(int argc, char** argv) try {
+    bench::Options options;
+    options.seconds = 0.5;
+    options.rounds = 5;
+    bench::OptionParser("shm-header-probe", options, bench::OptionParser::without_only)
+        .parse(argc, argv);
+    bench::watchdog::install("shm-header-probe");
     struct Case {
         const char* name;
         double (*fn)(double);
@@ -168,14 +175,20 @@ int main(int argc, char** argv) {
         {"side16+pf", run<Layout::side16, true>},
     };
     constexpr int n = sizeof cases / sizeof cases[0];
-    for (int r = 0; r < reps; ++r) {
+    for (int r = 0; r < options.rounds; ++r) {
         double v[n];
-        for (int k = 0; k < n; ++k)
-            v[k] = cases[k].fn(0.5);
+        for (int k = 0; k < n; ++k) {
+            bench::watchdog::arm_case(cases[k].name, options.seconds);
+            v[k] = cases[k].fn(options.seconds);
+        }
+        bench::watchdog::disarm();
         std::printf("rep %d:", r);
         for (int k = 0; k < n; ++k)
             std::printf("  %s %6.1fM (%.2f)", cases[k].name, v[k] / 1e6, v[k] / v[0]);
         std::printf("\n");
         std::fflush(stdout);
     }
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "shm-header-probe: %s\n", e.what());
+    return 2;
 }

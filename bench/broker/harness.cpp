@@ -19,7 +19,6 @@
 #include <ftw.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -31,37 +30,6 @@ namespace bench::broker {
 
 double now_s() {
     return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
-}
-
-void throw_errno(const std::string& what) {
-    throw std::system_error(errno, std::system_category(), what);
-}
-
-void write_all(int fd, std::string_view data) {
-    while (!data.empty()) {
-        const ssize_t n = ::write(fd, data.data(), data.size());
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            throw_errno("write");
-        }
-        data.remove_prefix(static_cast<std::size_t>(n));
-    }
-}
-
-void read_exact(int fd, char* data, std::size_t size) {
-    while (size > 0) {
-        const ssize_t n = ::read(fd, data, size);
-        if (n == 0)
-            throw std::runtime_error("the peer closed the connection");
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            throw_errno("read");
-        }
-        data += n;
-        size -= static_cast<std::size_t>(n);
-    }
 }
 
 namespace {
@@ -206,10 +174,8 @@ void start() {
     int commands[2], replies[2];
     if (::pipe2(commands, O_CLOEXEC) < 0 || ::pipe2(replies, O_CLOEXEC) < 0)
         throw_errno("pipe2");
-    std::fflush(nullptr);
-    const pid_t pid = ::fork();
-    if (pid < 0)
-        throw_errno("fork");
+    // No death signal: the janitor's work starts when the bench is gone.
+    const pid_t pid = fork_process({.death_signal = 0});
     if (pid == 0) {
         const auto fds = keep_only({commands[0], replies[1]});
         run(fds[0], fds[1]);
@@ -256,9 +222,7 @@ void stop() {
         return;
     ::close(command_fd);
     command_fd = -1;
-    int status;
-    while (::waitpid(janitor_pid, &status, 0) < 0 && errno == EINTR) {
-    }
+    wait_child(janitor_pid);
     ::close(reply_fd);
 }
 
@@ -337,9 +301,7 @@ void Child::kill_now() {
     if (pid_ <= 0)
         return;
     ::kill(pid_, SIGKILL);
-    int status;
-    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
+    wait_child(pid_);
     pid_ = -1;
 }
 
@@ -438,32 +400,23 @@ Child fork_role(const std::string& name, const std::function<void(RoleIo&)>& bod
     int out[2], in[2];
     if (::pipe2(out, O_CLOEXEC) < 0 || ::pipe2(in, O_CLOEXEC) < 0)
         throw_errno("pipe2");
-    std::fflush(nullptr); // or the child flushes our buffered output a second time
-    const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid < 0)
-        throw_errno("fork");
-    if (pid == 0) {
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (::getppid() != parent)
-            ::_exit(1);
+    const pid_t pid = fork_child(name, [&] {
         std::signal(SIGPIPE, SIG_IGN);
         const auto fds = keep_only({out[1], in[0]});
         ::fcntl(fds[1], F_SETFL, ::fcntl(fds[1], F_GETFL) | O_NONBLOCK);
         RoleIo io(fds[0], fds[1]);
-        int status = 0;
         try {
             body(io);
+            return 0;
         } catch (const std::exception& e) {
+            // To the bench, which reads it as the role's result and names the role.
             try {
                 io.result({{"error", e.what()}});
             } catch (...) {
             }
-            status = 1;
+            return 1;
         }
-        std::fflush(nullptr);
-        ::_exit(status);
-    }
+    });
     ::close(out[1]);
     ::close(in[0]);
     Child child;
@@ -499,13 +452,10 @@ pid_t start_group(const std::string& log, const std::function<void()>& in_child)
     const int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (log_fd < 0)
         throw_errno("open " + log);
-    std::fflush(nullptr);
-    const pid_t pid = ::fork();
-    if (pid < 0)
-        throw_errno("fork");
+    // SIGTERM when the bench dies: a server may clean up (the janitor kills its group anyway).
+    const pid_t pid = fork_process({.death_signal = SIGTERM});
     if (pid == 0) {
         ::setpgid(0, 0);
-        ::prctl(PR_SET_PDEATHSIG, SIGTERM);
         const int null = ::open("/dev/null", O_RDONLY);
         ::dup2(null, 0);
         ::dup2(log_fd, 1);
@@ -647,19 +597,6 @@ void wait_for_tcp(int port, double timeout_s, const Server* server) {
     });
 }
 
-int free_tcp_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) < 0)
-        throw_errno("free port");
-    ::close(fd);
-    return ntohs(addr.sin_port);
-}
-
 Memory memory_of(pid_t pid) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/status");
     std::string line;
@@ -701,14 +638,6 @@ std::string make_temp_dir(const std::string& prefix) {
     if (!::mkdtemp(templ.data()))
         throw_errno("mkdtemp");
     return templ;
-}
-
-double percentile(std::vector<double>& samples, double p) {
-    if (samples.empty())
-        return 0;
-    std::sort(samples.begin(), samples.end());
-    const auto rank = static_cast<std::size_t>(std::ceil(p * static_cast<double>(samples.size())));
-    return samples[std::max<std::size_t>(rank, 1) - 1];
 }
 
 long voluntary_switches() {

@@ -13,6 +13,8 @@
 // times that roles report (first and last message, start and end of publishing) compare.
 #pragma once
 
+#include "common/process.hpp"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -31,12 +33,6 @@ using Clock = std::chrono::steady_clock;
 
 // CLOCK_MONOTONIC in seconds.
 double now_s();
-
-[[noreturn]] void throw_errno(const std::string& what);
-
-// Blocking I/O on a descriptor, retried on EINTR; they throw on errors (and read_exact on EOF).
-void write_all(int fd, std::string_view data);
-void read_exact(int fd, char* data, std::size_t size);
 
 // --- the janitor ----------------------------------------------------------------------------
 
@@ -136,7 +132,6 @@ private:
 // Waits until something accepts connections on the unix socket `path` (or 127.0.0.1:`port`).
 void wait_for_unix(const std::string& path, double timeout_s, const Server* server = nullptr);
 void wait_for_tcp(int port, double timeout_s, const Server* server = nullptr);
-int free_tcp_port();
 
 struct Memory {
     double rss_mb = 0; // VmRSS
@@ -149,9 +144,6 @@ std::vector<pid_t> children_of(pid_t pid);
 void write_file(const std::string& path, const std::string& text);
 void remove_tree(const std::string& path);
 std::string make_temp_dir(const std::string& prefix);
-
-// Nearest-rank percentile, as channel-bench computes it.
-double percentile(std::vector<double>& samples, double p);
 
 // The voluntary context switches of the calling thread so far: it slept in the kernel (a
 // blocking call), as opposed to being preempted.

@@ -1,5 +1,7 @@
 #include "peers.hpp"
 
+#include "common/report.hpp"
+
 #include <cstdlib>
 #include <stdexcept>
 

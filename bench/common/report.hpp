@@ -1,8 +1,11 @@
-// What every benchmark prints: aligned text tables, and one `bar:` line per target, in a form
-// scripts can grep (`bar: NAME measured=X target=Y ok|short`).
+// What every benchmark prints, and the figures it prints: aligned text tables, one `bar:` line
+// per target in a form scripts can grep (`bar: NAME measured=X target=Y ok|short`), the rounds
+// of a case (Samples: median and spread) and the percentiles of a run's samples.
 #pragma once
 
 #include <cstdio>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,6 +35,10 @@ private:
 std::string thousands(double value);
 // fixed(3.14159, 2) -> "3.14"
 std::string fixed(double value, int decimals);
+// 64 -> "64B", 4096 -> "4KiB": how case names and tables spell a payload size.
+std::string size_name(std::size_t bytes);
+// a / b with two decimals, "-" unless both were measured and are positive.
+std::string ratio_text(std::optional<double> a, std::optional<double> b);
 
 struct Bar {
     std::string name;
@@ -46,6 +53,12 @@ struct Bar {
 
 void print_bar(std::FILE* out, const Bar& bar);
 
+// The bar `name` for numerator / denominator. It prints only when both were measured (--only
+// may have skipped one) and the denominator is positive.
+void print_ratio_bar(std::FILE* out, const std::string& name, std::optional<double> numerator,
+                     std::optional<double> denominator, const std::string& target,
+                     bool at_most = false);
+
 // One value per round of a case. The machine is shared, so a single run can land on a bad
 // moment: tables show the median and how far the rounds spread.
 struct Samples {
@@ -55,5 +68,13 @@ struct Samples {
     // (max - min) / median in percent, "-" for fewer than two values or a zero median
     std::string spread() const;
 };
+
+// The median of the rounds recorded under `key`; none when that case did not run.
+std::optional<double> median_of(const std::map<std::string, Samples>& samples,
+                                const std::string& key);
+
+// Nearest-rank percentile (p in 0..1) of one run's samples, which it sorts; 0 for none. The
+// Node peer of channel-bench computes it the same way, so their figures compare.
+double percentile(std::vector<double>& samples, double p);
 
 } // namespace bench

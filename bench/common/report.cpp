@@ -1,3 +1,4 @@
+// The report's tables, bar lines and statistics (report.hpp says what each does).
 #include "report.hpp"
 
 #include <algorithm>
@@ -65,6 +66,15 @@ std::string fixed(double value, int decimals) {
     return buf;
 }
 
+std::string size_name(std::size_t bytes) {
+    return bytes >= 1024 && bytes % 1024 == 0 ? std::to_string(bytes / 1024) + "KiB"
+                                              : std::to_string(bytes) + "B";
+}
+
+std::string ratio_text(std::optional<double> a, std::optional<double> b) {
+    return a && b && *a > 0 && *b > 0 ? fixed(*a / *b, 2) : "-";
+}
+
 // Judged on the value as printed (two decimals), so that a line never reads
 // "measured=0.70 target=0.70 short".
 bool Bar::ok() const {
@@ -76,6 +86,12 @@ bool Bar::ok() const {
 void print_bar(std::FILE* out, const Bar& bar) {
     std::fprintf(out, "bar: %s measured=%s target=%s %s\n", bar.name.c_str(),
                  fixed(bar.measured, 2).c_str(), bar.target.c_str(), bar.ok() ? "ok" : "short");
+}
+
+void print_ratio_bar(std::FILE* out, const std::string& name, std::optional<double> numerator,
+                     std::optional<double> denominator, const std::string& target, bool at_most) {
+    if (numerator && denominator && *denominator > 0)
+        print_bar(out, {name, *numerator / *denominator, target, at_most});
 }
 
 double Samples::median() const {
@@ -93,6 +109,22 @@ std::string Samples::spread() const {
     const auto [min, max] = std::minmax_element(values.begin(), values.end());
     const double m = median();
     return m > 0 ? fixed(100 * (*max - *min) / m, 0) + "%" : "-";
+}
+
+std::optional<double> median_of(const std::map<std::string, Samples>& samples,
+                                const std::string& key) {
+    const auto it = samples.find(key);
+    if (it == samples.end() || it->second.values.empty())
+        return std::nullopt;
+    return it->second.median();
+}
+
+double percentile(std::vector<double>& samples, double p) {
+    if (samples.empty())
+        return 0;
+    std::sort(samples.begin(), samples.end());
+    const auto rank = static_cast<std::size_t>(std::ceil(p * static_cast<double>(samples.size())));
+    return samples[std::max<std::size_t>(rank, 1) - 1];
 }
 
 } // namespace bench

@@ -32,17 +32,7 @@ std::string uptime(std::int64_t started_ns) {
     const auto now = std::chrono::duration_cast<std::chrono::seconds>(
                          std::chrono::system_clock::now().time_since_epoch())
                          .count();
-    const auto s = std::max<std::int64_t>(0, now - started_ns / 1'000'000'000);
-    char buf[32];
-    if (s >= 3600)
-        std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(s / 3600),
-                      static_cast<long long>(s % 3600 / 60));
-    else if (s >= 60)
-        std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60),
-                      static_cast<long long>(s % 60));
-    else
-        std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
-    return buf;
+    return duration_text(std::chrono::seconds(now - started_ns / 1'000'000'000), 2);
 }
 
 void print(const v1::ClusterList& list, const Global& g) {

@@ -38,22 +38,9 @@ std::string num(std::uint64_t n) {
     return std::to_string(n);
 }
 
-std::string duration_text(std::int64_t ns) {
-    auto s = ns / 1'000'000'000;
-    char buf[64];
-    if (s >= 86400)
-        std::snprintf(buf, sizeof buf, "%lldd%02lldh%02lldm", static_cast<long long>(s / 86400),
-                      static_cast<long long>(s % 86400 / 3600),
-                      static_cast<long long>(s % 3600 / 60));
-    else if (s >= 3600)
-        std::snprintf(buf, sizeof buf, "%lldh%02lldm%02llds", static_cast<long long>(s / 3600),
-                      static_cast<long long>(s % 3600 / 60), static_cast<long long>(s % 60));
-    else if (s >= 60)
-        std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60),
-                      static_cast<long long>(s % 60));
-    else
-        std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
-    return buf;
+// Time since busd's start or a client's connection, to the second.
+std::string elapsed_text(std::int64_t ns) {
+    return duration_text(std::chrono::seconds(ns / 1'000'000'000), 3);
 }
 
 std::int64_t now_ns() {
@@ -79,7 +66,7 @@ int run_ls(const std::string& what, const Global& g) {
         for (const auto& c : list.clients())
             t.add({c.id(), c.name(), num(c.pid()), num(c.uid()), c.transport(), num(c.msgs_in()),
                    num(c.msgs_out()), num(c.dropped()), num(c.queued()), num(c.subscriptions()),
-                   c.connected_unix_ns() ? duration_text(now_ns() - c.connected_unix_ns()) : "-"});
+                   c.connected_unix_ns() ? elapsed_text(now_ns() - c.connected_unix_ns()) : "-"});
         t.print(stdout, style);
     } else if (what == "subjects") {
         const auto stats = ask<v1::BrokerStats>(io, *client, g, "$sys.stats");
@@ -177,7 +164,7 @@ int run_status(const Global& g) {
     print_line(style.green("●") + " " + style.bold("busd " + stats.version()) + " at " +
                g.endpoint);
     print_line("  broker id:   " + stats.broker_id());
-    print_line("  uptime:      " + duration_text(uptime_ns));
+    print_line("  uptime:      " + elapsed_text(uptime_ns));
     print_line("  endpoints:   " + endpoints);
     print_line("  clients:     " + num(stats.clients()));
     print_line("  msgs routed: " + num(stats.msgs_routed()));

@@ -115,6 +115,25 @@ bool printable_utf8(std::string_view s) {
     return true;
 }
 
+std::string duration_text(std::chrono::seconds duration, int units) {
+    static constexpr std::pair<std::int64_t, char> scale[] = {
+        {86400, 'd'}, {3600, 'h'}, {60, 'm'}, {1, 's'}};
+    const std::int64_t s = std::max<std::int64_t>(0, duration.count());
+    std::size_t first = 0;
+    while (first + 1 < std::size(scale) && s < scale[first].first)
+        ++first;
+    std::string out;
+    for (std::size_t i = first; i < std::size(scale) && i < first + units; ++i) {
+        const auto value =
+            i == first ? s / scale[i].first : s % scale[i - 1].first / scale[i].first;
+        char buf[32];
+        std::snprintf(buf, sizeof buf, i == first ? "%lld%c" : "%02lld%c",
+                      static_cast<long long>(value), scale[i].second);
+        out += buf;
+    }
+    return out;
+}
+
 std::string local_time(std::chrono::system_clock::time_point t) {
     const auto secs = std::chrono::system_clock::to_time_t(t);
     const auto ms =

@@ -38,7 +38,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
-    world.(dir / "busd.sock").copy(addr.sun_path, sizeof addr.sun_path - 1);
+    (world.dir / "busd.sock").copy(addr.sun_path, sizeof addr.sun_path - 1);
     if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0)
         __builtin_trap();
     (void)::send(fd, data, size, MSG_NOSIGNAL);

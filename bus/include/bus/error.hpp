@@ -57,6 +57,10 @@ enum class errc {
     expired, // a request whose deadline passed before busd could hand it to a service
 };
 
+// bus's errors. Those that match a generic condition compare equal to it:
+// errc::timeout == std::errc::timed_out, forbidden == permission_denied, the *_too_large ==
+// message_size, fds_not_supported == operation_not_supported, bad_endpoint and invalid_subject
+// == invalid_argument.
 const std::error_category& bus_category() noexcept;
 
 inline std::error_code make_error_code(errc e) noexcept {

@@ -83,6 +83,28 @@ public:
         }
         return "unknown bus error " + std::to_string(value);
     }
+    // Where a generic condition fits, a bus error is equivalent to it, so code written
+    // against std::errc (`ec == std::errc::timed_out`) reads bus errors too. Only exact fits:
+    // `full` and `empty` are not EAGAIN to code that retries on it, for instance.
+    std::error_condition default_error_condition(int value) const noexcept override {
+        switch (static_cast<errc>(value)) {
+        case errc::timeout:
+            return std::errc::timed_out;
+        case errc::forbidden:
+            return std::errc::permission_denied;
+        case errc::frame_too_large:
+        case errc::message_too_large:
+        case errc::record_too_large:
+            return std::errc::message_size;
+        case errc::fds_not_supported:
+            return std::errc::operation_not_supported;
+        case errc::bad_endpoint:
+        case errc::invalid_subject:
+            return std::errc::invalid_argument;
+        default:
+            return {value, *this};
+        }
+    }
 };
 
 } // namespace

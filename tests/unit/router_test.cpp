@@ -82,6 +82,23 @@ protected:
         in.set_fd_count(static_cast<std::uint32_t>(fds.size()));
         router_.handle(*p.client, in, payload, fds);
     }
+    void request(Peer& p, const std::string& service, std::uint64_t id, std::int64_t deadline_ns) {
+        v1::Envelope in;
+        in.set_kind(v1::KIND_REQUEST);
+        in.set_subject(service);
+        in.set_id(id);
+        in.set_deadline_unix_ns(deadline_ns);
+        std::vector<bus::UniqueFd> none;
+        router_.handle(*p.client, in, "", none);
+    }
+    // `p` answers the request busd numbered `broker_id`.
+    void reply(Peer& p, std::uint64_t broker_id, std::string_view payload) {
+        v1::Envelope in;
+        in.set_kind(v1::KIND_REPLY);
+        in.set_correlation_id(broker_id);
+        std::vector<bus::UniqueFd> none;
+        router_.handle(*p.client, in, payload, none);
+    }
     void control(Peer& p, const std::string& op, const google::protobuf::Message& body,
                  std::uint64_t id = 0) {
         send(p, v1::KIND_CONTROL, op, body.SerializeAsString(), id);
@@ -220,11 +237,7 @@ TEST_F(RouterTest, ARequestRefusedAfterItWasTakenIsServiceLostAndForgotten) {
     router_.refused(*service.client, taken);
     EXPECT_EQ(errors(requester), std::vector<std::string>{"service_lost:instance overloaded"});
     // Its answer, had it come, goes nowhere: the requester had exactly one.
-    v1::Envelope reply;
-    reply.set_kind(v1::KIND_REPLY);
-    reply.set_correlation_id(taken.request);
-    std::vector<bus::UniqueFd> none;
-    router_.handle(*service.client, reply, "late", none);
+    reply(service, taken.request, "late");
     EXPECT_TRUE(of_kind(requester, v1::KIND_REPLY).empty());
 }
 
@@ -258,19 +271,14 @@ TEST_F(RouterTest, ARequestGetsItsReplyWithItsOwnId) {
     EXPECT_EQ(requests[0]->payload, "q");
     EXPECT_EQ(requests[0]->header.source(), requester.client->id);
 
-    v1::Envelope reply;
-    reply.set_kind(v1::KIND_REPLY);
-    reply.set_subject("prices.quote");
-    reply.set_correlation_id(requests[0]->header.id());
-    std::vector<bus::UniqueFd> none;
-    router_.handle(*service.client, reply, "a", none);
+    reply(service, requests[0]->header.id(), "a");
     auto replies = of_kind(requester, v1::KIND_REPLY);
     ASSERT_EQ(replies.size(), 1u);
     EXPECT_EQ(replies[0]->header.correlation_id(), 42u);
     EXPECT_EQ(replies[0]->payload, "a");
 
     // A second reply to the same request goes nowhere: exactly one answer.
-    router_.handle(*service.client, reply, "again", none);
+    reply(service, requests[0]->header.id(), "again");
     EXPECT_EQ(of_kind(requester, v1::KIND_REPLY).size(), 1u);
 }
 
@@ -325,13 +333,7 @@ std::int64_t unix_ns_now() {
 TEST_F(RouterTest, ARequestPastItsDeadlineIsNeverDelivered) {
     auto service = connect(), requester = connect();
     serve(service, "svc");
-    v1::Envelope in;
-    in.set_kind(v1::KIND_REQUEST);
-    in.set_subject("svc");
-    in.set_id(1);
-    in.set_deadline_unix_ns(unix_ns_now() - 1); // its requester has given up
-    std::vector<bus::UniqueFd> none;
-    router_.handle(*requester.client, in, "", none);
+    request(requester, "svc", 1, unix_ns_now() - 1); // its requester has given up
     EXPECT_TRUE(of_kind(service, v1::KIND_REQUEST).empty());
     EXPECT_EQ(errors(requester), std::vector<std::string>{"expired:svc"});
     const auto stats = router_.stats();
@@ -342,9 +344,7 @@ TEST_F(RouterTest, ARequestPastItsDeadlineIsNeverDelivered) {
     EXPECT_EQ(stats.services(0).requests(), 0u);
 
     // One with time left is delivered, and counted as routed.
-    in.set_id(2);
-    in.set_deadline_unix_ns(unix_ns_now() + 60'000'000'000);
-    router_.handle(*requester.client, in, "", none);
+    request(requester, "svc", 2, unix_ns_now() + 60'000'000'000);
     EXPECT_EQ(of_kind(service, v1::KIND_REQUEST).size(), 1u);
     EXPECT_EQ(router_.stats().services(0).requests(), 1u);
 }
@@ -352,25 +352,16 @@ TEST_F(RouterTest, ARequestPastItsDeadlineIsNeverDelivered) {
 TEST_F(RouterTest, ARequestThatExpiresInFlightIsForgottenAtTheHeartbeat) {
     auto service = connect(), requester = connect();
     serve(service, "svc");
-    v1::Envelope in;
-    in.set_kind(v1::KIND_REQUEST);
-    in.set_subject("svc");
-    in.set_id(1);
     // Delivered with time left, then past: the deadline passing is what is tested.
     const auto deadline = unix_ns_now() + 200'000'000;
-    in.set_deadline_unix_ns(deadline);
-    std::vector<bus::UniqueFd> none;
-    router_.handle(*requester.client, in, "", none);
+    request(requester, "svc", 1, deadline);
     const auto routed = of_kind(service, v1::KIND_REQUEST);
     ASSERT_EQ(routed.size(), 1u);
     const auto broker_id = routed[0]->header.id();
     while (unix_ns_now() <= deadline)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     router_.heartbeat();
-    v1::Envelope reply;
-    reply.set_kind(v1::KIND_REPLY);
-    reply.set_correlation_id(broker_id);
-    router_.handle(*service.client, reply, "late", none);
+    reply(service, broker_id, "late");
     EXPECT_TRUE(of_kind(requester, v1::KIND_REPLY).empty());
 }
 
@@ -378,11 +369,7 @@ TEST_F(RouterTest, OnlyTheChosenInstanceMayAnswer) {
     auto service = connect(), other = connect(), requester = connect();
     serve(service, "svc");
     send(requester, v1::KIND_REQUEST, "svc", "", 1);
-    v1::Envelope reply;
-    reply.set_kind(v1::KIND_REPLY);
-    reply.set_correlation_id(of_kind(service, v1::KIND_REQUEST)[0]->header.id());
-    std::vector<bus::UniqueFd> none;
-    router_.handle(*other.client, reply, "forged", none);
+    reply(other, of_kind(service, v1::KIND_REQUEST)[0]->header.id(), "forged");
     EXPECT_TRUE(of_kind(requester, v1::KIND_REPLY).empty());
 }
 

@@ -969,7 +969,7 @@ struct StressResult {
 StressResult run_stress(const std::string& name, shm::Mode mode, int producers,
                         std::uint64_t per_producer, std::size_t capacity,
                         std::chrono::nanoseconds spin, std::size_t spread,
-                        std::uint64_t reopen_every = 0) {
+                        std::uint64_t reopen_every = 0, std::uint64_t pause_every = 0) {
     shm::CreateOptions options;
     options.mode = mode;
     options.role = shm::Role::consumer;
@@ -1036,6 +1036,8 @@ StressResult run_stress(const std::string& name, shm::Mode mode, int producers,
                 bus::test::write_record(slot.value(), id, seq);
                 q->commit();
                 seen_waiting += (consumer_waiting() & layout::waiting_sync) != 0;
+                if (pause_every && seq % pause_every == pause_every / 2)
+                    std::this_thread::sleep_for(5ms); // the consumer empties the ring and sleeps
             }
             consumer_seen_waiting += seen_waiting;
             if (i == 0)
@@ -1056,6 +1058,8 @@ StressResult run_stress(const std::string& name, shm::Mode mode, int producers,
         result.error = bus::test::check_record(r.value(), head);
         if (result.error.empty())
             result.error = order.take(head);
+        if (pause_every && result.records % pause_every == 0)
+            std::this_thread::sleep_for(5ms); // the producers fill the ring and sleep
         c.release();
         result.producers_seen_waiting += producers_waiting() != 0;
         result.interleaved += last_producer && *last_producer != head.producer;
@@ -1114,13 +1118,15 @@ TEST_F(ShmQueue, MpscProducersComingAndGoingHandTheLockOver) {
 TEST_F(ShmQueue, SleepingThreadsOnATinyRingLoseNoWakeUp) {
     // No spinning and a ring of a few records: nearly every record goes through a futex sleep
     // on one side or the other. A lost wake-up would show as a stall of a liveness slice
-    // (20 ms) each: the time bound catches a handful of them.
+    // (20 ms) each: the time bound catches a handful of them. Which side sleeps more depends
+    // on which is slower (under TSan the producer may never outrun the consumer), so each side
+    // also pauses now and then: the other side is then sure to sleep.
     const std::uint64_t n = bus::test::stress_records(under_tsan ? 5000 : 20000);
     const auto start = Clock::now();
-    auto r = run_stress(name_, shm::Mode::spsc, 1, n, 4096, 0ns, 1000);
+    auto r = run_stress(name_, shm::Mode::spsc, 1, n, 4096, 0ns, 1000, 0, 1000);
     EXPECT_EQ(r.error, "");
     name_ += ".mp";
-    auto r2 = run_stress(name_, shm::Mode::mpsc, 2, n / 2, 4096, 0ns, 1000, n / 20);
+    auto r2 = run_stress(name_, shm::Mode::mpsc, 2, n / 2, 4096, 0ns, 1000, n / 20, 1000);
     EXPECT_EQ(r2.error, "");
     // Both sides did sleep: each saw the other announced as waiting, record after record.
     for (const auto* run : {&r, &r2}) {

@@ -1068,7 +1068,8 @@ TEST(BusdTcp, OnlyClientsWithTheServersCurveKeyGetIn) {
     wrong.server_key = other_key;
     auto intruder = bus::Client::connect(io, tcp, wrong);
     ASSERT_TRUE(intruder); // ZeroMQ connects in the background; the handshake fails
-    EXPECT_EQ(intruder.value()->flush_wait(1s), bus::errc::timeout);
+    // ... and the client says so, rather than waiting out its call.
+    EXPECT_EQ(intruder.value()->flush_wait(30s), bus::errc::broker_unavailable);
 
     ::unsetenv("BUS_SERVER_KEY");
     auto keyless = bus::Client::connect(io, tcp);

@@ -556,6 +556,8 @@ TEST_F(CliTest, ReqFailuresHaveDistinctExitCodes) {
     auto failed = run({"req", "svc.fail", "x"});
     EXPECT_EQ(failed.code, 7) << failed.err;
     EXPECT_NE(failed.err.find("out_of_cheese"), std::string::npos) << failed.err;
+    // The service's detail (Responder::fail's second argument) is shown too.
+    EXPECT_NE(failed.err.find("bus serve --fail"), std::string::npos) << failed.err;
 }
 
 TEST_F(CliTest, ServeEchoesOrAnswersAFixedTypedReply) {

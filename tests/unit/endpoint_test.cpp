@@ -117,15 +117,17 @@ TEST_F(RuntimeDir, ALinkInItsPlaceIsRefused) {
     EXPECT_FALSE(bus::runtime_dir());
 }
 
-TEST_F(RuntimeDir, DefaultEndpointsLiveInItAndBusEndpointOverridesZeroMqs) {
+TEST_F(RuntimeDir, DefaultEndpointsLiveInItAndClientsUseUnixUnlessBusEndpointSaysOtherwise) {
     ScopedEnv xdg("XDG_RUNTIME_DIR", base_);
     {
         ScopedEnv none("BUS_ENDPOINT", std::nullopt);
-        EXPECT_EQ(bus::default_endpoint().value(), "ipc://" + base_ + "/bus/busd.zmq");
+        EXPECT_EQ(bus::default_endpoint().value(), "unix://" + base_ + "/bus/busd.sock");
         EXPECT_EQ(bus::default_unix_endpoint().value(), "unix://" + base_ + "/bus/busd.sock");
+        EXPECT_EQ(bus::default_ipc_endpoint().value(), "ipc://" + base_ + "/bus/busd.zmq");
     }
-    ScopedEnv endpoint("BUS_ENDPOINT", "unix:///somewhere/else.sock");
-    EXPECT_EQ(bus::default_endpoint().value(), "unix:///somewhere/else.sock");
+    ScopedEnv endpoint("BUS_ENDPOINT", "ipc:///somewhere/else.zmq");
+    EXPECT_EQ(bus::default_endpoint().value(), "ipc:///somewhere/else.zmq");
+    EXPECT_EQ(bus::default_unix_endpoint().value(), "unix://" + base_ + "/bus/busd.sock");
 }
 
 } // namespace

@@ -31,6 +31,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 
 #include <cstdint>
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <initializer_list>
@@ -146,6 +147,11 @@ public:
     void close();
     // Closes now; queued messages fail with errc::channel_closed.
     void disconnect();
+    // Writes what is queued, blocking until it is written or `deadline` passes
+    // (errc::timeout): for a program about to close the channel whose loop may not run again
+    // (bus::Client's linger). Bus serialization; sends' completion handlers run later, from
+    // the loop, if it runs.
+    std::error_code write_queued(std::chrono::steady_clock::time_point deadline);
 
     bool connected() const noexcept { return state_ == State::open; }
     std::size_t queued_bytes() const noexcept;

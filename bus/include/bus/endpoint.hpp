@@ -26,10 +26,13 @@ Result<Endpoint> parse_endpoint(std::string_view text);
 // another owner (a socket in it would then not be private).
 Result<std::string> runtime_dir();
 
-// BUS_ENDPOINT, else ipc://<runtime_dir>/busd.zmq.
+// Where a client connects by default: BUS_ENDPOINT, else default_unix_endpoint().
 Result<std::string> default_endpoint();
-// unix://<runtime_dir>/busd.sock
+// unix://<runtime_dir>/busd.sock: the channel framing; the fastest link, it carries fds, and
+// a broker that dies is noticed at once (docs/decisions.md).
 Result<std::string> default_unix_endpoint();
+// ipc://<runtime_dir>/busd.zmq: busd serves it too, for programs that speak ZeroMQ.
+Result<std::string> default_ipc_endpoint();
 
 // Where the busd serving `endpoint` (ipc:// or unix://) takes cluster workers it did not start
 // (bus::cluster::Worker::join): busd.cluster.sock in the same directory. errc::bad_endpoint for

@@ -48,7 +48,7 @@ struct Broker::Impl {
 
     std::error_code bind_all(std::string* failed) {
         if (options.endpoints.empty()) {
-            auto ipc = default_endpoint();
+            auto ipc = default_ipc_endpoint();
             if (!ipc)
                 return ipc.error();
             auto local = default_unix_endpoint();

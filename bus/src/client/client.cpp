@@ -35,20 +35,32 @@ std::int64_t deadline_after(std::chrono::milliseconds timeout) {
 
 // --- links ------------------------------------------------------------------------------------
 
-struct Client::Link {
-    virtual ~Link() = default;
+namespace detail {
+
+// A client's link to its broker: the channel framing over a socket (unix://, the parent's
+// channel), or ZeroMQ (ipc://, tcp://).
+class ClientLink {
+public:
+    using Sent = Client::Sent;
+    virtual ~ClientLink() = default;
     virtual bool carries_fds() const = 0;
-    enum class Sent { ok, ok_but_full, failed };
-    // failed: not queued (link down, or its queue full); ok_but_full: queued, past the
-    // high-water mark.
+    // failed: not queued (no connection); ok_but_full: queued, past the high-water mark.
     virtual Sent send(const v1::Envelope& header, std::string_view payload, Fds fds) = 0;
-    // ZeroMQ hides its connection: only heartbeats tell that the broker went away.
+    // ZeroMQ hides its connection: only heartbeats tell that a stalled broker went away.
     virtual bool needs_heartbeat_timeout() const = 0;
+    // The broker is gone: drop whatever is still queued for it and connect afresh, so that
+    // nothing the client already failed reaches the next broker. True if the client must
+    // introduce itself on the new connection now (a channel link does when it reconnects).
+    virtual bool restart() { return false; }
+    // Hands what is queued to the broker, waiting up to `deadline`; nothing is sent after.
+    virtual void close(Clock::time_point deadline) = 0;
 };
+
+} // namespace detail
 
 namespace {
 
-class ChannelLink final : public Client::Link {
+class ChannelLink final : public detail::ClientLink {
 public:
     ChannelLink(asio::io_context& io, std::weak_ptr<Client> client, std::string path,
                 std::shared_ptr<Channel> channel, ClientOptions options,
@@ -75,6 +87,11 @@ public:
             return Sent::failed;
         return channel_->send_split(header, payload, std::move(fds)) ? Sent::ok : Sent::ok_but_full;
     }
+    void close(Clock::time_point deadline) override {
+        timer_.cancel();
+        if (channel_)
+            (void)channel_->write_queued(deadline); // what is not written by then is lost
+    }
 
 private:
     void attach(std::shared_ptr<Channel> channel) {
@@ -96,7 +113,7 @@ private:
         timer_.async_wait([this, delay](boost::system::error_code ec) {
             if (ec || client_.expired())
                 return;
-            auto fd = detail::connect_unix(path_);
+            auto fd = bus::detail::connect_unix(path_);
             ChannelOptions co;
             co.max_message_size = options_.max_message_size;
             auto channel = fd ? Channel::adopt(io_, std::move(fd).value(), co)
@@ -119,24 +136,119 @@ private:
     std::shared_ptr<Channel> channel_;
 };
 
-// ZeroMQ hides its connection: only heartbeats tell that the broker went away.
-class ZmqClientLink final : public Client::Link {
+// ZeroMQ reconnects by itself and keeps what was queued for the next connection: restart()
+// replaces the socket so that what the client gave up on stays unsent.
+class ZmqClientLink final : public detail::ClientLink {
 public:
-    ZmqClientLink(asio::io_context& io, const std::string& endpoint, std::size_t max_message_size,
-                  const std::string& server_key, std::function<void(Message&)> rx)
-        : zmq_(io, endpoint, max_message_size, server_key, std::move(rx)) {}
+    ZmqClientLink(asio::io_context& io, std::string endpoint, ClientOptions options,
+                  std::string server_key, std::function<void(Message&)> rx,
+                  std::function<void(bool)> on_connection,
+                  std::function<void(std::error_code)> on_send_error)
+        : io_(io), endpoint_(std::move(endpoint)), options_(std::move(options)),
+          server_key_(std::move(server_key)), rx_(std::move(rx)),
+          on_connection_(std::move(on_connection)), on_send_error_(std::move(on_send_error)) {
+        open();
+    }
 
     bool carries_fds() const override { return false; }
     bool needs_heartbeat_timeout() const override { return true; }
     Sent send(const v1::Envelope& header, std::string_view payload, Fds) override {
-        return zmq_.send(header, payload) ? Sent::ok : Sent::ok_but_full;
+        return zmq_->send(header, payload) ? Sent::ok : Sent::ok_but_full;
     }
+    bool restart() override {
+        zmq_.reset();
+        open();
+        return true;
+    }
+    void close(Clock::time_point deadline) override { zmq_->close(deadline); }
 
 private:
-    detail::ZmqLink zmq_;
+    void open() {
+        zmq_ = std::make_unique<bus::detail::ZmqLink>(io_, endpoint_, options_.max_message_size,
+                                                      server_key_, rx_, on_connection_,
+                                                      on_send_error_);
+    }
+
+    asio::io_context& io_;
+    std::string endpoint_;
+    ClientOptions options_;
+    std::string server_key_;
+    std::function<void(Message&)> rx_;
+    std::function<void(bool)> on_connection_;
+    std::function<void(std::error_code)> on_send_error_;
+    std::unique_ptr<bus::detail::ZmqLink> zmq_;
 };
 
 } // namespace
+
+// --- calls awaiting an answer -------------------------------------------------------------------
+
+// Requests and flushes, each completed once: with the answer, with an error, or with
+// errc::timeout at its deadline. One timer serves every deadline: armed for the earliest, never
+// cancelled when a call completes (that would cost a trip through the loop per call); when it
+// fires it times out what is due and re-arms for the next.
+struct Client::Calls {
+    explicit Calls(asio::io_context& io) : timer(io) {}
+
+    void add(std::uint64_t id, ReplyHandler handler, std::chrono::milliseconds timeout,
+             const std::weak_ptr<Client>& owner) {
+        const auto deadline = Clock::now() + timeout;
+        pending.emplace(id, Pending{std::move(handler), deadline});
+        deadlines.emplace(deadline, id);
+        if (deadline < armed_for)
+            arm(deadline, owner);
+    }
+
+    void complete(std::uint64_t id, std::error_code ec, Message& message) {
+        auto it = pending.find(id);
+        if (it == pending.end())
+            return; // already completed (timed out, then the reply came)
+        auto call = std::move(it->second);
+        pending.erase(it);
+        deadlines.erase({call.deadline, id});
+        call.handler(ec, message);
+    }
+
+    bool has(std::uint64_t id) const { return pending.count(id) != 0; }
+
+    void fail_all(std::error_code ec) {
+        auto calls = std::exchange(pending, {});
+        deadlines.clear();
+        Message empty;
+        for (auto& [id, call] : calls)
+            call.handler(ec, empty);
+    }
+
+private:
+    struct Pending {
+        ReplyHandler handler;
+        Clock::time_point deadline;
+    };
+
+    void arm(Clock::time_point when, std::weak_ptr<Client> owner) {
+        armed_for = when;
+        timer.expires_at(when);
+        timer.async_wait([owner](boost::system::error_code ec) {
+            auto client = owner.lock(); // alive through the handlers it calls
+            if (ec || !client)
+                return; // re-armed for an earlier deadline, or closed
+            auto& calls = *client->calls_;
+            calls.armed_for = Clock::time_point::max();
+            const auto now = Clock::now();
+            while (!calls.deadlines.empty() && calls.deadlines.begin()->first <= now) {
+                Message empty;
+                calls.complete(calls.deadlines.begin()->second, errc::timeout, empty);
+            }
+            if (!calls.deadlines.empty() && calls.deadlines.begin()->first < calls.armed_for)
+                calls.arm(calls.deadlines.begin()->first, owner);
+        });
+    }
+
+    std::unordered_map<std::uint64_t, Pending> pending;
+    std::set<std::pair<Clock::time_point, std::uint64_t>> deadlines;
+    asio::steady_timer timer;
+    Clock::time_point armed_for = Clock::time_point::max();
+};
 
 // --- requests ----------------------------------------------------------------------------------
 
@@ -158,21 +270,32 @@ void Responder::reply_bytes(std::string_view payload, Fds fds) {
 void Responder::fail(std::string_view name, std::string_view detail) {
     if (auto c = client_.lock(); c && !done_) {
         done_ = true;
-        c->respond(id_, v1::KIND_ERROR, name, {}, detail, {});
+        c->respond(id_, v1::KIND_ERROR, name, {}, {}, {}, detail);
     }
+}
+
+std::string_view to_string(ClientEvent::Kind kind) noexcept {
+    switch (kind) {
+    case ClientEvent::Kind::connected:
+        return "connected";
+    case ClientEvent::Kind::disconnected:
+        return "disconnected";
+    case ClientEvent::Kind::slow_consumer:
+        return "slow_consumer";
+    case ClientEvent::Kind::error:
+        return "error";
+    }
+    return "unknown";
 }
 
 // --- construction ------------------------------------------------------------------------------
 
-Client::Client(asio::io_context& io, ClientOptions options) : io_(io), options_(options) {}
+Client::Client(asio::io_context& io, ClientOptions options, std::string endpoint)
+    : io_(io), options_(std::move(options)), endpoint_(std::move(endpoint)),
+      calls_(std::make_unique<Calls>(io)) {}
 
 Client::~Client() {
-    closed_ = true;
-    if (heartbeat_timer_)
-        heartbeat_timer_->cancel();
-    if (deadline_timer_)
-        deadline_timer_->cancel();
-    link_.reset();
+    shut(false);
 }
 
 Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::string_view endpoint,
@@ -187,9 +310,13 @@ Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::strin
     auto parsed = parse_endpoint(text);
     if (!parsed)
         return parsed.error();
-    std::shared_ptr<Client> client(new Client(io, options));
+    std::shared_ptr<Client> client(new Client(io, options, text));
     std::weak_ptr<Client> weak = client;
     auto rx = receiver(weak);
+    auto down = [weak](std::error_code ec) {
+        if (auto c = weak.lock())
+            c->link_down(ec);
+    };
     switch (parsed.value().scheme) {
     case Endpoint::Scheme::ipc:
     case Endpoint::Scheme::tcp: {
@@ -201,9 +328,17 @@ Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::strin
             if (key.size() != 40)
                 return errc::no_server_key;
         }
+        auto on_connection = [weak](bool connected) {
+            if (auto c = weak.lock())
+                connected ? c->link_connected() : c->link_down(errc::broker_unavailable);
+        };
+        auto on_send_error = [weak](std::error_code ec) {
+            if (auto c = weak.lock())
+                c->emit({ClientEvent::Kind::error, 1, ec, "not sent to " + c->endpoint_});
+        };
         try {
-            client->link_ =
-                std::make_unique<ZmqClientLink>(io, text, options.max_message_size, key, rx);
+            client->link_ = std::make_unique<ZmqClientLink>(io, text, options, key, rx,
+                                                            on_connection, on_send_error);
         } catch (const zmq::error_t& e) {
             return std::error_code(e.num(), std::system_category());
         }
@@ -221,13 +356,12 @@ Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::strin
         client->link_ = std::make_unique<ChannelLink>(
             io, weak, parsed.value().address, std::move(channel).value(), options, rx,
             [weak] {
-                if (auto c = weak.lock())
+                if (auto c = weak.lock()) {
+                    c->link_connected();
                     c->link_up();
+                }
             },
-            [weak](std::error_code ec) {
-                if (auto c = weak.lock())
-                    c->link_down(ec);
-            });
+            down);
         break;
     }
     }
@@ -245,7 +379,7 @@ Result<std::shared_ptr<Client>> Client::from_parent(asio::io_context& io, Client
         return channel.error();
     if (channel.value()->options().serialization != Serialization::bus)
         return errc::unsupported_serialization;
-    std::shared_ptr<Client> client(new Client(io, options));
+    std::shared_ptr<Client> client(new Client(io, options, "the parent's channel"));
     std::weak_ptr<Client> weak = client;
     client->link_ = std::make_unique<ChannelLink>(
         io, weak, std::string(), std::move(channel).value(), options, receiver(weak), [] {},
@@ -267,43 +401,62 @@ void Client::start() {
 }
 
 void Client::close() {
+    shut(true);
+}
+
+void Client::shut(bool call_handlers) {
     if (closed_)
         return;
     closed_ = true;
-    fail_pending(errc::channel_closed);
+    welcomed_ = false;
     if (heartbeat_timer_)
         heartbeat_timer_->cancel();
+    if (link_ && !unavailable_)
+        link_->close(Clock::now() + options_.linger);
     link_.reset();
+    if (call_handlers)
+        calls_->fail_all(errc::channel_closed);
 }
 
 // --- sending -----------------------------------------------------------------------------------
 
-bool Client::send(v1::Envelope& header, std::string_view payload, Fds fds,
-                  std::uint64_t request_id) {
+Client::Sent Client::send(v1::Envelope& header, std::string_view payload, Fds fds) {
     if (!fds.empty() && (!link_ || !link_->carries_fds()))
         throw std::invalid_argument(
             "bus::Client: file descriptors need a unix:// link or the parent's channel");
     header.set_fd_count(static_cast<std::uint32_t>(fds.size()));
-    const auto sent =
-        closed_ || !link_ ? Link::Sent::failed : link_->send(header, payload, std::move(fds));
-    if (sent == Link::Sent::failed) {
-        if (request_id) {
-            Message empty;
-            complete(request_id, errc::broker_unavailable, empty);
-        } else if (!closed_) {
-            emit({ClientEvent::Kind::error, 0, errc::broker_unavailable, "not sent"});
-        }
-    }
-    return sent == Link::Sent::ok;
+    if (closed_ || !link_)
+        return Sent::failed;
+    return link_->send(header, payload, std::move(fds));
 }
 
-void Client::send_control(std::string_view op, const google::protobuf::Message* body,
-                          std::uint64_t id) {
+Client::Sent Client::send_control(std::string_view op, const google::protobuf::Message* body,
+                                  std::uint64_t id) {
     v1::Envelope header;
     header.set_kind(v1::KIND_CONTROL);
     header.set_subject(std::string(op));
     header.set_id(id);
-    send(header, body ? body->SerializeAsString() : std::string(), {});
+    // Not counted when it fails: what the broker must know is sent again on the next link.
+    return send(header, body ? body->SerializeAsString() : std::string(), {});
+}
+
+void Client::unsent() {
+    if (closed_)
+        return;
+    ++unsent_;
+    // The first of a run is reported at once, the rest at most once a heartbeat, counted
+    // (heartbeat() reports what is left): a publisher in a loop while busd is down gets a
+    // handful of events, not one per message.
+    if (Clock::now() - unsent_reported_ >= options_.heartbeat)
+        report_unsent();
+}
+
+void Client::report_unsent() {
+    if (unsent_ == 0)
+        return;
+    unsent_reported_ = Clock::now();
+    emit({ClientEvent::Kind::error, std::exchange(unsent_, 0),
+          make_error_code(errc::broker_unavailable), "not sent: no broker at " + endpoint_});
 }
 
 // The file that defines `type` and everything it imports, imports first.
@@ -327,7 +480,7 @@ void Client::register_type(const google::protobuf::Descriptor* type) {
     header.set_kind(v1::KIND_CONTROL);
     header.set_subject("register_type");
     header.set_type_url(std::string(frame::type_url_prefix) + type->full_name());
-    send(header, set.SerializeAsString(), {});
+    send(header, set.SerializeAsString(), {}); // a new link registers its types again
 }
 
 static void add_headers(v1::Envelope& header, const Client::Headers& headers) {
@@ -349,17 +502,23 @@ bool Client::publish_bytes(std::string_view subject, std::string_view payload) {
 bool Client::publish(std::string_view subject, const google::protobuf::Message& message,
                      const Headers& headers) {
     stage(message);
-    auto& header = this->header(v1::KIND_PUBLISH, subject);
-    add_headers(header, headers);
-    header.mutable_type_url()->assign(type_url_);
-    return send(header, payload_, {});
+    return publish_bytes(subject, payload_, headers, type_url_);
 }
 
 bool Client::publish_bytes(std::string_view subject, std::string_view payload,
                            const Headers& headers) {
+    return publish_bytes(subject, payload, headers, {});
+}
+
+bool Client::publish_bytes(std::string_view subject, std::string_view payload,
+                           const Headers& headers, std::string_view type_url) {
     auto& header = this->header(v1::KIND_PUBLISH, subject);
     add_headers(header, headers);
-    return send(header, payload, {});
+    header.mutable_type_url()->assign(type_url);
+    const auto sent = send(header, payload, {});
+    if (sent == Sent::failed)
+        unsent();
+    return sent == Sent::ok;
 }
 
 // What the client sends reuses one header, one payload buffer and one type URL (their
@@ -455,85 +614,126 @@ void Client::request_bytes(std::string_view service, std::string_view payload,
     send_request(service, {}, payload, timeout, std::move(handler), std::move(fds));
 }
 
-// A call awaiting its answer, completed by complete(): with the answer, with an error, or
-// with errc::timeout at its deadline. One timer serves every deadline: armed for the earliest,
-// never cancelled when a call completes (that would cost a trip through the loop per call);
-// when it fires it times out what is due and re-arms for the next.
-std::uint64_t Client::add_pending(ReplyHandler handler, std::chrono::milliseconds timeout) {
-    const std::uint64_t id = next_id_++;
-    const auto deadline = Clock::now() + timeout;
-    pending_.emplace(id, Pending{std::move(handler), deadline});
-    deadlines_.emplace(deadline, id);
-    if (deadline < armed_for_)
-        arm_deadline_timer(deadline);
-    return id;
+void Client::complete_later(std::uint64_t id, std::error_code ec) {
+    asio::post(io_, [weak = weak_from_this(), id, ec] {
+        if (auto c = weak.lock()) {
+            Message empty;
+            c->calls_->complete(id, ec, empty);
+        }
+    });
 }
 
-void Client::arm_deadline_timer(Clock::time_point when) {
-    if (!deadline_timer_)
-        deadline_timer_ = std::make_unique<asio::steady_timer>(io_);
-    armed_for_ = when;
-    deadline_timer_->expires_at(when);
-    deadline_timer_->async_wait([weak = weak_from_this()](boost::system::error_code ec) {
-        auto c = weak.lock();
-        if (ec || !c)
-            return; // re-armed for an earlier deadline, or closed
-        c->armed_for_ = Clock::time_point::max();
-        const auto now = Clock::now();
-        while (!c->deadlines_.empty() && c->deadlines_.begin()->first <= now) {
-            Message empty;
-            c->complete(c->deadlines_.begin()->second, errc::timeout, empty);
-        }
-        if (!c->deadlines_.empty() && c->deadlines_.begin()->first < c->armed_for_)
-            c->arm_deadline_timer(c->deadlines_.begin()->first);
-    });
+std::uint64_t Client::add_call(ReplyHandler handler, std::chrono::milliseconds timeout) {
+    const std::uint64_t id = next_id_++;
+    calls_->add(id, std::move(handler), timeout, weak_from_this());
+    if (closed_ || unavailable_)
+        complete_later(id, closed_ ? errc::channel_closed : errc::broker_unavailable);
+    return id;
 }
 
 void Client::send_request(std::string_view service, std::string_view type_url,
                           std::string_view payload, std::chrono::milliseconds timeout,
                           ReplyHandler handler, Fds fds) {
-    const std::uint64_t id = add_pending(std::move(handler), timeout);
+    const std::uint64_t id = add_call(std::move(handler), timeout);
+    // Failed already: nothing is sent, so nothing can reach a broker later.
+    if (closed_ || unavailable_)
+        return;
     auto& header = this->header(v1::KIND_REQUEST, service);
     header.mutable_type_url()->assign(type_url);
     header.set_id(id);
     header.set_deadline_unix_ns(deadline_after(timeout));
-    if (closed_) {
-        Message empty;
-        return complete(id, errc::channel_closed, empty);
-    }
-    send(header, payload, std::move(fds), id);
+    if (send(header, payload, std::move(fds)) == Sent::failed)
+        complete_later(id, errc::broker_unavailable);
 }
 
 void Client::send_to(std::string_view client_id, const google::protobuf::Message& message,
                      Fds fds) {
     stage(message);
-    auto& header = this->header(v1::KIND_DIRECT, client_id);
-    header.mutable_type_url()->assign(type_url_);
-    header.set_id(next_id_++);
-    send(header, payload_, std::move(fds));
+    send_direct(client_id, type_url_, payload_, std::move(fds));
 }
 
 void Client::send_bytes_to(std::string_view client_id, std::string_view payload, Fds fds) {
+    send_direct(client_id, {}, payload, std::move(fds));
+}
+
+void Client::send_direct(std::string_view client_id, std::string_view type_url,
+                         std::string_view payload, Fds fds) {
     auto& header = this->header(v1::KIND_DIRECT, client_id);
+    header.mutable_type_url()->assign(type_url);
     header.set_id(next_id_++);
-    send(header, payload, std::move(fds));
+    if (send(header, payload, std::move(fds)) == Sent::failed)
+        unsent();
 }
 
 void Client::respond(std::uint64_t id, v1::Kind kind, std::string_view subject,
-                     std::string_view type_url, std::string_view payload, Fds fds) {
+                     std::string_view type_url, std::string_view payload, Fds fds,
+                     std::string_view detail) {
     auto& header = this->header(kind, subject);
     header.mutable_type_url()->assign(type_url);
     header.set_correlation_id(id);
-    send(header, payload, std::move(fds));
+    if (!detail.empty()) {
+        auto* h = header.add_headers();
+        h->set_key("detail");
+        h->set_value(std::string(detail));
+    }
+    if (send(header, payload, std::move(fds)) == Sent::failed)
+        unsent();
 }
 
-void Client::flush(std::function<void(std::error_code)> handler,
-                   std::chrono::milliseconds timeout) {
+void Client::flush(FlushHandler handler, std::chrono::milliseconds timeout) {
     // A ping answered by a pong with the same id: the broker handles one client's messages in
     // order, so everything sent before it has been processed.
-    const std::uint64_t id = add_pending(
+    const std::uint64_t id = add_call(
         [handler = std::move(handler)](std::error_code ec, Message&) { handler(ec); }, timeout);
-    send_control("ping", nullptr, id);
+    if (closed_ || unavailable_)
+        return;
+    if (send_control("ping", nullptr, id) == Sent::failed)
+        complete_later(id, errc::broker_unavailable);
+}
+
+void Client::drain(FlushHandler handler, std::chrono::milliseconds timeout) {
+    drains_.push_back(std::move(handler));
+    if (drains_.size() > 1)
+        return; // completes with the drain under way
+    if (closed_)
+        return finish_drain(errc::channel_closed, /*posted=*/true);
+    // Withdrawn from the broker, but the handlers stay until the flush: what the broker routed
+    // here before it processed the withdrawal arrives before the flush's answer.
+    for (const auto& [sid, sub] : subscriptions_) {
+        v1::Unsubscribe unsub;
+        unsub.set_sid(sid);
+        send_control(sub.monitor ? "unmonitor" : "unsub", &unsub);
+    }
+    for (const auto& [name, served] : services_) {
+        v1::Serve serve;
+        serve.set_service(name);
+        send_control("unserve", &serve);
+    }
+    flush(
+        [weak = weak_from_this()](std::error_code ec) {
+            if (auto c = weak.lock())
+                c->finish_drain(ec, false);
+        },
+        timeout);
+}
+
+void Client::finish_drain(std::error_code ec, bool posted) {
+    if (posted) {
+        asio::post(io_, [weak = weak_from_this(), ec] {
+            if (auto c = weak.lock())
+                c->finish_drain(ec, false);
+        });
+        return;
+    }
+    for (auto& [sid, sub] : subscriptions_)
+        retire(std::move(sub.handler));
+    subscriptions_.clear();
+    for (auto& [name, served] : services_)
+        retire(std::move(served));
+    services_.clear();
+    close();
+    for (auto& done : std::exchange(drains_, {}))
+        done(ec);
 }
 
 // --- blocking conveniences ------
@@ -566,16 +766,6 @@ std::error_code Client::flush_wait(std::chrono::milliseconds timeout) {
 }
 
 // --- receiving ---------------------------------------------------------------------------------
-
-void Client::complete(std::uint64_t id, std::error_code ec, Message& message) {
-    auto it = pending_.find(id);
-    if (it == pending_.end())
-        return; // already completed (timed out, then the reply came)
-    auto pending = std::move(it->second);
-    pending_.erase(it);
-    deadlines_.erase({pending.deadline, id});
-    pending.handler(ec, message);
-}
 
 std::function<void(Message&)> Client::receiver(std::weak_ptr<Client> weak) {
     // The strong reference lives through the delivery: a handler may drop the client's last.
@@ -617,12 +807,12 @@ void Client::receive(Message& message) {
         break;
     }
     case v1::KIND_REPLY:
-        complete(message.correlation_id(), {}, message);
+        calls_->complete(message.correlation_id(), {}, message);
         break;
     case v1::KIND_ERROR: {
         const auto ec = error_from_wire_name(message.subject());
-        if (pending_.count(message.correlation_id())) {
-            complete(message.correlation_id(), ec, message);
+        if (calls_->has(message.correlation_id())) {
+            calls_->complete(message.correlation_id(), ec, message);
         } else {
             emit({ClientEvent::Kind::error, 0, ec, std::string(message.header("detail"))});
         }
@@ -646,6 +836,7 @@ void Client::handle_control(const Message& header) {
         const bool restarted = !broker_id_.empty() && broker_id_ != welcome.broker_id();
         broker_id_ = welcome.broker_id();
         id_ = welcome.client_id();
+        unavailable_ = false;
         if (restarted) {
             // A new broker knows nothing of us: introduce ourselves again.
             registered_types_.clear();
@@ -656,11 +847,11 @@ void Client::handle_control(const Message& header) {
         }
         if (!welcomed_ || restarted) {
             welcomed_ = true;
-            emit({ClientEvent::Kind::connected, 0, {}, {}});
+            emit({ClientEvent::Kind::connected, 0, {}, endpoint_});
         }
         if (op == "pong" && header.correlation_id()) {
             Message empty;
-            complete(header.correlation_id(), {}, empty);
+            calls_->complete(header.correlation_id(), {}, empty);
         }
         return;
     }
@@ -701,32 +892,45 @@ void Client::announce_queue(std::string_view name) {
     send_control("queue", &q);
 }
 
+// --- the link's state --------------------------------------------------------------------------
+
 void Client::link_up() {
     // A new connection is a new client to the broker, restarted or not.
     broker_id_.clear();
     registered_types_.clear();
-    last_heard_ = Clock::now();
     v1::Hello hello;
     hello.set_name(options_.name);
     send_control("hello", &hello);
     register_everything();
 }
 
-void Client::link_down(std::error_code ec) {
-    fail_pending(errc::broker_unavailable);
-    if (welcomed_) {
-        welcomed_ = false;
-        emit({ClientEvent::Kind::disconnected, 0, ec, {}});
-    }
+void Client::link_connected() {
+    unavailable_ = false;
+    last_heard_ = Clock::now();
 }
 
-void Client::fail_pending(std::error_code ec) {
-    auto pending = std::move(pending_);
-    pending_.clear();
-    deadlines_.clear();
-    Message empty;
-    for (auto& [id, p] : pending)
-        p.handler(ec, empty);
+void Client::link_down(std::error_code) {
+    if (closed_ || unavailable_)
+        return; // one event per outage, however many ways it shows
+    unavailable_ = true;
+    welcomed_ = false;
+    calls_->fail_all(errc::broker_unavailable);
+    emit({ClientEvent::Kind::disconnected, 0, make_error_code(errc::broker_unavailable),
+          "no broker at " + endpoint_});
+    // Not from inside the link's own callback: restart() may replace the link.
+    asio::post(io_, [weak = weak_from_this()] {
+        auto c = weak.lock();
+        if (!c || c->closed_ || !c->unavailable_ || !c->link_)
+            return;
+        try {
+            if (c->link_->restart())
+                c->link_up();
+        } catch (const zmq::error_t& e) {
+            // Out of descriptors, say: the old socket stays, and the next outage tries again.
+            c->emit({ClientEvent::Kind::error, 0, std::error_code(e.num(), std::system_category()),
+                     "cannot reconnect to " + c->endpoint_});
+        }
+    });
 }
 
 void Client::heartbeat() {
@@ -741,13 +945,16 @@ void Client::heartbeat() {
         const auto now = Clock::now();
         if (std::exchange(c->heard_, false))
             c->last_heard_ = now;
-        if (c->link_ && c->link_->needs_heartbeat_timeout() && c->welcomed_ &&
-            now - c->last_heard_ > 2 * c->options_.heartbeat) {
-            // Nothing from the broker for three beats: treat it as gone. Its replacement (if
-            // any) answers a later ping with a new broker id, and we register again.
+        // Nothing from the broker for three beats, welcomed or still waiting for the first
+        // welcome: treat it as gone. Its replacement (if any) answers on the new link.
+        if (c->link_ && c->link_->needs_heartbeat_timeout() && !c->unavailable_ &&
+            now - c->last_heard_ > 2 * c->options_.heartbeat)
             c->link_down(errc::broker_unavailable);
-        }
-        c->send_control("ping", nullptr);
+        // No pings into a link known to be down: ZeroMQ would queue them all for the next
+        // broker. Its monitor says when a broker is there again.
+        if (!c->unavailable_)
+            c->send_control("ping", nullptr);
+        c->report_unsent();
         c->heartbeat();
     });
 }

@@ -57,6 +57,10 @@ Result<std::string> runtime_dir() {
 Result<std::string> default_endpoint() {
     if (const char* env = std::getenv("BUS_ENDPOINT"); env && *env)
         return std::string(env);
+    return default_unix_endpoint();
+}
+
+Result<std::string> default_ipc_endpoint() {
     auto dir = runtime_dir();
     if (!dir)
         return dir.error();

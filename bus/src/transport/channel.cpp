@@ -11,6 +11,7 @@
 #include <string>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -379,6 +380,25 @@ void Channel::flush() {
     // Finish a close() only once everything it promised to deliver is written.
     if (state_ == State::closing && out_.empty() && !unacked_ && held_.empty())
         finish({});
+}
+
+std::error_code Channel::write_queued(std::chrono::steady_clock::time_point deadline) {
+    while (state_ != State::closed && !out_.empty()) {
+        if (auto ec = write_some()) {
+            fail(ec);
+            return ec;
+        }
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (out_.empty())
+            break;
+        if (left.count() <= 0)
+            return errc::timeout;
+        pollfd writable{socket_.native_handle(), POLLOUT, 0};
+        if (::poll(&writable, 1, static_cast<int>(left.count())) < 0 && errno != EINTR)
+            return last_error();
+    }
+    return {};
 }
 
 void Channel::wait_writable() {

@@ -2,6 +2,11 @@
 // the Asio loop. The channel framing travels in batches: what one loop turn sends goes as one
 // ZeroMQ message holding its channel frames (docs/protocol.md), and each frame that arrives is
 // handed to `rx` as a Message. bus::Client uses it as its link when the endpoint is ZeroMQ's.
+//
+// ZeroMQ hides its connection; a socket monitor shows it: `on_connection(true)` when a
+// connection to the endpoint is made, `on_connection(false)` when it is lost or an attempt
+// fails (nobody listens there). What was queued while there was no connection stays queued
+// for the next one, as ZeroMQ does: a client that must not deliver it late drops the link.
 #pragma once
 
 #include "bus/frame.hpp"
@@ -12,6 +17,7 @@
 #include <boost/asio/post.hpp>
 #include <zmq.hpp>
 
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -25,8 +31,13 @@ public:
     // Connects to `endpoint` (ZeroMQ reconnects by itself); `server_key` (Z85) for tcp://.
     // Throws zmq::error_t when the socket cannot be set up.
     ZmqLink(boost::asio::io_context& io, const std::string& endpoint, std::size_t max_message_size,
-            const std::string& server_key, std::function<void(Message&)> rx);
-    ~ZmqLink() { watch_.reset(); }
+            const std::string& server_key, std::function<void(Message&)> rx,
+            std::function<void(bool connected)> on_connection = {},
+            std::function<void(std::error_code)> on_send_error = {});
+    ~ZmqLink() {
+        monitor_watch_.reset();
+        watch_.reset();
+    }
     ZmqLink(const ZmqLink&) = delete;
     ZmqLink& operator=(const ZmqLink&) = delete;
 
@@ -51,11 +62,18 @@ public:
         return pending_.empty();
     }
 
+    // Hands what is queued here to ZeroMQ and lets it deliver for up to `deadline` (its
+    // ZMQ_LINGER) when the link is destroyed: for a client closing, whose loop may never run
+    // again. The link sends nothing more.
+    void close(std::chrono::steady_clock::time_point deadline);
+
 private:
     void flush();
+    // False when ZeroMQ's queue is full (EAGAIN); other errors throw zmq::error_t.
     bool try_send(zmq::message_t& msg);
     void write_pending();
     void read();
+    void read_monitor();
 
     boost::asio::io_context& io_;
     std::shared_ptr<int> alive_ = std::make_shared<int>(0); // expires with the link
@@ -65,7 +83,11 @@ private:
     zmq::context_t context_{1};
     zmq::socket_t socket_;
     std::function<void(Message&)> rx_;
+    std::function<void(bool)> on_connection_;
+    std::function<void(std::error_code)> on_send_error_; // a batch ZeroMQ refused, dropped
     std::unique_ptr<detail::ZmqWatch> watch_;
+    zmq::socket_t monitor_; // the PAIR end of socket_'s monitor
+    std::unique_ptr<detail::ZmqWatch> monitor_watch_;
     std::deque<zmq::message_t> pending_;
     Message message_; // reused for deliveries; a ZeroMQ link carries no fds
 };

@@ -146,7 +146,8 @@ TEST_P(ClientContract, WithTheBrokerGoneRequestsFailAtOnceNamingTheEndpoint) {
     std::vector<bus::ClientEvent> events;
     c->on_event([&](const bus::ClientEvent& e) { events.push_back(e); });
     busd_->kill();
-    ASSERT_TRUE(run_until(io_, [&] { return !c->connected(); }, 10s));
+    ASSERT_TRUE(run_until(
+        io_, [&] { return !c->connected(); }, 10s));
     ASSERT_FALSE(events.empty());
     EXPECT_EQ(events.front().kind, bus::ClientEvent::Kind::disconnected);
     EXPECT_EQ(bus::to_string(events.front().kind), "disconnected");
@@ -156,17 +157,20 @@ TEST_P(ClientContract, WithTheBrokerGoneRequestsFailAtOnceNamingTheEndpoint) {
     std::optional<std::error_code> failed;
     c->request_bytes("anyone", "?", 60s, [&](std::error_code ec, bus::Message&) { failed = ec; });
     EXPECT_FALSE(failed) << "completed inside request()";
-    ASSERT_TRUE(run_until(io_, [&] { return failed.has_value(); }, 5s));
+    ASSERT_TRUE(run_until(
+        io_, [&] { return failed.has_value(); }, 5s));
     EXPECT_EQ(*failed, bus::errc::broker_unavailable);
     std::optional<std::error_code> flushed;
     c->flush([&](std::error_code ec) { flushed = ec; }, 60s);
-    ASSERT_TRUE(run_until(io_, [&] { return flushed.has_value(); }, 5s));
+    ASSERT_TRUE(run_until(
+        io_, [&] { return flushed.has_value(); }, 5s));
     EXPECT_EQ(*flushed, bus::errc::broker_unavailable);
     // Publishing into the outage is reported, a few times, with the count, not per message.
     events.clear();
     for (int i = 0; i < 1000; ++i)
         c->publish_bytes("lost", "x");
-    run_until(io_, [] { return false; }, 500ms);
+    run_until(
+        io_, [] { return false; }, 500ms);
     std::uint64_t reported = 0;
     for (const auto& e : events)
         if (e.kind == bus::ClientEvent::Kind::error)
@@ -194,7 +198,8 @@ TEST(ClientNoBroker, AZeroMqEndpointNobodyServesFailsRequestsWithBrokerUnavailab
     });
     std::optional<std::error_code> first, second;
     c->request_bytes("anyone", "?", 60s, [&](std::error_code ec, bus::Message&) { first = ec; });
-    ASSERT_TRUE(run_until(io, [&] { return first.has_value(); }, 30s));
+    ASSERT_TRUE(run_until(
+        io, [&] { return first.has_value(); }, 30s));
     EXPECT_EQ(*first, bus::errc::broker_unavailable) << first->message();
     ASSERT_TRUE(down.has_value());
     EXPECT_NE(down->find(endpoint), std::string::npos) << *down;
@@ -238,10 +243,9 @@ TEST(ClientNoBroker, ARequestThatFailedIsNeverExecutedAfterBusdRestarts) {
     // Long enough that busd's own deadline check does not hide a replay.
     auto request = [&](std::size_t padding) {
         const std::string id = std::to_string(next++);
-        requester->request_bytes("once", id + " " + std::string(padding, 'p'), 20s,
-                                 [&, id](std::error_code ec, bus::Message&) {
-                                     (ec ? failed : succeeded).insert(id);
-                                 });
+        requester->request_bytes(
+            "once", id + " " + std::string(padding, 'p'), 20s,
+            [&, id](std::error_code ec, bus::Message&) { (ec ? failed : succeeded).insert(id); });
     };
     bool requesting = true;
     boost::asio::steady_timer every(io);
@@ -261,13 +265,16 @@ TEST(ClientNoBroker, ARequestThatFailedIsNeverExecutedAfterBusdRestarts) {
     ASSERT_EQ(::kill(busd.pid(), SIGSTOP), 0);
     for (int i = 0; i < 300; ++i)
         request(32 * 1024); // 9.6 MB: more than the socket holds
-    ASSERT_TRUE(run_until(io, [&] { return !requester->connected(); }, 10s));
+    ASSERT_TRUE(run_until(
+        io, [&] { return !requester->connected(); }, 10s));
     busd.kill();
-    run_until(io, [] { return false; }, 500ms); // requests go on failing while busd is away
+    run_until(
+        io, [] { return false; }, 500ms); // requests go on failing while busd is away
     const auto failed_before_restart = failed.size();
     busd.start();
     const auto before = succeeded.size();
-    ASSERT_TRUE(run_until(io, [&] { return succeeded.size() >= before + 50; }, 20s))
+    ASSERT_TRUE(run_until(
+        io, [&] { return succeeded.size() >= before + 50; }, 20s))
         << "requests never succeeded again after busd restarted";
     requesting = false;
     every.cancel();
@@ -342,8 +349,7 @@ TEST_P(ClientContract, AsyncCallsOnAClosedClientFailFromTheLoop) {
     auto c = connect("closed");
     c->close();
     std::optional<std::error_code> request, flush, drain;
-    c->async_request_bytes("x", "?", 5s,
-                           [&](std::error_code ec, bus::Message) { request = ec; });
+    c->async_request_bytes("x", "?", 5s, [&](std::error_code ec, bus::Message) { request = ec; });
     c->async_flush(5s, [&](std::error_code ec) { flush = ec; });
     c->async_drain(5s, [&](std::error_code ec) { drain = ec; });
     EXPECT_FALSE(request || flush || drain) << "completed inside the initiating call";

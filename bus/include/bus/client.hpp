@@ -120,9 +120,10 @@ template <class F>
 struct typed_handler<F, std::void_t<decltype(&F::operator())>>
     : typed_call<decltype(&F::operator())> {};
 template <class F>
-concept typed_message_handler =
-    requires { typename typed_handler<std::decay_t<F>>::type; } &&
-    std::is_base_of_v<google::protobuf::Message, typename typed_handler<std::decay_t<F>>::type>;
+concept typed_message_handler = requires {
+    typename typed_handler<std::decay_t<F>>::type;
+}
+&&std::is_base_of_v<google::protobuf::Message, typename typed_handler<std::decay_t<F>>::type>;
 } // namespace detail
 
 class Client : public std::enable_shared_from_this<Client> {
@@ -172,9 +173,8 @@ public:
     // message, or errc::wrong_type (never a crash) with T left empty. T is deduced from the
     // handler, or given: subscribe<Order>(...).
     template <class T, class F>
-        requires std::is_invocable_v<F&, std::error_code, const T&, Message&>
-    std::uint64_t subscribe(std::string_view pattern, F handler,
-                            std::string_view queue_group = {}) {
+    requires std::is_invocable_v<F&, std::error_code, const T&, Message&> std::uint64_t
+    subscribe(std::string_view pattern, F handler, std::string_view queue_group = {}) {
         return subscribe(
             pattern,
             [handler = std::move(handler)](Message& m) mutable {
@@ -218,17 +218,21 @@ public:
                        std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds = {});
     // The same with a handler that takes the Message by value.
     template <class F>
-        requires(!std::is_convertible_v<F, ReplyHandler> &&
-                 std::is_invocable_v<F&, std::error_code, Message &&>)
-    void request(std::string_view service, const google::protobuf::Message& message,
-                 std::chrono::milliseconds timeout, F handler, Fds fds = {}) {
+    requires(!std::is_convertible_v<F, ReplyHandler> &&
+             std::is_invocable_v<F&, std::error_code,
+                                 Message&&>) void request(std::string_view service,
+                                                          const google::protobuf::Message& message,
+                                                          std::chrono::milliseconds timeout,
+                                                          F handler, Fds fds = {}) {
         request(service, message, timeout, by_value(std::move(handler)), std::move(fds));
     }
     template <class F>
-        requires(!std::is_convertible_v<F, ReplyHandler> &&
-                 std::is_invocable_v<F&, std::error_code, Message &&>)
-    void request_bytes(std::string_view service, std::string_view payload,
-                       std::chrono::milliseconds timeout, F handler, Fds fds = {}) {
+    requires(!std::is_convertible_v<F, ReplyHandler> &&
+             std::is_invocable_v<F&, std::error_code,
+                                 Message&&>) void request_bytes(std::string_view service,
+                                                                std::string_view payload,
+                                                                std::chrono::milliseconds timeout,
+                                                                F handler, Fds fds = {}) {
         request_bytes(service, payload, timeout, by_value(std::move(handler)), std::move(fds));
     }
 
@@ -391,11 +395,11 @@ private:
         }
     };
     template <class Token>
-    auto async_call(Token&& token, std::string service, std::string type_url,
-                    std::string payload, std::chrono::milliseconds timeout) {
+    auto async_call(Token&& token, std::string service, std::string type_url, std::string payload,
+                    std::chrono::milliseconds timeout) {
         return boost::asio::async_initiate<Token, void(std::error_code, Message)>(
-            InitiateRequest{}, token, shared_from_this(), std::move(service),
-            std::move(type_url), std::move(payload), timeout);
+            InitiateRequest{}, token, shared_from_this(), std::move(service), std::move(type_url),
+            std::move(payload), timeout);
     }
 
     boost::asio::io_context& io_;
@@ -444,8 +448,8 @@ auto Client::completion(Handler handler) {
         Handler handler;
         decltype(boost::asio::make_work_guard(executor)) work;
     };
-    auto state = std::make_shared<State>(
-        State{std::move(handler), boost::asio::make_work_guard(executor)});
+    auto state =
+        std::make_shared<State>(State{std::move(handler), boost::asio::make_work_guard(executor)});
     if constexpr (std::is_same_v<Signature, void(std::error_code)>) {
         return [state, self = shared_from_this()](std::error_code ec) {
             auto ex = state->work.get_executor();

@@ -54,7 +54,8 @@ ZmqLink::ZmqLink(boost::asio::io_context& io, const std::string& endpoint,
         monitor_ = zmq::socket_t(context_, zmq::socket_type::pair);
         monitor_.set(zmq::sockopt::linger, 0);
         monitor_.connect(address);
-        monitor_watch_ = std::make_unique<detail::ZmqWatch>(io, monitor_, [this] { read_monitor(); });
+        monitor_watch_ =
+            std::make_unique<detail::ZmqWatch>(io, monitor_, [this] { read_monitor(); });
         monitor_watch_->start();
     }
     socket_.connect(endpoint);

@@ -2,6 +2,7 @@
 // its bytes; envelope() decodes the whole of it.
 #include <bus/frame.hpp>
 #include <bus/message.hpp>
+#include <bus/v1/cluster.pb.h>
 #include <bus/v1/envelope.pb.h>
 
 #include <gtest/gtest.h>
@@ -131,6 +132,38 @@ TEST(Message, BuiltFromAnEnvelopeAndMoved) {
     };
     bus::Message kept = build();
     expect_fields(kept, e);
+}
+
+// wrong_type says why: the type the message is, the bytes that do not parse, or (JSON from a
+// Node peer) the field protobuf refused.
+TEST(Message, WrongTypeSaysWhatTheMessageIsOrWhichFieldFailed) {
+    bus::v1::Shutdown shutdown;
+    std::string why;
+    bus::Message typed(sample()); // a bus.v1.Heartbeat, says its type URL
+    EXPECT_EQ(typed.parse(shutdown, &why), bus::errc::wrong_type);
+    EXPECT_EQ(why, "a bus.v1.Heartbeat, not a bus.v1.Shutdown");
+
+    auto e = sample();
+    e.clear_type_url();
+    e.set_payload("\xff\xff\xff");
+    bus::Message garbage(e);
+    bus::v1::Heartbeat beat;
+    EXPECT_EQ(garbage.parse(beat, &why), bus::errc::wrong_type);
+    EXPECT_EQ(why, "3 bytes that do not parse as a bus.v1.Heartbeat");
+
+    e.set_type_url(std::string(bus::json_type_url));
+    e.set_payload(R"({"seq":"not a number"})");
+    bus::Message json(e);
+    EXPECT_EQ(json.parse(beat, &why), bus::errc::wrong_type);
+    EXPECT_NE(why.find("seq"), std::string::npos) << why;
+    EXPECT_TRUE(why.starts_with("JSON that is not a bus.v1.Heartbeat: ")) << why;
+
+    e.set_payload(R"({"seq":"42"})");
+    bus::Message good(e);
+    why.clear();
+    EXPECT_FALSE(good.parse(beat, &why));
+    EXPECT_EQ(beat.seq(), 42u);
+    EXPECT_EQ(why, "");
 }
 
 } // namespace

@@ -58,8 +58,9 @@ public:
 
     // Decodes the payload into `out`: protobuf binary, or protobuf's JSON mapping when the
     // message came from a Node peer. errc::wrong_type when the envelope names another type or
-    // the bytes do not parse as `out`'s type.
-    std::error_code parse(google::protobuf::Message& out) const;
+    // the bytes do not parse as `out`'s type; then `why`, if given, says which: the type the
+    // message is, or (JSON) the field protobuf refused and why.
+    std::error_code parse(google::protobuf::Message& out, std::string* why = nullptr) const;
 
     template <class T>
     Result<T> as() const {

@@ -96,24 +96,33 @@ std::string_view Message::header(std::string_view key) const {
     return {};
 }
 
-std::error_code Message::parse(google::protobuf::Message& out) const {
+std::error_code Message::parse(google::protobuf::Message& out, std::string* why) const {
     const std::string_view url = type_url();
+    const std::string& expected = out.GetDescriptor()->full_name();
+    auto refuse = [&](std::string reason) {
+        if (why)
+            *why = std::move(reason);
+        return make_error_code(errc::wrong_type);
+    };
     if (is_json()) {
         google::protobuf::util::JsonParseOptions options;
         options.ignore_unknown_fields = true; // Node peers add fields freely
         const auto status =
             google::protobuf::util::JsonStringToMessage(std::string(payload()), &out, options);
-        return status.ok() ? std::error_code{} : make_error_code(errc::wrong_type);
+        if (!status.ok()) // its message names the field: "(seq): invalid value ..."
+            return refuse("JSON that is not a " + expected + ": " + std::string(status.message()));
+        return {};
     }
     if (!url.empty()) {
         const std::string_view name =
             url.substr(url.starts_with(frame::type_url_prefix) ? frame::type_url_prefix.size() : 0);
-        if (name != out.GetDescriptor()->full_name())
-            return errc::wrong_type;
+        if (name != expected)
+            return refuse("a " + std::string(name) + ", not a " + expected);
     }
     if (payload().size() > static_cast<std::size_t>(std::numeric_limits<int>::max()) ||
         !out.ParseFromArray(payload().data(), static_cast<int>(payload().size())))
-        return errc::wrong_type;
+        return refuse(std::to_string(payload().size()) + " bytes that do not parse as a " +
+                      expected);
     return {};
 }
 

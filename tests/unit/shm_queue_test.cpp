@@ -12,7 +12,12 @@
 #include <bus/unique_fd.hpp>
 #include <bus/v1/cluster.pb.h>
 
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -20,6 +25,7 @@
 #include <cstddef>
 #include <fcntl.h>
 #include <fstream>
+#include <future>
 #include <optional>
 #include <string>
 #include <sys/mman.h>
@@ -758,11 +764,183 @@ TEST_F(ShmQueue, PeerAliveFollowsTheOtherEnd) {
         EXPECT_TRUE(c.peer_alive());
     }
     EXPECT_FALSE(p.peer_alive());
-    // A consumer that left cleanly is not dead: the producer waits for the next one.
-    p.set_spin(0ns);
-    while (!p.try_push(bytes("fill"))) {
+}
+
+// --- the other side leaving cleanly: peer_closed ----------------------------------------------
+
+TEST_F(ShmQueue, ConsumerHearsPeerClosedOnlyAfterTheLastRecord) {
+    for (auto options : {shm::CreateOptions{}, mpsc()}) {
+        SCOPED_TRACE(options.mode == shm::Mode::spsc ? "spsc" : "mpsc");
+        auto p = create(1 << 16, options);
+        auto c = open(shm::Role::consumer);
+        for (const char* r : {"one", "two", "three"})
+            ASSERT_FALSE(p.try_push(bytes(r)));
+        p.close();
+        EXPECT_FALSE(p.is_open());
+        for (const char* r : {"one", "two", "three"}) {
+            auto got = c.front(10s);
+            ASSERT_TRUE(got) << got.error().message();
+            EXPECT_EQ(text(got.value()), r);
+            c.release();
+        }
+        EXPECT_EQ(c.try_front().error(), bus::errc::empty) << "polling never says peer_closed";
+        EXPECT_EQ(c.front(10s).error(), bus::errc::peer_closed);
+        EXPECT_EQ(c.front(0ns).error(), bus::errc::peer_closed);
+        name_ += ".2";
     }
-    EXPECT_EQ(p.push(bytes("more"), 50ms), bus::errc::timeout);
+}
+
+TEST_F(ShmQueue, SleepingConsumerHearsPeerClosedWhenItsProducerLeaves) {
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+    c.set_spin(0ns);
+    auto* ctrl = control();
+    ASSERT_NE(ctrl, nullptr);
+    const pid_t consumer = ::gettid();
+    std::atomic<bool> saw_it_asleep{false};
+    Clock::time_point closed_at;
+    std::thread producer([&] {
+        saw_it_asleep = sleeps_waiting(
+            consumer, [&] { return (ctrl->consumer_waiting.load() & layout::waiting_sync) != 0; });
+        closed_at = Clock::now();
+        p.close();
+    });
+    auto r = c.front(10s); // far beyond any wake-up: a timeout here is a missed departure
+    const auto heard_at = Clock::now();
+    producer.join();
+    EXPECT_TRUE(saw_it_asleep) << "the consumer never slept waiting";
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), bus::errc::peer_closed) << r.error().message();
+    // The promise is 100 ms (the leaver wakes the waiter; without it, a 20 ms slice): printed,
+    // not asserted, as every speed is here.
+    std::printf(
+        "[          ] peer_closed heard %lld us after the producer's close()\n",
+        static_cast<long long>(
+            std::chrono::duration_cast<std::chrono::microseconds>(heard_at - closed_at).count()));
+}
+
+TEST_F(ShmQueue, QueueNobodyProducedToIsNotPeerClosed) {
+    shm::CreateOptions options;
+    options.role = shm::Role::consumer;
+    auto c = create(4096, options);
+    EXPECT_EQ(c.front(30ms).error(), bus::errc::timeout) << "no producer has come yet";
+}
+
+TEST_F(ShmQueue, MpscConsumerHearsPeerClosedOnlyWhenEveryProducerLeft) {
+    auto p1 = create(4096, mpsc());
+    auto p2 = open(shm::Role::producer);
+    auto c = open(shm::Role::consumer);
+    ASSERT_FALSE(p1.try_push(bytes("from p1")));
+    p1.close();
+    EXPECT_EQ(text(c.front(10s).value()), "from p1");
+    c.release();
+    // p2 is still there: the wait runs to its own end.
+    EXPECT_EQ(c.front(30ms).error(), bus::errc::timeout);
+    ASSERT_FALSE(p2.try_push(bytes("from p2")));
+    p2.close();
+    EXPECT_EQ(text(c.front(10s).value()), "from p2");
+    c.release();
+    EXPECT_EQ(c.front(10s).error(), bus::errc::peer_closed);
+}
+
+TEST_F(ShmQueue, AProducerThatDiedAmongCleanOnesMakesItPeerDead) {
+    auto p = create(4096, mpsc());
+    auto c = open(shm::Role::consumer);
+    auto* ctrl = control();
+    ASSERT_NE(ctrl, nullptr);
+    p.close();
+    // Another producer died in slot 63: attached, its byte lock free.
+    auto& ghost = ctrl->slots[63];
+    ghost.role.store(static_cast<std::uint32_t>(shm::Role::producer));
+    ghost.state.store(static_cast<std::uint32_t>(layout::SlotState::attached));
+    EXPECT_EQ(c.front(10s).error(), bus::errc::peer_dead);
+}
+
+TEST_F(ShmQueue, AProducerOpeningAClosedQueueContinuesIt) {
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+    ASSERT_FALSE(p.try_push(bytes("first life")));
+    p.close();
+    EXPECT_EQ(text(c.front(10s).value()), "first life");
+    c.release();
+    EXPECT_EQ(c.front(10s).error(), bus::errc::peer_closed);
+    EXPECT_FALSE(c.peer_alive());
+
+    auto again = open(shm::Role::producer); // the queue was never gone: the consumer held it
+    EXPECT_TRUE(c.peer_alive());
+    EXPECT_EQ(c.front(30ms).error(), bus::errc::timeout) << "a producer is back: wait for it";
+    ASSERT_FALSE(again.try_push(bytes("second life")));
+    EXPECT_EQ(text(c.front(10s).value()), "second life");
+    c.release();
+    EXPECT_EQ(c.stats().consumed, 2u);
+    again.close();
+    EXPECT_EQ(c.front(10s).error(), bus::errc::peer_closed);
+}
+
+TEST_F(ShmQueue, ProducerWaitingForRoomHearsPeerClosedWhenTheConsumerLeaves) {
+    for (auto options : {shm::CreateOptions{}, mpsc()}) {
+        SCOPED_TRACE(options.mode == shm::Mode::spsc ? "spsc" : "mpsc");
+        auto p = create(4096, options);
+        auto c = open(shm::Role::consumer);
+        p.set_spin(0ns);
+        int filled = 0;
+        while (!p.try_push(bytes("fill")))
+            ++filled;
+        ControlMapping ctrl(name_);
+        ASSERT_NE(ctrl.get(), nullptr);
+        const pid_t producer = ::gettid();
+        std::atomic<bool> saw_it_asleep{false};
+        std::thread consumer([&] {
+            saw_it_asleep =
+                sleeps_waiting(producer, [&] { return ctrl.get()->producers_waiting.load() != 0; });
+            c.close();
+        });
+        const auto ec = p.push(bytes("more"), 10s);
+        consumer.join();
+        EXPECT_TRUE(saw_it_asleep) << "the producer never slept waiting";
+        EXPECT_EQ(ec, bus::errc::peer_closed) << ec.message();
+        // The records stay for the next consumer, and with one there the producer waits again.
+        auto next = open(shm::Role::consumer);
+        EXPECT_EQ(p.push(bytes("more"), 30ms), bus::errc::timeout);
+        int read = 0;
+        while (next.try_front()) {
+            next.release();
+            ++read;
+        }
+        EXPECT_EQ(read, filled);
+        name_ += ".2";
+    }
+}
+
+TEST_F(ShmQueue, AsyncWaitHearsPeerClosed) {
+    boost::asio::io_context io;
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+    ASSERT_FALSE(p.try_push(bytes("last")));
+    std::optional<std::error_code> result;
+    // A record is there: the wait completes with it, not with the departure.
+    p.close();
+    c.async_wait(io, shm::forever, [&](std::error_code ec) { result = ec; });
+    ASSERT_TRUE(bus::test::run_until(io, [&] { return result.has_value(); }));
+    EXPECT_FALSE(*result) << result->message();
+    EXPECT_EQ(text(c.try_front().value()), "last");
+    c.release();
+    result.reset();
+    c.async_wait(io, shm::forever, [&](std::error_code ec) { result = ec; });
+    ASSERT_TRUE(bus::test::run_until(io, [&] { return result.has_value(); }));
+    EXPECT_EQ(*result, bus::errc::peer_closed);
+
+    // While it waits: a producer comes, the consumer starts waiting, the producer leaves.
+    auto again = open(shm::Role::producer);
+    result.reset();
+    c.async_wait(io, shm::forever, [&](std::error_code ec) { result = ec; });
+    io.restart();
+    io.poll();
+    ASSERT_FALSE(result) << "a producer is attached: nothing to say yet";
+    std::thread leaver([&] { again.close(); });
+    ASSERT_TRUE(bus::test::run_until(io, [&] { return result.has_value(); }));
+    leaver.join();
+    EXPECT_EQ(*result, bus::errc::peer_closed);
 }
 
 TEST_F(ShmQueue, ListInspectAndRemove) {
@@ -874,7 +1052,7 @@ TEST_F(ShmQueue, AsyncWaitCompletesWhenARecordArrives) {
     auto p = create();
     auto c = open(shm::Role::consumer);
     std::optional<std::error_code> result;
-    c.async_wait(io, [&](std::error_code ec) { result = ec; });
+    c.async_wait(io, shm::forever, [&](std::error_code ec) { result = ec; });
     auto* ctrl = control();
     ASSERT_NE(ctrl, nullptr);
     // The wait is announced before the record comes: what completes it is the wake-up.
@@ -894,7 +1072,7 @@ TEST_F(ShmQueue, AsyncWaitCompletesWhenARecordArrives) {
     // Ready at once: completes without waiting (its handler is posted to the loop at once).
     ASSERT_FALSE(p.try_push(bytes("now")));
     result.reset();
-    c.async_wait(io, [&](std::error_code ec) { result = ec; });
+    c.async_wait(io, shm::forever, [&](std::error_code ec) { result = ec; });
     io.restart();
     io.poll();
     ASSERT_TRUE(result);
@@ -908,8 +1086,7 @@ TEST_F(ShmQueue, AsyncWaitForRoom) {
     while (!p.try_push(bytes(std::string(200, 'f')))) {
     }
     std::optional<std::error_code> result;
-    p.async_wait(
-        io, [&](std::error_code ec) { result = ec; }, 200);
+    p.async_wait(io, 200, shm::forever, [&](std::error_code ec) { result = ec; });
     auto* ctrl = control();
     ASSERT_NE(ctrl, nullptr);
     // The wait is announced before room is made: what completes it is the wake-up.
@@ -935,20 +1112,108 @@ TEST_F(ShmQueue, AsyncWaitIsCanceledByCancelAndByDestruction) {
     std::optional<std::error_code> result;
     {
         auto c = open(shm::Role::consumer);
-        c.async_wait(io, [&](std::error_code ec) { result = ec; });
+        c.async_wait(io, shm::forever, [&](std::error_code ec) { result = ec; });
         c.cancel();
         ASSERT_TRUE(bus::test::run_until(
             io, [&] { return result.has_value(); }, 5s))
             << "cancel() never completed the wait";
         EXPECT_EQ(*result, std::errc::operation_canceled);
         result.reset();
-        c.async_wait(io, [&](std::error_code ec) { result = ec; });
-        EXPECT_THROW(c.async_wait(io, [](std::error_code) {}), std::logic_error);
+        c.async_wait(io, shm::forever, [&](std::error_code ec) { result = ec; });
+        EXPECT_THROW(c.async_wait(io, shm::forever, [](std::error_code) {}), std::logic_error);
     }
     ASSERT_TRUE(bus::test::run_until(
         io, [&] { return result.has_value(); }, 5s))
         << "destroying the queue never completed its wait";
     EXPECT_EQ(*result, std::errc::operation_canceled);
+}
+
+TEST_F(ShmQueue, AsyncWaitTimesOut) {
+    boost::asio::io_context io;
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+    std::optional<std::error_code> result;
+    c.async_wait(io, 30ms, [&](std::error_code ec) { result = ec; });
+    ASSERT_TRUE(bus::test::run_until(io, [&] { return result.has_value(); }));
+    EXPECT_EQ(*result, bus::errc::timeout);
+    // A zero timeout is a poll: ready if a record is there, else timeout at once (posted).
+    result.reset();
+    c.async_wait(io, 0ns, [&](std::error_code ec) { result = ec; });
+    EXPECT_FALSE(result) << "completed inside the call";
+    io.restart();
+    io.poll();
+    EXPECT_EQ(result, std::optional(make_error_code(bus::errc::timeout)));
+    ASSERT_FALSE(p.try_push(bytes("x")));
+    result.reset();
+    c.async_wait(io, 0ns, [&](std::error_code ec) { result = ec; });
+    io.restart();
+    io.poll();
+    EXPECT_EQ(result, std::optional(std::error_code{}));
+}
+
+TEST_F(ShmQueue, AsyncWaitOnAClosedOrMovedFromQueueIsPostedAsBadDescriptor) {
+    boost::asio::io_context io;
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+    shm::Queue moved = std::move(c);
+    p.close();
+    for (shm::Queue* q : {&c, &p}) {
+        std::optional<std::error_code> result;
+        q->async_wait(io, shm::forever, [&](std::error_code ec) { result = ec; });
+        EXPECT_FALSE(result) << "called inside async_wait()";
+        io.restart();
+        io.poll();
+        EXPECT_EQ(result, std::optional(std::make_error_code(std::errc::bad_file_descriptor)));
+        q->cancel(); // harmless on an empty handle
+    }
+    // use_future: the error comes through the future, not as an exception from the call.
+    // (A future's handler runs on Asio's system executor, not on `io`.)
+    auto f = p.async_wait(io, shm::forever, boost::asio::use_future);
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(f.get(), std::errc::bad_file_descriptor);
+}
+
+TEST_F(ShmQueue, AsyncWaitTakesAFutureAnAwaitableAndRunsOnTheHandlersExecutor) {
+    boost::asio::io_context io;
+    auto p = create();
+    auto c = open(shm::Role::consumer);
+
+    // use_future, completed by a record from another thread while the loop runs.
+    auto f = c.async_wait(io, shm::forever, boost::asio::use_future);
+    std::thread producer([&] { (void)p.try_push(bytes("future")); });
+    ASSERT_TRUE(
+        bus::test::run_until(io, [&] { return f.wait_for(0s) == std::future_status::ready; }));
+    producer.join();
+    EXPECT_FALSE(f.get());
+    EXPECT_EQ(text(c.try_front().value()), "future");
+    c.release();
+
+    // use_awaitable: a record, then a timeout, then the producer leaving.
+    std::vector<std::error_code> seen;
+    ASSERT_FALSE(p.try_push(bytes("awaited")));
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+            seen.push_back(co_await c.async_wait(io, 10s, boost::asio::use_awaitable));
+            c.release();
+            seen.push_back(co_await c.async_wait(io, 20ms, boost::asio::use_awaitable));
+            p.close();
+            seen.push_back(co_await c.async_wait(io, 10s, boost::asio::use_awaitable));
+        },
+        boost::asio::detached);
+    ASSERT_TRUE(bus::test::run_until(io, [&] { return seen.size() == 3; }));
+    EXPECT_EQ(seen, (std::vector<std::error_code>{{}, bus::errc::timeout, bus::errc::peer_closed}));
+
+    // A handler bound to another executor runs there, and only there.
+    boost::asio::io_context other;
+    std::optional<std::error_code> result;
+    c.async_wait(io, 0ns,
+                 boost::asio::bind_executor(other, [&](std::error_code ec) { result = ec; }));
+    io.restart();
+    io.run_for(30ms);
+    EXPECT_FALSE(result) << "ran on the queue's loop, not its own executor";
+    other.poll();
+    EXPECT_EQ(result, std::optional(make_error_code(bus::errc::peer_closed)));
 }
 
 // --- threads as processes -------------------------------------------------------------------

@@ -736,6 +736,34 @@ TEST_F(ShmQueue, RecordNotReleasedGoesToTheNextConsumer) {
     EXPECT_EQ(text(c.try_front().value()), "second");
 }
 
+TEST_F(ShmQueue, ErrorsAreDescribedWithTheQueueAndWhoHoldsIt) {
+    auto p = create(4096, mpsc());
+    auto c = open(shm::Role::consumer);
+    const std::string me = std::to_string(::getpid());
+    auto second = shm::Queue::open(name_, shm::Role::consumer);
+    ASSERT_FALSE(second);
+    EXPECT_EQ(shm::describe_error(name_, second.error()),
+              "queue '" + name_ + "': " + second.error().message() + " (consumer: pid " + me +
+                  "; producer: pid " + me + "; created by pid " + me + ")");
+    auto again = shm::Queue::create(name_, 4096);
+    ASSERT_FALSE(again);
+    EXPECT_EQ(again.error(), std::errc::file_exists);
+    EXPECT_NE(shm::describe_error(name_, again.error()).find("consumer: pid " + me),
+              std::string::npos);
+    auto inspected = shm::inspect(name_);
+    ASSERT_TRUE(inspected);
+    EXPECT_EQ(inspected.value().consumer_pid, ::getpid());
+    EXPECT_EQ(inspected.value().producer_pids, std::vector<pid_t>{::getpid()});
+
+    EXPECT_EQ(shm::describe_error("nope." + name_,
+                                  std::make_error_code(std::errc::no_such_file_or_directory)),
+              "queue 'nope." + name_ + "': no such queue (no /dev/shm/bus.nope." + name_ + ")");
+    EXPECT_EQ(shm::describe_error("a/b", std::make_error_code(std::errc::invalid_argument)),
+              "'a/b' is not a queue name ([A-Za-z0-9._-], 1 to 200 characters)");
+    EXPECT_EQ(shm::describe_error(name_, bus::errc::layout_mismatch),
+              "queue '" + name_ + "': " + make_error_code(bus::errc::layout_mismatch).message());
+}
+
 TEST_F(ShmQueue, ExclusiveEndsAreRefusedWhileHeld) {
     {
         auto p = create();

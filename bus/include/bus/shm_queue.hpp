@@ -398,13 +398,15 @@ struct QueueInfo {
     std::error_code error; // the segment could not be read (permissions, layout): rest is empty
     Mode mode = Mode::spsc;
     Stats stats;
-    pid_t owner_pid = 0;      // the process that created it
-    bool owner_alive = false; // that process (same pid and start time) still runs
-    bool in_use = false;      // some live process has it open
-    int producers = 0;        // live producer handles
-    bool consumer = false;    // a live consumer handle
-    uid_t uid = 0;            // owner of the segment
-    mode_t permissions = 0;   // its mode bits
+    pid_t owner_pid = 0;              // the process that created it
+    bool owner_alive = false;         // that process (same pid and start time) still runs
+    bool in_use = false;              // some live process has it open
+    int producers = 0;                // live producer handles
+    bool consumer = false;            // a live consumer handle
+    std::vector<pid_t> producer_pids; // the processes of those handles (one per handle)
+    pid_t consumer_pid = 0;
+    uid_t uid = 0;          // owner of the segment
+    mode_t permissions = 0; // its mode bits
 };
 
 // A queue name: [A-Za-z0-9._-], 1 to 200 characters.
@@ -417,5 +419,14 @@ Result<QueueInfo> inspect(std::string_view name);
 // Removes the queue's name (processes that have it open keep their mapping). Refuses with
 // errc::queue_in_use while a live process holds it, unless `force`.
 std::error_code remove(std::string_view name, bool force = false);
+
+// The error `ec` that create(), open() or remove() returned for queue `name`, told for a
+// person: the queue, what went wrong and, when the queue exists or is held
+// (std::errc::file_exists, errc::queue_in_use), which processes hold it, read from the segment
+// now. Errors stay std::error_code values for programs to compare; this is what to print:
+//
+//     queue 'orders': that end of the queue is held by another live process (consumer: pid
+//     4242; producers: pids 4240, 4241; created by pid 4240)
+std::string describe_error(std::string_view name, std::error_code ec);
 
 } // namespace bus::shm

@@ -108,6 +108,41 @@ bool sleeps_waiting(pid_t waiter, const std::function<bool()>& announced) {
     return wait_until([&] { return announced() && asleep(waiter); });
 }
 
+// The other side acting on a waiter: a thread that, once the thread that made this object sleeps
+// waiting (sleeps_waiting), does `act`. join() says whether it saw it asleep.
+class WhenAsleep {
+public:
+    WhenAsleep(std::function<bool()> announced, std::function<void()> act)
+        : waiter_(::gettid()),
+          thread_([this, announced = std::move(announced), act = std::move(act)] {
+              saw_asleep_ = sleeps_waiting(waiter_, announced);
+              act();
+          }) {}
+    WhenAsleep(const WhenAsleep&) = delete;
+    WhenAsleep& operator=(const WhenAsleep&) = delete;
+    ~WhenAsleep() {
+        if (thread_.joinable()) // a test that failed before join()
+            thread_.join();
+    }
+    bool join() {
+        thread_.join();
+        return saw_asleep_;
+    }
+
+private:
+    pid_t waiter_;
+    std::atomic<bool> saw_asleep_{false};
+    std::thread thread_;
+};
+
+// Whether the consumer of `ctrl` announced a blocking wait; whether any producer did.
+std::function<bool()> consumer_announced(const layout::Control* ctrl) {
+    return [ctrl] { return (ctrl->consumer_waiting.load() & layout::waiting_sync) != 0; };
+}
+std::function<bool()> producers_announced(const layout::Control* ctrl) {
+    return [ctrl] { return ctrl->producers_waiting.load() != 0; };
+}
+
 class ShmQueue : public ::testing::Test {
 protected:
     void SetUp() override {
@@ -824,19 +859,14 @@ TEST_F(ShmQueue, SleepingConsumerHearsPeerClosedWhenItsProducerLeaves) {
     c.set_spin(0ns);
     auto* ctrl = control();
     ASSERT_NE(ctrl, nullptr);
-    const pid_t consumer = ::gettid();
-    std::atomic<bool> saw_it_asleep{false};
     Clock::time_point closed_at;
-    std::thread producer([&] {
-        saw_it_asleep = sleeps_waiting(
-            consumer, [&] { return (ctrl->consumer_waiting.load() & layout::waiting_sync) != 0; });
+    WhenAsleep producer(consumer_announced(ctrl), [&] {
         closed_at = Clock::now();
         p.close();
     });
     auto r = c.front(10s); // far beyond any wake-up: a timeout here is a missed departure
     const auto heard_at = Clock::now();
-    producer.join();
-    EXPECT_TRUE(saw_it_asleep) << "the consumer never slept waiting";
+    EXPECT_TRUE(producer.join()) << "the consumer never slept waiting";
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error(), bus::errc::peer_closed) << r.error().message();
     // The promise is 100 ms (the leaver wakes the waiter; without it, a 20 ms slice): printed,
@@ -916,16 +946,9 @@ TEST_F(ShmQueue, ProducerWaitingForRoomHearsPeerClosedWhenTheConsumerLeaves) {
             ++filled;
         ControlMapping ctrl(name_);
         ASSERT_NE(ctrl.get(), nullptr);
-        const pid_t producer = ::gettid();
-        std::atomic<bool> saw_it_asleep{false};
-        std::thread consumer([&] {
-            saw_it_asleep =
-                sleeps_waiting(producer, [&] { return ctrl.get()->producers_waiting.load() != 0; });
-            c.close();
-        });
+        WhenAsleep consumer(producers_announced(ctrl.get()), [&] { c.close(); });
         const auto ec = p.push(bytes("more"), 10s);
-        consumer.join();
-        EXPECT_TRUE(saw_it_asleep) << "the producer never slept waiting";
+        EXPECT_TRUE(consumer.join()) << "the producer never slept waiting";
         EXPECT_EQ(ec, bus::errc::peer_closed) << ec.message();
         // The records stay for the next consumer, and with one there the producer waits again.
         auto next = open(shm::Role::consumer);
@@ -1027,18 +1050,11 @@ TEST_F(ShmQueue, SleepingConsumerWakesForARecord) {
     c.set_spin(0ns);
     auto* ctrl = control();
     ASSERT_NE(ctrl, nullptr);
-    const pid_t consumer = ::gettid();
-    std::atomic<bool> saw_it_asleep{false};
-    std::thread producer([&] {
-        saw_it_asleep = sleeps_waiting(
-            consumer, [&] { return (ctrl->consumer_waiting.load() & layout::waiting_sync) != 0; });
-        (void)p.try_push(bytes("wake"));
-    });
+    WhenAsleep producer(consumer_announced(ctrl), [&] { (void)p.try_push(bytes("wake")); });
     const auto start = Clock::now();
     auto r = c.front(10s);
     const auto waited = Clock::now() - start;
-    producer.join();
-    EXPECT_TRUE(saw_it_asleep) << "the consumer never slept waiting (the record came first)";
+    EXPECT_TRUE(producer.join()) << "the consumer never slept waiting (the record came first)";
     ASSERT_TRUE(r) << r.error().message();
     EXPECT_EQ(text(r.value()), "wake");
     EXPECT_LT(waited, 5s);
@@ -1054,19 +1070,14 @@ TEST_F(ShmQueue, SleepingProducerWakesForRoom) {
         }
         ControlMapping ctrl(name_);
         ASSERT_NE(ctrl.get(), nullptr);
-        const pid_t producer = ::gettid();
-        std::atomic<bool> saw_it_asleep{false};
-        std::thread consumer([&] {
-            saw_it_asleep =
-                sleeps_waiting(producer, [&] { return ctrl.get()->producers_waiting.load() != 0; });
+        WhenAsleep consumer(producers_announced(ctrl.get()), [&] {
             (void)c.try_front();
             c.release();
         });
         const auto start = Clock::now();
         auto ec = p.push(bytes(std::string(100, 'g')), 10s);
         const auto waited = Clock::now() - start;
-        consumer.join();
-        EXPECT_TRUE(saw_it_asleep) << "the producer never slept waiting (room came first)";
+        EXPECT_TRUE(consumer.join()) << "the producer never slept waiting (room came first)";
         EXPECT_FALSE(ec) << ec.message();
         EXPECT_LT(waited, 5s);
         name_ += ".2";

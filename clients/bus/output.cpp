@@ -1,8 +1,9 @@
 // Styles, tables and text for bytes, times and messages (output.hpp).
 #include "output.hpp"
 
+#include <bus/message.hpp>
+
 #include <google/protobuf/message.h>
-#include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
 #include <ctime>
@@ -161,15 +162,9 @@ std::string iso_time(std::chrono::system_clock::time_point t) {
 }
 
 std::string to_json(const google::protobuf::Message& m) {
-    std::string out;
-    google::protobuf::util::JsonPrintOptions options;
-    options.preserve_proto_field_names = true;
-    // Every field, zero or not: an inspector shows what is there, and jq filters need not
-    // guess at missing keys.
-    options.always_print_primitive_fields = true;
-    if (auto status = google::protobuf::util::MessageToJsonString(m, &out, options); !status.ok())
-        return {};
-    return out;
+    // The library's mapping, so `bus sub --json` shows what a Node peer receives.
+    auto json = bus::to_json(m);
+    return json ? std::move(json).value() : std::string();
 }
 
 } // namespace bus::cli

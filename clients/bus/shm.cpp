@@ -86,14 +86,10 @@ int run_shm_rm(const std::vector<std::string>& names, bool all_stale, bool force
     int code = exit_code::ok;
     for (const auto& name : targets) {
         if (!shm::valid_name(name))
-            throw Failure(exit_code::usage,
-                          "'" + name + "' is not a queue name ([A-Za-z0-9._-], 1 to 200)");
+            throw Failure(exit_code::usage, shm::describe_error(name, {}));
         if (auto ec = shm::remove(name, force)) {
-            std::fprintf(stderr, "bus: cannot remove queue %s: %s%s\n", name.c_str(),
-                         ec.message().c_str(),
-                         ec == bus::errc::queue_in_use ? " (a live process holds it; --force "
-                                                         "removes the name anyway)"
-                                                       : "");
+            std::fprintf(stderr, "bus: cannot remove %s%s\n", shm::describe_error(name, ec).c_str(),
+                         ec == bus::errc::queue_in_use ? "; --force removes the name anyway" : "");
             code = exit_code::failure;
             continue;
         }

@@ -683,6 +683,9 @@ TEST_F(CliTest, QueuesAreListedThroughBusdAndOnTheHostAndStaleOnesRemoved) {
     auto held = run({"shm", "rm", live});
     EXPECT_NE(held.code, 0) << "a queue a live process holds stays";
     EXPECT_NE(held.err.find("--force"), std::string::npos) << held.err;
+    // Which queue, and who holds it (this test process does).
+    EXPECT_NE(held.err.find("queue '" + live + "'"), std::string::npos) << held.err;
+    EXPECT_NE(held.err.find("pid " + std::to_string(::getpid())), std::string::npos) << held.err;
     auto removed = run({"shm", "rm", "--stale"});
     ASSERT_EQ(removed.code, 0) << removed.err;
     auto after = run({"shm", "ls", "--json"});

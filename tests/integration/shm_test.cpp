@@ -273,6 +273,31 @@ int child_attach(const std::vector<std::string>& a) {
         ::pause();
 }
 
+// produce-and-leave NAME COUNT STAMP_FILE: COUNT records from producer 0; once the consumer
+// has read them, and then has had 100 ms to fall asleep waiting for more (the behaviour the
+// test wants, not a wait for something), writes the steady clock's time (the same clock in
+// every process) to STAMP_FILE and exits normally, its handle destroyed on the way out.
+int child_produce_and_leave(const std::vector<std::string>& a) {
+    auto q = open_retrying(a[0], shm::Role::producer);
+    const std::uint64_t count = std::stoull(a[1]);
+    for (std::uint64_t seq = 0; seq < count; ++seq) {
+        auto slot = q.reserve(bus::test::record_size(0, seq, 400), 30s);
+        if (!slot)
+            return fail("reserve: " + slot.error().message());
+        bus::test::write_record(slot.value(), 0, seq);
+        q.commit();
+    }
+    if (!wait_until([&] { return q.stats().depth_bytes == 0; }, 30s))
+        return fail("the consumer never read the records");
+    std::this_thread::sleep_for(100ms);
+    FILE* stamp = std::fopen(a[2].c_str(), "w");
+    if (!stamp)
+        return fail("stamp file");
+    std::fprintf(stamp, "%lld\n", static_cast<long long>(Clock::now().time_since_epoch().count()));
+    std::fclose(stamp);
+    return 0;
+}
+
 // create-push-die NAME: creates the queue, leaves a record in it, and dies.
 int child_create_push_die(const std::vector<std::string>& a) {
     auto q = shm::Queue::create(a[0], 4096);
@@ -301,6 +326,8 @@ int child_main(const std::string& mode, const std::vector<std::string>& args) {
             return child_wait_room(args);
         if (mode == "push-and-die")
             return child_push_and_die(args);
+        if (mode == "produce-and-leave")
+            return child_produce_and_leave(args);
         if (mode == "create-push-die")
             return child_create_push_die(args);
     } catch (const std::exception& e) {
@@ -800,6 +827,38 @@ TEST_F(ShmProcesses, StaleQueueOfADeadOwnerIsSeenAndReplaced) {
 }
 
 } // namespace
+
+TEST_F(ShmProcesses, ProducerExitingNormallyIsPeerClosedAfterItsLastRecord) {
+    constexpr std::uint64_t n = 1000;
+    auto q = create(shm::Mode::spsc, shm::Role::consumer);
+    q.set_spin(0ns); // the consumer sleeps in the kernel when the producer leaves
+    bus::test::TempDir dir;
+    const std::string stamp = dir / "closed_at";
+    Child producer({"produce-and-leave", name_, std::to_string(n), stamp});
+    bus::test::SequenceCheck order(1);
+    // The consumer's own deadline (10 s) is far beyond the promise (100 ms): peer_closed
+    // instead of timeout is the producer's exit being heard.
+    auto d = drain(q, order, n + 1, 10s);
+    const auto heard_at = Clock::now();
+    EXPECT_EQ(d.error, "");
+    EXPECT_EQ(d.records, n) << "every record before the departure";
+    EXPECT_EQ(d.last, bus::errc::peer_closed) << d.last.message();
+    ASSERT_TRUE(producer.exited_zero());
+    long long closed_at = 0;
+    FILE* f = std::fopen(stamp.c_str(), "r");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fscanf(f, "%lld", &closed_at), 1);
+    std::fclose(f);
+    // The promise is 100 ms from the producer's exit; printed, not asserted (the stamp is
+    // taken just before its handle is destroyed, so this includes the detach and the exit).
+    const auto latency = heard_at - Clock::time_point(Clock::duration(closed_at));
+    std::printf("[          ] peer_closed heard %lld us after the producer process began to "
+                "exit\n",
+                static_cast<long long>(
+                    std::chrono::duration_cast<std::chrono::microseconds>(latency).count()));
+    // Nothing more will come, and the wait says so again at once.
+    EXPECT_EQ(q.front(10s).error(), bus::errc::peer_closed);
+}
 
 int main(int argc, char** argv) {
     self_exe = std::filesystem::canonical("/proc/self/exe").string();

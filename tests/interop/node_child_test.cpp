@@ -53,7 +53,9 @@ TEST_F(NodeChildTest, TypedMessagesTravelAsProto3Json) {
     child_->channel()->send_bytes(R"({"plain":["json",1,null]})");
     ASSERT_TRUE(run_until(
         io_, [&] { return messages_.size() == 2; }, 20s));
-    EXPECT_EQ(messages_[0].payload(), R"({"got":{"id":"5","peerAddress":"127.0.0.1:4000"}})");
+    // README, "Messages as JSON": names as in the .proto, every field, 64-bit as strings.
+    EXPECT_EQ(messages_[0].payload(),
+              R"({"got":{"id":"5","app":"","peer_address":"127.0.0.1:4000","local_address":""}})");
     EXPECT_EQ(messages_[1].payload(), R"({"got":{"plain":["json",1,null]}})");
     EXPECT_TRUE(messages_[0].is_json());
     stop_and_expect_clean_exit();

@@ -1,6 +1,7 @@
 // A Node.js parent and a C++ child: Node's own child_process IPC ('json' serialization) talking
-// to bus-echo, which picks the channel up from NODE_CHANNEL_FD. Run by ctest with
-// BUS_ECHO=path/to/bus-echo.
+// to bus-echo, which picks the channel up from NODE_CHANNEL_FD, and to json_shape_child, which
+// sends one protobuf message. Run by ctest with BUS_ECHO=path/to/bus-echo and
+// BUS_JSON_SHAPE_CHILD=path/to/interop_json_shape_child.
 'use strict';
 const { test } = require('node:test');
 const assert = require('node:assert');
@@ -10,9 +11,14 @@ const net = require('node:net');
 
 const echo = process.env.BUS_ECHO;
 assert.ok(echo, 'BUS_ECHO must name the bus-echo binary');
+const shapeChild = process.env.BUS_JSON_SHAPE_CHILD;
+assert.ok(shapeChild, 'BUS_JSON_SHAPE_CHILD must name the interop_json_shape_child binary');
 
+function startChild(path) {
+  return spawn(path, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'json' });
+}
 function startEcho() {
-  return spawn(echo, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'json' });
+  return startChild(echo);
 }
 
 async function stop(child) {
@@ -85,6 +91,30 @@ test('several sockets in a row keep their order and their messages', async () =>
     pairs[i].client.destroy();
     pairs[i].server.close();
   }
+  assert.deepStrictEqual(await stop(child), { code: 0, signal: null });
+});
+
+test('a protobuf message from C++ arrives in the JSON shape the README promises', async () => {
+  // README, "Messages as JSON": names as in the .proto, every field (defaults too), enums by
+  // name, 64-bit integers as strings, bytes as base64. The same text `bus sub --json` prints.
+  const child = startChild(shapeChild);
+  const [msg] = await once(child, 'message');
+  assert.deepStrictEqual(msg, {
+    kind: 'KIND_PUBLISH',
+    subject: Buffer.from('orders.new').toString('base64'),
+    type_url: '',
+    payload: '',
+    id: '0',
+    correlation_id: '0',
+    reply_to: '',
+    source: '',
+    deadline_unix_ns: '1234567890123456789',
+    headers: [],
+    fd_count: 0,
+    subscription_id: '0',
+    monitored_kind: 'KIND_UNSPECIFIED',
+  });
+  assert.ok(BigInt(msg.deadline_unix_ns) > BigInt(Number.MAX_SAFE_INTEGER), 'exact beyond 2^53');
   assert.deepStrictEqual(await stop(child), { code: 0, signal: null });
 });
 

@@ -527,7 +527,8 @@ TEST_F(ChannelTest, NodeModeCarriesJsonAndTypedMessages) {
     ASSERT_TRUE(run_until(io_, [&] { return got.size() == 3; }));
     EXPECT_EQ(got[0], R"({"hello":"world","n":[1,2,3]})");
     EXPECT_EQ(got[1], R"({"pretty":true})");
-    EXPECT_EQ(got[2], R"({"seq":"99"})"); // proto3 JSON writes 64-bit integers as strings
+    // bus::to_json: 64-bit integers as strings, every field (README, "Messages as JSON")
+    EXPECT_EQ(got[2], R"({"seq":"99","sent_unix_ns":"0","connections":0})");
     EXPECT_EQ(seq, 99u);
 }
 

@@ -17,6 +17,9 @@ TEST(ErrorWireName, EveryNamedErrorReadsBackAsItself) {
 TEST(ErrorWireName, OthersGoAsBadRequestAndUnknownNamesAreTheServicesOwn) {
     EXPECT_EQ(bus::error_wire_name(bus::errc::bad_frame), "bad_request");
     EXPECT_EQ(bus::error_wire_name(bus::errc::frame_too_large), "bad_request");
+    // The queue's errors never travel through busd.
+    EXPECT_EQ(bus::error_wire_name(bus::errc::peer_dead), "bad_request");
+    EXPECT_EQ(bus::error_wire_name(bus::errc::peer_closed), "bad_request");
     EXPECT_EQ(bus::error_from_wire_name("bad_request"), bus::make_error_code(bus::errc::bad_frame));
     EXPECT_EQ(bus::error_from_wire_name("out_of_stock"),
               bus::make_error_code(bus::errc::request_failed));
@@ -31,6 +34,10 @@ TEST(ErrorCondition, ABusErrorIsTheGenericConditionItMatches) {
     EXPECT_EQ(make_error_code(errc::record_too_large), std::errc::message_size);
     EXPECT_EQ(make_error_code(errc::fds_not_supported), std::errc::operation_not_supported);
     EXPECT_EQ(make_error_code(errc::invalid_subject), std::errc::invalid_argument);
+    EXPECT_EQ(make_error_code(errc::peer_closed), std::errc::broken_pipe);
+    // A crash is not a clean close, in either direction.
+    EXPECT_NE(make_error_code(errc::peer_dead), std::errc::broken_pipe);
+    EXPECT_NE(make_error_code(errc::peer_closed), errc::peer_dead);
     // Still itself, and nothing it is not.
     EXPECT_EQ(make_error_code(errc::timeout), errc::timeout);
     EXPECT_NE(make_error_code(errc::timeout), std::errc::operation_canceled);

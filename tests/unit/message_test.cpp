@@ -115,6 +115,21 @@ TEST(Message, AFrameOnlyProtobufReadsIsDecodedByProtobuf) {
     EXPECT_EQ(kept.envelope().headers(0).value(), "abc");
 }
 
+TEST(MessageJson, ProtoNamesEveryFieldEnumNamesAnd64BitStrings) {
+    // What `bus sub --json` prints and a Node peer receives (README, "Messages as JSON").
+    bus::v1::Envelope e;
+    e.set_kind(bus::v1::KIND_PUBLISH);
+    e.set_deadline_unix_ns(1234567890123456789);
+    e.set_subject("orders.new");
+    auto json = bus::to_json(e);
+    ASSERT_TRUE(json);
+    EXPECT_EQ(json.value(),
+              R"({"kind":"KIND_PUBLISH","subject":"b3JkZXJzLm5ldw==","type_url":"","payload":"",)"
+              R"("id":"0","correlation_id":"0","reply_to":"","source":"",)"
+              R"("deadline_unix_ns":"1234567890123456789","headers":[],"fd_count":0,)"
+              R"("subscription_id":"0","monitored_kind":"KIND_UNSPECIFIED"})");
+}
+
 TEST(Message, RefusesWhatIsNotAnEnvelope) {
     bus::Message m;
     EXPECT_FALSE(m.view(std::string("\x12\x50short", 7))); // a length past the end

@@ -54,13 +54,14 @@ enum class errc {
     queue_in_use,     // that end of the queue is held by a live process (or all slots are)
     bad_record,       // a record header in the ring is invalid: a peer corrupted the queue
     // the bus again (added later; the values above keep theirs)
-    expired, // a request whose deadline passed before busd could hand it to a service
+    expired,     // a request whose deadline passed before busd could hand it to a service
+    peer_closed, // shm: the other side of the queue left cleanly (every record delivered)
 };
 
 // bus's errors. Those that match a generic condition compare equal to it:
 // errc::timeout == std::errc::timed_out, forbidden == permission_denied, the *_too_large ==
 // message_size, fds_not_supported == operation_not_supported, bad_endpoint and invalid_subject
-// == invalid_argument.
+// == invalid_argument, peer_closed == broken_pipe (EPIPE: the reader or writer went away).
 const std::error_category& bus_category() noexcept;
 
 inline std::error_code make_error_code(errc e) noexcept {

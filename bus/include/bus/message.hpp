@@ -27,6 +27,14 @@ namespace bus {
 // type_url of messages that came from a Node peer: the payload is one JSON text.
 inline constexpr std::string_view json_type_url = "application/json";
 
+// `message` as bus writes protobuf messages in JSON everywhere (to a Node peer over a channel,
+// the `bus` CLI's --json output): protobuf's JSON mapping with field names as in the .proto
+// (snake_case), every field printed, defaults included (0, "", false, [], the enum's zero
+// value), enums by name, 64-bit integers as strings (exact in JavaScript), bytes as base64.
+// README, "Messages as JSON". std::errc::invalid_argument for a message protobuf's JSON
+// mapping cannot hold (an Any of a type this program does not know).
+Result<std::string> to_json(const google::protobuf::Message& message);
+
 class Message {
 public:
     Message() = default;

@@ -22,6 +22,16 @@
 //   producer that died half-way through a record in mpsc mode is skipped and counted; records
 //   already committed survive their producer, and records a consumer had not released are
 //   delivered to the next consumer.
+// - A waiter wakes with errc::peer_closed when the other side left cleanly (its handles were
+//   closed or destroyed, the process exiting normally included) and nobody of it is attached:
+//   a consumer only once it has read every record (the ring is empty), in mpsc only when every
+//   producer has left (one that died instead makes it peer_dead); a producer waiting for room
+//   when the consumer left (its records stay for the next consumer). Within a wake-up: the
+//   leaving handle wakes the waiter. It is not final: a producer (or consumer) that opens the
+//   queue later continues it where it stood, and waits wait for it again. Until one comes,
+//   waits say peer_closed at once (peer_alive() tells when one has). Polling calls (try_*)
+//   never say it. A process that ends without destroying its handle (_exit, a signal, exit()
+//   with the handle on a stack frame) did not leave cleanly: peer_dead.
 // - open() checks the segment's version and layout; a queue made by another build is refused
 //   with errc::layout_mismatch. Segments are mode 0600 unless group access is asked for.
 // - Lifetime: the segment outlives its processes while it holds records. The last handle to
@@ -35,22 +45,25 @@
 #include "bus/detail/shm_hot.hpp"
 #include "bus/error.hpp"
 
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <sys/types.h>
 
-namespace boost::asio {
-class io_context;
-}
 namespace google::protobuf {
 class MessageLite;
 }
@@ -88,10 +101,38 @@ struct Stats {
     std::uint32_t waiting_producers = 0; // producers asleep waiting for room
 };
 
+namespace detail {
+
+// A pending async_wait()'s completion handler, whatever its type (Asio 1.74 has no
+// any_completion_handler), so the waiting itself is compiled once, in the library.
+class WaitCompletion {
+public:
+    virtual ~WaitCompletion() = default;
+    // Posts the handler, called with `ec`, to the handler's own executor. Once.
+    virtual void post(std::error_code ec) = 0;
+};
+
+template <class Handler, class IoExecutor>
+class WaitCompletionFor final : public WaitCompletion {
+public:
+    WaitCompletionFor(Handler handler, const IoExecutor& io)
+        : handler_(std::move(handler)), work_(boost::asio::get_associated_executor(handler_, io)) {}
+    void post(std::error_code ec) override {
+        // The work guard travels with the handler: its executor has work until it has run.
+        auto executor = work_.get_executor();
+        boost::asio::post(executor, [handler = std::move(handler_), work = std::move(work_),
+                                     ec]() mutable { std::move(handler)(ec); });
+    }
+
+private:
+    Handler handler_;
+    boost::asio::executor_work_guard<boost::asio::associated_executor_t<Handler, IoExecutor>> work_;
+};
+
+} // namespace detail
+
 class Queue {
 public:
-    using WaitHandler = std::function<void(std::error_code)>;
-
     // Creates the queue `name` ([A-Za-z0-9._-], at most 200 characters) with a ring of at least
     // `capacity` bytes (rounded up to a power of two, at least a page, at most 1 GiB).
     // std::errc::file_exists when a live process holds a queue of that name; a segment of that
@@ -161,13 +202,45 @@ public:
 
     // --- waiting ----------------------------------------------------------------------------
 
-    // Calls `handler` on `io` once a record can be read (consumer) or a record of
-    // `record_size` bytes can be reserved (producer); with errc::peer_dead when the other side
-    // died; with std::errc::operation_canceled after cancel() or when the queue is destroyed.
-    // One wait at a time; no spinning. The queue keeps a socket registered with `io` from the
-    // first call on: as for any Asio I/O object, `io` must outlive the queue.
-    void async_wait(boost::asio::io_context& io, WaitHandler handler, std::size_t record_size = 0);
+    // Completes, with a std::error_code, once a record can be read (consumer) or a record of
+    // `record_size` bytes can be reserved (producer): {} then, and front()/reserve() will not
+    // wait. Or with what the blocking calls say: errc::timeout after `timeout` (`forever`
+    // never expires), errc::peer_dead, errc::peer_closed (a consumer: only with the ring
+    // empty); and with std::errc::operation_canceled after cancel() or when the queue is
+    // closed or destroyed, std::errc::bad_file_descriptor on a closed or moved-from queue.
+    // Any Asio completion token: a callback, use_awaitable (co_await yields the error_code),
+    // use_future. The handler runs on its associated executor (by default `io`'s), never
+    // inside this call. One wait at a time (std::logic_error otherwise); no spinning. The
+    // queue keeps a socket registered with `io` from the first call on: as for any Asio I/O
+    // object, `io` must outlive the queue, and every call uses the same `io`.
+    template <class Token>
+    auto async_wait(boost::asio::io_context& io, std::chrono::nanoseconds timeout, Token&& token) {
+        return async_wait(io, 0, timeout, std::forward<Token>(token));
+    }
+    template <class Token>
+    auto async_wait(boost::asio::io_context& io, std::size_t record_size,
+                    std::chrono::nanoseconds timeout, Token&& token) {
+        // The arguments are the initiation's own (copied or moved in, nothing by reference),
+        // so a deferred start (use_awaitable starts at co_await) still has them.
+        return boost::asio::async_initiate<Token, void(std::error_code)>(
+            [](auto handler, Queue* self, boost::asio::io_context* context, std::size_t size,
+               std::chrono::nanoseconds wait) {
+                using Handler = decltype(handler);
+                using Executor = boost::asio::io_context::executor_type;
+                self->start_wait(*context, size, wait,
+                                 std::make_unique<detail::WaitCompletionFor<Handler, Executor>>(
+                                     std::move(handler), context->get_executor()));
+            },
+            token, this, &io, record_size, timeout);
+    }
     void cancel();
+
+    // Detaches now, as the destructor does: the other side, once nobody of this end is left,
+    // hears errc::peer_closed. The handle is then empty, as a moved-from one is: only
+    // is_open(), close(), cancel(), async_wait() (bad_file_descriptor), assignment and
+    // destruction may be called on it.
+    void close() noexcept;
+    bool is_open() const noexcept { return impl_ != nullptr; }
 
     // How long blocking calls spin before sleeping in the kernel (default 20 µs). Zero sleeps
     // at once; `forever` never sleeps.
@@ -189,6 +262,10 @@ public:
 
 private:
     explicit Queue(std::unique_ptr<Impl> impl) noexcept;
+
+    void start_wait(boost::asio::io_context& io, std::size_t record_size,
+                    std::chrono::nanoseconds timeout,
+                    std::unique_ptr<detail::WaitCompletion> completion);
 
     // Out of line: everything but the common case of the inline calls below.
     Result<std::span<std::byte>> try_reserve_slow(std::size_t n);
@@ -321,13 +398,15 @@ struct QueueInfo {
     std::error_code error; // the segment could not be read (permissions, layout): rest is empty
     Mode mode = Mode::spsc;
     Stats stats;
-    pid_t owner_pid = 0;      // the process that created it
-    bool owner_alive = false; // that process (same pid and start time) still runs
-    bool in_use = false;      // some live process has it open
-    int producers = 0;        // live producer handles
-    bool consumer = false;    // a live consumer handle
-    uid_t uid = 0;            // owner of the segment
-    mode_t permissions = 0;   // its mode bits
+    pid_t owner_pid = 0;              // the process that created it
+    bool owner_alive = false;         // that process (same pid and start time) still runs
+    bool in_use = false;              // some live process has it open
+    int producers = 0;                // live producer handles
+    bool consumer = false;            // a live consumer handle
+    std::vector<pid_t> producer_pids; // the processes of those handles (one per handle)
+    pid_t consumer_pid = 0;
+    uid_t uid = 0;          // owner of the segment
+    mode_t permissions = 0; // its mode bits
 };
 
 // A queue name: [A-Za-z0-9._-], 1 to 200 characters.
@@ -340,5 +419,14 @@ Result<QueueInfo> inspect(std::string_view name);
 // Removes the queue's name (processes that have it open keep their mapping). Refuses with
 // errc::queue_in_use while a live process holds it, unless `force`.
 std::error_code remove(std::string_view name, bool force = false);
+
+// The error `ec` that create(), open() or remove() returned for queue `name`, told for a
+// person: the queue, what went wrong and, when the queue exists or is held
+// (std::errc::file_exists, errc::queue_in_use), which processes hold it, read from the segment
+// now. Errors stay std::error_code values for programs to compare; this is what to print:
+//
+//     queue 'orders': that end of the queue is held by another live process (consumer: pid
+//     4242; producers: pids 4240, 4241; created by pid 4240)
+std::string describe_error(std::string_view name, std::error_code ec);
 
 } // namespace bus::shm

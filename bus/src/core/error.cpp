@@ -80,6 +80,8 @@ public:
             return "that end of the queue is held by another live process";
         case errc::bad_record:
             return "invalid record header in the queue (corrupted by a peer)";
+        case errc::peer_closed:
+            return "the other side of the queue closed it (every record it sent was delivered)";
         }
         return "unknown bus error " + std::to_string(value);
     }
@@ -101,6 +103,10 @@ public:
         case errc::bad_endpoint:
         case errc::invalid_subject:
             return std::errc::invalid_argument;
+        // A pipe's EPIPE: the other end is gone, in order. (peer_dead is not: nothing
+        // generic says "crashed".)
+        case errc::peer_closed:
+            return std::errc::broken_pipe;
         default:
             return {value, *this};
         }

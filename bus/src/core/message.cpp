@@ -96,6 +96,21 @@ std::string_view Message::header(std::string_view key) const {
     return {};
 }
 
+Result<std::string> to_json(const google::protobuf::Message& message) {
+    google::protobuf::util::JsonPrintOptions options;
+    // Names as in the .proto: what a reader of the .proto looks for, and what `jq` filters in
+    // scripts spell; protobuf's parser (Message::parse) takes them and lowerCamelCase alike.
+    options.preserve_proto_field_names = true;
+    // Every field: a JavaScript reader need not guess a missing key's default, and an
+    // inspector shows what is there (decisions 43 and 62).
+    options.always_print_primitive_fields = true;
+    std::string out;
+    if (const auto status = google::protobuf::util::MessageToJsonString(message, &out, options);
+        !status.ok())
+        return std::make_error_code(std::errc::invalid_argument);
+    return out;
+}
+
 std::error_code Message::parse(google::protobuf::Message& out, std::string* why) const {
     const std::string_view url = type_url();
     const std::string& expected = out.GetDescriptor()->full_name();

@@ -238,7 +238,7 @@ std::error_code Queue::Impl::attach() {
     // A slot first, marked attached, and only then the role's lock. The order is what makes a
     // peer killed while it attaches show as dead: from the moment anyone can see the role held
     // (peer_alive()), the slot says attached, so a kill at any later point leaves an attached
-    // slot whose lock nobody holds, which is what other_side_dead() looks for. (With the role
+    // slot whose lock nobody holds, which is what peer_gone() looks for. (With the role
     // first, a kill between the two left nothing behind: the other side took the peer for one
     // that never came and waited out its timeout instead of hearing peer_dead.) Until the role
     // is ours, the slot's byte lock says "alive, attaching" to anyone who looks.
@@ -322,6 +322,9 @@ std::error_code Queue::Impl::attach() {
     if (role == Role::consumer)
         reap_dead_waiters();
 
+    // Arrived: a waiter on the other side that said peer_closed or peer_dead looks again.
+    changes(role).fetch_add(1, std::memory_order_release);
+
     if (role == Role::producer) {
         tail = ctrl->tail.load(std::memory_order_acquire);
         head_cache = ctrl->head.load(std::memory_order_acquire);
@@ -347,6 +350,15 @@ Queue::Impl::~Impl() {
     PeerSlot& me = ctrl->slots[slot];
     me.notify.store(0, std::memory_order_relaxed);
     me.state.store(static_cast<std::uint32_t>(SlotState::free), std::memory_order_release);
+    // Leaving ("Leaving" in queue.cpp): the slot is free and the role's lock gone before the
+    // count moves, so a waiter that sees the new count and finds nobody of our role attached
+    // may say peer_closed; then the other side is woken to look at once.
+    lock_byte(fd.get(), role == Role::producer ? lock_producers : lock_consumer, F_UNLCK, false);
+    changes(role).fetch_add(1, std::memory_order_release);
+    if (role == Role::producer)
+        notify_consumer();
+    else
+        notify_producers();
     // The last handle out removes a queue that holds nothing: upgrading our read lock on the
     // holder byte succeeds only if no other open file description holds it.
     if (!lock_byte(fd.get(), lock_holder, F_WRLCK, false)) {
@@ -363,23 +375,46 @@ Queue::Impl::~Impl() {
 
 // --- the dead: telling them, and taking back what they left --------------------------------
 
-bool Queue::Impl::other_side_dead() const noexcept {
+// Why a waiter should stop waiting for the other side: errc::peer_dead (a handle of it died
+// and nobody live replaced it), errc::peer_closed (it came, and every handle of it left
+// cleanly), or {} (alive, attaching, or never came). The syscalls are paid at most once per
+// liveness slice (`due`), or when the other side's count of arrivals and departures moved;
+// in between, the last answer stands (a death, the one change the count misses, waits for
+// the slice).
+std::error_code Queue::Impl::peer_gone(bool due) noexcept {
+    const Role other_role = role == Role::producer ? Role::consumer : Role::producer;
+    const std::uint32_t seen = changes(other_role).load(std::memory_order_acquire);
+    if (!due && seen == seen_changes)
+        return peer_verdict;
+    seen_changes = seen;
+    peer_verdict = look_for_peers(seen);
+    return peer_verdict;
+}
+
+std::error_code Queue::Impl::look_for_peers(std::uint32_t seen) const noexcept {
     if (other_side_alive())
-        return false;
+        return {};
     const auto other =
         static_cast<std::uint32_t>(role == Role::producer ? Role::consumer : Role::producer);
+    bool attaching = false;
     for (std::size_t i = 0; i < max_peers; ++i) {
         const PeerSlot& s = ctrl->slots[i];
+        if (s.state.load(std::memory_order_acquire) !=
+                static_cast<std::uint32_t>(SlotState::attached) ||
+            s.role.load(std::memory_order_relaxed) != other)
+            continue;
         // Attached, nobody of that role holds the role's lock, and nobody holds the slot's:
         // it died (attached or attaching). A slot whose lock is held is a live peer that is
         // still attaching (attach() marks the slot before it takes the role).
-        if (s.state.load(std::memory_order_acquire) ==
-                static_cast<std::uint32_t>(SlotState::attached) &&
-            s.role.load(std::memory_order_relaxed) == other &&
-            !held_by_other(fd.get(), lock_slot(i)))
-            return true;
+        if (!held_by_other(fd.get(), lock_slot(i)))
+            return errc::peer_dead;
+        attaching = true;
     }
-    return false; // it left cleanly, or never came, or is coming: keep waiting
+    // Nobody attached: gone if someone of that role ever came (all left cleanly), else not
+    // yet come.
+    if (attaching || seen == 0)
+        return {};
+    return errc::peer_closed;
 }
 
 bool Queue::Impl::claimer_dead(std::uint64_t control) const noexcept {

@@ -24,8 +24,8 @@ namespace bus::shm::detail {
 
 inline constexpr char magic[8] = {'b', 'u', 's', '.', 's', 'h', 'm', 'q'};
 // 2: the waiter words are slot bitmasks; 3: record headers beside the ring, not in it;
-// 4: the last exclusive record named beside tail
-inline constexpr std::uint32_t format_version = 4;
+// 4: the last exclusive record named beside tail; 5: arrivals and clean departures counted
+inline constexpr std::uint32_t format_version = 5;
 inline constexpr std::size_t max_peers = 64; // one bit each in the waiter bitmasks
 inline constexpr std::size_t max_capacity = std::size_t{1} << 30;
 
@@ -106,6 +106,13 @@ struct Control {
     alignas(cache_line) std::atomic<std::uint64_t> producers_waiting;
     std::atomic<std::uint64_t> producers_async;
 
+    // --- per role, bumped by a handle once it has attached (its role's lock held) and once it
+    // has left cleanly (the lock gone): "Leaving" in queue.cpp. Nonzero with nobody of that
+    // role attached is errc::peer_closed; unchanged since a waiter's last look, nothing but a
+    // death can have changed what that look found.
+    alignas(cache_line) std::atomic<std::uint32_t> producer_changes;
+    std::atomic<std::uint32_t> consumer_changes;
+
     // --- futex words, bumped by whoever wakes the other side ---
     alignas(cache_line) std::atomic<std::uint32_t> data_seq;
     alignas(cache_line) std::atomic<std::uint32_t> space_seq;
@@ -136,6 +143,8 @@ constexpr std::uint32_t layout_fingerprint() {
         offsetof(PeerSlot, reserving),
         offsetof(Control, consumer_waiting),
         offsetof(Control, producers_waiting),
+        offsetof(Control, producer_changes),
+        offsetof(Control, consumer_changes),
         offsetof(Control, data_seq),
         offsetof(Control, space_seq),
         offsetof(Control, slots),

@@ -77,6 +77,23 @@
 //   knows its owner dead and clears the bit — the next producer to attach, the next consumer,
 //   and a publisher about to wake someone (at most once per liveness slice).
 //
+// LEAVING. A handle that detaches cleanly (close(), the destructor) frees its slot, gives its
+// role's byte lock back, and only then bumps its role's count of changes (producer_changes,
+// consumer_changes; a release RMW), and wakes the other side as a publisher does. A handle
+// that attaches bumps the same count once it holds its role's lock. A waiter asks peer_gone()
+// why it should stop waiting: no live holder of the other role's lock, and a slot of that
+// role attached with its lock free, is peer_dead; nobody of that role attached at all, with
+// its count nonzero, is peer_closed ("it came, and all of it left cleanly"); a count of zero
+// is a peer that never came, and a slot attached with its lock held one still attaching: keep
+// waiting. The order makes the count a promise: a waiter that reads the new count (acquire)
+// sees the slot free and the lock gone, and everything the leaver committed before. So a
+// consumer that hears "gone" looks at the ring once more and says peer_closed only if it is
+// empty. The syscalls are paid once per liveness slice, or at once when the count moved (the
+// leaver's wake-up finds the waiter with a new count); in between the last answer stands,
+// since only a death changes it without moving the count, and deaths are the slice's to find.
+// In mpsc one producer leaving while others stay changes nothing for the consumer; the last
+// one out makes it peer_closed. A new handle of that role ends it, and the queue goes on.
+//
 // MEMORY ORDERING AND THE FUTEX. A waiter sleeps on a futex word (data_seq for the consumer,
 // space_seq for producers) after announcing itself in a waiting word (consumer_waiting,
 // producers_waiting). The publisher (commit, or release on the other side) must not miss the
@@ -493,11 +510,23 @@ std::error_code Queue::pop(google::protobuf::MessageLite& out, std::chrono::nano
     return parse_and_release(*impl_, front(timeout), out);
 }
 
-void Queue::async_wait(asio::io_context& io, WaitHandler handler, std::size_t record_size) {
-    impl_->async_wait(io, std::move(handler), record_size);
+void Queue::start_wait(asio::io_context& io, std::size_t record_size,
+                       std::chrono::nanoseconds timeout,
+                       std::unique_ptr<detail::WaitCompletion> completion) {
+    if (!impl_) {
+        // Closed or moved from: as Asio's own I/O objects answer for a closed descriptor.
+        completion->post(std::make_error_code(std::errc::bad_file_descriptor));
+        return;
+    }
+    impl_->async_wait(io, record_size, timeout, std::move(completion));
 }
 void Queue::cancel() {
-    impl_->cancel();
+    if (impl_)
+        impl_->cancel();
+}
+void Queue::close() noexcept {
+    impl_.reset();
+    hot_ = nullptr;
 }
 void Queue::set_spin(std::chrono::nanoseconds spin) noexcept {
     impl_->spin = spin;

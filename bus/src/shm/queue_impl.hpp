@@ -60,6 +60,9 @@ struct Queue::Impl : detail::Hot {
     detail::Control* ctrl = nullptr;
     std::chrono::nanoseconds spin = detail::default_spin;
     detail::Clock::time_point next_liveness{};
+    // peer_gone(): the other role's `*_changes` count at its last look, and what it found
+    std::uint32_t seen_changes = 0;
+    std::error_code peer_verdict;
 
     // consumer, beyond Hot
     std::uint64_t skipped = 0;
@@ -152,14 +155,20 @@ struct Queue::Impl : detail::Hot {
     Result<std::span<std::byte>> reserve_wait(std::size_t n, std::chrono::nanoseconds timeout);
     Result<std::span<const std::byte>> try_front();
     Result<std::span<const std::byte>> front_wait(std::chrono::nanoseconds timeout);
-    void async_wait(boost::asio::io_context& io, WaitHandler handler, std::size_t record_size);
+    void async_wait(boost::asio::io_context& io, std::size_t record_size,
+                    std::chrono::nanoseconds timeout,
+                    std::unique_ptr<detail::WaitCompletion> completion);
     void cancel();
     void end_async() noexcept; // detaching
 
     // --- attach.cpp: attaching and detaching, the dead
     std::error_code attach();
+    std::atomic<std::uint32_t>& changes(Role r) const noexcept {
+        return r == Role::producer ? ctrl->producer_changes : ctrl->consumer_changes;
+    }
     ~Impl();
-    bool other_side_dead() const noexcept;
+    std::error_code peer_gone(bool due) noexcept;
+    std::error_code look_for_peers(std::uint32_t changes_seen) const noexcept;
     bool claimer_dead(std::uint64_t control) const noexcept;
     void reap_slot_waits(std::size_t i) noexcept;
     void reap_dead_waiters() noexcept;

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -66,12 +68,50 @@ QueueInfo describe(int fd, std::string_view name) {
                 static_cast<std::uint32_t>(SlotState::attached) ||
             !held_by_other(fd, lock_slot(i)))
             continue;
-        if (p.role.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(Role::producer))
+        const pid_t pid = p.pid.load(std::memory_order_relaxed);
+        if (p.role.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(Role::producer)) {
             ++info.producers;
-        else
+            info.producer_pids.push_back(pid);
+        } else {
             info.consumer = true;
+            info.consumer_pid = pid;
+        }
     }
     return info;
+}
+
+// `parts` joined by `separator`.
+std::string join(const std::vector<std::string>& parts, std::string_view separator) {
+    std::string text;
+    for (const auto& part : parts) {
+        if (!text.empty())
+            text.append(separator);
+        text.append(part);
+    }
+    return text;
+}
+
+// " (consumer: pid 4242; producers: pids 4240, 4241; created by pid 4240)": who holds the
+// queue, as its segment says now.
+std::string holders(std::string_view name) {
+    auto found = inspect(name);
+    const std::error_code unreadable = found ? found.value().error : found.error();
+    if (unreadable)
+        return " (its segment cannot be read: " + unreadable.message() + ")";
+    const QueueInfo& q = found.value();
+    std::vector<std::string> parts;
+    if (q.consumer)
+        parts.push_back("consumer: pid " + std::to_string(q.consumer_pid));
+    if (!q.producer_pids.empty()) {
+        std::vector<std::string> pids;
+        for (pid_t pid : q.producer_pids)
+            pids.push_back(std::to_string(pid));
+        parts.push_back((pids.size() == 1 ? "producer: pid " : "producers: pids ") +
+                        join(pids, ", "));
+    }
+    parts.push_back("created by pid " + std::to_string(q.owner_pid) +
+                    (q.owner_alive ? "" : ", which has exited"));
+    return " (" + join(parts, "; ") + ")";
 }
 
 } // namespace
@@ -120,6 +160,27 @@ Result<std::vector<QueueInfo>> list() {
     std::sort(queues.begin(), queues.end(),
               [](const QueueInfo& a, const QueueInfo& b) { return a.name < b.name; });
     return queues;
+}
+
+std::string describe_error(std::string_view name, std::error_code ec) {
+    // Appended piece by piece: GCC 12's -Wrestrict misreads chains of `"..." + std::string`.
+    std::string text;
+    if (!valid_name(name)) {
+        text.append("'").append(name).append("' is not a queue name ([A-Za-z0-9._-], 1 to ");
+        return text.append(std::to_string(max_name)).append(" characters)");
+    }
+    const std::string queue = std::string("queue '").append(name).append("'");
+    if (ec == std::errc::no_such_file_or_directory)
+        return text.append(queue)
+            .append(": no such queue (no ")
+            .append(shm_directory)
+            .append("/")
+            .append(name_prefix)
+            .append(name)
+            .append(")");
+    if (ec == std::errc::file_exists || ec == errc::queue_in_use)
+        return queue + ": " + ec.message() + holders(name);
+    return queue + ": " + ec.message();
 }
 
 std::error_code remove(std::string_view name, bool force) {

@@ -32,6 +32,7 @@
 #include <cstring>
 #include <optional>
 #include <stdexcept>
+#include <utility>
 
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -73,9 +74,10 @@ struct AsyncWait : std::enable_shared_from_this<AsyncWait> {
     asio::posix::stream_descriptor socket;
     asio::steady_timer timer;
     std::uint64_t token;
-    Queue::Impl* owner = nullptr; // null once the queue is gone
-    Queue::WaitHandler handler;
+    Queue::Impl* owner = nullptr;               // null once the queue is gone
+    std::unique_ptr<WaitCompletion> completion; // of the pending wait
     std::size_t record_size = 0;
+    Clock::time_point deadline{};
     std::uint64_t epoch = 0;
     bool pending = false;
 
@@ -83,6 +85,8 @@ struct AsyncWait : std::enable_shared_from_this<AsyncWait> {
     void disarm() noexcept;
     // The wait's outcome if it has one now: {} ready, or an error; nullopt to keep waiting.
     std::optional<std::error_code> poll();
+    // One look at the ring: ready ({}), an error of the ring, or nullopt.
+    std::optional<std::error_code> look(bool check_claims);
     void complete(std::error_code ec);
     void watch_socket();
     void watch_timer();
@@ -205,15 +209,18 @@ Queue::Impl::reserve_wait(std::size_t n, std::chrono::nanoseconds timeout) {
         r = try_reserve_slow(n);
         const auto now = Clock::now();
         std::error_code outcome;
-        if (r || !is_full(r.error()))
-            outcome = {};
-        else if (liveness_due(now) && other_side_dead())
-            outcome = errc::peer_dead;
-        else if (now >= deadline)
-            outcome = errc::timeout;
-        else {
-            futex_wait(ctrl->space_seq, seq, std::min(deadline - now, next_liveness - now));
-            continue; // still counted as waiting
+        if (!r && is_full(r.error())) {
+            if (const auto gone = peer_gone(liveness_due(now))) {
+                // The consumer's last releases came before it left: look once more.
+                r = try_reserve_slow(n);
+                if (!r && is_full(r.error()))
+                    outcome = gone;
+            } else if (now >= deadline) {
+                outcome = errc::timeout;
+            } else {
+                futex_wait(ctrl->space_seq, seq, std::min(deadline - now, next_liveness - now));
+                continue; // still counted as waiting
+            }
         }
         sync_waiting = false;
         if (!(async && async->pending)) // an async wait of ours keeps the bit up
@@ -272,15 +279,21 @@ Queue::Impl::front_wait(std::chrono::nanoseconds timeout) {
         r = try_front();
         check_claims = false;
         std::error_code outcome;
-        if (r || !is_empty(r.error()))
-            outcome = {};
-        else if (due && other_side_dead())
-            outcome = errc::peer_dead;
-        else if (now >= deadline)
-            outcome = errc::timeout;
-        else {
-            futex_wait(ctrl->data_seq, seq, std::min(deadline - now, next_liveness - now));
-            continue; // still announced as waiting
+        if (!r && is_empty(r.error())) {
+            if (const auto gone = peer_gone(due)) {
+                // What the producers published before they left or died is visible now: one
+                // more look (claims checked), so peer_closed comes only with the ring empty.
+                check_claims = true;
+                r = try_front();
+                check_claims = false;
+                if (!r && is_empty(r.error()))
+                    outcome = gone;
+            } else if (now >= deadline) {
+                outcome = errc::timeout;
+            } else {
+                futex_wait(ctrl->data_seq, seq, std::min(deadline - now, next_liveness - now));
+                continue; // still announced as waiting
+            }
         }
         ctrl->consumer_waiting.fetch_and(~waiting_sync, std::memory_order_relaxed);
         if (outcome)
@@ -316,10 +329,9 @@ void AsyncWait::disarm() noexcept {
     }
 }
 
-std::optional<std::error_code> AsyncWait::poll() {
-    const bool due = owner->liveness_due(Clock::now());
+std::optional<std::error_code> AsyncWait::look(bool check_claims) {
     if (owner->role == Role::consumer) {
-        owner->check_claims = due;
+        owner->check_claims = check_claims;
         auto r = owner->try_front(); // a record found stays taken: the next front() returns it
         owner->check_claims = false;
         if (r)
@@ -332,8 +344,23 @@ std::optional<std::error_code> AsyncWait::poll() {
         if (owner->has_room(record_size))
             return std::error_code{};
     }
-    if (due && owner->other_side_dead())
-        return make_error_code(errc::peer_dead);
+    return std::nullopt;
+}
+
+std::optional<std::error_code> AsyncWait::poll() {
+    const auto now = Clock::now();
+    const bool due = owner->liveness_due(now);
+    if (auto outcome = look(due))
+        return outcome;
+    if (const auto gone = owner->peer_gone(due)) {
+        // What the other side did before it went is visible now: one more look (as the
+        // sync waits do), so a consumer hears peer_closed only with the ring empty.
+        if (auto outcome = look(true))
+            return outcome;
+        return gone;
+    }
+    if (now >= deadline)
+        return make_error_code(errc::timeout);
     return std::nullopt;
 }
 
@@ -343,8 +370,7 @@ void AsyncWait::complete(std::error_code ec) {
     disarm();
     socket.cancel();
     timer.cancel();
-    asio::post(io, [h = std::move(handler), ec] { h(ec); });
-    handler = nullptr;
+    std::exchange(completion, nullptr)->post(ec);
 }
 
 void AsyncWait::watch_socket() {
@@ -362,8 +388,9 @@ void AsyncWait::watch_socket() {
     });
 }
 
+// Wakes the wait at the next liveness slice, or at its deadline if that comes first.
 void AsyncWait::watch_timer() {
-    timer.expires_after(liveness_slice);
+    timer.expires_at(std::min(deadline, deadline_after(Clock::now(), liveness_slice)));
     timer.async_wait([self = shared_from_this(), e = epoch](std::error_code ec) {
         if (!self->owner || !self->pending || e != self->epoch || ec)
             return;
@@ -374,7 +401,9 @@ void AsyncWait::watch_timer() {
     });
 }
 
-void Queue::Impl::async_wait(asio::io_context& io, WaitHandler handler, std::size_t record_size) {
+void Queue::Impl::async_wait(asio::io_context& io, std::size_t record_size,
+                             std::chrono::nanoseconds timeout,
+                             std::unique_ptr<WaitCompletion> completion) {
     if (async && &async->io != &io)
         throw std::invalid_argument("bus::shm::Queue::async_wait: one io_context per queue");
     if (async && async->pending)
@@ -402,7 +431,7 @@ void Queue::Impl::async_wait(asio::io_context& io, WaitHandler handler, std::siz
             }
         }
         if (ec) {
-            asio::post(io, [h = std::move(handler), ec] { h(ec); });
+            completion->post(ec);
             return;
         }
         async = std::make_shared<AsyncWait>(io, sock.release(), token);
@@ -410,8 +439,9 @@ void Queue::Impl::async_wait(asio::io_context& io, WaitHandler handler, std::siz
     }
     AsyncWait& a = *async;
     a.pending = true;
-    a.handler = std::move(handler);
+    a.completion = std::move(completion);
     a.record_size = record_size;
+    a.deadline = deadline_after(Clock::now(), timeout);
     ++a.epoch;
     a.arm();
     next_liveness = {}; // check the other side at once

@@ -3,9 +3,9 @@
 // NODE_HANDLE_ACK (retransmitted on NACK, as Node does). The framing shared with bus mode, the
 // write queue and the read loop are in channel.cpp.
 #include "bus/channel.hpp"
+#include "bus/message.hpp"
 
 #include <boost/asio/post.hpp>
-#include <google/protobuf/util/json_util.h>
 #include <nlohmann/json.hpp>
 
 #include <stdexcept>
@@ -21,12 +21,11 @@ constexpr int node_max_retransmissions = 3; // as Node's MAX_HANDLE_RETRANSMISSI
 // --- sending ------------------------------------------------------------
 
 std::string Channel::node_line(const google::protobuf::Message& message) const {
-    std::string line;
-    const auto status = google::protobuf::util::MessageToJsonString(message, &line);
-    if (!status.ok())
+    auto json = to_json(message); // the shape the README promises Node ("Messages as JSON")
+    if (!json)
         throw std::invalid_argument("bus::Channel: cannot map " +
-                                    message.GetDescriptor()->full_name() +
-                                    " to JSON: " + std::string(status.message()));
+                                    message.GetDescriptor()->full_name() + " to JSON");
+    std::string line = std::move(json).value();
     line += '\n';
     return line;
 }

@@ -87,15 +87,20 @@ public:
     // Valid during the call (it views the read buffer); move the Message, or its fds, to keep
     // them.
     using MessageHandler = std::function<void(Message&)>;
-    // Once per channel: an empty code for close()/disconnect() or a clean end of stream, else
-    // what went wrong (a protocol error, ECONNRESET, ...).
+    // Once per channel, from the loop: an empty code for close()/disconnect() or a clean end
+    // of stream, else what went wrong:
+    //   frame_too_large, bad_frame, bad_json   the peer sent what the framing refuses
+    //   truncated_frame                        the peer closed in the middle of a frame
+    //   fd_mismatch, unexpected_fds, control_truncated, too_many_fds   fds and frames disagree
+    //   a system error                         ECONNRESET, EPIPE, ... from the socket
     using DisconnectHandler = std::function<void(std::error_code)>;
     // For routers (busd): the envelope without its payload, the payload bytes in place, and the
     // fds; all valid during the call. Replaces on_message; bus serialization only.
     using EnvelopeHandler = std::function<void(v1::Envelope& header, std::string_view payload,
                                                std::vector<UniqueFd>& fds)>;
     // Once per send: empty when the message was handed to the kernel (in node_json mode with
-    // a handle: when the peer acknowledged it), errc::channel_closed when it never will be.
+    // a handle: when the peer acknowledged it), errc::channel_closed when it never will be,
+    // errc::handle_not_delivered when a Node peer refused its handle past the retries.
     using SendHandler = std::function<void(std::error_code)>;
 
     // Takes a connected AF_UNIX stream socket and starts reading.

@@ -44,8 +44,6 @@
 
 namespace bus {
 
-namespace asio = boost::asio;
-
 enum class Serialization {
     bus,       // length-prefixed protobuf Envelopes
     node_json, // Node.js 'json' IPC serialization
@@ -98,22 +96,23 @@ public:
     using SendHandler = std::function<void(std::error_code)>;
 
     // Takes a connected AF_UNIX stream socket and starts reading.
-    static Result<std::shared_ptr<Channel>> adopt(asio::io_context& io, UniqueFd socket,
+    static Result<std::shared_ptr<Channel>> adopt(boost::asio::io_context& io, UniqueFd socket,
                                                   ChannelOptions options = {});
 
     // Two connected channels (socketpair), for tests and in-process use.
     static Result<std::pair<std::shared_ptr<Channel>, std::shared_ptr<Channel>>>
-    pair(asio::io_context& io, ChannelOptions options = {});
+    pair(boost::asio::io_context& io, ChannelOptions options = {});
 
     // In a child: the channel the parent left on BUS_CHANNEL_FD (bus serialization) or
     // NODE_CHANNEL_FD (Node's 'json'). Removes the variable and marks the fd close-on-exec so
     // grandchildren do not inherit it. errc::no_parent_channel if there is none.
-    static Result<std::shared_ptr<Channel>> from_parent(asio::io_context& io,
+    static Result<std::shared_ptr<Channel>> from_parent(boost::asio::io_context& io,
                                                         ChannelOptions options = {});
     // The same from the fd that environment `variable` names (bus serialization), e.g.
     // BUS_CLIENT_FD, the bus link busd gives a cluster worker beside its cluster channel.
-    static Result<std::shared_ptr<Channel>>
-    from_environment(asio::io_context& io, const char* variable, ChannelOptions options = {});
+    static Result<std::shared_ptr<Channel>> from_environment(boost::asio::io_context& io,
+                                                             const char* variable,
+                                                             ChannelOptions options = {});
 
     ~Channel();
     Channel(const Channel&) = delete;
@@ -170,7 +169,7 @@ private:
         SendHandler handler;
     };
 
-    Channel(asio::io_context& io, int fd, ChannelOptions options);
+    Channel(boost::asio::io_context& io, int fd, ChannelOptions options);
 
     bool enqueue(std::uint64_t frame_start, Fds fds, SendHandler done);
     std::string node_line(const google::protobuf::Message& message) const;
@@ -193,7 +192,7 @@ private:
     void fail(std::error_code ec);
     void finish(std::error_code ec);
 
-    asio::posix::stream_descriptor socket_;
+    boost::asio::posix::stream_descriptor socket_;
     ChannelOptions options_;
     State state_ = State::open;
 

@@ -16,6 +16,9 @@
 #include <unistd.h>
 
 namespace bus {
+
+namespace asio = boost::asio;
+
 namespace {
 
 // While a channel delivers a read, the other channels its handlers send on (a router's

@@ -12,6 +12,9 @@
 #include <string>
 
 namespace bus {
+
+namespace asio = boost::asio;
+
 namespace {
 
 constexpr int node_max_retransmissions = 3; // as Node's MAX_HANDLE_RETRANSMISSIONS

@@ -21,7 +21,6 @@
 // Threading: a Channel lives on one io_context run by one thread; call it only from there.
 #pragma once
 
-#include "bus/detail/write_queue.hpp"
 #include "bus/error.hpp"
 #include "bus/frame.hpp"
 #include "bus/message.hpp"
@@ -43,6 +42,10 @@
 #include <vector>
 
 namespace bus {
+
+namespace detail {
+class WriteQueue; // bus/src/transport/write_queue.hpp
+} // namespace detail
 
 enum class Serialization {
     bus,       // length-prefixed protobuf Envelopes
@@ -197,7 +200,7 @@ private:
     State state_ = State::open;
 
     // write side
-    detail::WriteQueue out_;
+    std::unique_ptr<detail::WriteQueue> out_; // by pointer: its definition is not API
     std::deque<FdBatch> fd_batches_;
     std::deque<Completion> completions_;
     std::size_t queued_fds_ = 0;

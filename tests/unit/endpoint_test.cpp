@@ -29,7 +29,7 @@ TEST(Endpoint, ParsesEachSchemeAndPrintsItBack) {
     }
     auto e = bus::parse_endpoint("unix:///a/b.sock");
     ASSERT_TRUE(e);
-    EXPECT_EQ(e.value().scheme, Endpoint::Scheme::unix);
+    EXPECT_EQ(e.value().scheme, Endpoint::Scheme::unix_socket);
     EXPECT_EQ(e.value().address, "/a/b.sock");
     e = bus::parse_endpoint("tcp://host:1");
     ASSERT_TRUE(e);

@@ -1,7 +1,7 @@
 // The Channel's write queue: stream offsets that survive written chunks, gathers that stop
 // where they are told (an fd batch starts the next sendmsg), and memory that follows what is
 // queued rather than the largest the queue ever was.
-#include <bus/detail/write_queue.hpp>
+#include "transport/write_queue.hpp"
 
 #include <gtest/gtest.h>
 

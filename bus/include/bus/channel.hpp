@@ -21,7 +21,6 @@
 // Threading: a Channel lives on one io_context run by one thread; call it only from there.
 #pragma once
 
-#include "bus/detail/write_queue.hpp"
 #include "bus/error.hpp"
 #include "bus/frame.hpp"
 #include "bus/message.hpp"
@@ -45,7 +44,9 @@
 
 namespace bus {
 
-namespace asio = boost::asio;
+namespace detail {
+class WriteQueue; // bus/src/transport/write_queue.hpp
+} // namespace detail
 
 enum class Serialization {
     bus,       // length-prefixed protobuf Envelopes
@@ -104,22 +105,23 @@ public:
     using SendHandler = std::function<void(std::error_code)>;
 
     // Takes a connected AF_UNIX stream socket and starts reading.
-    static Result<std::shared_ptr<Channel>> adopt(asio::io_context& io, UniqueFd socket,
+    static Result<std::shared_ptr<Channel>> adopt(boost::asio::io_context& io, UniqueFd socket,
                                                   ChannelOptions options = {});
 
     // Two connected channels (socketpair), for tests and in-process use.
     static Result<std::pair<std::shared_ptr<Channel>, std::shared_ptr<Channel>>>
-    pair(asio::io_context& io, ChannelOptions options = {});
+    pair(boost::asio::io_context& io, ChannelOptions options = {});
 
     // In a child: the channel the parent left on BUS_CHANNEL_FD (bus serialization) or
     // NODE_CHANNEL_FD (Node's 'json'). Removes the variable and marks the fd close-on-exec so
     // grandchildren do not inherit it. errc::no_parent_channel if there is none.
-    static Result<std::shared_ptr<Channel>> from_parent(asio::io_context& io,
+    static Result<std::shared_ptr<Channel>> from_parent(boost::asio::io_context& io,
                                                         ChannelOptions options = {});
     // The same from the fd that environment `variable` names (bus serialization), e.g.
     // BUS_CLIENT_FD, the bus link busd gives a cluster worker beside its cluster channel.
-    static Result<std::shared_ptr<Channel>>
-    from_environment(asio::io_context& io, const char* variable, ChannelOptions options = {});
+    static Result<std::shared_ptr<Channel>> from_environment(boost::asio::io_context& io,
+                                                             const char* variable,
+                                                             ChannelOptions options = {});
 
     ~Channel();
     Channel(const Channel&) = delete;
@@ -181,7 +183,7 @@ private:
         SendHandler handler;
     };
 
-    Channel(asio::io_context& io, int fd, ChannelOptions options);
+    Channel(boost::asio::io_context& io, int fd, ChannelOptions options);
 
     bool enqueue(std::uint64_t frame_start, Fds fds, SendHandler done);
     std::string node_line(const google::protobuf::Message& message) const;
@@ -204,12 +206,12 @@ private:
     void fail(std::error_code ec);
     void finish(std::error_code ec);
 
-    asio::posix::stream_descriptor socket_;
+    boost::asio::posix::stream_descriptor socket_;
     ChannelOptions options_;
     State state_ = State::open;
 
     // write side
-    detail::WriteQueue out_;
+    std::unique_ptr<detail::WriteQueue> out_; // by pointer: its definition is not API
     std::deque<FdBatch> fd_batches_;
     std::deque<Completion> completions_;
     std::size_t queued_fds_ = 0;

@@ -68,13 +68,13 @@ public:
 
 private:
     friend Result<std::shared_ptr<ChildProcess>>
-    spawn(asio::io_context&, const std::vector<std::string>&, SpawnOptions);
-    ChildProcess(asio::io_context& io, pid_t pid, int pidfd);
+    spawn(boost::asio::io_context&, const std::vector<std::string>&, SpawnOptions);
+    ChildProcess(boost::asio::io_context& io, pid_t pid, int pidfd);
     void watch();
     bool reap(bool block) noexcept;
 
     pid_t pid_;
-    asio::posix::stream_descriptor pidfd_;
+    boost::asio::posix::stream_descriptor pidfd_;
     std::shared_ptr<Channel> channel_;
     bool running_ = true;
     int exit_code_ = -1;
@@ -85,6 +85,6 @@ private:
 // Starts argv[0] (searched in PATH when it has no '/') with argv, a channel and options.
 // The error is the child's execve() errno when it could not start.
 Result<std::shared_ptr<ChildProcess>>
-spawn(asio::io_context& io, const std::vector<std::string>& argv, SpawnOptions options = {});
+spawn(boost::asio::io_context& io, const std::vector<std::string>& argv, SpawnOptions options = {});
 
 } // namespace bus

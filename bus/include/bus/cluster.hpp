@@ -8,7 +8,7 @@
 // application's loop, so a loop that is stuck is noticed, and it turns Shutdown (a reload, a
 // stop, busd stopping) and the end of the channel (busd gone) into one on_shutdown call.
 //
-//   asio::io_context io;
+//   boost::asio::io_context io;
 //   auto worker = bus::cluster::Worker::from_parent(io).value();
 //   worker->on_connection([&](bus::cluster::Connection c) { serve(std::move(c.fd)); });
 //   worker->on_shutdown([&](std::chrono::milliseconds grace) { drain_then_exit(grace); });

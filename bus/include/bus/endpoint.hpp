@@ -12,7 +12,10 @@
 namespace bus {
 
 struct Endpoint {
-    enum class Scheme { ipc, unix, tcp };
+    // ipc:// (ZeroMQ), unix:// (a stream socket, the channel framing), tcp:// (ZeroMQ). Not
+    // `unix`: GCC and Clang predefine that as a macro in the GNU modes (-std=gnu++20, CMake's
+    // default), where the enumerator would not compile.
+    enum class Scheme { ipc, unix_socket, tcp };
     Scheme scheme;
     std::string address; // the path (ipc, unix) or host:port (tcp)
 

@@ -72,7 +72,7 @@ struct Broker::Impl {
     }
 
     std::error_code bind(const Endpoint& endpoint) {
-        if (endpoint.scheme == Endpoint::Scheme::unix) {
+        if (endpoint.scheme == Endpoint::Scheme::unix_socket) {
             if (auto ec = unix_server.listen(endpoint.address))
                 return ec;
             unlink_on_exit.push_back(endpoint.address);

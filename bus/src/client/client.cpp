@@ -344,7 +344,7 @@ Result<std::shared_ptr<Client>> Client::connect(asio::io_context& io, std::strin
         }
         break;
     }
-    case Endpoint::Scheme::unix: {
+    case Endpoint::Scheme::unix_socket: {
         auto fd = detail::connect_unix(parsed.value().address);
         if (!fd)
             return fd.error();

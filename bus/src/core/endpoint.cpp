@@ -12,7 +12,7 @@ std::string Endpoint::str() const {
     switch (scheme) {
     case Scheme::ipc:
         return "ipc://" + address;
-    case Scheme::unix:
+    case Scheme::unix_socket:
         return "unix://" + address;
     case Scheme::tcp:
         return "tcp://" + address;
@@ -31,7 +31,7 @@ Result<Endpoint> parse_endpoint(std::string_view text) {
     if (scheme == "ipc")
         return Endpoint{Endpoint::Scheme::ipc, std::move(address)};
     if (scheme == "unix")
-        return Endpoint{Endpoint::Scheme::unix, std::move(address)};
+        return Endpoint{Endpoint::Scheme::unix_socket, std::move(address)};
     if (scheme == "tcp" && address.find(':') != std::string::npos)
         return Endpoint{Endpoint::Scheme::tcp, std::move(address)};
     return errc::bad_endpoint;

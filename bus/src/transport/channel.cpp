@@ -1,5 +1,7 @@
 #include "bus/channel.hpp"
 
+#include "transport/write_queue.hpp"
+
 #include <boost/asio/post.hpp>
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/dynamic_message.h>
@@ -17,6 +19,9 @@
 #include <unistd.h>
 
 namespace bus {
+
+namespace asio = boost::asio;
+
 namespace {
 
 // While a channel delivers a read, the other channels its handlers send on (a router's
@@ -41,8 +46,8 @@ constexpr int max_iov_per_write = 16;
 // --- construction ---------------------------------------------------------------------------
 
 Channel::Channel(asio::io_context& io, int fd, ChannelOptions options)
-    : socket_(io, fd), options_(options), frames_(options.max_message_size),
-      lines_(options.max_message_size) {}
+    : socket_(io, fd), options_(options), out_(std::make_unique<detail::WriteQueue>()),
+      frames_(options.max_message_size), lines_(options.max_message_size) {}
 
 // Dropping the last reference is a disconnect(): the socket closes, and sends still queued fail
 // with errc::channel_closed. Only close() keeps the channel alive until its queue is flushed.
@@ -141,16 +146,16 @@ Channel::from_environment(asio::io_context& io, const char* variable, ChannelOpt
 // --- sending --------------------------------------------------------------------------------
 
 std::size_t Channel::queued_bytes() const noexcept {
-    return out_.size() + held_bytes_ + (unacked_ ? unacked_->line.size() : 0);
+    return out_->size() + held_bytes_ + (unacked_ ? unacked_->line.size() : 0);
 }
 
 bool Channel::send(const google::protobuf::Message& message, Fds fds, SendHandler done) {
     if (options_.serialization == Serialization::node_json)
         return node_send(node_line(message), std::move(fds), std::move(done));
     if (state_ != State::open)
-        return enqueue(out_.end(), std::move(fds), std::move(done));
-    const std::uint64_t start = out_.end();
-    frame::append_message(out_.tail(), message, static_cast<std::uint32_t>(fds.size()));
+        return enqueue(out_->end(), std::move(fds), std::move(done));
+    const std::uint64_t start = out_->end();
+    frame::append_message(out_->tail(), message, static_cast<std::uint32_t>(fds.size()));
     return enqueue(start, std::move(fds), std::move(done));
 }
 
@@ -180,18 +185,18 @@ bool Channel::send(const v1::Envelope& envelope, Fds fds, SendHandler done) {
         copy.set_fd_count(static_cast<std::uint32_t>(fds.size()));
         return send(copy, std::move(fds), std::move(done));
     }
-    const std::uint64_t start = out_.end();
+    const std::uint64_t start = out_->end();
     if (state_ == State::open)
-        frame::append(out_.tail(), envelope);
+        frame::append(out_->tail(), envelope);
     return enqueue(start, std::move(fds), std::move(done));
 }
 
 bool Channel::send_bytes(std::string_view payload, Fds fds, SendHandler done) {
     if (options_.serialization == Serialization::node_json)
         return node_send(node_line(payload), std::move(fds), std::move(done));
-    const std::uint64_t start = out_.end();
+    const std::uint64_t start = out_->end();
     if (state_ == State::open)
-        frame::append_bytes(out_.tail(), payload, static_cast<std::uint32_t>(fds.size()));
+        frame::append_bytes(out_->tail(), payload, static_cast<std::uint32_t>(fds.size()));
     return enqueue(start, std::move(fds), std::move(done));
 }
 
@@ -199,14 +204,14 @@ bool Channel::send_split(const v1::Envelope& header, std::string_view payload, F
                          SendHandler done) {
     if (options_.serialization == Serialization::node_json)
         throw std::invalid_argument("bus::Channel: send_split needs bus serialization");
-    const std::uint64_t start = out_.end();
+    const std::uint64_t start = out_->end();
     if (state_ == State::open) {
         if (header.fd_count() != fds.size()) {
             v1::Envelope copy = header;
             copy.set_fd_count(static_cast<std::uint32_t>(fds.size()));
-            frame::append_split(out_.tail(), copy, payload);
+            frame::append_split(out_->tail(), copy, payload);
         } else {
-            frame::append_split(out_.tail(), header, payload);
+            frame::append_split(out_->tail(), header, payload);
         }
     }
     return enqueue(start, std::move(fds), std::move(done));
@@ -216,9 +221,9 @@ bool Channel::send_split(std::string_view header, std::string_view payload, Fds 
                          SendHandler done) {
     if (options_.serialization == Serialization::node_json)
         throw std::invalid_argument("bus::Channel: send_split needs bus serialization");
-    const std::uint64_t start = out_.end();
+    const std::uint64_t start = out_->end();
     if (state_ == State::open)
-        frame::append_split(out_.tail(), header, payload);
+        frame::append_split(out_->tail(), header, payload);
     return enqueue(start, std::move(fds), std::move(done));
 }
 
@@ -226,7 +231,7 @@ bool Channel::send_split(std::string_view header, std::string_view payload, Fds 
 // closed).
 bool Channel::enqueue(std::uint64_t frame_start, Fds fds, SendHandler done) {
     if (fds.size() > options_.max_fds_per_message) {
-        out_.truncate(frame_start);
+        out_->truncate(frame_start);
         throw std::invalid_argument("bus::Channel: " + std::to_string(fds.size()) +
                                     " fds in one message, over the limit of " +
                                     std::to_string(options_.max_fds_per_message));
@@ -238,7 +243,7 @@ bool Channel::enqueue(std::uint64_t frame_start, Fds fds, SendHandler done) {
         return false;
     }
     if (done)
-        completions_.push_back({out_.end(), std::move(done)});
+        completions_.push_back({out_->end(), std::move(done)});
     if (!fds.empty()) {
         queued_fds_ += fds.size();
         fd_batches_.push_back({frame_start, std::move(fds.owned_), fds.borrowed_});
@@ -250,7 +255,7 @@ bool Channel::enqueue(std::uint64_t frame_start, Fds fds, SendHandler done) {
                     fail(ec);
                     return false;
                 }
-                if (!out_.empty())
+                if (!out_->empty())
                     wait_writable(); // full: later sends queue without retrying sendmsg
             }
             // Only the batch just added can hold borrowed fds; if it is still queued, it
@@ -308,9 +313,9 @@ void Channel::schedule_flush() {
 std::error_code Channel::write_some() {
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_syscall)];
     iovec iov[max_iov_per_write];
-    while (!out_.empty()) {
-        const std::uint64_t written = out_.begin();
-        std::size_t len = out_.size();
+    while (!out_->empty()) {
+        const std::uint64_t written = out_->begin();
+        std::size_t len = out_->size();
         msghdr msg{};
         FdBatch* batch = nullptr;
         if (!fd_batches_.empty()) {
@@ -338,7 +343,7 @@ std::error_code Channel::write_some() {
             }
         }
         msg.msg_iov = iov;
-        msg.msg_iovlen = static_cast<std::size_t>(out_.gather(iov, max_iov_per_write, len));
+        msg.msg_iovlen = static_cast<std::size_t>(out_->gather(iov, max_iov_per_write, len));
         const ssize_t n = ::sendmsg(socket_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
@@ -351,7 +356,7 @@ std::error_code Channel::write_some() {
             queued_fds_ -= batch->owned.size() + batch->borrowed.size();
             fd_batches_.pop_front(); // the kernel holds its own references now
         }
-        out_.consume(static_cast<std::size_t>(n));
+        out_->consume(static_cast<std::size_t>(n));
     }
     return {};
 }
@@ -362,14 +367,14 @@ void Channel::flush() {
     auto guard = shared_from_this(); // a completion handler may drop the last reference
     if (auto ec = write_some())
         return fail(ec);
-    while (!completions_.empty() && completions_.front().end <= out_.begin()) {
+    while (!completions_.empty() && completions_.front().end <= out_->begin()) {
         auto handler = std::move(completions_.front().handler);
         completions_.pop_front();
         handler({});
         if (state_ == State::closed)
             return;
     }
-    if (!out_.empty())
+    if (!out_->empty())
         return wait_writable();
     if (above_hwm_ && queued_bytes() < options_.high_water_mark &&
         queued_fds_ < options_.high_water_fds) {
@@ -378,19 +383,19 @@ void Channel::flush() {
             on_drain_(); // may send more, or close(): checked below
     }
     // Finish a close() only once everything it promised to deliver is written.
-    if (state_ == State::closing && out_.empty() && !unacked_ && held_.empty())
+    if (state_ == State::closing && out_->empty() && !unacked_ && held_.empty())
         finish({});
 }
 
 std::error_code Channel::write_queued(std::chrono::steady_clock::time_point deadline) {
-    while (state_ != State::closed && !out_.empty()) {
+    while (state_ != State::closed && !out_->empty()) {
         if (auto ec = write_some()) {
             fail(ec);
             return ec;
         }
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(
             deadline - std::chrono::steady_clock::now());
-        if (out_.empty())
+        if (out_->empty())
             break;
         if (left.count() <= 0)
             return errc::timeout;
@@ -597,10 +602,10 @@ void Channel::finish(std::error_code ec) {
     received_fds_.clear();
     fd_batches_.clear();
     queued_fds_ = 0;
-    out_.clear();
+    out_->clear();
     std::vector<SendHandler> written, failed;
     for (auto& c : completions_)
-        (c.end <= out_.begin() ? written : failed).push_back(std::move(c.handler));
+        (c.end <= out_->begin() ? written : failed).push_back(std::move(c.handler));
     completions_.clear();
     if (unacked_ && unacked_->handler)
         failed.push_back(std::move(unacked_->handler));

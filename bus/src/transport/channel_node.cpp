@@ -4,6 +4,7 @@
 // write queue and the read loop are in channel.cpp.
 #include "bus/channel.hpp"
 #include "bus/message.hpp"
+#include "transport/write_queue.hpp"
 
 #include <boost/asio/post.hpp>
 #include <nlohmann/json.hpp>
@@ -12,6 +13,9 @@
 #include <string>
 
 namespace bus {
+
+namespace asio = boost::asio;
+
 namespace {
 
 constexpr int node_max_retransmissions = 3; // as Node's MAX_HANDLE_RETRANSMISSIONS
@@ -46,7 +50,7 @@ bool Channel::node_send(std::string line, Fds fds, SendHandler done) {
     if (fds.size() > 1)
         throw std::invalid_argument("bus::Channel: a Node peer takes one handle per message");
     if (state_ != State::open)
-        return enqueue(out_.end(), {}, std::move(done));
+        return enqueue(out_->end(), {}, std::move(done));
     UniqueFd fd;
     if (!fds.owned_.empty()) {
         fd = std::move(fds.owned_.front());
@@ -78,15 +82,15 @@ bool Channel::node_send(std::string line, Fds fds, SendHandler done) {
     } else {
         node_write(line, {});
         if (done)
-            completions_.push_back({out_.end(), std::move(done)});
+            completions_.push_back({out_->end(), std::move(done)});
     }
     schedule_flush();
     return !over_high_water();
 }
 
 void Channel::node_write(std::string_view line, UniqueFd fd) {
-    const std::uint64_t position = out_.end();
-    out_.tail() += line;
+    const std::uint64_t position = out_->end();
+    out_->tail() += line;
     if (fd) {
         ++queued_fds_;
         std::vector<UniqueFd> owned;
@@ -109,7 +113,7 @@ void Channel::node_release_held() {
         } else {
             node_write(next.line, {});
             if (next.handler)
-                completions_.push_back({out_.end(), std::move(next.handler)});
+                completions_.push_back({out_->end(), std::move(next.handler)});
         }
     }
     schedule_flush();

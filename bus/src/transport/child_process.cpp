@@ -23,6 +23,9 @@ extern "C" {
 extern char** environ;
 
 namespace bus {
+
+namespace asio = boost::asio;
+
 namespace {
 
 std::string_view env_name(std::string_view entry) {

@@ -1,4 +1,5 @@
-// The bytes a Channel has queued for its socket. Not API: Channel's private state.
+// The bytes a Channel has queued for its socket: Channel's private state, so not in a public
+// header (channel.hpp holds it by pointer).
 //
 // Why chunks and not one string: a queue that grows towards its bound (busd's per-client
 // queue of a subscriber that stopped reading is 2 MiB by default) would, as one string grown by

@@ -9,14 +9,6 @@
 
 namespace bus {
 
-// Hashes std::string keys so that a string_view finds them without building a string.
-struct StringHash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept {
-        return std::hash<std::string_view>{}(s);
-    }
-};
-
 inline constexpr std::size_t max_subject_length = 512;
 inline constexpr std::size_t max_subject_tokens = 32;
 

@@ -16,6 +16,14 @@
 
 namespace bus {
 
+// Hashes std::string keys so that a string_view finds them without building a string.
+struct StringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+        return std::hash<std::string_view>{}(s);
+    }
+};
+
 template <class T>
 class SubjectTrie {
 public:

@@ -719,7 +719,7 @@ TEST_F(ShmProcesses, LoneMpscProducerKilledAtRandomIsReplacedAndTheStreamGoesOn)
         ASSERT_TRUE(wait_attached(q)) << "round " << round;
         auto d = drain(q, order, 300);
         ASSERT_EQ(d.error, "") << "round " << round;
-        ASSERT_EQ(d.records, 300u) << "stalled in round " << round;
+        ASSERT_EQ(d.records, 300u) << "stalled in round " << round << ": " << d.last.message();
         const auto kill_at = Clock::now() + random_ms(1, 30);
         while (Clock::now() < kill_at) {
             d = drain(q, order, 50);

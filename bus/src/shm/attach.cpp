@@ -379,12 +379,14 @@ Queue::Impl::~Impl() {
 // and nobody live replaced it), errc::peer_closed (it came, and every handle of it left
 // cleanly), or {} (alive, attaching, or never came). The syscalls are paid at most once per
 // liveness slice (`due`), or when the other side's count of arrivals and departures moved;
-// in between, the last answer stands (a death, the one change the count misses, waits for
-// the slice).
+// in between, "alive" stands (a death, the one change the count misses, waits for the slice).
+// "Gone" is never taken from the cache: a replacement that is still attaching has not bumped
+// the count yet, and a waiter told peer_dead again on its stale word would not wait for it
+// (only one look per wait that ends anyway: a gone peer ends the wait).
 std::error_code Queue::Impl::peer_gone(bool due) noexcept {
     const Role other_role = role == Role::producer ? Role::consumer : Role::producer;
     const std::uint32_t seen = changes(other_role).load(std::memory_order_acquire);
-    if (!due && seen == seen_changes)
+    if (!due && seen == seen_changes && !peer_verdict)
         return peer_verdict;
     seen_changes = seen;
     peer_verdict = look_for_peers(seen);

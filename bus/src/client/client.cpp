@@ -421,7 +421,7 @@ void Client::shut(bool call_handlers) {
 // --- sending -----------------------------------------------------------------------------------
 
 Client::Sent Client::send(v1::Envelope& header, std::string_view payload, Fds fds) {
-    if (!fds.empty() && (!link_ || !link_->carries_fds()))
+    if (!fds.empty() && link_ && !link_->carries_fds())
         throw std::invalid_argument(
             "bus::Client: file descriptors need a unix:// link or the parent's channel");
     header.set_fd_count(static_cast<std::uint32_t>(fds.size()));
@@ -695,9 +695,14 @@ void Client::flush(FlushHandler handler, std::chrono::milliseconds timeout) {
 void Client::drain(FlushHandler handler, std::chrono::milliseconds timeout) {
     drains_.push_back(std::move(handler));
     if (drains_.size() > 1)
-        return; // completes with the drain under way
-    if (closed_)
-        return finish_drain(errc::channel_closed, /*posted=*/true);
+        return;    // completes with the drain under way
+    if (closed_) { // from the loop, as every error known at once
+        asio::post(io_, [weak = weak_from_this()] {
+            if (auto c = weak.lock())
+                c->finish_drain(errc::channel_closed);
+        });
+        return;
+    }
     // Withdrawn from the broker, but the handlers stay until the flush: what the broker routed
     // here before it processed the withdrawal arrives before the flush's answer.
     for (const auto& [sid, sub] : subscriptions_) {
@@ -713,19 +718,12 @@ void Client::drain(FlushHandler handler, std::chrono::milliseconds timeout) {
     flush(
         [weak = weak_from_this()](std::error_code ec) {
             if (auto c = weak.lock())
-                c->finish_drain(ec, false);
+                c->finish_drain(ec);
         },
         timeout);
 }
 
-void Client::finish_drain(std::error_code ec, bool posted) {
-    if (posted) {
-        asio::post(io_, [weak = weak_from_this(), ec] {
-            if (auto c = weak.lock())
-                c->finish_drain(ec, false);
-        });
-        return;
-    }
+void Client::finish_drain(std::error_code ec) {
     for (auto& [sid, sub] : subscriptions_)
         retire(std::move(sub.handler));
     subscriptions_.clear();

@@ -15,7 +15,8 @@ for arg in "$@"; do
 done
 
 # groff-base: the man pages' test (tests/man/check.sh); zsh: the zsh completion's test;
-# tshark: the Wireshark dissector's test (its debconf question is answered non-interactively).
+# tshark: the Wireshark dissector's test (its debconf question is answered non-interactively);
+# prometheus: its promtool checks busd's /metrics (tests/integration/http_test.cpp).
 packages=(
   build-essential cmake ninja-build pkg-config git
   libboost-dev libzmq3-dev cppzmq-dev libprotobuf-dev libprotoc-dev protobuf-compiler
@@ -24,6 +25,7 @@ packages=(
   clang libclang-rt-dev clang-format
   nodejs npm
   groff-base zsh tshark
+  prometheus
 )
 # bench/run broker: nats-server, dbus-daemon and dbus-broker (run outside systemd through
 # systemd-socket-activate, from the systemd package), sd-bus for the D-Bus clients.

@@ -166,6 +166,8 @@ int run_status(const Global& g) {
     print_line("  broker id:   " + stats.broker_id());
     print_line("  uptime:      " + elapsed_text(uptime_ns));
     print_line("  endpoints:   " + endpoints);
+    if (!stats.http().empty())
+        print_line("  http:        " + stats.http());
     print_line("  clients:     " + num(stats.clients()));
     print_line("  msgs routed: " + num(stats.msgs_routed()));
     print_line("  dropped:     " + num(stats.dropped()));

@@ -94,21 +94,13 @@ void Types::load_proto(const std::string& file, std::vector<std::string> import_
 }
 
 void Types::load_descriptor_set(const std::string& file) {
-    pb::FileDescriptorSet set;
-    const std::string bytes = read_file(file, "--descriptor-set");
-    if (!set.ParseFromString(bytes))
-        throw Failure(exit_code::usage, "--descriptor-set: " + file +
-                                            " is not a FileDescriptorSet (make one with protoc "
-                                            "--include_imports --descriptor_set_out=FILE)");
-    auto pool = std::make_unique<Pool>();
-    pool->pool = std::make_unique<pb::DescriptorPool>();
-    for (const auto& f : set.file())
-        if (!pool->pool->BuildFile(f))
-            throw Failure(exit_code::usage, "--descriptor-set: " + file + ": " + f.name() +
-                                                " does not build (are its imports in the set? "
-                                                "use protoc --include_imports)");
-    pool->factory = std::make_unique<pb::DynamicMessageFactory>(pool->pool.get());
-    pools_.insert(pools_.begin(), std::move(pool));
+    std::string why;
+    auto set = DescriptorSet::build(read_file(file, "--descriptor-set"), &why);
+    if (!set)
+        throw Failure(exit_code::usage, "--descriptor-set: " + file + ": " + why +
+                                            " (make one with protoc --include_imports "
+                                            "--descriptor_set_out=FILE)");
+    pools_.insert(pools_.begin(), std::move(set).value());
 }
 
 const pb::DescriptorPool* Types::importer_pool() const {
@@ -120,7 +112,7 @@ const pb::Descriptor* Types::find_local(const std::string& name) const {
         if (auto* d = p->FindMessageTypeByName(name))
             return d;
     for (const auto& p : pools_)
-        if (auto* d = p->pool->FindMessageTypeByName(name))
+        if (auto* d = p->find(name))
             return d;
     return pb::DescriptorPool::generated_pool()->FindMessageTypeByName(name);
 }
@@ -150,26 +142,17 @@ void Types::fetch(Client& client, const std::string& name, std::function<void()>
     client.request_bytes(
         "$sys.type", name, std::chrono::seconds(5), [this, name](std::error_code ec, Message& m) {
             Fetched f;
-            pb::FileDescriptorSet set;
+            std::string why;
             if (ec == errc::no_responders) {
                 f.error = "type " + name + " is not registered with busd (see `bus ls types`)";
             } else if (ec) {
                 f.error = "cannot ask busd for type " + name + ": " + ec.message();
-            } else if (!set.ParseFromString(std::string(m.payload()))) {
-                f.error = "busd's descriptor of " + name + " does not parse";
+            } else if (auto set = DescriptorSet::build(m.payload(), &why); !set) {
+                f.error = "busd's descriptor of " + name + ": " + why;
+            } else if (!(f.type = set.value()->find(name))) {
+                f.error = "busd's descriptor of " + name + " does not define it";
             } else {
-                auto pool = std::make_unique<Pool>();
-                pool->pool = std::make_unique<pb::DescriptorPool>();
-                bool ok = true;
-                for (const auto& file : set.file())
-                    ok = ok && pool->pool->BuildFile(file) != nullptr;
-                f.type = ok ? pool->pool->FindMessageTypeByName(name) : nullptr;
-                if (f.type) {
-                    pool->factory = std::make_unique<pb::DynamicMessageFactory>(pool->pool.get());
-                    pools_.push_back(std::move(pool));
-                } else {
-                    f.error = "busd's descriptor of " + name + " does not build";
-                }
+                pools_.push_back(std::move(set).value());
             }
             fetched_[name] = std::move(f);
             auto callbacks = std::move(waiting_[name]);
@@ -205,8 +188,8 @@ std::unique_ptr<pb::Message> Types::make(const pb::Descriptor* d) const {
         prototype = importer_factory_->GetPrototype(d);
     else
         for (const auto& p : pools_)
-            if (d->file()->pool() == p->pool.get())
-                prototype = p->factory->GetPrototype(d);
+            if (d->file()->pool() == &p->pool())
+                return p->make(d);
     if (!prototype)
         throw std::logic_error("bus: no factory for " + d->full_name());
     return std::unique_ptr<pb::Message>(prototype->New());

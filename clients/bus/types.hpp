@@ -4,6 +4,7 @@
 #include <utility> // before Asio (Boost 1.74 misses it: DESIGN.md)
 
 #include <bus/client.hpp>
+#include <bus/descriptor_set.hpp>
 
 #include <boost/asio/io_context.hpp>
 #include <google/protobuf/compiler/importer.h>
@@ -50,10 +51,6 @@ public:
     std::unique_ptr<google::protobuf::Message> make(const google::protobuf::Descriptor* d) const;
 
 private:
-    struct Pool {
-        std::unique_ptr<google::protobuf::DescriptorPool> pool;
-        std::unique_ptr<google::protobuf::DynamicMessageFactory> factory;
-    };
     struct Fetched {
         const google::protobuf::Descriptor* type = nullptr;
         std::string error;
@@ -65,7 +62,7 @@ private:
     std::unique_ptr<google::protobuf::compiler::MultiFileErrorCollector> errors_;
     std::unique_ptr<google::protobuf::compiler::Importer> importer_;
     std::unique_ptr<google::protobuf::DynamicMessageFactory> importer_factory_;
-    std::vector<std::unique_ptr<Pool>> pools_; // --descriptor-set, then one per fetched type
+    std::vector<std::unique_ptr<DescriptorSet>> pools_; // --descriptor-set, then fetched types
     std::map<std::string, Fetched> fetched_;
     std::map<std::string, std::vector<std::function<void()>>> waiting_;
 };

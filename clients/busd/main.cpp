@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
                  "(ipc://) and unix:// sockets.\n\nWith no options it serves "
                  "$XDG_RUNTIME_DIR/bus/busd.zmq and busd.sock (or /tmp/bus-$UID/...)."};
     std::vector<std::string> endpoints, listen;
-    std::string config_file, pid_file, log_file, keys_file, generate_keys, apps_log_dir;
+    std::string config_file, pid_file, log_file, keys_file, generate_keys, apps_log_dir, http;
     bool daemon = false;
     app.add_option("-e,--endpoint", endpoints,
                    "endpoint to serve: ipc://PATH or unix://PATH (repeatable; default: "
@@ -39,6 +39,9 @@ int main(int argc, char** argv) {
     app.add_flag("-d,--daemon", daemon, "detach, with a pid file and a log file");
     app.add_option("--pid-file", pid_file, "with --daemon (default: RUNTIME_DIR/busd.pid)");
     app.add_option("--log-file", log_file, "with --daemon (default: RUNTIME_DIR/busd.log)");
+    app.add_option("--http", http,
+                   "serve busd's HTTP face on ADDR:PORT (loopback unless ADDR says otherwise; "
+                   "port 0 picks one): /metrics, /api/v1, /events and the dashboard at /");
     app.add_option("--apps-log-dir", apps_log_dir,
                    "where cluster apps' output is kept, APP.log (default: "
                    "$XDG_STATE_HOME/bus/logs, else ~/.local/state/bus/logs)");
@@ -70,6 +73,8 @@ int main(int argc, char** argv) {
         return 2;
     }
     config.apps_log_dir = apps_log_dir;
+    if (!http.empty())
+        config.http.listen = http;
     config.log = [](const std::string& line) {
         std::fprintf(stderr, "busd: %s\n", line.c_str());
         std::fflush(stderr);
@@ -106,6 +111,8 @@ int main(int argc, char** argv) {
     for (const auto& e : busd.value()->endpoints())
         list += (list.empty() ? "" : ", ") + e;
     std::fprintf(stderr, "busd: serving %s (pid %d)\n", list.c_str(), static_cast<int>(::getpid()));
+    if (const auto& url = busd.value()->http_url(); !url.empty())
+        std::fprintf(stderr, "busd: http on %s\n", url.c_str());
     std::fflush(stderr);
     if (daemon)
         busd::ready_to_serve(ready, pid_file);

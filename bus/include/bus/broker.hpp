@@ -43,6 +43,10 @@ struct Limits {
     std::size_t max_services = 1000;       // per client
     std::size_t max_types = 10000;         // in the type registry, in all
     std::size_t max_type_descriptor_size = 1u << 20;
+    // Subjects and services with statistics of their own ($sys.stats, /metrics); the rest are
+    // counted together under "(other)", so that a subject per order id grows neither busd nor
+    // the series a scraper keeps.
+    std::size_t max_tracked_subjects = 1000;
 };
 
 // Restricts the clients of one uid (or gid) to some subjects. A client no rule names is not
@@ -105,8 +109,22 @@ public:
     void on_sys_request(std::string prefix, SysHandler handler);
 
     // Publishes a `$sys` event from busd itself (source "busd", kind EVENT to monitors), e.g.
-    // the cluster's `$sys.cluster.errored` and `$sys.log.APP`. Costs nothing without subscribers.
+    // the cluster's `$sys.cluster.errored` and `$sys.log.APP`. Costs nothing without subscribers
+    // or a tap.
     void publish_event(const std::string& subject, const google::protobuf::Message& event);
+
+    // The answer a client's `$sys` request `subject` would get (the same code), for busd's other
+    // faces (HTTP): `$sys.clients`, `.stats`, ..., and what on_sys_request() handlers answer.
+    // `uid` is the asker's, for handlers that check it.
+    SysAnswer query(const std::string& subject, std::string_view payload, std::uint32_t uid);
+    // Sees every event busd publishes (its own: clients connected and gone, slow consumers,
+    // the cluster's; not workers' log lines, `$sys.log.*`), subscribed or not. One tap; an
+    // empty function removes it.
+    using EventTap =
+        std::function<void(const std::string& subject, const google::protobuf::Message& event)>;
+    void on_event(EventTap tap);
+    // Where busd's HTTP face listens, for `$sys.stats` (BrokerStats.http) and `bus status`.
+    void set_http(std::string url);
 
     const std::vector<std::string>& endpoints() const noexcept;
     v1::BrokerStats stats() const;

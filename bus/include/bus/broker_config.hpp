@@ -12,6 +12,8 @@
 //   client_queue_bytes = 2097152    # per client (ZeroMQ: as many 16 KiB batches)
 //   max_subscriptions = 10000       # per client
 //   max_services = 1000             # per client
+//   max_tracked_subjects = 1000     # subjects (and services) with statistics of their own;
+//                                   # the rest are counted together as "(other)"
 //
 //   [access]
 //   allow_uids = [1001]             # besides busd's own uid

@@ -147,6 +147,12 @@ public:
     // BUS_CLIENT_FD, else BUS_CHANNEL_FD).
     static Result<std::shared_ptr<Client>> from_parent(boost::asio::io_context& io,
                                                        ClientOptions options = {});
+    // Over a connected channel (bus serialization) whose other end a broker serves, such as a
+    // socketpair one end of which busd's own Broker::adopt()ed: how busd's HTTP face joins the
+    // bus it is part of.
+    static Result<std::shared_ptr<Client>> adopt(boost::asio::io_context& io,
+                                                 std::shared_ptr<Channel> channel,
+                                                 ClientOptions options = {});
     // Hands over what is queued (up to ClientOptions::linger), then closes, as close() does,
     // without calling the handlers of calls still in flight.
     ~Client();
@@ -307,7 +313,8 @@ public:
 
     // The id the broker gave this client; empty until welcomed.
     const std::string& id() const noexcept { return id_; }
-    // What it connects to ("unix://...", or "the parent's channel"), for messages.
+    // What it connects to ("unix://...", or "its channel to busd" when it has no endpoint), for
+    // messages.
     const std::string& endpoint() const noexcept { return endpoint_; }
     bool connected() const noexcept { return welcomed_; }
     // Hands over what is queued (up to ClientOptions::linger), fails the calls in flight with

@@ -9,6 +9,7 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -16,8 +17,19 @@
 
 namespace bus::daemon {
 
+// busd's HTTP face (docs/http.md): /metrics for Prometheus, the JSON API, server-sent events
+// and the dashboard. Off unless `listen` is set.
+struct HttpConfig {
+    std::string listen; // "ADDR:PORT" ("127.0.0.1:0": a free port), or ":PORT" for loopback
+    std::size_t max_connections = 256;
+    std::chrono::milliseconds request_timeout{10000}; // for a request to arrive whole
+    // The bearer token's file; empty: http.token beside busd's local endpoint.
+    std::string token_file;
+};
+
 struct Config {
     broker::Options broker;
+    HttpConfig http;
     std::vector<cluster::AppConfig> apps;
     // Where cluster apps' output is kept (APP.log); empty: $XDG_STATE_HOME/bus/logs, else
     // ~/.local/state/bus/logs, else beside the sockets.
@@ -31,9 +43,10 @@ struct Config {
 };
 
 // busd's config from its sources, each over the one before: the TOML file (`config_file`, may
-// be empty), then BUS_ENDPOINT when neither the file nor the command line names an endpoint,
-// then `endpoints` from the command line; `curve_keys_file` (may be empty) holds the CURVE key
-// pair for tcp://. Throws ConfigError naming the file and key.
+// be empty; its [http] table: listen, max_connections, request_timeout_ms), then BUS_ENDPOINT when
+// neither the file nor the command line names an endpoint, then `endpoints` from the command line;
+// `curve_keys_file` (may be empty) holds the CURVE key pair for tcp://. Throws ConfigError naming
+// the file and key.
 Config load_config(const std::string& config_file, const std::vector<std::string>& endpoints,
                    const std::string& curve_keys_file);
 
@@ -56,6 +69,8 @@ public:
     void stop(std::function<void()> done);
 
     const std::vector<std::string>& endpoints() const noexcept;
+    // "http://ADDR:PORT" when the HTTP face is on, else empty.
+    const std::string& http_url() const noexcept;
     // Valid until the daemon stops.
     broker::Broker& broker() noexcept;
 

@@ -41,5 +41,8 @@ Result<std::string> default_ipc_endpoint();
 // (bus::cluster::Worker::join): busd.cluster.sock in the same directory. errc::bad_endpoint for
 // tcp:// (workers join only on busd's own host, as its own user).
 Result<std::string> cluster_socket_beside(std::string_view endpoint);
+// The bearer token of that busd's HTTP face (busd --http): http.token in the same directory,
+// mode 0600, made new each time busd starts.
+Result<std::string> http_token_beside(std::string_view endpoint);
 
 } // namespace bus

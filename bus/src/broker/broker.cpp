@@ -138,6 +138,19 @@ void Broker::publish_event(const std::string& subject, const google::protobuf::M
     impl_->router.publish_event(subject, event);
 }
 
+Broker::SysAnswer Broker::query(const std::string& subject, std::string_view payload,
+                                std::uint32_t uid) {
+    return impl_->router.query(subject, payload, uid);
+}
+
+void Broker::on_event(EventTap tap) {
+    impl_->router.on_event(std::move(tap));
+}
+
+void Broker::set_http(std::string url) {
+    impl_->router.set_http(std::move(url));
+}
+
 void Broker::on_sys_request(std::string prefix, SysHandler handler) {
     impl_->router.on_sys_request(std::move(prefix), std::move(handler));
 }

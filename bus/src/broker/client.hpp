@@ -78,7 +78,9 @@ struct Client {
     bool announced = false;
     const AccessRule* rule = nullptr; // restrictions, if a rule names it
     std::uint64_t msgs_in = 0, msgs_out = 0, bytes_in = 0, bytes_out = 0, dropped = 0;
+    std::uint64_t dropped_unsent = 0;   // of `dropped`: taken by its link, then not sent
     std::uint64_t unreported_drops = 0; // told with the next message it can take
+    bool slow_announced = false;        // `$sys.client.slow_consumer` said, drops not told yet
     struct Sub {
         std::string pattern, queue;
     };

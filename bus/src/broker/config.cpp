@@ -37,8 +37,9 @@ void patterns(const TomlReader& r, const char* key, std::vector<std::string>& ou
 Options load_config(const std::string& path) {
     const toml::table root = bus::detail::parse_toml_file(path);
     const TomlReader r(path, root);
-    // [[app]] tables are the cluster's (bus::cluster::load_apps).
-    r.only({"broker", "limits", "access", "app"});
+    // [[app]] tables are the cluster's (bus::cluster::load_apps), [http] busd's HTTP face's
+    // (bus::daemon::load_config).
+    r.only({"broker", "limits", "access", "app", "http"});
     Options options;
 
     if (const auto broker = r.table("broker")) {
@@ -58,13 +59,14 @@ Options load_config(const std::string& path) {
     }
     if (const auto limits = r.table("limits")) {
         limits->only({"max_message_size", "client_queue_messages", "client_queue_bytes",
-                      "max_subscriptions", "max_services"});
+                      "max_subscriptions", "max_services", "max_tracked_subjects"});
         auto& l = options.limits;
         limits->integer("max_message_size", l.max_message_size, 1024, 256 << 20);
         limits->integer("client_queue_messages", l.client_queue_messages, 1, 10000000);
         limits->integer("client_queue_bytes", l.client_queue_bytes, 4096, 1ll << 32);
         limits->integer("max_subscriptions", l.max_subscriptions, 1, 1000000);
         limits->integer("max_services", l.max_services, 1, 100000);
+        limits->integer("max_tracked_subjects", l.max_tracked_subjects, 1, 1000000);
     }
     if (const auto access = r.table("access")) {
         access->only({"allow_uids", "allow_gids", "monitor_uids", "rules"});

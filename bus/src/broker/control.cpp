@@ -109,8 +109,12 @@ void Router::handle_control(Client& c, const v1::Envelope& in, std::string_view 
         if (op == "serve") {
             if (c.services.size() >= options_.limits.max_services)
                 return send_error(c, in.id(), errc::forbidden, "service limit");
-            if (c.services.insert(name).second)
-                services_[name].instances.push_back(c.num);
+            if (c.services.insert(name).second) {
+                auto& service = services_[name];
+                if (!service.stats)
+                    service.stats = &service_stats(name);
+                service.instances.push_back(c.num);
+            }
         } else if (c.services.erase(name)) {
             drop_instance(name, c.num);
         }

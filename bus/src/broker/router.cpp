@@ -13,13 +13,26 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr std::size_t max_subject_stats = 4096;
 constexpr std::size_t max_routes = 4096; // subjects whose routes are cached
 
 std::int64_t now_unix_ns() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(
                std::chrono::system_clock::now().time_since_epoch())
         .count();
+}
+
+std::int64_t now_steady_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+        .count();
+}
+
+// Statistics are kept under their own name up to the limit, the rest together.
+template <class Map>
+typename Map::iterator bounded_entry(Map& map, const std::string& name, std::size_t limit) {
+    auto it = map.find(name);
+    if (it != map.end())
+        return it;
+    return map.try_emplace(map.size() >= limit ? std::string("(other)") : name).first;
 }
 
 void count(v1::SubjectStats& s, std::size_t bytes, bool dropped) {
@@ -99,15 +112,20 @@ void Router::handle(Client& c, v1::Envelope& in, std::string_view payload,
 }
 
 v1::SubjectStats& Router::stats_for(const std::string& subject) {
-    auto it = subject_stats_.find(subject);
-    if (it == subject_stats_.end()) {
-        if (subject_stats_.size() >= max_subject_stats)
-            it = subject_stats_.try_emplace("(other)").first;
-        else
-            it = subject_stats_.try_emplace(subject).first;
+    auto it = bounded_entry(subject_stats_, subject, options_.limits.max_tracked_subjects);
+    if (it->second.subject().empty())
         it->second.set_subject(it->first);
-    }
     return it->second;
+}
+
+Router::ServiceStats& Router::service_stats(const std::string& name) {
+    return bounded_entry(service_stats_, name, options_.limits.max_tracked_subjects)->second;
+}
+
+void Router::ServiceStats::observe(std::int64_t ns) {
+    const double seconds = static_cast<double>(ns) * 1e-9;
+    ++buckets[std::lower_bound(bounds.begin(), bounds.end(), seconds) - bounds.begin()];
+    latency_sum_ns += ns;
 }
 
 void Router::publish(Client& c, const v1::Envelope& in, std::string_view payload,
@@ -173,6 +191,8 @@ void Router::fan_out(const Client& from, const v1::Envelope& in, std::string_vie
         const auto& members = route.groups[g];
         deliver_to(members[(*route.turns[g])++ % members.size()]);
     }
+    route.stats->set_msgs_in(route.stats->msgs_in() + 1);
+    route.stats->set_bytes_in(route.stats->bytes_in() + payload.size());
     ++msgs_routed_;
 }
 
@@ -186,19 +206,26 @@ void Router::request(Client& c, const v1::Envelope& in, std::string_view payload
         return send_error(c, in.id(), errc::invalid_subject, in.subject());
     if (!Access::may_publish(c, in.subject()))
         return send_error(c, in.id(), errc::forbidden, in.subject());
-    if (it == services_.end() || it->second.instances.empty())
+    if (it == services_.end() || it->second.instances.empty()) {
+        // Counted for a name that was served: any other name would be a series of its own.
+        if (auto s = service_stats_.find(in.subject()); s != service_stats_.end())
+            ++s->second.no_responders;
         return send_error(c, in.id(), errc::no_responders, in.subject());
+    }
     auto& service = it->second;
+    ServiceStats& stats = *service.stats;
     // Its requester has given up and been told so: no service runs it now. (A ZeroMQ link
     // hands a restarted busd the requests it queued while busd was down, seconds late.)
     if (in.deadline_unix_ns() != 0 && in.deadline_unix_ns() <= now_unix_ns()) {
-        ++service.expired;
+        ++stats.expired;
         ++expired_total_;
         return send_error(c, in.id(), errc::expired, in.subject());
     }
     Client* server = find(service.instances[service.next++ % service.instances.size()]);
-    if (!server)
+    if (!server) {
+        ++stats.no_responders;
         return send_error(c, in.id(), errc::no_responders, in.subject());
+    }
     if (!fds.empty() && !server->link->carries_fds())
         return send_error(c, in.id(), errc::fds_not_supported,
                           "the serving instance has no unix:// link");
@@ -206,10 +233,13 @@ void Router::request(Client& c, const v1::Envelope& in, std::string_view payload
     FieldWriter w{outbound(header_bytes_, c, in, v1::KIND_REQUEST)};
     w.varint_field(5, id);
     w.varint_field(11, fds.size());
-    if (!deliver(*server, header_bytes_, payload, std::move(fds), Queued{.request = id}))
+    if (!deliver(*server, header_bytes_, payload, std::move(fds), Queued{.request = id})) {
+        ++stats.service_lost;
         return send_error(c, in.id(), errc::service_lost, "instance overloaded");
-    ++service.requests;
-    in_flight_.emplace(id, InFlight{c.num, server->num, in.id(), in.deadline_unix_ns()});
+    }
+    ++stats.requests;
+    in_flight_.emplace(
+        id, InFlight{c.num, server->num, in.id(), in.deadline_unix_ns(), &stats, now_steady_ns()});
     ++msgs_routed_;
 }
 
@@ -220,6 +250,8 @@ void Router::reply(Client& c, const v1::Envelope& in, std::string_view payload,
         return; // late (the requester is gone or timed out) or not this client's to answer
     const InFlight f = it->second;
     in_flight_.erase(it);
+    ++(in.kind() == v1::KIND_ERROR ? f.stats->errors : f.stats->ok);
+    f.stats->observe(now_steady_ns() - f.sent_ns);
     Client* requester = find(f.requester);
     if (!requester)
         return;
@@ -274,6 +306,12 @@ bool Router::drop(Client& to) {
     ++to.dropped;
     ++to.unreported_drops;
     ++dropped_total_;
+    // Announced from the heartbeat: an event routed now would reuse the buffers of the
+    // delivery under way.
+    if (!to.slow_announced) {
+        to.slow_announced = true;
+        slow_.push_back(to.num);
+    }
     return false;
 }
 
@@ -296,12 +334,14 @@ bool Router::report_drops(Client& to) {
     // Not `= 0`: a ZeroMQ link that handed its batch over to make room may have had earlier
     // messages refused inside send(), and those are not in this notice.
     to.unreported_drops -= told;
+    to.slow_announced = to.unreported_drops != 0;
     return true;
 }
 
 void Router::refused(Client& to, const Queued& q) {
     if (q.delivery) {
         drop(to);
+        ++to.dropped_unsent;
         --to.msgs_out;
         to.bytes_out -= q.bytes;
     }
@@ -317,6 +357,7 @@ void Router::refused(Client& to, const Queued& q) {
             return;
         const InFlight flight = f->second;
         in_flight_.erase(f);
+        ++flight.stats->service_lost;
         if (Client* requester = find(flight.requester))
             send_error(*requester, flight.client_request_id, errc::service_lost,
                        "instance overloaded");
@@ -386,9 +427,17 @@ void Router::remove(std::uint64_t num) {
     }
     std::sort(lost.begin(), lost.end(),
               [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (const auto& [id, f] : lost)
+    const auto now_ns = now_unix_ns();
+    for (const auto& [id, f] : lost) {
+        // Past its deadline (the heartbeat had not swept it yet): its requester has given up.
+        if (f.deadline_ns != 0 && f.deadline_ns < now_ns) {
+            ++f.stats->timeouts;
+            continue;
+        }
+        ++f.stats->service_lost;
         if (auto* requester = find(f.requester))
             send_error(*requester, f.client_request_id, errc::service_lost, c->id + " went away");
+    }
     c->link->close();
     if (c->announced)
         announce(*c, "$sys.client.disconnected");
@@ -424,8 +473,16 @@ void Router::heartbeat() {
         remove(num);
     // Requests past their deadline: the requester has given up; forget them.
     std::erase_if(in_flight_, [now_ns](const auto& f) {
-        return f.second.deadline_ns != 0 && f.second.deadline_ns < now_ns;
+        const bool late = f.second.deadline_ns != 0 && f.second.deadline_ns < now_ns;
+        if (late)
+            ++f.second.stats->timeouts;
+        return late;
     });
+    std::sort(slow_.begin(), slow_.end());
+    slow_.erase(std::unique(slow_.begin(), slow_.end()), slow_.end());
+    for (auto num : std::exchange(slow_, {}))
+        if (const Client* c = find(num); c && c->announced)
+            publish_event("$sys.client.slow_consumer", info(*c));
 }
 
 } // namespace bus::broker

@@ -25,6 +25,7 @@
 #include "broker/type_registry.hpp"
 #include "bus/broker.hpp"
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -76,8 +77,14 @@ public:
     // Closes every client's link and forgets every client (busd is stopping).
     void close_all();
     void on_sys_request(std::string prefix, Broker::SysHandler handler);
-    // Publishes a `$sys` event from busd itself; costs nothing without subscribers.
+    // `$sys` request `what` answered as a client's would be (Broker::query).
+    Broker::SysAnswer query(const std::string& what, std::string_view payload, std::uint32_t uid) {
+        return sys_answer(what, payload, uid);
+    }
+    // Publishes a `$sys` event from busd itself; costs nothing without subscribers or a tap.
     void publish_event(const std::string& subject, const google::protobuf::Message& event);
+    void on_event(Broker::EventTap tap) { event_tap_ = std::move(tap); }
+    void set_http(std::string url) { http_ = std::move(url); }
     void set_endpoints(std::vector<std::string> endpoints) { endpoints_ = std::move(endpoints); }
     const std::vector<std::string>& endpoints() const noexcept { return endpoints_; }
     v1::BrokerStats stats() const;
@@ -89,15 +96,30 @@ private:
         std::string queue;
         bool operator==(const SubRef& o) const { return client == o.client && sid == o.sid; }
     };
+    // What became of a service's requests (ServiceInfo in broker.proto). Kept apart from
+    // Service and never forgotten (a counter must not go back to 0 when the last instance
+    // leaves and another comes), for up to limits.max_tracked_subjects names, then "(other)".
+    struct ServiceStats {
+        // From handing a request over to reading its answer: 50 µs to 10 s.
+        static constexpr std::array<double, 16> bounds{
+            50e-6, 100e-6, 250e-6, 500e-6, 1e-3,   2.5e-3, 5e-3, 10e-3,
+            25e-3, 50e-3,  100e-3, 250e-3, 500e-3, 1.0,    2.5,  10.0};
+        std::uint64_t requests = 0, expired = 0, ok = 0, errors = 0, no_responders = 0,
+                      timeouts = 0, service_lost = 0;
+        std::array<std::uint64_t, bounds.size() + 1> buckets{};
+        std::int64_t latency_sum_ns = 0;
+        void observe(std::int64_t ns);
+    };
     struct Service {
         std::vector<std::uint64_t> instances;
         std::size_t next = 0;
-        std::uint64_t requests = 0;
-        std::uint64_t expired = 0; // dropped past their deadline
+        ServiceStats* stats = nullptr;
     };
     struct InFlight {
         std::uint64_t requester, server, client_request_id;
         std::int64_t deadline_ns;
+        ServiceStats* stats;
+        std::int64_t sent_ns; // steady clock
     };
     // Where a subject's publishes go, worked out on its first publish (subject check, trie
     // walk, grouping, client look-up) and kept until any subscription changes. A client that
@@ -135,6 +157,7 @@ private:
     void direct(Client& c, const v1::Envelope& in, std::string_view payload,
                 std::vector<UniqueFd>& fds);
     v1::SubjectStats& stats_for(const std::string& subject);
+    ServiceStats& service_stats(const std::string& name);
     bool deliver(Client& to, std::string_view header, std::string_view payload,
                  std::vector<UniqueFd> fds, Queued queued = {});
     bool deliver(Client& to, v1::Envelope& header, std::string_view payload,
@@ -148,7 +171,10 @@ private:
 
     // sys.cpp
     v1::ClientInfo info(const Client& c) const;
-    void service_info(const std::string& name, const Service& service, v1::ServiceInfo& out) const;
+    void service_info(const std::string& name, const ServiceStats& stats,
+                      v1::ServiceInfo& out) const;
+    Broker::SysAnswer sys_answer(const std::string& what, std::string_view payload,
+                                 std::uint32_t uid);
     void sys_request(Client& c, const v1::Envelope& in, std::string_view payload);
     void announce(const Client& c, const char* subject);
 
@@ -164,6 +190,9 @@ private:
     std::int64_t started_ns_;
     std::vector<std::string> endpoints_;
     std::vector<std::pair<std::string, Broker::SysHandler>> sys_handlers_;
+    Broker::EventTap event_tap_;
+    std::string http_;
+    std::vector<std::uint64_t> slow_; // clients that began dropping since the last heartbeat
 
     std::uint64_t next_client_ = 1;
     std::uint64_t next_request_ = 1;
@@ -171,6 +200,7 @@ private:
     SubjectTrie<SubRef> subscriptions_;
     std::unordered_map<std::string, std::uint64_t> queue_turns_; // round-robin per queue group
     std::unordered_map<std::string, Service> services_;
+    std::unordered_map<std::string, ServiceStats> service_stats_;
     // Requests routed and not yet answered. Only here: a client that goes away is looked up by
     // a scan (rare), so routing a request touches one map, not three.
     std::unordered_map<std::uint64_t, InFlight> in_flight_;

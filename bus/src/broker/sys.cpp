@@ -62,14 +62,30 @@ v1::ClientInfo Router::info(const Client& c) const {
     i.set_subscriptions(static_cast<std::uint32_t>(c.subs.size()));
     i.set_connected_unix_ns(c.connected_ns);
     i.set_queued(c.link->queued_bytes());
+    i.set_dropped_unsent(c.dropped_unsent);
     return i;
 }
 
-void Router::service_info(const std::string& name, const Service& service,
+void Router::service_info(const std::string& name, const ServiceStats& stats,
                           v1::ServiceInfo& out) const {
     out.set_name(name);
-    out.set_requests(service.requests);
-    out.set_expired(service.expired);
+    out.set_requests(stats.requests);
+    out.set_expired(stats.expired);
+    out.set_ok(stats.ok);
+    out.set_errors(stats.errors);
+    out.set_no_responders(stats.no_responders);
+    out.set_timeouts(stats.timeouts);
+    out.set_service_lost(stats.service_lost);
+    auto& latency = *out.mutable_latency();
+    std::uint64_t count = 0;
+    for (double bound : ServiceStats::bounds)
+        latency.add_bounds_seconds(bound);
+    for (auto n : stats.buckets) {
+        latency.add_counts(n);
+        count += n;
+    }
+    latency.set_count(count);
+    latency.set_sum_seconds(static_cast<double>(stats.latency_sum_ns) * 1e-9);
 }
 
 v1::BrokerStats Router::stats() const {
@@ -85,8 +101,9 @@ v1::BrokerStats Router::stats() const {
     s.set_expired(expired_total_);
     for (const auto& [name, stats] : subject_stats_)
         *s.add_subjects() = stats;
-    for (const auto& [name, service] : services_)
-        service_info(name, service, *s.add_services());
+    for (const auto& [name, stats] : service_stats_)
+        service_info(name, stats, *s.add_services());
+    s.set_http(http_);
     return s;
 }
 
@@ -95,8 +112,24 @@ void Router::on_sys_request(std::string prefix, Broker::SysHandler handler) {
 }
 
 void Router::sys_request(Client& c, const v1::Envelope& in, std::string_view payload) {
-    const auto& what = in.subject();
-    std::unique_ptr<google::protobuf::Message> answer;
+    auto a = sys_answer(in.subject(), payload, c.uid);
+    if (!a.reply)
+        return send_error(c, in.id(), a.error, a.detail);
+    v1::Envelope& header = out_;
+    header.Clear();
+    header.set_kind(v1::KIND_REPLY);
+    header.set_subject(in.subject());
+    header.set_type_url(frame::type_url_of(*a.reply));
+    header.set_source("busd");
+    header.set_correlation_id(in.id());
+    const std::string body = a.reply->SerializeAsString();
+    deliver(c, header, body, {});
+}
+
+Broker::SysAnswer Router::sys_answer(const std::string& what, std::string_view payload,
+                                     std::uint32_t uid) {
+    Broker::SysAnswer a;
+    auto& answer = a.reply;
     if (what == "$sys.clients") {
         auto list = std::make_unique<v1::ClientList>();
         for (const auto& [num, client] : clients_)
@@ -126,7 +159,7 @@ void Router::sys_request(Client& c, const v1::Envelope& in, std::string_view pay
         auto list = std::make_unique<v1::ServiceList>();
         for (const auto& [name, service] : services_) {
             auto* s = list->add_services();
-            service_info(name, service, *s);
+            service_info(name, *service.stats, *s);
             for (auto num : service.instances)
                 if (auto* instance = find(num))
                     s->add_instances(instance->id);
@@ -139,8 +172,11 @@ void Router::sys_request(Client& c, const v1::Envelope& in, std::string_view pay
     } else if (what == "$sys.type") {
         // The request's payload names the type; the answer is its FileDescriptorSet.
         const std::string* set_bytes = types_.find(std::string(payload));
-        if (!set_bytes)
-            return send_error(c, in.id(), errc::no_responders, "unknown type");
+        if (!set_bytes) {
+            a.error = errc::no_responders;
+            a.detail = "unknown type";
+            return a;
+        }
         auto set = std::make_unique<google::protobuf::FileDescriptorSet>();
         set->ParseFromString(*set_bytes);
         answer = std::move(set);
@@ -155,32 +191,27 @@ void Router::sys_request(Client& c, const v1::Envelope& in, std::string_view pay
     } else {
         auto h = std::find_if(sys_handlers_.begin(), sys_handlers_.end(),
                               [&](const auto& e) { return what.starts_with(e.first); });
-        if (h == sys_handlers_.end())
-            return send_error(c, in.id(), errc::no_responders, what);
-        auto a = h->second(what, payload, c.uid);
-        if (!a.reply)
-            return send_error(c, in.id(), a.error, a.detail);
-        answer = std::move(a.reply);
+        if (h == sys_handlers_.end()) {
+            a.error = errc::no_responders;
+            a.detail = what;
+            return a;
+        }
+        return h->second(what, payload, uid);
     }
-    v1::Envelope& header = out_;
-    header.Clear();
-    header.set_kind(v1::KIND_REPLY);
-    header.set_subject(what);
-    header.set_type_url(frame::type_url_of(*answer));
-    header.set_source("busd");
-    header.set_correlation_id(in.id());
-    const std::string body = answer->SerializeAsString();
-    deliver(c, header, body, {});
+    return a;
 }
 
 void Router::announce(const Client& c, const char* subject) {
-    if (subscriptions_.size() == 0 && monitors_.empty())
+    if (subscriptions_.size() == 0 && monitors_.empty() && !event_tap_)
         return;
     publish_event(subject, info(c));
 }
 
-// Broker events go to whoever subscribed to them, like any publish, from source "busd".
+// Broker events go to whoever subscribed to them, like any publish, from source "busd", and to
+// the tap (busd's HTTP face), which is not told workers' lines: they are logs, not events.
 void Router::publish_event(const std::string& subject, const google::protobuf::Message& event) {
+    if (event_tap_ && !subject.starts_with("$sys.log."))
+        event_tap_(subject, event);
     if (subscriptions_.size() == 0 && monitors_.empty())
         return;
     // Serialized only for someone: busd publishes a line per line its workers print.

@@ -377,12 +377,17 @@ Result<std::shared_ptr<Client>> Client::from_parent(asio::io_context& io, Client
                                                 : Channel::from_parent(io, co);
     if (!channel)
         return channel.error();
-    if (channel.value()->options().serialization != Serialization::bus)
-        return errc::unsupported_serialization;
-    std::shared_ptr<Client> client(new Client(io, options, "the parent's channel"));
+    return adopt(io, std::move(channel).value(), std::move(options));
+}
+
+Result<std::shared_ptr<Client>>
+Client::adopt(asio::io_context& io, std::shared_ptr<Channel> channel, ClientOptions options) {
+    if (!channel || channel->options().serialization != Serialization::bus)
+        return make_error_code(errc::unsupported_serialization);
+    std::shared_ptr<Client> client(new Client(io, options, "its channel to busd"));
     std::weak_ptr<Client> weak = client;
     client->link_ = std::make_unique<ChannelLink>(
-        io, weak, std::string(), std::move(channel).value(), options, receiver(weak), [] {},
+        io, weak, std::string(), std::move(channel), options, receiver(weak), [] {},
         [weak](std::error_code ec) {
             if (auto c = weak.lock())
                 c->link_down(ec);

@@ -11,10 +11,6 @@
 namespace bus::cluster {
 
 void describe(const App& a, v1::ClusterApp& info) {
-    const auto now_steady = Clock::now();
-    const auto now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                            std::chrono::system_clock::now().time_since_epoch())
-                            .count();
     info.set_name(a.config.name);
     info.set_state(a.state == AppState::running    ? "running"
                    : a.state == AppState::stopping ? "stopping"
@@ -36,19 +32,27 @@ void describe(const App& a, v1::ClusterApp& info) {
             info.add_listening(address);
     info.set_pending(static_cast<std::uint32_t>(a.pending.size()));
     info.set_reason(a.reason);
-    for (const auto& p : a.procs) {
-        auto* w = info.add_workers();
-        w->set_instance(static_cast<std::uint32_t>(p->instance));
-        w->set_joined(p->joined);
-        w->set_pid(static_cast<std::uint32_t>(p->pid()));
-        w->set_state(p->state_name());
-        w->set_connections(p->reported_load + p->sent_since_report);
-        w->set_started_unix_ns(
-            now_ns -
-            std::chrono::duration_cast<std::chrono::nanoseconds>(now_steady - p->started).count());
-        w->set_rss_bytes(detail::rss_bytes(p->pid()));
-        w->set_cpu_ms(detail::cpu_ms(p->pid()));
-    }
+    for (const auto& p : a.procs)
+        describe(*p, *info.add_workers());
+}
+
+void describe(const Proc& p, v1::ClusterWorker& w) {
+    const auto now_steady = Clock::now();
+    const auto now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+    w.set_instance(static_cast<std::uint32_t>(p.instance));
+    w.set_joined(p.joined);
+    w.set_pid(static_cast<std::uint32_t>(p.pid()));
+    w.set_state(p.state_name());
+    w.set_connections(p.reported_load + p.sent_since_report);
+    w.set_started_unix_ns(
+        now_ns -
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now_steady - p.started).count());
+    w.set_rss_bytes(detail::rss_bytes(p.pid()));
+    w.set_cpu_ms(detail::cpu_ms(p.pid()));
+    w.set_heartbeat_lag_ms(static_cast<std::uint32_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(now_steady - p.last_answer).count()));
 }
 
 v1::ClusterList Supervisor::list() const {

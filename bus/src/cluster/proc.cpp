@@ -84,6 +84,7 @@ std::shared_ptr<Proc> Supervisor::Impl::spawn_worker(App& a, int instance, bool 
             on_exit(*self, code, signal);
     });
     log(who(*p) + " started");
+    worker_event("$sys.cluster.worker.started", *p, 0, 0);
     return p;
 }
 
@@ -197,6 +198,7 @@ void Supervisor::Impl::on_message(Proc& p, Message& m) {
         }
     } else if (control_is(m, beat) && m.fds.empty()) {
         p.unanswered_pings = 0;
+        p.last_answer = Clock::now();
         p.reported_load = beat.connections();
         p.sent_since_report = static_cast<std::uint32_t>(p.in_flight.size());
     } else if (control_is(m, load) && m.fds.empty()) {
@@ -303,6 +305,7 @@ void Supervisor::Impl::on_exit(Proc& p, int code, int signal) {
     if (!p.joined)
         log(who(p) + (signal ? " killed by signal " + std::to_string(signal)
                              : " exited with code " + std::to_string(code)));
+    worker_event("$sys.cluster.worker.exited", p, code, signal);
     if (a.state == AppState::running)
         requeue(a, p);
     else

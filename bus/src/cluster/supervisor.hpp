@@ -85,6 +85,7 @@ struct Proc : std::enable_shared_from_this<Proc> {
     bool exited = false;
     State state = State::starting;
     Clock::time_point started = Clock::now();
+    Clock::time_point last_answer = started;    // its last heartbeat answer
     std::map<std::uint64_t, Pending> in_flight; // sent, not acknowledged yet
     std::uint32_t reported_load = 0;            // last Load / Heartbeat answer
     std::uint32_t sent_since_report = 0;
@@ -151,6 +152,7 @@ struct App {
 
 // What `ls` and the `$sys.cluster.errored` event say of an app (control.cpp).
 void describe(const App& a, v1::ClusterApp& info);
+void describe(const Proc& p, v1::ClusterWorker& info);
 
 struct Supervisor::Impl {
     asio::io_context& io;
@@ -167,6 +169,17 @@ struct Supervisor::Impl {
     void log(const std::string& line) {
         if (options.log)
             options.log(line);
+    }
+    // `$sys.cluster.worker.started` / `.exited`: `code` and `signal` as the exit gave them.
+    void worker_event(const char* subject, const Proc& p, int code, int signal) {
+        if (!options.event)
+            return;
+        v1::WorkerEvent event;
+        event.set_app(p.app->config.name);
+        describe(p, *event.mutable_worker());
+        event.set_exit_code(code);
+        event.set_signal(signal);
+        options.event(subject, event);
     }
     static std::string who(const Proc& p) {
         return "app '" + p.app->config.name + "' " + (p.joined ? "joined worker " : "worker ") +

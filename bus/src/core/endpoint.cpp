@@ -74,7 +74,9 @@ Result<std::string> default_unix_endpoint() {
     return "unix://" + dir.value() + "/busd.sock";
 }
 
-Result<std::string> cluster_socket_beside(std::string_view endpoint) {
+namespace {
+
+Result<std::string> file_beside(std::string_view endpoint, const char* file) {
     auto parsed = parse_endpoint(endpoint);
     if (!parsed)
         return parsed.error();
@@ -82,8 +84,17 @@ Result<std::string> cluster_socket_beside(std::string_view endpoint) {
         return make_error_code(errc::bad_endpoint);
     const auto& path = parsed.value().address;
     const auto slash = path.rfind('/');
-    return (slash == std::string::npos ? std::string(".") : path.substr(0, slash)) +
-           "/busd.cluster.sock";
+    return (slash == std::string::npos ? std::string(".") : path.substr(0, slash)) + "/" + file;
+}
+
+} // namespace
+
+Result<std::string> cluster_socket_beside(std::string_view endpoint) {
+    return file_beside(endpoint, "busd.cluster.sock");
+}
+
+Result<std::string> http_token_beside(std::string_view endpoint) {
+    return file_beside(endpoint, "http.token");
 }
 
 } // namespace bus

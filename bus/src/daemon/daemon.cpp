@@ -1,10 +1,12 @@
 // The composition root of busd (bus/daemon.hpp): the broker, the cluster supervisor wired to
-// it (each worker's bus link, the cluster's events, `$sys.cluster.*` control), and signals.
+// it (each worker's bus link, the cluster's events, `$sys.cluster.*` control), the HTTP face
+// (http/face.hpp) when asked for, and signals.
 #include "bus/daemon.hpp"
 
 #include "bus/broker_config.hpp"
 #include "bus/endpoint.hpp"
 #include "core/toml_reader.hpp"
+#include "http/face.hpp"
 
 #include <boost/asio/signal_set.hpp>
 
@@ -66,6 +68,23 @@ std::string local_endpoint(const std::vector<std::string>& served) {
     return {};
 }
 
+// [http] in busd's config file.
+void load_http(const std::string& path, HttpConfig& http) {
+    const toml::table root = detail::parse_toml_file(path);
+    const detail::TomlReader r(path, root);
+    const auto table = r.table("http");
+    if (!table)
+        return;
+    table->only({"listen", "max_connections", "request_timeout_ms"});
+    if (auto listen = table->string("listen")) {
+        if (listen->empty())
+            table->fail("listen", "must be \"ADDR:PORT\", such as \"127.0.0.1:9180\"");
+        http.listen = std::move(*listen);
+    }
+    table->integer("max_connections", http.max_connections, 1, 100000);
+    table->duration("request_timeout_ms", http.request_timeout, 100, 600000);
+}
+
 } // namespace
 
 Config load_config(const std::string& config_file, const std::vector<std::string>& endpoints,
@@ -74,6 +93,7 @@ Config load_config(const std::string& config_file, const std::vector<std::string
     if (!config_file.empty()) {
         config.broker = broker::load_config(config_file);
         config.apps = cluster::load_apps(config_file);
+        load_http(config_file, config.http);
     }
     if (!endpoints.empty())
         config.broker.endpoints = endpoints;
@@ -189,6 +209,8 @@ struct Daemon::Impl {
     void finish() {
         signals.reset();
         reload.reset();
+        http.reset();
+        http_url.clear();
         cluster.reset();
         broker.reset();
     }
@@ -197,6 +219,8 @@ struct Daemon::Impl {
     std::function<void(const std::string&)> log;
     std::unique_ptr<broker::Broker> broker;
     std::unique_ptr<cluster::Supervisor> cluster;
+    std::unique_ptr<http::Face> http;
+    std::string http_url;
     std::vector<std::string> endpoints;
     std::optional<asio::signal_set> signals; // SIGINT, SIGTERM
     std::optional<asio::signal_set> reload;  // SIGHUP
@@ -258,6 +282,33 @@ Result<std::unique_ptr<Daemon>> Daemon::start(asio::io_context& io, Config confi
                                                       std::string_view payload, std::uint32_t uid) {
         return i->cluster_request(subject, payload, uid);
     });
+
+    if (!config.http.listen.empty()) {
+        http::Options http;
+        http.listen = config.http.listen;
+        http.limits.max_connections = config.http.max_connections;
+        http.limits.request_timeout = config.http.request_timeout;
+        http.token_file = config.http.token_file;
+        if (http.token_file.empty()) {
+            const auto local = local_endpoint(impl->endpoints);
+            auto beside = local.empty() ? Result<std::string>(std::errc::no_such_file_or_directory)
+                                        : http_token_beside(local);
+            auto dir = runtime_dir();
+            http.token_file = beside ? beside.value()
+                              : dir  ? dir.value() + "/http.token"
+                                     : std::string();
+            if (http.token_file.empty()) {
+                if (why)
+                    *why = "no place for the http token: give [http] a token file";
+                return make_error_code(std::errc::no_such_file_or_directory);
+            }
+        }
+        auto face = http::Face::start(io, *impl->broker, std::move(http), why);
+        if (!face)
+            return face.error();
+        impl->http = std::move(face).value();
+        impl->http_url = impl->http->url();
+    }
     return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
 }
 
@@ -267,6 +318,10 @@ void Daemon::stop(std::function<void()> done) {
 
 const std::vector<std::string>& Daemon::endpoints() const noexcept {
     return impl_->endpoints;
+}
+
+const std::string& Daemon::http_url() const noexcept {
+    return impl_->http_url;
 }
 
 broker::Broker& Daemon::broker() noexcept {

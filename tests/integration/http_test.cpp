@@ -11,6 +11,7 @@
 #include "testonly/v1/sensor.pb.h"
 
 #include <bus/client.hpp>
+#include <bus/shm_queue.hpp>
 #include <bus/v1/broker.pb.h>
 #include <bus/v1/cluster.pb.h>
 
@@ -329,7 +330,26 @@ TEST_F(HttpTest, MetricsAgreeWithTheTrafficSentAndPassPromtool) {
     EXPECT_GT(sample(metrics, "process_resident_memory_bytes"), 0);
     EXPECT_GT(sample(metrics, "process_open_fds"), 0);
 
-    const auto [rc, said] = promtool_check(metrics, config_dir_.path());
+    // A shared-memory queue announced: figures read from its segment.
+    const std::string queue = "bus-http-test-" + std::to_string(::getpid());
+    struct Unlink {
+        std::string name;
+        ~Unlink() { bus::shm::remove(name, true); } // even when an assertion fails
+    } unlink{queue};
+    auto q = bus::shm::Queue::create(queue, 4096);
+    ASSERT_TRUE(q) << q.error().message();
+    for (int i = 0; i < 3; ++i)
+        ASSERT_FALSE(q.value().try_push(bus::v1::Heartbeat()));
+    pub->announce_queue(queue);
+    flush(io_, pub);
+    const std::string with_queue = get(port_, "/metrics").body;
+    const std::string labels = "{queue=\"" + queue + "\",client=\"" + pub->id() + "\"}";
+    EXPECT_EQ(sample(with_queue, "bus_shm_queue_depth_records" + labels), 3);
+    EXPECT_EQ(sample(with_queue, "bus_shm_queue_produced_total" + labels), 3);
+    EXPECT_EQ(sample(with_queue, "bus_shm_queue_consumed_total" + labels), 0);
+    EXPECT_GE(sample(with_queue, "bus_shm_queue_capacity_bytes" + labels), 4096);
+
+    const auto [rc, said] = promtool_check(with_queue, config_dir_.path());
     EXPECT_EQ(rc, 0) << "promtool check metrics (installed by scripts/setup.sh): " << said;
 }
 
@@ -554,6 +574,26 @@ TEST_F(HttpTest, EventsFollowClientsWorkersAndSlowConsumers) {
         events.next([](const json& e) { return e["subject"] == "$sys.cluster.worker.started"; });
     ASSERT_TRUE(started);
     EXPECT_NE((*started)["event"]["worker"]["pid"], victim);
+
+    // The app's and its worker's series, once the new worker is ready.
+    const auto pid = std::to_string((*started)["event"]["worker"]["pid"].get<std::uint32_t>());
+    const std::string worker = "{app=\"hello\",instance=\"0\",pid=\"" + pid + "\"";
+    std::string metrics;
+    ASSERT_TRUE(bus::test::wait_until([&] {
+        metrics = get(port_, "/metrics").body;
+        return sample(metrics, "bus_worker_info" + worker + ",state=\"ready\"}") == 1;
+    })) << metrics;
+    EXPECT_EQ(sample(metrics, "bus_app_restarts_total{app=\"hello\"}"), 1);
+    EXPECT_EQ(sample(metrics, "bus_app_instances{app=\"hello\"}"), 1);
+    EXPECT_EQ(sample(metrics, "bus_app_info{app=\"hello\",state=\"running\",mode=\"round_robin\"}"),
+              1);
+    EXPECT_GT(sample(metrics, "bus_worker_resident_memory_bytes" + worker + "}"), 0);
+    EXPECT_GE(sample(metrics, "bus_worker_uptime_seconds" + worker + "}"), 0);
+    EXPECT_GE(sample(metrics, "bus_worker_heartbeat_lag_seconds" + worker + "}"), 0);
+    EXPECT_LT(sample(metrics, "bus_worker_heartbeat_lag_seconds" + worker + "}"), 5);
+    EXPECT_EQ(count_series(metrics, "bus_worker_info{"), 1u); // the killed one is gone
+    const auto [rc, said] = promtool_check(metrics, config_dir_.path());
+    EXPECT_EQ(rc, 0) << said;
 
     // A subscriber that stops reading (a stopped `bus sub`) is told as a slow consumer.
     auto stuck =

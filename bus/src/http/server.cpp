@@ -45,7 +45,7 @@ class Session;
 
 struct Server::Impl : std::enable_shared_from_this<Impl> {
     Impl(asio::io_context& io_, Limits l, Handler h)
-        : io(io_), acceptor(io_), keepalive(io_), limits(l), handler(std::move(h)) {}
+        : io(io_), acceptor(io_), keepalive(io_), retry(io_), limits(l), handler(std::move(h)) {}
 
     void accept();
     void tick();
@@ -54,6 +54,7 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
     asio::io_context& io;
     tcp::acceptor acceptor;
     asio::steady_timer keepalive;
+    asio::steady_timer retry; // accept again after a failed accept
     Limits limits;
     Handler handler;
     std::string url;
@@ -258,20 +259,27 @@ void Server::Impl::accept() {
     acceptor.async_accept([self = shared_from_this()](beast::error_code ec, tcp::socket socket) {
         if (self->stopped)
             return;
-        if (!ec) {
-            if (self->sessions.size() >= self->limits.max_connections) {
-                ++self->refused;
-                ::send(socket.native_handle(), busy_response.data(), busy_response.size(),
-                       MSG_DONTWAIT | MSG_NOSIGNAL);
-                beast::error_code ignored;
-                socket.close(ignored);
-            } else {
-                auto session = std::make_shared<Session>(self, std::move(socket));
-                self->sessions.emplace(session.get(), session);
-                session->start();
-            }
+        if (ec) {
+            // Out of fds (EMFILE) and the like: the connection waits in the backlog; try again
+            // in a moment rather than spin on an accept that fails at once.
+            self->retry.expires_after(std::chrono::milliseconds(100));
+            self->retry.async_wait([self](beast::error_code) {
+                if (!self->stopped)
+                    self->accept();
+            });
+            return;
         }
-        // EMFILE and the like: try again; the connection waits in the backlog meanwhile.
+        if (self->sessions.size() >= self->limits.max_connections) {
+            ++self->refused;
+            ::send(socket.native_handle(), busy_response.data(), busy_response.size(),
+                   MSG_DONTWAIT | MSG_NOSIGNAL);
+            beast::error_code ignored;
+            socket.close(ignored);
+        } else {
+            auto session = std::make_shared<Session>(self, std::move(socket));
+            self->sessions.emplace(session.get(), session);
+            session->start();
+        }
         self->accept();
     });
 }
@@ -294,6 +302,7 @@ void Server::Impl::stop() {
     beast::error_code ignored;
     acceptor.close(ignored);
     keepalive.cancel();
+    retry.cancel();
     auto all = std::move(sessions);
     for (auto& [raw, session] : all)
         if (auto s = session.lock())

@@ -16,7 +16,9 @@ done
 
 # groff-base: the man pages' test (tests/man/check.sh); zsh: the zsh completion's test;
 # tshark: the Wireshark dissector's test (its debconf question is answered non-interactively);
-# prometheus: its promtool checks busd's /metrics (tests/integration/http_test.cpp).
+# prometheus: its promtool checks busd's /metrics (tests/integration/http_test.cpp);
+# chromium: the dashboard's test drives it headless (tests/dashboard, puppeteer-core from npm,
+# which never downloads a browser), fonts-dejavu-core so its pages have legible text.
 packages=(
   build-essential cmake ninja-build pkg-config git
   libboost-dev libzmq3-dev cppzmq-dev libprotobuf-dev libprotoc-dev protobuf-compiler
@@ -26,6 +28,7 @@ packages=(
   nodejs npm
   groff-base zsh tshark
   prometheus
+  chromium fonts-dejavu-core
 )
 # bench/run broker: nats-server, dbus-daemon and dbus-broker (run outside systemd through
 # systemd-socket-activate, from the systemd package), sd-bus for the D-Bus clients.

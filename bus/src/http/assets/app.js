@@ -11,6 +11,7 @@
 
 (() => {
   const POLL_MS = 1000;
+  const MIN_DT = 0.9;           // seconds between two samples a rate is computed from
   const HISTORY = 300;          // samples per subject: 5 minutes at one a second
   const TOP_N = 25;             // subjects shown unless "show all"
   const INSPECTOR_MAX = 200;    // messages kept in the inspector
@@ -413,8 +414,8 @@
       const prev = clientPrev.get(c.id);
       const now = { t, msgs_in: num(c.msgs_in), msgs_out: num(c.msgs_out), bytes_in: num(c.bytes_in), bytes_out: num(c.bytes_out) };
       const dt = prev ? (t - prev.t) / 1000 : 0;
-      const r = (k) => (prev && dt > 0.2 ? Math.max(0, (now[k] - prev[k]) / dt) : null);
-      if (!prev || dt > 0.2) clientPrev.set(c.id, now);
+      const r = (k) => (prev && dt >= MIN_DT ? Math.max(0, (now[k] - prev[k]) / dt) : null);
+      if (!prev || dt >= MIN_DT) clientPrev.set(c.id, now);
       const cells = clientRows.get(c.id)._cells;
       setText(cells.id, c.id);
       setText(cells.name, c.name || '–');
@@ -453,7 +454,7 @@
       }
       if (e.prev) {
         const dt = (t - e.prev.t) / 1000;
-        if (dt > 0.2) {
+        if (dt >= MIN_DT) {
           e.rateIn = Math.max(0, (cur.msgs_in - e.prev.msgs_in) / dt);
           e.rateOut = Math.max(0, (cur.msgs - e.prev.msgs) / dt);
           push(e.inHist, e.rateIn);
@@ -589,11 +590,11 @@
       const c = serviceRows.get(s.name)._cells;
       const prev = servicePrev.get(s.name);
       const dt = prev ? (t - prev.t) / 1000 : 0;
-      if (prev && dt > 0.2) {
+      if (prev && dt >= MIN_DT) {
         const r = Math.max(0, (num(s.requests) - prev.requests) / dt);
         setNum(c.rate, r, fmtRate(r));
       } else if (!c.rate.textContent) setNum(c.rate, 0, '…');
-      if (!prev || dt > 0.2) servicePrev.set(s.name, { t, requests: num(s.requests) });
+      if (!prev || dt >= MIN_DT) servicePrev.set(s.name, { t, requests: num(s.requests) });
       setText(c.name, s.name);
       setText(c.instances, (s.instances || []).length);
       c.instances.title = (s.instances || []).join('\n');
@@ -619,9 +620,9 @@
       const t = performance.now();
       const [stats, clients, apps, services] = await Promise.all([
         api('/api/v1/stats'), api('/api/v1/clients'), api('/api/v1/apps'), api('/api/v1/services')]);
-      const rate = lastStats && t - lastStats.t > 200
+      const rate = lastStats && t - lastStats.t >= MIN_DT * 1000
         ? Math.max(0, (num(stats.msgs_routed) - num(lastStats.s.msgs_routed)) / ((t - lastStats.t) / 1000)) : null;
-      if (!lastStats || t - lastStats.t > 200) lastStats = { t, s: stats, rate };
+      if (!lastStats || t - lastStats.t >= MIN_DT * 1000) lastStats = { t, s: stats, rate };
       renderBroker(stats, rate === null ? lastStats.rate : rate);
       ingestSubjects(stats.subjects || [], t);
       renderSubjects(false);
@@ -721,6 +722,11 @@
         if (!data) continue;  // a comment (keep-alive) or an event without data
         let json;
         try { json = JSON.parse(data); } catch { json = { error: 'not JSON: ' + data }; }
+        if (json && json.error && json.subject === undefined) {
+          // busd could not watch the pattern: {"error": "..."} and nothing more.
+          reader.cancel().catch(() => {});
+          throw new Error(json.error);
+        }
         onEvent(json);
       }
     }

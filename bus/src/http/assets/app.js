@@ -34,7 +34,7 @@
   }
   function fmtBytes(b) {
     b = num(b);
-    if (b < 1024) return b + ' B';
+    if (b < 1024) return Math.round(b) + ' B';
     const units = ['KiB', 'MiB', 'GiB', 'TiB'];
     let i = -1;
     do { b /= 1024; i++; } while (b >= 1024 && i < units.length - 1);
@@ -123,7 +123,8 @@
       text = 'busd unreachable' + (conn.lastOk ? ' · last data ' + clock(new Date(conn.lastOk)) : '');
     } else if (conn.api === 'connecting') {
       state = 'connecting'; text = 'connecting…';
-    } else if (conn.events !== 'live') {
+    } else if (conn.events === 'down') {
+      // EventSource retries by itself; the page polls meanwhile.
       state = 'degraded'; text = 'polling · live events reconnecting';
     } else {
       state = 'live'; text = 'live';
@@ -494,11 +495,12 @@
     cells.subject.title = name;
     row._cells = cells;
     row._lines = { in: lineIn, out: lineOut, title };
+    row._svg = svg;
     return row;
   }
-  function points(hist, max) {
-    // Right-aligned: the newest sample at x = HISTORY.
-    const off = HISTORY - hist.length;
+  function points(hist, max, span) {
+    // Right-aligned: the newest sample at x = span.
+    const off = span - hist.length;
     let out = '';
     for (let i = 0; i < hist.length; i++) {
       const y = 21 - (max > 0 ? (hist[i] / max) * 20 : 0);
@@ -528,8 +530,14 @@
     setText($('subjects-shown'), matching === subjects.size && list.length === matching ? ''
       : 'showing ' + list.length + ' of ' + matching + (filter ? ' matching' : ''));
     reconcile($('subjects').tBodies[0], subjectRows, list.map(([k]) => k), subjectRow);
+    // The sparklines' window: the history there is, from one minute up to five.
+    let longest = 0;
+    for (const [, e] of list) if (e.inHist.length > longest) longest = e.inHist.length;
+    const span = Math.min(HISTORY, Math.max(60, longest));
+    setText($('subjects-window'), 'last ' + fmtDuration(span * POLL_MS).replace(/ 0s$/, ''));
     for (const [name, e] of list) {
       const row = subjectRows.get(name), c = row._cells, s = e.last;
+      if (row._span !== span) { row._svg.setAttribute('viewBox', '0 0 ' + span + ' 22'); row._span = span; }
       setNum(c.in, e.rateIn, fmtRate(e.rateIn));
       setNum(c.out, e.rateOut, fmtRate(e.rateOut));
       setNum(c.published, num(s.msgs_in), fmtInt(s.msgs_in));
@@ -541,8 +549,8 @@
       let max = 0;
       for (const v of e.inHist) if (v > max) max = v;
       for (const v of e.outHist) if (v > max) max = v;
-      row._lines.in.setAttribute('points', points(e.inHist, max));
-      row._lines.out.setAttribute('points', points(e.outHist, max));
+      row._lines.in.setAttribute('points', points(e.inHist, max, span));
+      row._lines.out.setAttribute('points', points(e.outHist, max, span));
       row._lines.title.textContent = 'peak ' + fmtRate(max) + ' msgs/s over the last ' +
         fmtDuration(e.inHist.length * POLL_MS);
     }
@@ -689,9 +697,13 @@
       setText($('events-state'), 'reconnecting…');
       renderConn();
     };
-    events.onmessage = (e) => onBusEvent(e.data);
+    const onEvent = (e) => {
+      if (conn.events !== 'live') { conn.events = 'live'; setText($('events-state'), ''); renderConn(); }
+      onBusEvent(e.data);
+    };
+    events.onmessage = onEvent;
     // Should busd name its events, listen to each name too.
-    for (const s of EVENT_SUBJECTS) events.addEventListener(s, (e) => onBusEvent(e.data));
+    for (const s of EVENT_SUBJECTS) events.addEventListener(s, onEvent);
   }
 
   // ---------------------------------------------------------------- /api/v1/inspect streams
@@ -785,11 +797,16 @@
       await withToken('The inspector', async () => {
         if (inspector !== me) return;
         // busd answers once it has subscribed: live from the response's headers on.
-        await streamInspect(pattern, abort.signal, (m) => { if (inspector === me) inspectorMessage(m); }, () => {
-          if (inspector !== me) return;
+        const live = () => {
+          if (inspector !== me || $('inspector-section').dataset.live === 'true') return;
           renderInspectorState('live: ' + pattern);
           $('inspector-section').dataset.live = 'true';
-        });
+        };
+        await streamInspect(pattern, abort.signal, (m) => {
+          if (inspector !== me) return;
+          live();
+          inspectorMessage(m);
+        }, live);
       });
       if (inspector === me) stopInspector('busd ended the stream');
     } catch (x) {

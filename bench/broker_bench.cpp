@@ -42,25 +42,24 @@
 // stall.bus-ipc) contains one of the NAMEs.
 #include "broker/harness.hpp"
 #include "broker/peers.hpp"
+#include "broker/pubsub_case.hpp"
+#include "broker/session.hpp"
 #include "common/options.hpp"
 #include "common/process.hpp"
 #include "common/report.hpp"
-#include "common/watchdog.hpp"
 
 #include <bus/broker.hpp>
 
 #include <algorithm>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include <sys/prctl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #ifndef BUS_BENCH_BUSD
@@ -75,23 +74,8 @@ using namespace bench::broker;
 struct Options : bench::Options {
     double stall_seconds = 2.0;
     int search_steps = 5;
-    std::string busd = BUS_BENCH_BUSD;
-    bool keep = false;
+    bench::broker::ServerFlags server{BUS_BENCH_BUSD};
 };
-
-std::string find_program(const std::string& name) {
-    std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
-    path += ":/usr/sbin:/sbin:/usr/bin:/bin";
-    std::size_t pos = 0;
-    while (pos <= path.size()) {
-        const std::size_t colon = std::min(path.find(':', pos), path.size());
-        const std::string candidate = path.substr(pos, colon - pos) + "/" + name;
-        if (colon > pos && ::access(candidate.c_str(), X_OK) == 0)
-            return candidate;
-        pos = colon + 1;
-    }
-    return {};
-}
 
 // --- samples ----------------------------------------------------------------------------------
 
@@ -117,106 +101,17 @@ std::string key(const std::string& c, const std::string& peer, const std::string
 
 // --- running a case ---------------------------------------------------------------------------
 
-class Runs {
-public:
-    explicit Runs(std::string base) : base_(std::move(base)) {}
-    // A fresh directory for one server.
-    std::string next_dir() {
-        const std::string dir = base_ + "/run-" + std::to_string(++count_);
-        if (::mkdir(dir.c_str(), 0700) < 0)
-            bench::throw_errno("mkdir " + dir);
-        return dir;
-    }
-
-private:
-    std::string base_;
-    int count_ = 0;
-};
-
-// Stops the peer's server and removes its directory however the case ends.
-struct Started {
-    Peer& peer;
-    std::string dir;
-    bool keep;
-    ~Started() {
-        try {
-            peer.stop();
-        } catch (const std::exception& e) {
-            std::fprintf(stderr, "broker-bench: stopping %s: %s\n", peer.name().c_str(), e.what());
-        }
-        if (!keep)
-            remove_tree(dir);
-    }
-};
-
-struct PubSubOutcome {
-    PubResult pub;
-    std::vector<SubResult> healthy;
-    std::uint64_t delivered = 0;
-    double sent_rate = 0, delivered_rate = 0, loss = 0;
-    Memory before, after;
-};
-
+// A pub/sub run (pubsub_case.hpp) with broker-bench's --keep.
 PubSubOutcome run_pubsub(Peer& peer, Runs& runs, const Options& options, std::size_t size,
                          int healthy, int stalled, double seconds, double rate, bool time_sends) {
-    const std::string dir = runs.next_dir();
-    peer.start(Pattern::pubsub, dir);
-    Started started{peer, dir, options.keep};
-    const int total = healthy + stalled;
-    std::vector<Child> subs;
-    for (int i = 0; i < total; ++i) {
-        SubSpec spec{size, i, total, i >= healthy};
-        subs.push_back(fork_role(peer.name() + (spec.stalled ? " stalled" : " subscriber ") +
-                                     std::to_string(i),
-                                 [&peer, spec](RoleIo& io) { peer.subscriber(spec, io); }));
-    }
-    for (auto& s : subs)
-        s.read(20); // ready
-    PubSubOutcome out;
-    const pid_t broker = peer.broker_pid();
-    if (broker)
-        out.before = memory_of(broker);
-    PubSpec spec{size, seconds, rate, total, time_sends};
-    Child pub = fork_role(peer.name() + " publisher",
-                          [&peer, spec](RoleIo& io) { peer.publisher(spec, io); });
-    out.pub = pub_result(pub.read(seconds + 40));
-    for (auto& s : subs)
-        s.send("done " + std::to_string(out.pub.sent));
-    double first = 0, last = 0;
-    for (int i = 0; i < total; ++i) {
-        const SubResult r = sub_result(subs[i].read(SubscriberCounter::cap + 10));
-        if (i >= healthy)
-            continue;
-        out.healthy.push_back(r);
-        if (r.malformed)
-            throw std::runtime_error(peer.name() + ": " + std::to_string(r.malformed) +
-                                     " malformed messages");
-        if (r.count > out.pub.sent)
-            throw std::runtime_error(peer.name() + ": more messages arrived than were sent");
-        out.delivered += r.count;
-        if (r.count) {
-            first = first == 0 ? r.first : std::min(first, r.first);
-            last = std::max(last, r.last);
-        }
-    }
-    if (broker)
-        out.after = memory_of(broker);
-    for (auto& s : subs)
-        s.wait(10);
-    pub.send("close");
-    pub.wait(20);
-    const double pub_seconds = out.pub.end - out.pub.start;
-    out.sent_rate = pub_seconds > 0 ? static_cast<double>(out.pub.sent) / pub_seconds : 0;
-    out.delivered_rate = last > first ? static_cast<double>(out.delivered) / (last - first) : 0;
-    const double expected = static_cast<double>(out.pub.sent) * healthy;
-    out.loss = expected > 0 ? 1 - static_cast<double>(out.delivered) / expected : 1;
-    return out;
+    return bench::broker::run_pubsub(
+        peer, runs, {size, healthy, stalled, seconds, rate, time_sends, options.server.keep});
 }
 
 ReqResult run_reqrep(Peer& peer, Runs& runs, const Options& options, int in_flight) {
     const std::string dir = runs.next_dir();
     peer.start(Pattern::reqrep, dir);
-    Started started{peer, dir, options.keep};
+    Started started{peer, dir, options.server.keep};
     Child responder =
         fork_role(peer.name() + " responder", [&peer](RoleIo& io) { peer.responder(io); });
     responder.read(20);
@@ -550,30 +445,23 @@ int main(int argc, char** argv) {
     parser.add("--search-steps", "N", [&](std::string_view v) {
         options.search_steps = static_cast<int>(bench::to_integer(v, 0));
     });
-    parser.add("--busd", "PATH", [&](std::string_view v) { options.busd = v; });
-    parser.add("--keep", [&] { options.keep = true; });
+    options.server.add_to(parser);
     parser.parse(argc, argv);
-    if (options.busd.empty())
-        options.busd = bench::program_dir() + "/busd";
+    options.server.resolve();
 
-    // Orphans of the servers (dbus-broker once its launcher is gone) come back to us.
-    ::prctl(PR_SET_CHILD_SUBREAPER, 1);
-    std::signal(SIGPIPE, SIG_IGN);
-    janitor::start();
-    // One alarm for the whole run, which names the case it fired in; the janitor stops what
-    // is left.
-    bench::watchdog::install("broker-bench");
-    bench::watchdog::arm(static_cast<unsigned>(
-        600 + options.rounds * 60 * (options.seconds + options.stall_seconds)));
+    // Orphans of the servers (dbus-broker once its launcher is gone) come back to the session.
+    Session session("broker-bench",
+                    static_cast<unsigned>(600 + options.rounds * 60 *
+                                                    (options.seconds + options.stall_seconds)),
+                    options.server.keep);
 
     Paths paths;
-    paths.busd = options.busd;
+    paths.busd = options.server.busd;
     paths.nats_server = find_program("nats-server");
     paths.dbus_daemon = find_program("dbus-daemon");
     paths.dbus_launch = find_program("dbus-broker-launch");
     paths.socket_activate = find_program("systemd-socket-activate");
 
-    bool broke = false;
     std::vector<std::unique_ptr<Peer>> peers;
     auto add = [&](std::unique_ptr<Peer> peer, const std::vector<std::string>& needs) {
         for (const auto& n : needs)
@@ -582,7 +470,7 @@ int main(int argc, char** argv) {
                              "broker-bench: %s is not installed (scripts/setup.sh --bench), "
                              "skipping %s\n",
                              n.empty() ? "a program" : n.c_str(), peer->name().c_str());
-                broke = true;
+                session.broke();
                 return;
             }
         peers.push_back(std::move(peer));
@@ -597,24 +485,11 @@ int main(int argc, char** argv) {
     add(make_relay_peer(false), {});
     add(make_relay_peer(true), {});
 
-    const std::string base = make_temp_dir("broker-bench");
-    if (options.keep)
-        std::fprintf(stderr, "broker-bench: keeping %s\n", base.c_str());
-    else
-        janitor::track_path(base);
-    Runs runs(base);
+    Runs runs(session.base());
     const double t0 = now_s();
 
-    auto attempt = [&](const std::string& name, auto&& body) {
-        if (!options.selected(name))
-            return;
-        bench::watchdog::enter(name);
-        try {
-            body();
-        } catch (const std::exception& e) {
-            std::fprintf(stderr, "broker-bench: %s broke: %s\n", name.c_str(), e.what());
-            broke = true;
-        }
+    auto attempt = [&](const std::string& name, const std::function<void()>& body) {
+        session.attempt(options, name, body);
     };
     for (int round = 1; round <= options.rounds; ++round) {
         std::fprintf(stderr, "broker-bench: round %d of %d\n", round, options.rounds);
@@ -632,16 +507,8 @@ int main(int argc, char** argv) {
                 stall_peers.end())
                 attempt("stall." + peer->name(), [&] { stall_round(*peer, runs, options); });
     }
-    bench::watchdog::disarm();
     std::fprintf(stderr, "broker-bench: %.0f s\n", now_s() - t0);
 
     print_report(options);
-    if (!options.keep) {
-        remove_tree(base);
-        janitor::untrack_path(base);
-    }
-    janitor::stop();
-    if (broke)
-        std::fprintf(stderr, "broker-bench: some cases broke (see above)\n");
-    return broke ? 1 : 0;
+    return session.finish();
 }

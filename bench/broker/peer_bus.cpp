@@ -64,16 +64,17 @@ private:
 
 class BusPeer final : public Peer {
 public:
-    BusPeer(const Paths& paths, std::string transport)
-        : paths_(paths), transport_(std::move(transport)) {}
+    BusPeer(const Paths& paths, std::string transport, std::vector<std::string> busd_args)
+        : paths_(paths), transport_(std::move(transport)), busd_args_(std::move(busd_args)) {}
 
     std::string name() const override { return "bus-" + transport_; }
 
     void start(Pattern, const std::string& dir) override {
         const std::string ipc = dir + "/busd.zmq", unix = dir + "/busd.sock";
         endpoint_ = transport_ == "ipc" ? "ipc://" + ipc : "unix://" + unix;
-        server_ = Server::spawn({paths_.busd, "-e", "ipc://" + ipc, "-e", "unix://" + unix},
-                                dir + "/busd.log");
+        std::vector<std::string> argv{paths_.busd, "-e", "ipc://" + ipc, "-e", "unix://" + unix};
+        argv.insert(argv.end(), busd_args_.begin(), busd_args_.end());
+        server_ = Server::spawn(argv, dir + "/busd.log");
         // busd binds both endpoints before it serves either.
         wait_for_unix(unix, 10, &server_);
     }
@@ -287,14 +288,16 @@ private:
 
     Paths paths_;
     std::string transport_;
+    std::vector<std::string> busd_args_;
     std::string endpoint_;
     Server server_;
 };
 
 } // namespace
 
-std::unique_ptr<Peer> make_bus_peer(const Paths& paths, const std::string& transport) {
-    return std::make_unique<BusPeer>(paths, transport);
+std::unique_ptr<Peer> make_bus_peer(const Paths& paths, const std::string& transport,
+                                    std::vector<std::string> busd_args) {
+    return std::make_unique<BusPeer>(paths, transport, std::move(busd_args));
 }
 
 } // namespace bench::broker

@@ -102,8 +102,10 @@ struct Paths {
     std::string socket_activate; // systemd-socket-activate
 };
 
-// "ipc" or "unix"
-std::unique_ptr<Peer> make_bus_peer(const Paths& paths, const std::string& transport);
+// "ipc" or "unix"; `busd_args` go to busd after its endpoints (http-bench: --http). Its output
+// goes to busd.log in the run's directory.
+std::unique_ptr<Peer> make_bus_peer(const Paths& paths, const std::string& transport,
+                                    std::vector<std::string> busd_args = {});
 std::unique_ptr<Peer> make_zmq_direct_peer();
 std::unique_ptr<Peer> make_zmq_proxy_peer();
 std::unique_ptr<Peer> make_nats_peer(const Paths& paths);

@@ -363,13 +363,23 @@ TEST_F(HttpTest, SubjectsPastTheLimitAreCountedTogether) {
         probe_->publish_bytes("order." + std::to_string(i), "x");
     flush(io_, probe_);
     ASSERT_TRUE(run_until(io_, [&] { return received >= 50; }));
+    // busd announces it on `$sys.client.connected`, routed now that someone subscribes.
+    auto late = connect_client(io_, busd_->unix(), "late");
+    flush(io_, late);
 
     const std::string metrics = get(port_, "/metrics").body;
-    // 10 subjects of their own and "(other)", whatever the subjects were.
-    EXPECT_EQ(count_series(metrics, "bus_subject_messages_in_total{"), 11u);
+    // 10 subjects of their own and "(other)", and busd's own events' subjects beside them.
+    std::size_t own = 0;
+    const json stats = get(port_, "/api/v1/stats").parsed();
+    for (const auto& s : stats["subjects"])
+        own += s["subject"].get<std::string>().starts_with("$sys.");
+    EXPECT_GT(own, 0u);
+    EXPECT_EQ(count_series(metrics, "bus_subject_messages_in_total{"), 11u + own);
     EXPECT_EQ(sample(metrics, "bus_subject_messages_in_total{subject=\"(other)\"}"), 40);
+    // The first ten users' subjects, whatever busd's own $sys events took.
     EXPECT_EQ(sample(metrics, "bus_subject_messages_in_total{subject=\"order.0\"}"), 1);
-    EXPECT_EQ(get(port_, "/api/v1/stats").parsed()["subjects"].size(), 11u);
+    EXPECT_EQ(sample(metrics, "bus_subject_messages_in_total{subject=\"order.9\"}"), 1);
+    EXPECT_EQ(get(port_, "/api/v1/stats").parsed()["subjects"].size(), 11u + own);
 }
 
 TEST_F(HttpTest, RequestOutcomesAndLatencyPerService) {
@@ -635,14 +645,15 @@ TEST_F(HttpTest, InspectorShowsMessagesDecodedThroughTheRegistry) {
 
     EventReader inspect(port_, "/api/v1/inspect?subject=sensors.%3E", token_);
     EXPECT_NE(inspect.head().find("200 OK"), std::string::npos);
-    // The subscription is in place once busd lists it.
-    ASSERT_TRUE(bus::test::wait_until([&] {
-        auto subs = get(port_, "/api/v1/subscriptions").parsed();
-        for (const auto& s : subs["subscriptions"])
-            if (s["pattern"] == "sensors.>")
-                return true;
-        return false;
-    }));
+    // Said once busd has the subscription: what is published from now on shows.
+    ASSERT_TRUE(inspect.next([](const json& e) { return e["subscribed"] == "sensors.>"; }));
+    const auto clients = get(port_, "/api/v1/clients").parsed();
+    EXPECT_TRUE(std::any_of(clients["clients"].begin(), clients["clients"].end(),
+                            [](const json& c) {
+                                return c["name"] == "busd-http-inspector" &&
+                                       c["subscriptions"] == 1;
+                            }))
+        << clients.dump();
 
     auto c = connect_client(io_, busd_->unix(), "sensor");
     testonly::v1::Reading reading;

@@ -26,15 +26,6 @@ std::int64_t now_steady_ns() {
         .count();
 }
 
-// Statistics are kept under their own name up to the limit, the rest together.
-template <class Map>
-typename Map::iterator bounded_entry(Map& map, const std::string& name, std::size_t limit) {
-    auto it = map.find(name);
-    if (it != map.end())
-        return it;
-    return map.try_emplace(map.size() >= limit ? std::string("(other)") : name).first;
-}
-
 void count(v1::SubjectStats& s, std::size_t bytes, bool dropped) {
     if (dropped) {
         s.set_dropped(s.dropped() + 1);
@@ -111,15 +102,31 @@ void Router::handle(Client& c, v1::Envelope& in, std::string_view payload,
     }
 }
 
+// busd's own `$sys` subjects (a handful: its events, a log subject per app) are tracked beside
+// the limit, which is the users'.
 v1::SubjectStats& Router::stats_for(const std::string& subject) {
-    auto it = bounded_entry(subject_stats_, subject, options_.limits.max_tracked_subjects);
-    if (it->second.subject().empty())
+    auto it = subject_stats_.find(subject);
+    if (it != subject_stats_.end())
+        return it->second;
+    const bool own = is_sys(subject);
+    const bool room = own || tracked_subjects_ < options_.limits.max_tracked_subjects;
+    it = subject_stats_.try_emplace(room ? subject : std::string("(other)")).first;
+    if (it->second.subject().empty()) {
         it->second.set_subject(it->first);
+        tracked_subjects_ += room && !own;
+    }
     return it->second;
 }
 
 Router::ServiceStats& Router::service_stats(const std::string& name) {
-    return bounded_entry(service_stats_, name, options_.limits.max_tracked_subjects)->second;
+    auto it = service_stats_.find(name);
+    if (it == service_stats_.end())
+        it = service_stats_
+                 .try_emplace(service_stats_.size() < options_.limits.max_tracked_subjects
+                                  ? name
+                                  : std::string("(other)"))
+                 .first;
+    return it->second;
 }
 
 void Router::ServiceStats::observe(std::int64_t ns) {

@@ -205,6 +205,7 @@ private:
     // a scan (rare), so routing a request touches one map, not three.
     std::unordered_map<std::uint64_t, InFlight> in_flight_;
     std::unordered_map<std::string, v1::SubjectStats> subject_stats_;
+    std::size_t tracked_subjects_ = 0; // of subject_stats_: users' subjects, not "(other)" or $sys
     std::unordered_map<std::string, Route> routes_;
     TypeRegistry types_;
     // Empty in the common case, which then costs routing one test of emptiness per message.

@@ -82,7 +82,7 @@ std::string Inspector::watch(const std::string& pattern, std::shared_ptr<EventSt
             return "cannot make the inspector's link: " + channel.error().message();
         broker_.adopt(std::move(theirs), ::getpid());
         ClientOptions options;
-        options.name = "busd http inspector";
+        options.name = "busd-http-inspector"; // a label: no spaces (Hello)
         auto client = Client::adopt(io_, std::move(channel).value(), options);
         if (!client)
             return "cannot start the inspector: " + client.error().message();
@@ -93,9 +93,16 @@ std::string Inspector::watch(const std::string& pattern, std::shared_ptr<EventSt
         if (auto s = weak.lock())
             s->send(describe(m));
     });
-    stream->on_close([this, sid, client = std::weak_ptr<Client>(client_)] {
+    stream->on_close([sid, client = std::weak_ptr<Client>(client_)] {
         if (auto c = client.lock())
             c->unsubscribe(sid);
+    });
+    // Once busd has the subscription, the reader is told: what is published from then on
+    // reaches it.
+    client_->flush([weak, pattern](std::error_code ec) {
+        if (auto s = weak.lock(); s && !ec)
+            s->send(
+                json{{"subscribed", pattern}}.dump(-1, ' ', false, json::error_handler_t::replace));
     });
     return {};
 }

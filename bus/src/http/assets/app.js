@@ -718,7 +718,6 @@
       try { body = JSON.parse(await res.text()); } catch { body = null; }
       throw new HttpError(res.status, body);
     }
-    if (onOpen) onOpen();
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = '';
     for (;;) {
@@ -734,6 +733,11 @@
         if (!data) continue;  // a comment (keep-alive) or an event without data
         let json;
         try { json = JSON.parse(data); } catch { json = { error: 'not JSON: ' + data }; }
+        if (json && json.subscribed !== undefined && json.subject === undefined) {
+          // busd has the subscription: what is published from now on will show.
+          if (onOpen) onOpen();
+          continue;
+        }
         if (json && json.error && json.subject === undefined) {
           // busd could not watch the pattern: {"error": "..."} and nothing more.
           reader.cancel().catch(() => {});
@@ -796,7 +800,7 @@
     try {
       await withToken('The inspector', async () => {
         if (inspector !== me) return;
-        // busd answers once it has subscribed: live from the response's headers on.
+        // Live once busd says it has the subscription ({"subscribed": PATTERN}).
         const live = () => {
           if (inspector !== me || $('inspector-section').dataset.live === 'true') return;
           renderInspectorState('live: ' + pattern);
@@ -886,14 +890,19 @@
     setText($('logs-state'), 'loading ' + app + '…');
     try {
       await withToken('Reading ' + app + '\'s logs', async () => {
-        // Live first, so nothing logged between the two requests is lost; then the last lines.
+        // Live first (busd says when it has the subscription), so nothing logged between the
+        // two requests is lost; then the last lines.
         const queued = [];
         let loaded = false;
+        let subscribed;
+        const ready = new Promise((resolve) => { subscribed = resolve; });
         const live = streamInspect('$sys.log.' + app, abort.signal, (m) => {
           if (tail !== me || !m.payload) return;
           if (loaded) logLine(m.payload); else queued.push(m.payload);
-        });
+        }, subscribed);
         live.catch(() => {});
+        await Promise.race([ready, live]);
+        if (tail !== me) return;
         const res = await api('/api/v1/apps/' + encodeURIComponent(app) + '/logs?lines=100', { auth: true, signal: abort.signal });
         if (tail !== me) return;
         const initial = (res && res.lines) || [];

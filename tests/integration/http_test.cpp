@@ -23,7 +23,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -508,7 +507,10 @@ TEST_F(HttpTest, ChangesAndLogsNeedTheToken) {
     struct stat st {};
     ASSERT_EQ(::stat((busd_->dir() + "/http.token").c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0600u);
-    EXPECT_TRUE(std::regex_match(token_, std::regex("[0-9a-f]{64}"))) << token_;
+    EXPECT_EQ(token_.size(), 64u) << token_; // 32 random bytes in hex
+    EXPECT_TRUE(std::all_of(token_.begin(), token_.end(), [](char c) {
+        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+    })) << token_;
 
     std::set<std::uint32_t> before;
     ASSERT_TRUE(run_until(io_, [&] { return (before = worker_pids("hello")).size() == 1; }));
@@ -551,6 +553,27 @@ TEST_F(HttpTest, ChangesAndLogsNeedTheToken) {
     ASSERT_EQ(logs.status, 200) << logs.body;
     EXPECT_TRUE(logs.parsed()["path"].get<std::string>().ends_with("hello.log"));
     EXPECT_EQ(get(port_, "/api/v1/apps/hello/logs?lines=x", token_).status, 400);
+}
+
+TEST_F(HttpTest, AStuckWorkerShowsItsHeartbeatLagGrowing) {
+    ASSERT_NO_FATAL_FAILURE(start(app_config() + "heartbeat_ms = 100\nheartbeat_misses = 100\n"));
+    std::set<std::uint32_t> pids;
+    ASSERT_TRUE(run_until(io_, [&] { return (pids = worker_pids("hello")).size() == 1; }));
+    const auto pid = static_cast<pid_t>(*pids.begin());
+    auto lag_ms = [&] {
+        const json apps = get(port_, "/api/v1/apps/hello").parsed();
+        return apps["apps"][0]["workers"][0]["heartbeat_lag_ms"].get<std::int64_t>();
+    };
+    EXPECT_LT(lag_ms(), 100); // answering: within a ping interval of on time
+    ::kill(pid, SIGSTOP);
+    struct Resume {
+        pid_t pid;
+        ~Resume() { ::kill(pid, SIGCONT); } // even when an assertion fails
+    } resume{pid};
+    ASSERT_TRUE(bus::test::wait_until([&] { return lag_ms() >= 800; }, 5s));
+    ::kill(pid, SIGCONT);
+    ASSERT_TRUE(bus::test::wait_until([&] { return lag_ms() < 100; }, 5s));
+    EXPECT_EQ(worker_pids("hello"), pids); // not cut off: it answered in time
 }
 
 // --- server-sent events --------------------------------------------------------------------------

@@ -51,8 +51,12 @@ void describe(const Proc& p, v1::ClusterWorker& w) {
         std::chrono::duration_cast<std::chrono::nanoseconds>(now_steady - p.started).count());
     w.set_rss_bytes(detail::rss_bytes(p.pid()));
     w.set_cpu_ms(detail::cpu_ms(p.pid()));
+    // A worker answers each ping within its round trip: what is beyond the ping interval since
+    // its last answer is how far behind it is.
+    const auto silent =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now_steady - p.last_answer);
     w.set_heartbeat_lag_ms(static_cast<std::uint32_t>(
-        std::chrono::duration_cast<std::chrono::milliseconds>(now_steady - p.last_answer).count()));
+        std::max<std::int64_t>(0, (silent - p.app->config.heartbeat).count())));
 }
 
 v1::ClusterList Supervisor::list() const {

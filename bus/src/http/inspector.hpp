@@ -1,8 +1,9 @@
 // `/api/v1/inspect?subject=PATTERN`: `{"subscribed": PATTERN}` once busd has the subscription,
-// then the messages busd routes on the pattern, each as one JSON event, decoded through busd's type registry (or bus's own types) when it can be. It is a bus
-// client of busd's own, over a socketpair the broker adopts, made when the first stream opens:
-// a subscription per stream, gone with the stream; a reader that falls behind loses events
-// (the server counts them), never holding busd's memory.
+// then the messages busd routes on the pattern, each as one JSON event, decoded through busd's type
+// registry (or bus's own types) when it can be. It is a bus client of busd's own, over a socketpair
+// the broker adopts, made when the first stream opens: a subscription per stream, gone with the
+// stream; a reader that falls behind loses events (the server counts them), never holding busd's
+// memory.
 #pragma once
 
 #include "http/server.hpp"

@@ -77,10 +77,9 @@ public:
     // Closes every client's link and forgets every client (busd is stopping).
     void close_all();
     void on_sys_request(std::string prefix, Broker::SysHandler handler);
-    // `$sys` request `what` answered as a client's would be (Broker::query).
-    Broker::SysAnswer query(const std::string& what, std::string_view payload, std::uint32_t uid) {
-        return sys_answer(what, payload, uid);
-    }
+    // The answer to `$sys` request `what` from uid `uid`: what a client gets (sys_request) and
+    // busd's other faces ask for (Broker::query). sys.cpp.
+    Broker::SysAnswer query(const std::string& what, std::string_view payload, std::uint32_t uid);
     // Publishes a `$sys` event from busd itself; costs nothing without subscribers or a tap.
     void publish_event(const std::string& subject, const google::protobuf::Message& event);
     void on_event(Broker::EventTap tap) { event_tap_ = std::move(tap); }
@@ -173,8 +172,6 @@ private:
     v1::ClientInfo info(const Client& c) const;
     void service_info(const std::string& name, const ServiceStats& stats,
                       v1::ServiceInfo& out) const;
-    Broker::SysAnswer sys_answer(const std::string& what, std::string_view payload,
-                                 std::uint32_t uid);
     void sys_request(Client& c, const v1::Envelope& in, std::string_view payload);
     void announce(const Client& c, const char* subject);
 

@@ -112,7 +112,7 @@ void Router::on_sys_request(std::string prefix, Broker::SysHandler handler) {
 }
 
 void Router::sys_request(Client& c, const v1::Envelope& in, std::string_view payload) {
-    auto a = sys_answer(in.subject(), payload, c.uid);
+    auto a = query(in.subject(), payload, c.uid);
     if (!a.reply)
         return send_error(c, in.id(), a.error, a.detail);
     v1::Envelope& header = out_;
@@ -126,8 +126,8 @@ void Router::sys_request(Client& c, const v1::Envelope& in, std::string_view pay
     deliver(c, header, body, {});
 }
 
-Broker::SysAnswer Router::sys_answer(const std::string& what, std::string_view payload,
-                                     std::uint32_t uid) {
+Broker::SysAnswer Router::query(const std::string& what, std::string_view payload,
+                                std::uint32_t uid) {
     Broker::SysAnswer a;
     auto& answer = a.reply;
     if (what == "$sys.clients") {

@@ -45,6 +45,13 @@ Response json_error(int status, std::string_view error, std::string_view detail)
     return r;
 }
 
+// 405, naming the method `path` takes.
+Response method_not_allowed(const Request& r, const char* allowed) {
+    auto out = json_error(405, "method_not_allowed", r.method + " " + r.path);
+    out.headers.emplace_back("Allow", allowed);
+    return out;
+}
+
 Response json_answer(const google::protobuf::Message& message) {
     auto text = to_json(message);
     if (!text)
@@ -159,11 +166,8 @@ Response Face::Impl::handle(const Request& r) {
     std::string_view path = r.path;
     if (path.starts_with("/api/v1/"))
         return api(r, path.substr(std::string_view("/api/v1/").size()));
-    if (r.method != "GET") {
-        auto out = json_error(405, "method_not_allowed", r.method + " " + r.path);
-        out.headers.emplace_back("Allow", "GET");
-        return out;
-    }
+    if (r.method != "GET")
+        return method_not_allowed(r, "GET");
     if (path == "/metrics") {
         Response out;
         out.content_type = "text/plain; version=0.0.4; charset=utf-8";
@@ -198,11 +202,8 @@ Response Face::Impl::api(const Request& r, std::string_view path) {
         return app(r, rest.substr(0, s),
                    s == std::string_view::npos ? std::string_view() : rest.substr(s + 1));
     }
-    if (r.method != "GET") {
-        auto out = json_error(405, "method_not_allowed", r.method + " " + r.path);
-        out.headers.emplace_back("Allow", "GET");
-        return out;
-    }
+    if (r.method != "GET")
+        return method_not_allowed(r, "GET");
     const std::uint32_t uid = ::getuid();
     if (first == "auth") {
         if (!authorized(r))
@@ -252,11 +253,8 @@ Response Face::Impl::app(const Request& r, std::string_view name, std::string_vi
     }
     command.set_app(std::string(name));
     if (op.empty() || op == "logs") {
-        if (r.method != "GET") {
-            auto out = json_error(405, "method_not_allowed", r.method + " " + r.path);
-            out.headers.emplace_back("Allow", "GET");
-            return out;
-        }
+        if (r.method != "GET")
+            return method_not_allowed(r, "GET");
         if (op == "logs") {
             if (!authorized(r))
                 return unauthorized();
@@ -274,11 +272,8 @@ Response Face::Impl::app(const Request& r, std::string_view name, std::string_vi
     for (const char* change : {"reload", "restart", "start", "stop", "scale", "delete"}) {
         if (op != change)
             continue;
-        if (r.method != "POST") {
-            auto out = json_error(405, "method_not_allowed", r.method + " " + r.path);
-            out.headers.emplace_back("Allow", "POST");
-            return out;
-        }
+        if (r.method != "POST")
+            return method_not_allowed(r, "POST");
         if (!authorized(r))
             return unauthorized();
         if (op == "scale" && command.instances() == 0)

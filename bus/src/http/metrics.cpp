@@ -4,12 +4,16 @@
 
 #include "bus/v1/cluster.pb.h"
 
+#include <array>
 #include <charconv>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <initializer_list>
 #include <memory>
+#include <span>
 #include <string_view>
+#include <vector>
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -17,7 +21,7 @@
 namespace bus::http {
 namespace {
 
-using Labels = std::initializer_list<std::pair<std::string_view, std::string_view>>;
+using Label = std::pair<std::string_view, std::string_view>;
 
 // The text format: a family's HELP and TYPE once, then its samples.
 class Exposition {
@@ -30,7 +34,12 @@ public:
     }
 
     template <class T>
-    void sample(std::string_view name, Labels labels, T value) {
+    void sample(std::string_view name, std::initializer_list<Label> labels, T value) {
+        sample(name, std::span<const Label>(labels.begin(), labels.size()), value);
+    }
+
+    template <class T>
+    void sample(std::string_view name, std::span<const Label> labels, T value) {
         out_.append(name);
         if (labels.size()) {
             out_ += '{';
@@ -72,6 +81,26 @@ private:
 
 // The answer, taken over (not copied: with a thousand subjects it is most of a scrape); empty
 // if busd did not answer (its cluster is stopping).
+// A family per field of a `$sys` record, and in each a series per record, named by
+// `labels_of(record)` (an array of Labels).
+template <class Record>
+struct Field {
+    const char* name;
+    const char* type; // counter, gauge
+    const char* help;
+    std::uint64_t (Record::*get)() const;
+};
+
+template <class Record, class Records, class LabelsOf>
+void per_record(Exposition& e, std::initializer_list<Field<Record>> fields, const Records& records,
+                LabelsOf labels_of) {
+    for (const auto& f : fields) {
+        e.family(f.name, f.type, f.help);
+        for (const Record& r : records)
+            e.sample(f.name, std::span<const Label>(labels_of(r)), (r.*f.get)());
+    }
+}
+
 template <class T>
 std::unique_ptr<T> answer(broker::Broker& broker, const char* subject,
                           std::string_view payload = {}) {
@@ -104,56 +133,39 @@ void broker_metrics(Exposition& e, const v1::BrokerStats& stats, const v1::Clien
     for (const auto& [transport, n] : by_transport)
         e.sample("bus_clients", {{"transport", transport}}, n);
 
-    struct SubjectFamily {
-        const char* name;
-        const char* help;
-        std::uint64_t (v1::SubjectStats::*get)() const;
-    };
-    for (const SubjectFamily& f : {
-             SubjectFamily{"bus_subject_messages_in_total", "Messages published on the subject",
-                           &v1::SubjectStats::msgs_in},
-             SubjectFamily{"bus_subject_bytes_in_total", "Payload bytes published on the subject",
-                           &v1::SubjectStats::bytes_in},
-             SubjectFamily{"bus_subject_messages_out_total",
-                           "Messages delivered to the subject's subscribers",
-                           &v1::SubjectStats::msgs},
-             SubjectFamily{"bus_subject_bytes_out_total",
-                           "Payload bytes delivered to the subject's subscribers",
-                           &v1::SubjectStats::bytes},
-             SubjectFamily{"bus_subject_dropped_total",
-                           "Deliveries on the subject dropped for a slow subscriber",
-                           &v1::SubjectStats::dropped},
-         }) {
-        e.family(f.name, "counter", f.help);
-        for (const auto& s : stats.subjects())
-            e.sample(f.name, {{"subject", s.subject()}}, (s.*f.get)());
-    }
+    using S = v1::SubjectStats;
+    per_record<S>(e,
+                  {{"bus_subject_messages_in_total", "counter", "Messages published on the subject",
+                    &S::msgs_in},
+                   {"bus_subject_bytes_in_total", "counter",
+                    "Payload bytes published on the subject", &S::bytes_in},
+                   {"bus_subject_messages_out_total", "counter",
+                    "Messages delivered to the subject's subscribers", &S::msgs},
+                   {"bus_subject_bytes_out_total", "counter",
+                    "Payload bytes delivered to the subject's subscribers", &S::bytes},
+                   {"bus_subject_dropped_total", "counter",
+                    "Deliveries on the subject dropped for a slow subscriber", &S::dropped}},
+                  stats.subjects(), [](const S& s) {
+                      return std::array{Label{"subject", s.subject()}};
+                  });
 }
 
 void client_metrics(Exposition& e, const v1::ClientList& clients) {
-    struct ClientFamily {
-        const char* name;
-        const char* type;
-        const char* help;
-        std::uint64_t (v1::ClientInfo::*get)() const;
-    };
-    for (const ClientFamily& f : {
-             ClientFamily{"bus_client_messages_in_total", "counter", "Messages the client sent",
-                          &v1::ClientInfo::msgs_in},
-             ClientFamily{"bus_client_messages_out_total", "counter",
-                          "Messages delivered to the client", &v1::ClientInfo::msgs_out},
-             ClientFamily{"bus_client_bytes_in_total", "counter", "Payload bytes the client sent",
-                          &v1::ClientInfo::bytes_in},
-             ClientFamily{"bus_client_bytes_out_total", "counter",
-                          "Payload bytes delivered to the client", &v1::ClientInfo::bytes_out},
-             ClientFamily{"bus_client_queued_bytes", "gauge",
-                          "Bytes waiting in busd for the client to read", &v1::ClientInfo::queued},
-         }) {
-        e.family(f.name, f.type, f.help);
-        for (const auto& c : clients.clients())
-            e.sample(f.name, {{"client", c.id()}, {"name", c.name()}, {"transport", c.transport()}},
-                     (c.*f.get)());
-    }
+    using C = v1::ClientInfo;
+    per_record<C>(
+        e,
+        {{"bus_client_messages_in_total", "counter", "Messages the client sent", &C::msgs_in},
+         {"bus_client_messages_out_total", "counter", "Messages delivered to the client",
+          &C::msgs_out},
+         {"bus_client_bytes_in_total", "counter", "Payload bytes the client sent", &C::bytes_in},
+         {"bus_client_bytes_out_total", "counter", "Payload bytes delivered to the client",
+          &C::bytes_out},
+         {"bus_client_queued_bytes", "gauge", "Bytes waiting in busd for the client to read",
+          &C::queued}},
+        clients.clients(), [](const C& c) {
+            return std::array{Label{"client", c.id()}, Label{"name", c.name()},
+                              Label{"transport", c.transport()}};
+        });
     e.family("bus_client_subscriptions", "gauge", "The client's subscriptions");
     for (const auto& c : clients.clients())
         e.sample("bus_client_subscriptions",
@@ -262,32 +274,24 @@ void cluster_metrics(Exposition& e, const v1::ClusterList& cluster, std::int64_t
 }
 
 void queue_metrics(Exposition& e, const v1::QueueList& queues) {
-    struct QueueFamily {
-        const char* name;
-        const char* type;
-        const char* help;
-        std::uint64_t (v1::QueueInfo::*get)() const;
-    };
-    for (const QueueFamily& f : {
-             QueueFamily{"bus_shm_queue_capacity_bytes", "gauge", "The queue's ring size",
-                         &v1::QueueInfo::capacity},
-             QueueFamily{"bus_shm_queue_depth_bytes", "gauge", "Bytes in the queue, not read yet",
-                         &v1::QueueInfo::depth_bytes},
-             QueueFamily{"bus_shm_queue_depth_records", "gauge",
-                         "Records in the queue, not read yet", &v1::QueueInfo::depth_records},
-             QueueFamily{"bus_shm_queue_produced_total", "counter", "Records written",
-                         &v1::QueueInfo::produced},
-             QueueFamily{"bus_shm_queue_consumed_total", "counter", "Records read",
-                         &v1::QueueInfo::consumed},
-             QueueFamily{"bus_shm_queue_skipped_total", "counter",
-                         "Records skipped: a producer died before committing them",
-                         &v1::QueueInfo::skipped},
-         }) {
-        e.family(f.name, f.type, f.help);
-        for (const auto& q : queues.queues())
-            if (q.error().empty())
-                e.sample(f.name, {{"queue", q.name()}, {"client", q.client_id()}}, (q.*f.get)());
-    }
+    using Q = v1::QueueInfo;
+    std::vector<std::reference_wrapper<const Q>> readable; // a queue busd could not read: none
+    for (const auto& q : queues.queues())
+        if (q.error().empty())
+            readable.push_back(q);
+    per_record<Q>(e,
+                  {{"bus_shm_queue_capacity_bytes", "gauge", "The queue's ring size", &Q::capacity},
+                   {"bus_shm_queue_depth_bytes", "gauge", "Bytes in the queue, not read yet",
+                    &Q::depth_bytes},
+                   {"bus_shm_queue_depth_records", "gauge", "Records in the queue, not read yet",
+                    &Q::depth_records},
+                   {"bus_shm_queue_produced_total", "counter", "Records written", &Q::produced},
+                   {"bus_shm_queue_consumed_total", "counter", "Records read", &Q::consumed},
+                   {"bus_shm_queue_skipped_total", "counter",
+                    "Records skipped: a producer died before committing them", &Q::skipped}},
+                  readable, [](const Q& q) {
+                      return std::array{Label{"queue", q.name()}, Label{"client", q.client_id()}};
+                  });
 }
 
 void process_metrics(Exposition& e, const v1::BrokerStats& stats) {

@@ -407,8 +407,11 @@ void nats_population(int port, RoleIo& io) {
 struct Target {
     std::string server, path, holds;
     int port = 0;
+    pid_t pid = -1; // the server's, whose CPU time it costs
     std::vector<double> ms;
     std::size_t bytes = 0;
+    double cpu_s = 0; // the server's CPU time over the timed GETs
+    int gets = 0;
 };
 
 // What a body holds, as a check that the servers hold what the bench made.
@@ -460,11 +463,11 @@ std::vector<Target> serve_case(const Paths& paths, const Options& options,
     nats_clients.read(60);
 
     std::vector<Target> targets{
-        {"busd", "/metrics", "", busd_port, {}, 0},
-        {"busd", "/api/v1/stats", "", busd_port, {}, 0},
-        {"busd", "/api/v1/clients", "", busd_port, {}, 0},
-        {"nats-server", "/subsz?subs=1", "", monitor_port, {}, 0},
-        {"nats-server", "/connz", "", monitor_port, {}, 0},
+        {"busd", "/metrics", "", busd_port, busd.pid(), {}, 0, 0, 0},
+        {"busd", "/api/v1/stats", "", busd_port, busd.pid(), {}, 0, 0, 0},
+        {"busd", "/api/v1/clients", "", busd_port, busd.pid(), {}, 0, 0, 0},
+        {"nats-server", "/subsz?subs=1", "", monitor_port, nats.pid(), {}, 0, 0, 0},
+        {"nats-server", "/connz", "", monitor_port, nats.pid(), {}, 0, 0, 0},
     };
     std::vector<std::unique_ptr<HttpConnection>> connections;
     for (auto& t : targets) {
@@ -478,12 +481,18 @@ std::vector<Target> serve_case(const Paths& paths, const Options& options,
     const int per_round = std::max(1, options.gets / options.rounds);
     for (int round = 1; round <= options.rounds; ++round) {
         std::fprintf(stderr, "http-bench: serve, round %d of %d\n", round, options.rounds);
-        for (std::size_t i = 0; i < targets.size(); ++i)
+        for (std::size_t i = 0; i < targets.size(); ++i) {
+            // The server is otherwise idle here: its CPU time over the batch is what the GETs
+            // cost it (/proc's clock ticks are 10 ms: a batch of many GETs averages them out).
+            const double cpu0 = cpu_seconds(targets[i].pid);
             for (int n = 0; n < per_round; ++n) {
                 const double t0 = now_s();
                 connections[i]->get(targets[i].path);
                 targets[i].ms.push_back((now_s() - t0) * 1000);
             }
+            targets[i].cpu_s += cpu_seconds(targets[i].pid) - cpu0;
+            targets[i].gets += per_round;
+        }
     }
     connections.clear();
     bus_clients.stop(2);
@@ -547,15 +556,26 @@ void print_serve(const Options& options, std::vector<Target>& targets) {
                         {"holds", bench::Align::left},
                         {"bytes"},
                         {"p50 ms"},
-                        {"p99 ms"}});
-    std::map<std::string, double> p50;
+                        {"p99 ms"},
+                        {"server CPU ms/GET"}});
+    std::map<std::string, double> p50, cpu_ms;
     for (auto& t : targets) {
         const double median = bench::percentile(t.ms, 0.5), p99 = bench::percentile(t.ms, 0.99);
         p50[t.path] = median;
+        cpu_ms[t.path] = t.gets ? t.cpu_s * 1000 / t.gets : 0;
         table.add_row({t.server, t.path, t.holds, bench::thousands(static_cast<double>(t.bytes)),
-                       bench::fixed(median, 3), bench::fixed(p99, 3)});
+                       bench::fixed(median, 3), bench::fixed(p99, 3),
+                       bench::fixed(cpu_ms[t.path], 3)});
     }
     table.print(stdout);
+    // What case 1's load would cost busd at this size, by busd's own CPU: /metrics every 100 ms,
+    // and the dashboard's stats and clients polls every second (its apps poll is the cluster's,
+    // empty here).
+    const double share =
+        (10 * cpu_ms["/metrics"] + cpu_ms["/api/v1/stats"] + cpu_ms["/api/v1/clients"]) / 1000;
+    std::printf("busd's CPU for Prometheus every 100 ms and the dashboard's polls at this size: "
+                "%.2f%% of its core (rate kept >= %.3f)\n",
+                100 * share, 1 - share);
     const double metrics = p50["/metrics"], subsz = p50["/subsz?subs=1"], connz = p50["/connz"];
     std::printf("p50 ratios: busd /metrics / nats /subsz?subs=1 = %s, / nats /connz = %s, "
                 "/ (subsz + connz) = %s\n\n",

@@ -94,25 +94,6 @@ private:
     std::FILE* out_;
 };
 
-std::string kind_name(v1::Kind kind) {
-    switch (kind) {
-    case v1::KIND_PUBLISH:
-        return "publish";
-    case v1::KIND_REQUEST:
-        return "request";
-    case v1::KIND_REPLY:
-        return "reply";
-    case v1::KIND_ERROR:
-        return "error";
-    case v1::KIND_DIRECT:
-        return "direct";
-    case v1::KIND_EVENT:
-        return "event";
-    default:
-        return "kind" + std::to_string(static_cast<int>(kind));
-    }
-}
-
 int run_monitor(const MonitorOptions& o, const Global& g) {
     check_pattern(o.pattern);
     std::optional<std::chrono::milliseconds> timeout;

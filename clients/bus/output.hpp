@@ -39,7 +39,6 @@ private:
 };
 
 std::string hex(std::string_view bytes);
-std::string base64(std::string_view bytes);
 bool printable_utf8(std::string_view bytes);
 // A duration as its largest `units` units, the first unpadded: "42s", "3m07s", "1h05m03s",
 // "2d03h10m" (3 units), "1h05m" (2).

@@ -35,6 +35,14 @@ inline constexpr std::string_view json_type_url = "application/json";
 // mapping cannot hold (an Any of a type this program does not know).
 Result<std::string> to_json(const google::protobuf::Message& message);
 
+// How JSON carries a payload that is not text (`bus sub --json`, busd's inspector): base64, as
+// RFC 4648 and protobuf's JSON mapping of bytes spell it.
+std::string base64(std::string_view bytes);
+
+// An envelope's kind as people read it: "publish", "request", "reply", "error", "direct",
+// "event" ("kindN" for another).
+std::string kind_name(v1::Kind kind);
+
 class Message {
 public:
     Message() = default;

@@ -96,6 +96,54 @@ std::string_view Message::header(std::string_view key) const {
     return {};
 }
 
+std::string base64(std::string_view bytes) {
+    static const char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    std::size_t i = 0;
+    for (; i + 2 < bytes.size(); i += 3) {
+        const unsigned v = (static_cast<unsigned char>(bytes[i]) << 16) |
+                           (static_cast<unsigned char>(bytes[i + 1]) << 8) |
+                           static_cast<unsigned char>(bytes[i + 2]);
+        out += table[v >> 18];
+        out += table[(v >> 12) & 63];
+        out += table[(v >> 6) & 63];
+        out += table[v & 63];
+    }
+    if (i + 1 == bytes.size()) {
+        const unsigned v = static_cast<unsigned char>(bytes[i]) << 16;
+        out += table[v >> 18];
+        out += table[(v >> 12) & 63];
+        out += "==";
+    } else if (i + 2 == bytes.size()) {
+        const unsigned v = (static_cast<unsigned char>(bytes[i]) << 16) |
+                           (static_cast<unsigned char>(bytes[i + 1]) << 8);
+        out += table[v >> 18];
+        out += table[(v >> 12) & 63];
+        out += table[(v >> 6) & 63];
+        out += '=';
+    }
+    return out;
+}
+
+std::string kind_name(v1::Kind kind) {
+    switch (kind) {
+    case v1::KIND_PUBLISH:
+        return "publish";
+    case v1::KIND_REQUEST:
+        return "request";
+    case v1::KIND_REPLY:
+        return "reply";
+    case v1::KIND_ERROR:
+        return "error";
+    case v1::KIND_DIRECT:
+        return "direct";
+    case v1::KIND_EVENT:
+        return "event";
+    default:
+        return "kind" + std::to_string(static_cast<int>(kind));
+    }
+}
+
 Result<std::string> to_json(const google::protobuf::Message& message) {
     google::protobuf::util::JsonPrintOptions options;
     // Names as in the .proto: what a reader of the .proto looks for, and what `jq` filters in

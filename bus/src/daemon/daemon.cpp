@@ -68,6 +68,16 @@ std::string local_endpoint(const std::vector<std::string>& served) {
     return {};
 }
 
+// Beside busd's local socket (where `http_token_beside` looks for it), else in the runtime
+// directory; empty if neither is there.
+std::string http_token_file(const std::vector<std::string>& served) {
+    if (const auto local = local_endpoint(served); !local.empty())
+        if (auto beside = http_token_beside(local))
+            return beside.value();
+    auto dir = runtime_dir();
+    return dir ? dir.value() + "/http.token" : std::string();
+}
+
 // [http] in busd's config file.
 void load_http(const std::string& path, HttpConfig& http) {
     const toml::table root = detail::parse_toml_file(path);
@@ -210,7 +220,6 @@ struct Daemon::Impl {
         signals.reset();
         reload.reset();
         http.reset();
-        http_url.clear();
         cluster.reset();
         broker.reset();
     }
@@ -220,7 +229,6 @@ struct Daemon::Impl {
     std::unique_ptr<broker::Broker> broker;
     std::unique_ptr<cluster::Supervisor> cluster;
     std::unique_ptr<http::Face> http;
-    std::string http_url;
     std::vector<std::string> endpoints;
     std::optional<asio::signal_set> signals; // SIGINT, SIGTERM
     std::optional<asio::signal_set> reload;  // SIGHUP
@@ -288,26 +296,18 @@ Result<std::unique_ptr<Daemon>> Daemon::start(asio::io_context& io, Config confi
         http.listen = config.http.listen;
         http.limits.max_connections = config.http.max_connections;
         http.limits.request_timeout = config.http.request_timeout;
-        http.token_file = config.http.token_file;
+        http.token_file = config.http.token_file.empty() ? http_token_file(impl->endpoints)
+                                                         : config.http.token_file;
         if (http.token_file.empty()) {
-            const auto local = local_endpoint(impl->endpoints);
-            auto beside = local.empty() ? Result<std::string>(std::errc::no_such_file_or_directory)
-                                        : http_token_beside(local);
-            auto dir = runtime_dir();
-            http.token_file = beside ? beside.value()
-                              : dir  ? dir.value() + "/http.token"
-                                     : std::string();
-            if (http.token_file.empty()) {
-                if (why)
-                    *why = "no place for the http token: give [http] a token file";
-                return make_error_code(std::errc::no_such_file_or_directory);
-            }
+            if (why)
+                *why = "no directory for http.token: busd serves no local endpoint and has no "
+                       "runtime directory";
+            return make_error_code(std::errc::no_such_file_or_directory);
         }
         auto face = http::Face::start(io, *impl->broker, std::move(http), why);
         if (!face)
             return face.error();
         impl->http = std::move(face).value();
-        impl->http_url = impl->http->url();
     }
     return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
 }
@@ -321,7 +321,8 @@ const std::vector<std::string>& Daemon::endpoints() const noexcept {
 }
 
 const std::string& Daemon::http_url() const noexcept {
-    return impl_->http_url;
+    static const std::string none;
+    return impl_->http ? impl_->http->url() : none;
 }
 
 broker::Broker& Daemon::broker() noexcept {

@@ -134,7 +134,7 @@ bool same_secret(std::string_view a, std::string_view b) {
 } // namespace
 
 struct Face::Impl {
-    Impl(boost::asio::io_context& io_, broker::Broker& b) : io(io_), broker(b), inspector(io_, b) {}
+    Impl(boost::asio::io_context& io, broker::Broker& b) : broker(b), inspector(io, b) {}
 
     Response handle(const Request& r);
     Response api(const Request& r, std::string_view path);
@@ -154,7 +154,6 @@ struct Face::Impl {
         return r;
     }
 
-    boost::asio::io_context& io;
     broker::Broker& broker;
     Inspector inspector;
     std::unique_ptr<Server> server;

@@ -45,13 +45,12 @@ class Session;
 
 struct Server::Impl : std::enable_shared_from_this<Impl> {
     Impl(asio::io_context& io_, Limits l, Handler h)
-        : io(io_), acceptor(io_), keepalive(io_), retry(io_), limits(l), handler(std::move(h)) {}
+        : acceptor(io_), keepalive(io_), retry(io_), limits(l), handler(std::move(h)) {}
 
     void accept();
     void tick();
     void stop();
 
-    asio::io_context& io;
     tcp::acceptor acceptor;
     asio::steady_timer keepalive;
     asio::steady_timer retry; // accept again after a failed accept
@@ -151,7 +150,7 @@ private:
         if (auto it = in.find(bhttp::field::authorization); it != in.end())
             request.authorization = std::string(it->value());
         request.body = std::move(in.body());
-        keep_alive_ = in.keep_alive();
+        const bool keep_alive = in.keep_alive();
 
         Response response;
         try {
@@ -163,7 +162,7 @@ private:
         }
         if (response.stream)
             return start_stream(std::move(response.stream));
-        write_response(std::move(response), keep_alive_);
+        write_response(std::move(response), keep_alive);
     }
 
     // `detail` is ours or Beast's: plain words, no quotes.
@@ -243,7 +242,6 @@ private:
     beast::tcp_stream stream_;
     beast::flat_buffer buffer_;
     std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
-    bool keep_alive_ = false;
     bool closed_ = false;
     // Event stream mode.
     bool streaming_ = false;

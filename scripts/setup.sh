@@ -16,6 +16,7 @@ done
 
 # groff-base: the man pages' test (tests/man/check.sh); zsh: the zsh completion's test;
 # tshark: the Wireshark dissector's test (its debconf question is answered non-interactively);
+# wrk: load on a Node cluster with a C++ worker (tests/interop/node_cluster.test.js), bench/run cluster;
 # prometheus: its promtool checks busd's /metrics (tests/integration/http_test.cpp);
 # chromium: the dashboard's test drives it headless (tests/dashboard, puppeteer-core from npm,
 # which never downloads a browser), fonts-dejavu-core so its pages have legible text.
@@ -26,7 +27,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-dev clang-format
   nodejs npm
-  groff-base zsh tshark
+  groff-base zsh tshark wrk
   prometheus
   chromium fonts-dejavu-core
 )
@@ -34,8 +35,6 @@ packages=(
 # systemd-socket-activate, from the systemd package), sd-bus for the D-Bus clients.
 if [ "$bench" -eq 1 ]; then
   packages+=(nats-server dbus dbus-broker systemd libsystemd-dev)
-  # bench/run cluster: the HTTP load generator.
-  packages+=(wrk)
   # bench/shm-instructions: instruction counts under callgrind.
   packages+=(valgrind)
 fi

@@ -561,6 +561,57 @@ TEST_F(ChannelTest, NodeModePassesHandlesWithAcksAndKeepsOrder) {
     EXPECT_FALSE(*acked);
 }
 
+// Node keeps its internal messages (cmd "NODE_...") from user code; so does a channel, which
+// gives them to on_internal instead (bus::cluster::Worker reads the cluster's there), with the
+// handle a cluster newconn carries.
+TEST_F(ChannelTest, NodeModeKeepsNodesInternalMessagesFromTheUser) {
+    bus::ChannelOptions options;
+    options.serialization = bus::Serialization::node_json;
+    auto [a, b] = make_pair(options);
+    std::vector<std::string> user, internal;
+    std::optional<Inode> handle;
+    b->on_message([&](bus::Message& m) { user.emplace_back(m.payload()); });
+    b->on_internal([&](bus::Message& m) {
+        internal.emplace_back(m.payload());
+        if (!m.fds.empty())
+            handle = inode_of(m.fds[0].get());
+    });
+    int s[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+    const Inode sent = inode_of(s[0]);
+    a->send_bytes(R"({"cmd":"NODE_CLUSTER","act":"disconnect"})");
+    a->send_bytes(R"({"cmd":"NODE_CLUSTER","act":"newconn","key":"k"})", {s[0]});
+    a->send_bytes(R"({"cmd":"NODE_","not":"internal: nothing after the prefix"})");
+    a->send_bytes(R"({"cmd":"USER","msg":1})");
+    ::close(s[0]);
+    ::close(s[1]);
+    ASSERT_TRUE(run_until(io_, [&] { return user.size() == 2 && internal.size() == 2; }));
+    EXPECT_EQ(internal[0], R"({"cmd":"NODE_CLUSTER","act":"disconnect"})");
+    EXPECT_EQ(internal[1], R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k"})");
+    EXPECT_EQ(handle, sent);
+    EXPECT_EQ(user[0], R"({"cmd":"NODE_","not":"internal: nothing after the prefix"})");
+    EXPECT_EQ(user[1], R"({"cmd":"USER","msg":1})");
+}
+
+// Without an on_internal handler, what came with an internal message is closed, not leaked.
+TEST_F(ChannelTest, NodeModeClosesTheHandleOfAnInternalMessageNobodyReads) {
+    bus::ChannelOptions options;
+    options.serialization = bus::Serialization::node_json;
+    auto [a, b] = make_pair(options);
+    int user = 0;
+    b->on_message([&](bus::Message&) { ++user; });
+    int s[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+    bus::UniqueFd ours(s[1]);
+    a->send_bytes(R"({"cmd":"NODE_CLUSTER","act":"newconn"})", {s[0]});
+    ::close(s[0]);
+    a->send_bytes(R"("then a user message")");
+    ASSERT_TRUE(run_until(io_, [&] { return user == 1; }));
+    // Every copy of the other end is closed: reading ours sees the end of the stream.
+    char byte;
+    ASSERT_TRUE(run_until(io_, [&] { return ::recv(s[1], &byte, 1, MSG_DONTWAIT) == 0; }));
+}
+
 TEST_F(ChannelTest, NodeModeAnswersAHandleThatLostItsFdWithANack) {
     bus::ChannelOptions options;
     options.serialization = bus::Serialization::node_json;

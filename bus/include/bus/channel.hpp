@@ -132,6 +132,11 @@ public:
     void on_disconnect(DisconnectHandler handler) { on_disconnect_ = std::move(handler); }
     // After send() returned false, once the queue is back under the high-water mark.
     void on_drain(std::function<void()> handler) { on_drain_ = std::move(handler); }
+    // Node mode: Node's own internal messages (a `cmd` of "NODE_..."; the cluster module's
+    // are "NODE_CLUSTER"), which on_message never sees, as JSON, with the handle that came
+    // with one. Without a handler they are dropped (a handle is closed), as Node's
+    // child_process keeps them from user code. bus::cluster::Worker speaks the cluster's.
+    void on_internal(MessageHandler handler) { on_internal_ = std::move(handler); }
 
     // Each returns false when the queue is at or past a high-water mark (the message is
     // still queued: stop sending until on_drain). On a Node channel, payloads travel as JSON:
@@ -237,6 +242,7 @@ private:
     std::shared_ptr<Channel> keep_alive_; // set by close() until the queue is flushed
 
     MessageHandler on_message_;
+    MessageHandler on_internal_;
     EnvelopeHandler on_envelope_;
     DisconnectHandler on_disconnect_;
     std::function<void()> on_drain_;

@@ -59,6 +59,16 @@ public:
     // The channel busd left on BUS_CHANNEL_FD; errc::no_parent_channel when not started by busd.
     // SIGTERM then means shutdown too (with the default grace): busd asks its workers for
     // it as their parent-death signal, so a worker whose busd was killed outright drains.
+    //
+    // Started by a Node.js `cluster` primary instead (NODE_UNIQUE_ID and NODE_CHANNEL_FD), the
+    // worker speaks Node's cluster protocol, beside the primary's JavaScript workers: online,
+    // queryServer and listening for each address in BUS_LISTEN (tcp://HOST:PORT, comma
+    // separated; an empty HOST is Node's `listen(port)`), which the primary gives with
+    // `cluster.fork({BUS_LISTEN: ...})`; newconn (round robin) or the listening socket itself
+    // (NODE_CLUSTER_SCHED_POLICY=none) to on_connection; the primary's disconnect to
+    // on_shutdown. There are no heartbeats, load reports or replacements there. A worker that
+    // cannot listen (no BUS_LISTEN, a bad address, the primary's errno) says why on stderr and
+    // exits 1, as a JavaScript worker whose listen() failed does. docs/cluster.md.
     static Result<std::unique_ptr<Worker>> from_parent(boost::asio::io_context& io);
     // A worker busd did not start (by hand, by systemd, under another supervisor) joins `app`
     // of the busd serving `endpoint` (default: BUS_ENDPOINT, else busd's default), through
@@ -93,7 +103,8 @@ public:
     void request_replacement(const std::string& reason);
 
     // From the environment busd gives its workers: BUS_APP, BUS_INSTANCE (0 when absent); for
-    // a worker that joined, the app it joined and the instance number busd gave it.
+    // a worker that joined, the app it joined and the instance number busd gave it; under a
+    // Node primary, the worker's cluster id (NODE_UNIQUE_ID).
     const std::string& app() const noexcept { return app_; }
     int instance() const noexcept { return instance_; }
     bool shutting_down() const noexcept { return shutting_down_; }
@@ -108,9 +119,17 @@ private:
         boost::asio::posix::stream_descriptor socket;
         std::string address; // HOST:PORT
     };
+    // Node's cluster protocol (worker_node.cpp).
+    struct NodePrimary;
+
     Worker(boost::asio::io_context& io, std::shared_ptr<Channel> channel);
     void handle(Message& message);
     void listen(const std::string& address, bool reuseport, std::vector<UniqueFd>& fds);
+    void add_listener(UniqueFd fd);
+    void node_start(int id);
+    void node_ready();
+    void node_handle(Message& message);
+    void node_fail(const std::string& why);
     void accept(Listener& listener);
     void accept_batch(Listener& listener);
     void shutdown(std::chrono::milliseconds grace);
@@ -120,6 +139,7 @@ private:
     std::shared_ptr<Channel> channel_;
     std::unique_ptr<boost::asio::signal_set> signals_;
     std::vector<std::unique_ptr<Listener>> listeners_;
+    std::unique_ptr<NodePrimary> node_; // set when a Node primary started this worker
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);
     std::string app_;
     int instance_ = 0;

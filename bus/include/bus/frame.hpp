@@ -155,10 +155,13 @@ struct NodeLine {
         handle,      // NODE_HANDLE: a passed handle; `payload` is its "msg" as JSON text
         handle_ack,  // NODE_HANDLE_ACK
         handle_nack, // NODE_HANDLE_NACK
-        internal,    // any other NODE_ message (cluster's), not for the user
+        internal,    // any other NODE_ message (cluster's): `payload` is the line itself
     };
     Kind kind = Kind::user;
     std::string payload;
+    // For `internal`, and for a `handle` whose "msg" is itself internal (the cluster's
+    // newconn carries the connection that way): not for the user's message handler.
+    bool internal = false;
 };
 
 // errc::bad_json when `line` is not exactly one JSON text.

@@ -3,6 +3,7 @@
 #include "bus/endpoint.hpp"
 #include "bus/frame.hpp"
 #include "bus/v1/cluster.pb.h"
+#include "cluster/node_primary.hpp"
 #include "cluster/wire.hpp"
 #include "transport/sockets.hpp"
 
@@ -23,7 +24,17 @@ Result<std::unique_ptr<Worker>> Worker::from_parent(boost::asio::io_context& io)
     auto channel = Channel::from_parent(io);
     if (!channel)
         return channel.error();
+    const bool node = channel.value()->options().serialization == Serialization::node_json;
+    const char* node_id = std::getenv("NODE_UNIQUE_ID");
+    if (node && !node_id)
+        return errc::no_parent_channel; // a Node child, but not a cluster worker
     auto worker = adopt(io, std::move(channel).value());
+    if (node) {
+        // As Node's own workers do, so that a child of this worker is not taken for one.
+        const int id = std::atoi(node_id);
+        ::unsetenv("NODE_UNIQUE_ID");
+        worker->node_start(id);
+    }
     worker->signals_ = std::make_unique<boost::asio::signal_set>(io, SIGTERM);
     worker->signals_->async_wait([w = worker.get()](boost::system::error_code ec, int) {
         if (!ec)
@@ -138,6 +149,8 @@ Worker::~Worker() {
 }
 
 void Worker::ready() {
+    if (node_)
+        return node_ready();
     v1::Ready ready;
     ready.set_pid(static_cast<std::uint32_t>(::getpid()));
     send_control(*channel_, ready);
@@ -145,7 +158,7 @@ void Worker::ready() {
 
 void Worker::report_load(std::uint32_t open_connections) {
     load_ = open_connections;
-    if (load_timer_armed_)
+    if (load_timer_armed_ || node_)
         return; // the timer sends the latest value
     const auto now = std::chrono::steady_clock::now();
     if (now - last_load_sent_ >= load_interval) {
@@ -171,6 +184,8 @@ void Worker::send_load() {
 }
 
 void Worker::request_replacement(const std::string& reason) {
+    if (node_)
+        return; // a Node primary has no such request
     v1::RequestReplacement request;
     request.set_reason(reason);
     send_control(*channel_, request);
@@ -222,12 +237,17 @@ void Worker::listen(const std::string& address, bool reuseport, std::vector<Uniq
     } else {
         answer.set_error("no listening socket came with the message");
     }
-    if (fd && !shutting_down_) {
-        const std::string bound = bus::detail::local_address_text(fd.get());
-        listeners_.push_back(std::make_unique<Listener>(io_, fd.release(), bound));
-        accept(*listeners_.back());
-    }
+    if (fd)
+        add_listener(std::move(fd));
     send_control(*channel_, answer);
+}
+
+void Worker::add_listener(UniqueFd fd) {
+    if (shutting_down_)
+        return;
+    const std::string bound = bus::detail::local_address_text(fd.get());
+    listeners_.push_back(std::make_unique<Listener>(io_, fd.release(), bound));
+    accept(*listeners_.back());
 }
 
 void Worker::accept(Listener& l) {
@@ -270,6 +290,8 @@ void Worker::shutdown(std::chrono::milliseconds grace) {
         return;
     shutting_down_ = true;
     listeners_.clear(); // accept no more
+    if (node_)
+        channel_->close(); // Node's process.disconnect(): the primary sends no more
     if (on_shutdown_)
         on_shutdown_(grace);
     else

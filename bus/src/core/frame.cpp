@@ -500,31 +500,46 @@ Result<std::optional<std::string_view>> LineDecoder::next() {
     return std::optional<std::string_view>{pending.substr(0, nl)};
 }
 
-Result<NodeLine> parse_node_line(std::string_view line) {
+namespace {
+
+// As Node's child_process: an object whose `cmd` is a string "NODE_" and more.
+const std::string* internal_cmd(const nlohmann::json& json) {
     constexpr std::string_view prefix = "NODE_";
+    if (!json.is_object())
+        return nullptr;
+    const auto cmd = json.find("cmd");
+    if (cmd == json.end() || !cmd->is_string())
+        return nullptr;
+    const auto& name = cmd->get_ref<const std::string&>();
+    return name.size() > prefix.size() && name.starts_with(prefix) ? &name : nullptr;
+}
+
+} // namespace
+
+Result<NodeLine> parse_node_line(std::string_view line) {
     auto json = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (json.is_discarded())
         return errc::bad_json;
     NodeLine out;
-    const auto cmd = json.is_object() ? json.find("cmd") : json.end();
-    if (json.is_object() && cmd != json.end() && cmd->is_string()) {
-        const auto& name = cmd->get_ref<const std::string&>();
-        if (name.size() > prefix.size() && name.starts_with(prefix)) {
-            if (name == "NODE_HANDLE") {
-                out.kind = NodeLine::Kind::handle;
-                const auto msg = json.find("msg");
-                out.payload = msg == json.end() ? "null" : msg->dump();
-            } else if (name == "NODE_HANDLE_ACK") {
-                out.kind = NodeLine::Kind::handle_ack;
-            } else if (name == "NODE_HANDLE_NACK") {
-                out.kind = NodeLine::Kind::handle_nack;
-            } else {
-                out.kind = NodeLine::Kind::internal;
-            }
-            return out;
-        }
+    const std::string* name = internal_cmd(json);
+    if (!name) {
+        out.payload.assign(line);
+        return out;
     }
-    out.payload.assign(line);
+    if (*name == "NODE_HANDLE") {
+        out.kind = NodeLine::Kind::handle;
+        const auto msg = json.find("msg");
+        out.payload = msg == json.end() ? "null" : msg->dump();
+        out.internal = msg != json.end() && internal_cmd(*msg);
+    } else if (*name == "NODE_HANDLE_ACK") {
+        out.kind = NodeLine::Kind::handle_ack;
+    } else if (*name == "NODE_HANDLE_NACK") {
+        out.kind = NodeLine::Kind::handle_nack;
+    } else {
+        out.kind = NodeLine::Kind::internal;
+        out.internal = true;
+        out.payload.assign(line);
+    }
     return out;
 }
 

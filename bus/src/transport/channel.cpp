@@ -627,6 +627,7 @@ void Channel::finish(std::error_code ec) {
         if (auto handler = std::move(self->on_disconnect_))
             handler(ec);
         self->on_message_ = nullptr;
+        self->on_internal_ = nullptr;
         self->on_drain_ = nullptr;
     });
 }

@@ -146,7 +146,7 @@ std::error_code Channel::deliver_node(std::string_view text) {
         return {};
     }
     case Kind::internal:
-        return {}; // Node's other internal messages (cluster's) are not for the user
+        break; // Node's other internal messages (the cluster's): on_internal's
     case Kind::handle:
         // The fd came with this line's first byte; none means the kernel or the peer lost it.
         if (received_fds_.empty()) {
@@ -172,8 +172,9 @@ std::error_code Channel::deliver_node(std::string_view text) {
     envelope.set_payload(std::move(line.value().payload));
     envelope.set_fd_count(static_cast<std::uint32_t>(message_.fds.size()));
     message_ = Message(std::move(envelope), std::move(message_.fds));
-    if (on_message_ && state_ == State::open)
-        on_message_(message_);
+    const auto& handler = line.value().internal ? on_internal_ : on_message_;
+    if (handler && state_ == State::open)
+        handler(message_);
     message_.fds.clear();
     return {};
 }

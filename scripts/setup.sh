@@ -21,7 +21,7 @@ done
 # chromium: the dashboard's test drives it headless (tests/dashboard, puppeteer-core from npm,
 # which never downloads a browser), fonts-dejavu-core so its pages have legible text.
 packages=(
-  build-essential cmake ninja-build pkg-config git
+  build-essential cmake ninja-build pkg-config git ccache
   libboost-dev libzmq3-dev cppzmq-dev libprotobuf-dev libprotoc-dev protobuf-compiler
   nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
   libgtest-dev libgmock-dev libbenchmark-dev

@@ -211,8 +211,8 @@ class Client extends EventEmitter {
     this.socket = null;
     this.connected = false;    // the socket is open
     this.chunk = null;
-    this.start = 0;
-    this.off = 0;
+    this.chunkStart = 0;
+    this.chunkEnd = 0;
     this.flushQueued = false;
     this.needDrain = false;
     this.unsent = 0;
@@ -262,7 +262,7 @@ class Client extends EventEmitter {
       this.socket = null;
       this.connected = false;
       this.chunk = null; // what it held was for that connection: never sent to the next
-      this.start = this.off = 0;
+      this.chunkStart = this.chunkEnd = 0;
       if (onFirst) onFirst(failure, wasConnected);
       else this._linkDown(failure, wasConnected);
     });
@@ -317,12 +317,12 @@ class Client extends EventEmitter {
     }
     if (this.closed || !this.connected) return false;
     const need = 4 + body;
-    if (!this.chunk || this.off + need > this.chunk.length) {
+    if (!this.chunk || this.chunkEnd + need > this.chunk.length) {
       this._write();
       this.chunk = Buffer.allocUnsafe(Math.max(CHUNK, need));
-      this.start = this.off = 0;
+      this.chunkStart = this.chunkEnd = 0;
     }
-    this.off = wire.encodeInto(this.chunk, this.off, e, body);
+    this.chunkEnd = wire.encodeInto(this.chunk, this.chunkEnd, e, body);
     if (!this.flushQueued) {
       this.flushQueued = true;
       process.nextTick(this.flushChunk);
@@ -331,15 +331,15 @@ class Client extends EventEmitter {
   }
 
   _write() {
-    if (this.off > this.start && this.socket) {
-      this.socket.write(this.chunk.subarray(this.start, this.off));
-      this.start = this.off;
+    if (this.chunkEnd > this.chunkStart && this.socket) {
+      this.socket.write(this.chunk.subarray(this.chunkStart, this.chunkEnd));
+      this.chunkStart = this.chunkEnd;
     }
   }
 
   // Bytes queued and not yet taken by the kernel.
   get queuedBytes() {
-    return (this.socket ? this.socket.writableLength : 0) + (this.off - this.start);
+    return (this.socket ? this.socket.writableLength : 0) + (this.chunkEnd - this.chunkStart);
   }
 
   _control(op, body, id = 0) {

@@ -190,7 +190,7 @@ class Types {
       });
       if (!(ns instanceof protobuf.Root)) file.package = ns.fullName.replace(/^\./, '');
       for (const top of e.tops) {
-        if (top instanceof protobuf.Type) file.messageType.push(top.toDescriptor('proto3'));
+        if (top instanceof protobuf.Type) file.messageType.push(mapEntriesNamed(top, top.toDescriptor('proto3')));
         else file.enumType.push(top.toDescriptor());
       }
       files.push(file);
@@ -210,6 +210,27 @@ class Types {
     const t = this.busRoot.lookup('.' + name);
     return t instanceof protobuf.Type ? t : null;
   }
+}
+
+// protobufjs names a map field's entry type after the field ("notes" -> "Notes"); protobuf's
+// descriptor pool (busd's, the CLI's) refuses any name but protoc's, "NotesEntry". Renames the
+// entries of `type`'s descriptor `d` and of its nested types', and the fields that use them.
+function mapEntriesNamed(type, d) {
+  for (const field of type.fieldsArray) {
+    if (!field.map) continue;
+    const protoName = field.protoName || field.name;
+    const entry = protoName.split('_').map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join('') + 'Entry';
+    const fd = d.field.find((f) => f.number === field.id);
+    const nested = d.nestedType.find((n) => n.name === fd.typeName && n.options && n.options.mapEntry);
+    if (nested) nested.name = entry;
+    fd.typeName = entry;
+  }
+  for (const nested of type.nestedArray) {
+    if (!(nested instanceof protobuf.Type)) continue;
+    const nd = d.nestedType.find((n) => n.name === nested.name && !(n.options && n.options.mapEntry));
+    if (nd) mapEntriesNamed(nested, nd);
+  }
+  return d;
 }
 
 function typeName(type) { return type.fullName.replace(/^\./, ''); }

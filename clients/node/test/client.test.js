@@ -37,7 +37,7 @@ before(async () => {
 });
 after(async () => {
   for (const c of clients) await c.close();
-  await busd.stop();
+  await busd.dispose();
   process.env.XDG_RUNTIME_DIR = savedEnv;
 });
 
@@ -209,7 +209,7 @@ test('drain delivers what busd had routed, waits for served requests, then close
   for (let i = 0; i < 50; i++) pub.publish('drain.x', String(i));
   const reply = pub.request('drain.svc', 'x');
   await pub.flush();
-  await until('the request reaches the service', () => finishServing);
+  await until('the request reaches the service', () => finishServing, 10000, 5);
   const drained = c.drain();
   setTimeout(() => finishServing('served'), 20);
   const got = [];
@@ -256,5 +256,5 @@ test('busd killed -9 and restarted: broker_unavailable meanwhile, then subscript
   assert.equal(m.string(), 'back');
   assert.equal((await busd.bus(['req', 'survive.echo', 'hello again'])).trim(), 'hello again');
   // The other clients of this file were reconnecting too: let them settle before the next test.
-  for (const other of clients) if (!other.closed) await until('reconnected', () => other.welcomed);
+  for (const other of clients) if (!other.closed) await until('reconnected', () => other.welcomed, 10000);
 });

@@ -28,11 +28,11 @@ const order = {
 // process is ready then.
 async function subscribed(pattern) {
   await until(`a subscription to ${pattern}`, async () =>
-    (await bus.sys('subscriptions')).subscriptions.some((s) => s.pattern === pattern));
+    (await bus.sys('subscriptions')).subscriptions.some((s) => s.pattern === pattern), 10000);
 }
 async function served(name) {
   await until(`a service ${name}`, async () =>
-    (await bus.sys('services')).services.some((s) => s.name === name && s.instances.length > 0));
+    (await bus.sys('services')).services.some((s) => s.name === name && s.instances.length > 0), 10000);
 }
 
 before(async () => {
@@ -41,7 +41,7 @@ before(async () => {
 });
 after(async () => {
   if (bus) await bus.close();
-  await busd.stop();
+  await busd.dispose();
 });
 
 test('what C++ publishes with a type Node never loaded is decoded through busd\'s registry', async () => {

@@ -1,49 +1,21 @@
 // What the tests share: a real busd in a private runtime directory, the `bus` CLI and the C++
-// test program as subprocesses, and waiting for a condition. Every process started here is
-// killed however the test ends (after(), and a process 'exit' handler for a crash).
+// test program as subprocesses. Every process started here is killed however the test ends
+// (dispose() in after(), and tests/support/processes.js's 'exit' handler for a crash).
 //
 //   BUSD, BUS_CLI             the programs (ctest passes them; see tests/CMakeLists.txt)
 //   CLI_TEST_PUBLISHER        the C++ program built with testonly.v1.Reading
-//   BUS_TEST_PROTO_DIR        tests/integration/proto (its .proto, for the checks only)
 'use strict';
 
-const { spawn, execFile } = require('node:child_process');
+const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set (ctest sets it; see tests/CMakeLists.txt)`);
-  return v;
-}
+// Shared with the repository's other JavaScript tests: these tests run from a checkout.
+const { need, track, sleep, until, run } = require('../../../tests/support/processes');
 
 const BUSD = need('BUSD');
 const BUS_CLI = need('BUS_CLI');
 const CLI_TEST_PUBLISHER = need('CLI_TEST_PUBLISHER');
-
-const children = new Set();
-function track(child) {
-  children.add(child);
-  child.on('exit', () => children.delete(child));
-  return child;
-}
-function killAll() {
-  for (const c of children) { try { c.kill('SIGKILL'); } catch { /* gone */ } }
-}
-process.on('exit', killAll);
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what, fn, timeoutMs = 10000, everyMs = 20) {
-  const end = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try { last = await fn(); if (last) return last; } catch (x) { last = x; }
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${last})`);
-    await sleep(everyMs);
-  }
-}
 
 // A busd of its own: runtime directory, socket and environment (BUS_ENDPOINT unset, so the
 // client's default endpoint is tested too).
@@ -94,9 +66,15 @@ class Busd {
     clearTimeout(timer);
   }
 
+  // Stops busd and removes its directory.
+  async dispose() {
+    await this.stop();
+    fs.rmSync(this.tmp, { recursive: true, force: true });
+  }
+
   // `bus ARGS...` against this busd: resolves with stdout, rejects with the exit code and stderr.
   bus(args, { timeout = 10000 } = {}) {
-    return run(BUS_CLI, args, this.env, timeout);
+    return run(BUS_CLI, args, { env: this.env, timeout });
   }
 
   busBackground(args) {
@@ -107,16 +85,6 @@ class Busd {
   cpp(args) {
     return background(CLI_TEST_PUBLISHER, [this.endpoint, ...args], this.env);
   }
-}
-
-function run(file, args, env, timeout) {
-  return new Promise((resolve, reject) => {
-    const child = track(execFile(file, args, { env, timeout }, (err, stdout, stderr) => {
-      if (err) reject(Object.assign(new Error(`${path.basename(file)} ${args.join(' ')}: ${err.message}\n${stderr}`), { exitCode: err.code, stderr, stdout }));
-      else resolve(stdout);
-    }));
-    child.stdin.end();
-  });
 }
 
 // A process whose output is collected: `.out` so far, `.exited` a promise of its exit code.
@@ -130,4 +98,4 @@ function background(file, args, env) {
   return child;
 }
 
-module.exports = { Busd, until, sleep, track, background, killAll };
+module.exports = { Busd, until, sleep };

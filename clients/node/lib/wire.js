@@ -116,8 +116,12 @@ function bad(what) {
   return new BusError('bad_frame', `busd sent a frame that is not a bus.v1.Envelope (${what})`);
 }
 
+// The read position of the decoders below (one module-level cursor rather than an object per
+// message: decoding is synchronous and never nested across messages).
+const r = { pos: 0 };
+
 // Reads a varint at r.pos (at most 10 bytes, as protobuf); exact up to 2^53.
-function readVarint(buf, r, end) {
+function readVarint(buf, end) {
   let b = buf[r.pos];
   if (r.pos < end && b < 0x80) { r.pos++; return b; }
   let value = 0, mul = 1;
@@ -131,34 +135,35 @@ function readVarint(buf, r, end) {
   throw bad('varint over 10 bytes');
 }
 
-function readLength(buf, r, end) {
-  const n = readVarint(buf, r, end);
+function readLength(buf, end) {
+  const n = readVarint(buf, end);
   if (n > end - r.pos) throw bad('a field longer than its frame');
   return n;
 }
 
-function skip(buf, r, end, wire) {
+function skip(buf, end, wire) {
   switch (wire) {
-    case 0: readVarint(buf, r, end); return;
+    case 0: readVarint(buf, end); return;
     case 1: r.pos += 8; break;
-    case 2: r.pos += readLength(buf, r, end); return;
+    case 2: r.pos += readLength(buf, end); return;
     case 5: r.pos += 4; break;
     default: throw bad(`wire type ${wire}`);
   }
   if (r.pos > end) throw bad('truncated field');
 }
 
+// Leaves r.pos at `end`, where the enclosing Envelope goes on.
 function decodeHeader(buf, start, end) {
-  const r = { pos: start };
+  r.pos = start;
   let key = '', value = '';
   while (r.pos < end) {
-    const tag = readVarint(buf, r, end);
+    const tag = readVarint(buf, end);
     if (tag === 0x0a || tag === 0x12) {
-      const n = readLength(buf, r, end);
+      const n = readLength(buf, end);
       const s = buf.utf8Slice(r.pos, r.pos + n);
       r.pos += n;
       if (tag === 0x0a) key = s; else value = s;
-    } else skip(buf, r, end, tag & 7);
+    } else skip(buf, end, tag & 7);
   }
   return [key, value];
 }
@@ -169,12 +174,12 @@ function decodeEnvelope(buf, start, end) {
     kind: 0, subject: '', typeUrl: '', payload: EMPTY, id: 0, correlationId: 0, source: '',
     deadlineNs: 0, headers: null, fdCount: 0, subscriptionId: 0, monitoredKind: 0,
   };
-  const r = { pos: start };
+  r.pos = start;
   while (r.pos < end) {
-    const tag = readVarint(buf, r, end);
+    const tag = readVarint(buf, end);
     const field = Math.floor(tag / 8), wire = tag & 7;
     if (wire === 0) {
-      const v = readVarint(buf, r, end);
+      const v = readVarint(buf, end);
       switch (field) {
         case 1: e.kind = v; break;
         case 5: e.id = v; break;
@@ -186,7 +191,7 @@ function decodeEnvelope(buf, start, end) {
         default: break;
       }
     } else if (wire === 2) {
-      const n = readLength(buf, r, end);
+      const n = readLength(buf, end);
       const from = r.pos;
       r.pos += n;
       switch (field) {
@@ -200,7 +205,7 @@ function decodeEnvelope(buf, start, end) {
     } else if (field >= 1 && field <= 13) {
       throw bad(`field ${field} with wire type ${wire}`);
     } else {
-      skip(buf, r, end, wire);
+      skip(buf, end, wire);
     }
   }
   return e;
@@ -270,17 +275,17 @@ function encodeFields(fields) {
 // varints (the last of a repeated field wins, as protobuf reads a singular one).
 function decodeFields(buf) {
   const out = {};
-  const r = { pos: 0 };
+  r.pos = 0;
   const end = buf.length;
   while (r.pos < end) {
-    const tag = readVarint(buf, r, end);
+    const tag = readVarint(buf, end);
     const field = Math.floor(tag / 8), wire = tag & 7;
-    if (wire === 0) out[field] = readVarint(buf, r, end);
+    if (wire === 0) out[field] = readVarint(buf, end);
     else if (wire === 2) {
-      const n = readLength(buf, r, end);
+      const n = readLength(buf, end);
       out[field] = buf.utf8Slice(r.pos, r.pos + n);
       r.pos += n;
-    } else skip(buf, r, end, wire);
+    } else skip(buf, end, wire);
   }
   return out;
 }

@@ -54,8 +54,7 @@ struct Brokers {
 nlohmann::json run_peer(const Options& o, const std::string& client, const Brokers& b,
                         const std::vector<std::string>& args) {
     std::vector<std::string> argv{o.node, BUS_BENCH_LANGUAGES_SCRIPT, client,
-                                  client == "bus" ? b.unix_endpoint
-                                                  : std::to_string(b.nats_port)};
+                                  client == "bus" ? b.unix_endpoint : std::to_string(b.nats_port)};
     argv.insert(argv.end(), args.begin(), args.end());
     bool exited_0 = false;
     const std::string output = bench::run_for_output(argv, exited_0);
@@ -91,8 +90,8 @@ int main(int argc, char** argv) {
     Brokers brokers;
     const std::string dir = session.base();
     brokers.unix_endpoint = "unix://" + dir + "/busd.sock";
-    Server busd = Server::spawn({options.server.busd, "-e", brokers.unix_endpoint},
-                                dir + "/busd.log");
+    Server busd =
+        Server::spawn({options.server.busd, "-e", brokers.unix_endpoint}, dir + "/busd.log");
     bench::broker::wait_for_unix(dir + "/busd.sock", 10, &busd);
     brokers.nats_port = bench::free_tcp_port();
     Server nats = Server::spawn({nats_server, "-a", "127.0.0.1", "-p",
@@ -109,14 +108,14 @@ int main(int argc, char** argv) {
             // Alternating which peer goes first, so neither always runs on a warmer machine.
             const auto& [client, name] = peers[(i + static_cast<std::size_t>(round)) % 2];
             session.attempt(options, "pubsub64." + name, [&] {
-                const auto r = run_peer(options, client, brokers,
-                                        {"pubsub", std::to_string(payload),
-                                         std::to_string(options.seconds)});
+                const auto r =
+                    run_peer(options, client, brokers,
+                             {"pubsub", std::to_string(payload), std::to_string(options.seconds)});
                 const double seconds = r.at("seconds").get<double>();
                 if (seconds <= 0)
                     throw std::runtime_error("no messages arrived");
-                samples["pubsub64|" + name].values.push_back(
-                    r.at("messages").get<double>() / seconds);
+                samples["pubsub64|" + name].values.push_back(r.at("messages").get<double>() /
+                                                             seconds);
             });
             session.attempt(options, "reqrep64." + name, [&] {
                 const auto r = run_peer(options, client, brokers,

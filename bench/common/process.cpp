@@ -9,9 +9,9 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <spawn.h>
 #include <netinet/in.h>
 #include <sched.h>
+#include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>

@@ -13,8 +13,10 @@
 //
 // pubsub: the publisher publishes SIZE-byte messages for SECONDS, a batch of 256 per turn of
 // the event loop (and, for bus, waiting for 'drain' when publish() says the queue is full;
-// nats.js has no such signal and buffers), then an end marker; the subscriber counts from the
-// first message to the end marker. reqrep: one request at a time, each timed.
+// nats.js has no such signal and buffers), then an end marker, again every 100 ms until the
+// subscriber answers (a broker drops for a subscriber that cannot keep up, the marker too);
+// the subscriber counts from the first message to the last before the marker. reqrep: one
+// request at a time, each timed.
 const { fork } = require('child_process');
 const path = require('path');
 
@@ -62,7 +64,10 @@ async function child(kind, address, mode) {
   if (mode === 'subscriber') {
     let n = 0, first = 0n, last = 0n;
     c.subscribe(SUBJECT, () => { if (n++ === 0) first = now(); last = now(); });
+    let ended = false;
     c.subscribe(END, () => {
+      if (ended) return;
+      ended = true;
       process.send({ messages: n, seconds: n > 1 ? Number(last - first) / 1e9 : 0 });
       c.close().then(() => process.exit(0));
     });
@@ -96,9 +101,15 @@ async function main() {
       if (!room) await c.drained();
       else await turn();
     }
-    c.publish(END, Buffer.alloc(0));
-    await c.flush();
-    report(await next());
+    const result = next();
+    let answered = false;
+    result.then(() => { answered = true; });
+    while (!answered) {
+      c.publish(END, Buffer.alloc(0));
+      await c.flush();
+      await Promise.race([result, new Promise((r) => setTimeout(r, 100))]);
+    }
+    report(await result);
   } else {
     const count = Number(args[1]), warmup = Number(args[2]);
     const samples = [];

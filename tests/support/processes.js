@@ -41,9 +41,9 @@ async function until(what, fn, timeoutMs = 5000, everyMs = 50) {
 }
 
 // `file ARGS...`: resolves with stdout; rejects with an Error carrying exitCode, stdout, stderr.
-function run(file, args, { env = process.env, timeout = 10000 } = {}) {
+function run(file, args, { env = process.env, timeout = 10000, cwd } = {}) {
   return new Promise((resolve, reject) => {
-    const child = track(execFile(file, args, { env, timeout }, (err, stdout, stderr) => {
+    const child = track(execFile(file, args, { env, timeout, cwd }, (err, stdout, stderr) => {
       if (err) {
         reject(Object.assign(new Error(`${path.basename(file)} ${args.join(' ')}: ${err.message}\n${stderr}`),
           { exitCode: err.code, stdout, stderr }));

@@ -15,6 +15,11 @@ if (!fs.existsSync(from)) {
   process.exit(1);
 }
 fs.mkdirSync(to, { recursive: true });
+// Each file renamed into place: a client reading the copy meanwhile (tests run beside `npm
+// pack`) sees the old file or the new one, never half of one.
 for (const file of fs.readdirSync(from)) {
-  if (file.endsWith('.proto')) fs.copyFileSync(path.join(from, file), path.join(to, file));
+  if (!file.endsWith('.proto')) continue;
+  const temp = path.join(to, `.${file}.${process.pid}`);
+  fs.copyFileSync(path.join(from, file), temp);
+  fs.renameSync(temp, path.join(to, file));
 }

@@ -90,11 +90,13 @@ class Request extends Msg {
 
   respond(message, options = {}) {
     if (this.answered) return false;
-    this.answered = true;
     const c = this._client;
+    // Either may throw (unknown_type, message_too_large): the request is then not answered.
     const { payload, typeUrl: url } = c._payload(message, options);
-    return c._sendOrCount({ kind: KIND.REPLY, correlationId: this.id, payload, typeUrl: url,
+    const sent = c._sendOrCount({ kind: KIND.REPLY, correlationId: this.id, payload, typeUrl: url,
       headers: headerPairs(options.headers) });
+    this.answered = true;
+    return sent;
   }
 
   // The requester gets request_failed with this name and detail (or the error the name means,
@@ -438,8 +440,14 @@ class Client extends EventEmitter {
       const { payload, typeUrl: url } = this._payload(message, options);
       const id = this._call(service, timeout, resolve, reject, signal);
       if (!id) return;
-      const sent = this._send({ kind: KIND.REQUEST, subject: service, id, typeUrl: url, payload,
-        headers: headerPairs(options.headers), deadlineNs: (Date.now() + timeout) * 1e6 });
+      let sent;
+      try {
+        sent = this._send({ kind: KIND.REQUEST, subject: service, id, typeUrl: url, payload,
+          headers: headerPairs(options.headers), deadlineNs: (Date.now() + timeout) * 1e6 });
+      } catch (e) {
+        this._complete(id, e); // message_too_large: its timer goes with it
+        return;
+      }
       if (!sent) this._complete(id, new BusError('broker_unavailable', `no broker at ${this.endpoint}`));
     });
   }

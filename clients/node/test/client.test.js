@@ -198,6 +198,11 @@ test('a message over maxMessageSize is refused before it is sent', async () => {
   await assert.rejects(c.request('big.svc', Buffer.alloc(5000)), { code: 'message_too_large' });
   c.publish('big.ok', Buffer.alloc(1000));
   await c.flush(); // still connected
+  assert.equal(c.calls.size, 0); // the refused request left no call (nor its timer) behind
+  // A service whose reply is too large answers with that error instead.
+  c.serve('big.reply', () => Buffer.alloc(5000));
+  await c.flush();
+  await assert.rejects(c.request('big.reply', ''), { code: 'message_too_large', errorName: 'message_too_large' });
 });
 
 test('drain delivers what busd had routed, waits for served requests, then closes', async () => {

@@ -576,7 +576,17 @@ class Client extends EventEmitter {
   // --- receiving ------------------------------------------------------------------------------
 
   _frame(buf, start, end) {
-    const e = wire.decodeEnvelope(buf, start, end);
+    const e = wire.decodeEnvelope(buf, start, end); // what a broken peer sent throws: the link ends
+    try {
+      this._dispatch(e);
+    } catch (x) {
+      // A listener of this program threw ('direct', 'connected', ...): an uncaught exception of
+      // the program's, as Node makes it, but not a failure of the link, whose next frames follow.
+      process.nextTick(() => { throw x; });
+    }
+  }
+
+  _dispatch(e) {
     switch (e.kind) {
       case KIND.PUBLISH: {
         const sub = this.subs.get(e.subscriptionId);

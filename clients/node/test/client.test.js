@@ -9,6 +9,7 @@ const { once } = require('node:events');
 const { connect } = require('..');
 const wire = require('../lib/wire');
 const { Busd, until, sleep } = require('./support');
+const { run } = require('../../../tests/support/processes');
 
 const busd = new Busd();
 const clients = [];
@@ -262,4 +263,27 @@ test('busd killed -9 and restarted: broker_unavailable meanwhile, then subscript
   assert.equal((await busd.bus(['req', 'survive.echo', 'hello again'])).trim(), 'hello again');
   // The other clients of this file were reconnecting too: let them settle before the next test.
   for (const other of clients) if (!other.closed) await until('reconnected', () => other.welcomed, 10000);
+});
+
+test('a listener that throws is the program\'s uncaught exception, not the end of the link', async () => {
+  // In a process of its own: node:test treats any uncaught exception as its test's failure.
+  const script = `
+    const { connect } = require(${JSON.stringify(require.resolve('..'))});
+    (async () => {
+      const bus = await connect({ endpoint: process.argv[1] });
+      const seen = [];
+      process.on('uncaughtException', (e) => seen.push('uncaught: ' + e.message));
+      bus.on('direct', (m) => { seen.push(m.string()); if (m.string() === 'one') throw new Error('listener bug'); });
+      bus.sendTo(bus.id, 'one');
+      bus.sendTo(bus.id, 'two');
+      await bus.flush();
+      await new Promise((r) => setTimeout(r, 50));
+      console.log(JSON.stringify({ seen, welcomed: bus.welcomed }));
+      await bus.close();
+    })();`;
+  const out = await run(process.execPath, ['-e', script, busd.endpoint]);
+  const result = JSON.parse(out);
+  // (The exception is raised after the frame it came from; 'two' may arrive before or after.)
+  assert.deepEqual(result.seen.sort(), ['one', 'two', 'uncaught: listener bug']);
+  assert.equal(result.welcomed, true);
 });

@@ -49,15 +49,12 @@
 #include <vector>
 
 #include <fcntl.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #ifndef BUS_BENCH_NODE_SCRIPT
 #define BUS_BENCH_NODE_SCRIPT "bench/node/channel_peer.js"
 #endif
-
-extern char** environ;
 
 namespace {
 
@@ -320,41 +317,10 @@ Rate throughput_floor(std::size_t size, double seconds) {
 
 // Runs the Node script with `args` and returns the JSON line it prints last.
 nlohmann::json run_node(const Options& options, const std::vector<std::string>& args) {
-    int out[2];
-    if (::pipe2(out, O_CLOEXEC) < 0)
-        throw_errno("pipe2");
-    bus::UniqueFd read_end(out[0]), write_end(out[1]);
-    std::vector<std::string> argv_strings{options.node, options.node_script};
-    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& s : argv_strings)
-        argv.push_back(s.data());
-    argv.push_back(nullptr);
-
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, write_end.get(), 1);
-    pid_t pid = 0;
-    const int err =
-        ::posix_spawnp(&pid, options.node.c_str(), &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (err != 0)
-        throw std::system_error(err, std::system_category(), "cannot start " + options.node);
-    write_end.reset();
-
-    std::string output;
-    char buf[4096];
-    for (;;) {
-        const ssize_t n = ::read(read_end.get(), buf, sizeof buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        output.append(buf, static_cast<std::size_t>(n));
-    }
-    const bool exited_0 = bench::wait_child(pid);
-    while (!output.empty() && output.back() == '\n')
-        output.pop_back();
+    std::vector<std::string> argv{options.node, options.node_script};
+    argv.insert(argv.end(), args.begin(), args.end());
+    bool exited_0 = false;
+    const std::string output = bench::run_for_output(argv, exited_0);
     const std::string last_line = output.substr(output.rfind('\n') + 1);
     auto result = nlohmann::json::parse(last_line, nullptr, /*allow_exceptions=*/false);
     if (result.is_object() && result.contains("error"))

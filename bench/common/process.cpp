@@ -8,11 +8,15 @@
 #include <system_error>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sched.h>
+#include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+
+extern char** environ;
 
 namespace bench {
 
@@ -129,6 +133,42 @@ int free_tcp_port() {
 
 std::string program_dir() {
     return std::filesystem::canonical("/proc/self/exe").parent_path().string();
+}
+
+std::string run_for_output(const std::vector<std::string>& argv_strings, bool& exited_0) {
+    int out[2];
+    if (::pipe2(out, O_CLOEXEC) < 0)
+        throw_errno("pipe2");
+    std::vector<char*> argv;
+    for (const auto& s : argv_strings)
+        argv.push_back(const_cast<char*>(s.c_str()));
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out[1], 1);
+    pid_t pid = 0;
+    const int err = ::posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(out[1]);
+    if (err != 0) {
+        ::close(out[0]);
+        throw std::system_error(err, std::system_category(), "cannot start " + argv_strings[0]);
+    }
+    std::string output;
+    char buf[4096];
+    for (;;) {
+        const ssize_t n = ::read(out[0], buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        output.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(out[0]);
+    exited_0 = wait_child(pid);
+    while (!output.empty() && output.back() == '\n')
+        output.pop_back();
+    return output;
 }
 
 } // namespace bench

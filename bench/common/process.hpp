@@ -8,6 +8,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <sys/types.h>
 #include <unistd.h>
@@ -75,6 +76,11 @@ bool wait_child(pid_t pid) noexcept;
 
 // A TCP port on 127.0.0.1 that nothing listens on now.
 int free_tcp_port();
+
+// Runs `argv` (found on PATH) with its stdout read here, waits for it, and returns its output
+// without the trailing newlines; `exited_0` says whether it exited with 0. The peers written in
+// other languages (bench/node) print their result as the last line.
+std::string run_for_output(const std::vector<std::string>& argv, bool& exited_0);
 
 // The directory of the running program: a benchmark runs the programs built beside it.
 std::string program_dir();

@@ -13,11 +13,12 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn, execFile } = require('node:child_process');
+const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const puppeteer = require('puppeteer-core');
+const { need, track, killAll, sleep, until, run } = require('../support/processes');
 
 const BUSD = need('BUSD');
 const BUS_CLI = need('BUS_CLI');
@@ -25,25 +26,6 @@ const BUS_HTTP_HELLO = need('BUS_HTTP_HELLO');
 const PROTO_DIR = need('BUS_TEST_PROTO_DIR');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = process.env.BUS_DASHBOARD_SCREENSHOT || '';
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set (ctest sets it; see tests/CMakeLists.txt)`);
-  return v;
-}
-
-// ------------------------------------------------------------------ processes
-const children = new Set();   // every process we started, to kill whatever happens
-function track(child) {
-  children.add(child);
-  child.on('exit', () => children.delete(child));
-  return child;
-}
-function killAll() {
-  for (const c of children) { try { c.kill('SIGKILL'); } catch { /* gone */ } }
-}
-process.on('exit', killAll);
-for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { killAll(); process.exit(130); });
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bus-dashboard-'));
 const runtimeDir = path.join(tmp, 'run');
@@ -58,28 +40,12 @@ delete env.BUS_ENDPOINT;
 
 // `bus ARGS...`; resolves with stdout, rejects with stderr on failure.
 function bus(args, { timeout = 10000 } = {}) {
-  return new Promise((resolve, reject) => {
-    const child = track(execFile(BUS_CLI, args, { env, timeout }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`bus ${args.join(' ')}: ${err.message}\n${stderr}`));
-      else resolve(stdout);
-    }));
-    child.stdin && child.stdin.end();
-  });
+  return run(BUS_CLI, args, { env, timeout });
 }
 function busBackground(args) {
   const child = track(spawn(BUS_CLI, args, { env, stdio: ['ignore', 'ignore', 'pipe'] }));
   child.stderr.on('data', () => {});
   return child;
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function until(what, fn, timeoutMs = 5000, everyMs = 50) {
-  const end = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try { last = await fn(); if (last) return last; } catch (x) { last = x; }
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${last})`);
-    await sleep(everyMs);
-  }
 }
 
 // ------------------------------------------------------------------ busd

@@ -1,6 +1,6 @@
-# Installs the dashboard test's npm packages (puppeteer-core, pinned in package-lock.json) when
-# node_modules is missing or was installed from another lock file. puppeteer-core never
-# downloads a browser; the test drives Debian's chromium.
+# Installs the npm packages pinned by DIR's package-lock.json (`npm ci`) when DIR/node_modules is
+# missing or was installed from another lock file: the dashboard test's puppeteer-core (which
+# never downloads a browser: the test drives Debian's chromium), the Node client's protobufjs.
 #   cmake -DNPM=npm -DDIR=tests/dashboard -P npm_ci.cmake
 file(SHA256 ${DIR}/package-lock.json lock)
 set(stamp ${DIR}/node_modules/.bus-lock-sha256)

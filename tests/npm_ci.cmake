@@ -1,7 +1,7 @@
-# Installs the dashboard test's npm packages (puppeteer-core, pinned in package-lock.json) when
-# node_modules is missing or was installed from another lock file. puppeteer-core never
-# downloads a browser; the test drives Debian's chromium.
-#   cmake -DNPM=npm -DDIR=tests/dashboard -P npm_ci.cmake
+# Installs a JavaScript test's npm packages (pinned in DIR/package-lock.json) when node_modules
+# is missing or was installed from another lock file: the dashboard's (puppeteer-core, which
+# never downloads a browser; the test drives Debian's chromium) and the NATS bridge's (nats).
+#   cmake -DNPM=npm -DDIR=tests/dashboard -P tests/npm_ci.cmake
 file(SHA256 ${DIR}/package-lock.json lock)
 set(stamp ${DIR}/node_modules/.bus-lock-sha256)
 if(EXISTS ${stamp})

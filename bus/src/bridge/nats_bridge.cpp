@@ -56,6 +56,11 @@ constexpr const char* origin_header = "bus-origin";
 // waited in JetStream while busd was down is for the subscribers that come back with it.
 constexpr auto durable_grace = std::chrono::seconds(2);
 
+// Bridges alive in this process: when the last one goes, nats.c is closed and its threads
+// waited for, so that its last callbacks (which free the bridges' hooks) have run before busd
+// exits, and nothing of it outlives busd's loop.
+std::atomic<int> live_bridges{0};
+
 std::int64_t now_unix_ns() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(
                std::chrono::system_clock::now().time_since_epoch())
@@ -142,7 +147,7 @@ struct Hook {
     std::atomic<std::uint64_t> reconnects{0};
     std::atomic<bool> closing{false};
     std::atomic<int> active{0};
-    std::atomic<int> refs{1};
+    std::atomic<int> refs{2}; // the bridge's, and the connection's (let go by on_closed)
 
     void retain() { ++refs; }
     void release() {
@@ -460,7 +465,9 @@ struct NatsBridge::Impl : std::enable_shared_from_this<NatsBridge::Impl> {
 
     // (the JetStream thread) A durable push consumer per pattern, acknowledged by hand.
     std::string bind_consumers() {
-        std::this_thread::sleep_for(durable_grace);
+        for (auto waited = std::chrono::milliseconds(0); waited < durable_grace && !hook->closing;
+             waited += std::chrono::milliseconds(50))
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
         const std::string stream = stream_name();
         std::lock_guard lock(durable_mutex);
         for (std::size_t i = durable_subs.size(); i < config.durables.size(); ++i) {
@@ -914,9 +921,15 @@ struct NatsBridge::Impl : std::enable_shared_from_this<NatsBridge::Impl> {
                   requests_in = 0, requests_out = 0;
 };
 
-NatsBridge::NatsBridge(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+NatsBridge::NatsBridge(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {
+    ++live_bridges;
+}
 
-NatsBridge::~NatsBridge() = default;
+NatsBridge::~NatsBridge() {
+    impl_.reset();
+    if (--live_bridges == 0)
+        nats_CloseAndWait(2000);
+}
 
 Result<std::unique_ptr<NatsBridge>> NatsBridge::start(asio::io_context& io, broker::Broker& broker,
                                                       daemon::NatsBridgeConfig config,

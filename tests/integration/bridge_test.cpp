@@ -23,8 +23,14 @@ using bus::test::run_until;
 
 // A busd with a config file of its own.
 struct Host {
-    Host(boost::asio::io_context& io, const std::string& config)
-        : path(dir.write("busd.toml", config)), busd(io, {"-c", path}) {}
+    Host(boost::asio::io_context& io, const std::string& config,
+         std::vector<std::string> extra = {})
+        : path(dir.write("busd.toml", config)), busd(io, with_config(path, std::move(extra))) {}
+    static std::vector<std::string> with_config(const std::string& path,
+                                                std::vector<std::string> extra) {
+        extra.insert(extra.begin(), {"-c", path});
+        return extra;
+    }
     bus::test::TempDir dir;
     std::string path;
     bus::test::Busd busd;
@@ -100,7 +106,8 @@ protected:
 
 TEST_F(BridgeTest, PublishesCrossBothWaysWithHeadersAndType) {
     bus::test::NatsCluster nats(io);
-    Host a(io, bridge("fleet", nats.servers_toml(0), "[\"a.>\"]", "[\"b.>\"]"));
+    Host a(io, bridge("fleet", nats.servers_toml(0), "[\"a.>\"]", "[\"b.>\"]"),
+           {"--http", "127.0.0.1:0"});
     Host b(io, bridge("fleet", nats.servers_toml(1), "[\"b.>\"]", "[\"a.>\"]"));
     auto pa = connect(a.busd), pb = connect(b.busd);
 
@@ -137,6 +144,23 @@ TEST_F(BridgeTest, PublishesCrossBothWaysWithHeadersAndType) {
     EXPECT_EQ(sa.server(), nats.url(0));
     EXPECT_GE(sa.msgs_out(), 2u);
     EXPECT_GE(sa.msgs_in(), 1u);
+    // $sys.stats and /metrics show it too.
+    std::optional<bus::v1::BrokerStats> stats;
+    pa->request_bytes("$sys.stats", "", 5s, [&](std::error_code ec, bus::Message& m) {
+        EXPECT_FALSE(ec);
+        stats.emplace();
+        stats->ParseFromString(std::string(m.payload()));
+    });
+    ASSERT_TRUE(run_until(io, [&] { return stats.has_value(); }));
+    ASSERT_EQ(stats->bridges_size(), 1);
+    EXPECT_EQ(stats->bridges(0).name(), "fleet");
+    const auto port = stats->http().substr(stats->http().rfind(':') + 1);
+    const auto metrics = bus::test::http_get(std::stoi(port), "/metrics");
+    EXPECT_NE(metrics.find("bus_bridge_info{bridge=\"fleet\",kind=\"nats\",state=\"connected\""),
+              std::string::npos)
+        << metrics.substr(0, 300);
+    EXPECT_NE(metrics.find("bus_bridge_messages_out_total{bridge=\"fleet\"}"), std::string::npos);
+
     const auto sb = status(*pb);
     EXPECT_EQ(sb.server(), nats.url(1));
     EXPECT_GE(sb.msgs_in(), 2u);

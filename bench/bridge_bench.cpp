@@ -145,7 +145,9 @@ struct World {
         busd('b', 1, "[\"bench.svc\"]", "[\"bench.>\"]");
     }
     ~World() {
-        processes.clear();
+        // The busds first, then the servers they are bridged to.
+        while (!processes.empty())
+            processes.pop_back();
         std::error_code ignored;
         std::filesystem::remove_all(dir, ignored);
     }

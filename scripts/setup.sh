@@ -17,6 +17,7 @@ done
 # groff-base: the man pages' test (tests/man/check.sh); zsh: the zsh completion's test;
 # tshark: the Wireshark dissector's test (its debconf question is answered non-interactively);
 # wrk: load on a Node cluster with a C++ worker (tests/interop/node_cluster.test.js), bench/run cluster;
+# libnats-dev, nats-server: busd's NATS bridge (bus/src/bridge) and its tests' cluster;
 # prometheus: its promtool checks busd's /metrics (tests/integration/http_test.cpp);
 # chromium: the dashboard's test drives it headless (tests/dashboard, puppeteer-core from npm,
 # which never downloads a browser), fonts-dejavu-core so its pages have legible text.
@@ -29,12 +30,13 @@ packages=(
   nodejs npm
   groff-base zsh tshark wrk
   prometheus
+  libnats-dev nats-server
   chromium fonts-dejavu-core
 )
 # bench/run broker: nats-server, dbus-daemon and dbus-broker (run outside systemd through
 # systemd-socket-activate, from the systemd package), sd-bus for the D-Bus clients.
 if [ "$bench" -eq 1 ]; then
-  packages+=(nats-server dbus dbus-broker systemd libsystemd-dev)
+  packages+=(dbus dbus-broker systemd libsystemd-dev)
   # bench/shm-instructions: instruction counts under callgrind.
   packages+=(valgrind)
 fi

@@ -171,6 +171,15 @@ int run_status(const Global& g) {
     print_line("  clients:     " + num(stats.clients()));
     print_line("  msgs routed: " + num(stats.msgs_routed()));
     print_line("  dropped:     " + num(stats.dropped()));
+    for (const auto& b : stats.bridges()) {
+        print_line("  bridge " + b.name() + " (" + b.kind() + "): " + b.state() +
+                   (b.server().empty() ? "" : " to " + b.server()));
+        print_line("    in " + num(b.msgs_in()) + ", out " + num(b.msgs_out()) + ", buffered " +
+                   num(b.buffered()) + " bytes, dropped " + num(b.dropped()) + ", requests in " +
+                   num(b.requests_in()) + ", out " + num(b.requests_out()));
+        if (!b.error().empty())
+            print_line("    error: " + b.error());
+    }
     return exit_code::ok;
 }
 

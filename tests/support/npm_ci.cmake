@@ -1,7 +1,8 @@
 # Installs the npm packages pinned by DIR's package-lock.json (`npm ci`) when DIR/node_modules is
 # missing or was installed from another lock file: the dashboard test's puppeteer-core (which
-# never downloads a browser: the test drives Debian's chromium), the Node client's protobufjs.
-#   cmake -DNPM=npm -DDIR=tests/dashboard -P npm_ci.cmake
+# never downloads a browser: the test drives Debian's chromium), the Node client's protobufjs,
+# the NATS bridge test's nats.
+#   cmake -DNPM=npm -DDIR=tests/dashboard -P tests/support/npm_ci.cmake
 file(SHA256 ${DIR}/package-lock.json lock)
 set(stamp ${DIR}/node_modules/.bus-lock-sha256)
 if(EXISTS ${stamp})

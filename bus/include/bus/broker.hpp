@@ -95,6 +95,23 @@ public:
     // the socket's peer credentials do not (a socketpair's name the process that made it):
     // busd's link to each cluster worker, which Client::from_parent picks up (BUS_CLIENT_FD).
     void adopt(UniqueFd socket, pid_t pid);
+    // The same for a bridge of busd's (bridge/, docs/bridge.md): a message from a bridge
+    // client never reaches a bridge client, and a bridge's instance of a service is used only
+    // when no other instance serves it.
+    void adopt_bridge(UniqueFd socket);
+    // Called when a service name gets its first instance that is not a bridge's (`served`
+    // true) or loses its last one (false): what a bridge exports as a service.
+    using ServiceWatch = std::function<void(const std::string& name, bool served)>;
+    void on_local_service(ServiceWatch watch);
+    // The names local (non-bridge) instances serve now.
+    std::vector<std::string> local_services() const;
+    // Registers a type's description (a serialized FileDescriptorSet) as a client's
+    // `register_type` does, for busd's bridges, which learn types from other hosts. Refused
+    // (the registry's bounds, a set that does not define `name`): the error, `detail` says why.
+    std::error_code register_type(const std::string& name, std::string_view descriptor_set,
+                                  const std::string& registered_by, std::string& detail);
+    // Where `$sys.bridges` and `$sys.stats`' bridges come from (busd's bridges).
+    void on_bridges(std::function<v1::BridgeList()> report);
 
     // Requests to `$sys.<prefix>...` that the broker does not answer itself go to `handler`
     // (busd's cluster answers "$sys.cluster."), with the requester's uid from the kernel

@@ -88,6 +88,8 @@ class Responder {
 public:
     void reply(const google::protobuf::Message& message, Fds fds = {});
     void reply_bytes(std::string_view payload, Fds fds = {});
+    // A payload of the type `type_url` names, made elsewhere (a bridge forwarding a reply).
+    void reply_typed(std::string_view payload, std::string_view type_url);
     // The requester's handler gets errc::request_failed, with `name` as the message's subject()
     // and `detail` as its "detail" header (as busd's own errors carry theirs); `bus req`
     // prints both. A name from bus's own table (error_wire_name) reads back as that errc.
@@ -168,6 +170,10 @@ public:
     bool publish(std::string_view subject, const google::protobuf::Message& message,
                  const Headers& headers);
     bool publish_bytes(std::string_view subject, std::string_view payload, const Headers& headers);
+    // The same with the payload's type named (type_url, "type.googleapis.com/pkg.Msg"), for
+    // what forwards messages it did not make (busd's bridges).
+    bool publish_bytes(std::string_view subject, std::string_view payload, const Headers& headers,
+                       std::string_view type_url);
 
     // `*` matches one token, `>` the rest. With a queue group, each message goes to one
     // member of the group. Returns the subscription's id, for unsubscribe(). An invalid
@@ -222,6 +228,11 @@ public:
                  std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds = {});
     void request_bytes(std::string_view service, std::string_view payload,
                        std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds = {});
+    // The same with headers and the payload's type named, for what forwards requests it did
+    // not make (busd's bridges).
+    void request_bytes(std::string_view service, std::string_view payload, const Headers& headers,
+                       std::string_view type_url, std::chrono::milliseconds timeout,
+                       ReplyHandler handler);
     // The same with a handler that takes the Message by value.
     template <class F>
     requires(!std::is_convertible_v<F, ReplyHandler> &&
@@ -331,8 +342,6 @@ private:
     Sent send(v1::Envelope& header, std::string_view payload, Fds fds);
     Sent send_control(std::string_view op, const google::protobuf::Message* body,
                       std::uint64_t id = 0);
-    bool publish_bytes(std::string_view subject, std::string_view payload, const Headers& headers,
-                       std::string_view type_url);
     void send_direct(std::string_view client_id, std::string_view type_url,
                      std::string_view payload, Fds fds);
     // A call awaiting its answer (Calls), failed at once, from the loop, when the client is
@@ -340,7 +349,8 @@ private:
     std::uint64_t add_call(ReplyHandler handler, std::chrono::milliseconds timeout);
     void complete_later(std::uint64_t id, std::error_code ec);
     void send_request(std::string_view service, std::string_view type_url, std::string_view payload,
-                      std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds);
+                      std::chrono::milliseconds timeout, ReplyHandler handler, Fds fds,
+                      const Headers& headers = {});
     // A message that could not be queued: counted, and reported by a rate-limited error event.
     void unsent();
     void report_unsent();

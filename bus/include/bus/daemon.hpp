@@ -27,9 +27,32 @@ struct HttpConfig {
     std::string token_file;
 };
 
+// One `[[bridge.nats]]` table: busd as a leaf of a NATS cluster (docs/bridge.md).
+struct NatsBridgeConfig {
+    std::string name;                  // for $sys.bridges and logs
+    std::vector<std::string> servers;  // "nats://HOST:PORT" or "tls://HOST:PORT"
+    std::vector<std::string> exports;  // local publishes and services, seen on NATS
+    std::vector<std::string> imports;  // NATS messages and services, seen locally
+    std::vector<std::string> durables; // through JetStream (exported and imported)
+    // Credentials: at most one of user/password, token, nkey (public key + seed file), creds.
+    std::string user, password, token, nkey, nkey_seed, creds;
+    std::string tls_ca, tls_cert, tls_key; // tls = { ca, cert, key }
+    // What is published while no server is connected is held up to this many bytes, then
+    // dropped and counted.
+    std::size_t buffer_bytes = 8u << 20;
+    // Messages from NATS waiting for busd's loop, at most; beyond, dropped and counted.
+    std::size_t max_pending = 65536;
+    // How long a request from NATS may take a local service (NATS requests carry no deadline
+    // unless they come from another busd's bridge).
+    std::chrono::milliseconds request_timeout{5000};
+    // This busd's durable consumer (JetStream); empty: the host's name.
+    std::string durable_name;
+};
+
 struct Config {
     broker::Options broker;
     HttpConfig http;
+    std::vector<NatsBridgeConfig> bridges;
     std::vector<cluster::AppConfig> apps;
     // Where cluster apps' output is kept (APP.log); empty: $XDG_STATE_HOME/bus/logs, else
     // ~/.local/state/bus/logs, else beside the sockets.

@@ -134,6 +134,27 @@ void Broker::adopt(UniqueFd socket, pid_t pid) {
     impl_->unix_server.adopt(std::move(socket), pid);
 }
 
+void Broker::adopt_bridge(UniqueFd socket) {
+    impl_->unix_server.adopt(std::move(socket), ::getpid(), true);
+}
+
+void Broker::on_local_service(ServiceWatch watch) {
+    impl_->router.on_local_service(std::move(watch));
+}
+
+std::vector<std::string> Broker::local_services() const {
+    return impl_->router.local_services();
+}
+
+std::error_code Broker::register_type(const std::string& name, std::string_view descriptor_set,
+                                      const std::string& registered_by, std::string& detail) {
+    return impl_->router.register_type(name, descriptor_set, registered_by, detail);
+}
+
+void Broker::on_bridges(std::function<v1::BridgeList()> report) {
+    impl_->router.on_bridges(std::move(report));
+}
+
 void Broker::publish_event(const std::string& subject, const google::protobuf::Message& event) {
     impl_->router.publish_event(subject, event);
 }

@@ -76,6 +76,10 @@ struct Client {
     std::chrono::steady_clock::time_point last_seen;
     bool allowed = true;
     bool announced = false;
+    // A bridge of busd's own (bridge/): what it publishes or requests is never routed to a
+    // bridge (no loops between busds), and its service instances are used only when no local
+    // instance serves the name (local first).
+    bool bridge = false;
     const AccessRule* rule = nullptr; // restrictions, if a rule names it
     std::uint64_t msgs_in = 0, msgs_out = 0, bytes_in = 0, bytes_out = 0, dropped = 0;
     std::uint64_t dropped_unsent = 0;   // of `dropped`: taken by its link, then not sent

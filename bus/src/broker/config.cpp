@@ -39,7 +39,7 @@ Options load_config(const std::string& path) {
     const TomlReader r(path, root);
     // [[app]] tables are the cluster's (bus::cluster::load_apps), [http] busd's HTTP face's
     // (bus::daemon::load_config).
-    r.only({"broker", "limits", "access", "app", "http"});
+    r.only({"broker", "limits", "access", "app", "http", "bridge"});
     Options options;
 
     if (const auto broker = r.table("broker")) {

@@ -114,9 +114,11 @@ void Router::handle_control(Client& c, const v1::Envelope& in, std::string_view 
                 if (!service.stats)
                     service.stats = &service_stats(name);
                 service.instances.push_back(c.num);
+                if (!c.bridge && service_watch_ && local_instances(service) == 1)
+                    service_watch_(name, true);
             }
         } else if (c.services.erase(name)) {
-            drop_instance(name, c.num);
+            drop_instance(name, c);
         }
         return;
     }

@@ -184,6 +184,9 @@ void Router::fan_out(const Client& from, const v1::Envelope& in, std::string_vie
     outbound(fanout_head_, from, in, v1::KIND_PUBLISH);
     const std::size_t base = fanout_head_.size();
     auto deliver_to = [&](const Target& t) {
+        // What came in through a bridge never goes out through one (docs/bridge.md).
+        if (from.bridge && t.client->bridge)
+            return;
         fanout_head_.resize(base);
         FieldWriter{fanout_head_}.varint_field(12, t.sid);
         const bool sent =
@@ -228,7 +231,7 @@ void Router::request(Client& c, const v1::Envelope& in, std::string_view payload
         ++expired_total_;
         return send_error(c, in.id(), errc::expired, in.subject());
     }
-    Client* server = find(service.instances[service.next++ % service.instances.size()]);
+    Client* server = pick_instance(service, c);
     if (!server) {
         ++stats.no_responders;
         return send_error(c, in.id(), errc::no_responders, in.subject());
@@ -397,14 +400,53 @@ void Router::send_error(Client& to, std::uint64_t correlation_id, errc code,
 
 // --- leaving ------------------------------------------------------------------------------
 
-void Router::drop_instance(const std::string& name, std::uint64_t num) {
+Client* Router::pick_instance(Service& service, const Client& from) {
+    const std::size_t n = service.instances.size();
+    for (const bool bridges : {false, true}) {
+        if (bridges && from.bridge)
+            break;
+        for (std::size_t i = 0; i < n; ++i) {
+            Client* s = find(service.instances[(service.next + i) % n]);
+            if (s && s->bridge == bridges) {
+                service.next += i + 1;
+                return s;
+            }
+        }
+    }
+    return nullptr;
+}
+
+std::size_t Router::local_instances(const Service& service) {
+    return static_cast<std::size_t>(
+        std::count_if(service.instances.begin(), service.instances.end(), [this](auto num) {
+            const Client* c = find(num);
+            return c && !c->bridge;
+        }));
+}
+
+std::vector<std::string> Router::local_services() const {
+    std::vector<std::string> out;
+    for (const auto& [name, service] : services_)
+        if (std::any_of(service.instances.begin(), service.instances.end(), [this](auto num) {
+                auto c = clients_.find(num);
+                return c != clients_.end() && !c->second->bridge;
+            }))
+            out.push_back(name);
+    return out;
+}
+
+void Router::drop_instance(const std::string& name, const Client& c) {
     auto it = services_.find(name);
     if (it == services_.end())
         return;
     auto& v = it->second.instances;
-    v.erase(std::remove(v.begin(), v.end(), num), v.end());
+    v.erase(std::remove(v.begin(), v.end(), c.num), v.end());
+    // (`c` may be gone from clients_ already: it is leaving)
+    const bool lost_last = !c.bridge && local_instances(it->second) == 0;
     if (v.empty())
         services_.erase(it);
+    if (lost_last && service_watch_)
+        service_watch_(name, false);
 }
 
 void Router::remove(std::uint64_t num) {
@@ -420,7 +462,7 @@ void Router::remove(std::uint64_t num) {
     if (!monitors_.empty())
         std::erase_if(monitors_, [num](const MonitorRef& m) { return m.client == num; });
     for (const auto& name : c->services)
-        drop_instance(name, num);
+        drop_instance(name, *c);
     // Requests it was serving: their requesters learn now, not at their deadline, in the
     // order they were routed. Requests it was waiting for are forgotten.
     std::vector<std::pair<std::uint64_t, InFlight>> lost;

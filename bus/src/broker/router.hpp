@@ -84,6 +84,13 @@ public:
     void publish_event(const std::string& subject, const google::protobuf::Message& event);
     void on_event(Broker::EventTap tap) { event_tap_ = std::move(tap); }
     void set_http(std::string url) { http_ = std::move(url); }
+    void on_local_service(Broker::ServiceWatch watch) { service_watch_ = std::move(watch); }
+    std::vector<std::string> local_services() const;
+    std::error_code register_type(const std::string& name, std::string_view descriptor_set,
+                                  const std::string& registered_by, std::string& detail) {
+        return types_.add(name, descriptor_set, registered_by, detail);
+    }
+    void on_bridges(std::function<v1::BridgeList()> report) { bridges_ = std::move(report); }
     void set_endpoints(std::vector<std::string> endpoints) { endpoints_ = std::move(endpoints); }
     const std::vector<std::string>& endpoints() const noexcept { return endpoints_; }
     v1::BrokerStats stats() const;
@@ -163,7 +170,12 @@ private:
                  std::vector<UniqueFd> fds);
     bool drop(Client& to);
     bool report_drops(Client& to);
-    void drop_instance(const std::string& name, std::uint64_t num);
+    void drop_instance(const std::string& name, const Client& c);
+    // The instance a request from `from` goes to: the next local one round-robin, else (not
+    // for a bridge's request: no loops) the next bridge's; nullptr when none.
+    Client* pick_instance(Service& service, const Client& from);
+    // Instances of `service` that are not bridges'.
+    std::size_t local_instances(const Service& service);
 
     // control.cpp
     void handle_control(Client& c, const v1::Envelope& in, std::string_view body);
@@ -189,6 +201,8 @@ private:
     std::vector<std::pair<std::string, Broker::SysHandler>> sys_handlers_;
     Broker::EventTap event_tap_;
     std::string http_;
+    Broker::ServiceWatch service_watch_;
+    std::function<v1::BridgeList()> bridges_;
     std::vector<std::uint64_t> slow_; // clients that began dropping since the last heartbeat
 
     std::uint64_t next_client_ = 1;

@@ -104,6 +104,8 @@ v1::BrokerStats Router::stats() const {
     for (const auto& [name, stats] : service_stats_)
         service_info(name, stats, *s.add_services());
     s.set_http(http_);
+    if (bridges_)
+        *s.mutable_bridges() = bridges_().bridges();
     return s;
 }
 
@@ -188,6 +190,8 @@ Broker::SysAnswer Router::query(const std::string& what, std::string_view payloa
         answer = std::move(list);
     } else if (what == "$sys.stats") {
         answer = std::make_unique<v1::BrokerStats>(stats());
+    } else if (what == "$sys.bridges") {
+        answer = std::make_unique<v1::BridgeList>(bridges_ ? bridges_() : v1::BridgeList());
     } else {
         auto h = std::find_if(sys_handlers_.begin(), sys_handlers_.end(),
                               [&](const auto& e) { return what.starts_with(e.first); });

@@ -66,17 +66,17 @@ void UnixServer::accept() {
         });
 }
 
-void UnixServer::adopt(UniqueFd fd, pid_t pid) {
+void UnixServer::adopt(UniqueFd fd, pid_t pid, bool bridge) {
     ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
     ChannelOptions channel_options;
     channel_options.max_message_size = options_.limits.max_message_size;
     channel_options.high_water_mark = options_.limits.client_queue_bytes;
     auto channel = Channel::adopt(io_, std::move(fd), channel_options);
     if (channel)
-        adopt(std::move(channel).value(), pid);
+        adopt(std::move(channel).value(), pid, bridge);
 }
 
-void UnixServer::adopt(std::shared_ptr<Channel> channel, pid_t pid) {
+void UnixServer::adopt(std::shared_ptr<Channel> channel, pid_t pid, bool bridge) {
     ucred cred{};
     socklen_t len = sizeof cred;
     if (::getsockopt(channel->native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
@@ -91,6 +91,7 @@ void UnixServer::adopt(std::shared_ptr<Channel> channel, pid_t pid) {
     c.uid = cred.uid;
     c.gid = cred.gid;
     c.rule = router_.access().rule_for(c.uid, c.gid);
+    c.bridge = bridge;
     const auto num = c.num;
     raw->on_envelope(
         [this, num](v1::Envelope& header, std::string_view payload, std::vector<UniqueFd>& fds) {

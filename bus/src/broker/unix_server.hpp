@@ -29,8 +29,8 @@ public:
     // Serves a client on an already connected socket or channel; `pid` names the client when
     // the kernel's peer credentials name another process (a socketpair's name its creator:
     // busd, for the link it gives a cluster worker).
-    void adopt(UniqueFd socket, pid_t pid = 0);
-    void adopt(std::shared_ptr<Channel> channel, pid_t pid = 0);
+    void adopt(UniqueFd socket, pid_t pid = 0, bool bridge = false);
+    void adopt(std::shared_ptr<Channel> channel, pid_t pid = 0, bool bridge = false);
 
 private:
     void accept();

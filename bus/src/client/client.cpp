@@ -267,6 +267,13 @@ void Responder::reply_bytes(std::string_view payload, Fds fds) {
     }
 }
 
+void Responder::reply_typed(std::string_view payload, std::string_view type_url) {
+    if (auto c = client_.lock(); c && !done_) {
+        done_ = true;
+        c->respond(id_, v1::KIND_REPLY, {}, type_url, payload, {});
+    }
+}
+
 void Responder::fail(std::string_view name, std::string_view detail) {
     if (auto c = client_.lock(); c && !done_) {
         done_ = true;
@@ -620,6 +627,12 @@ void Client::request_bytes(std::string_view service, std::string_view payload,
     send_request(service, {}, payload, timeout, std::move(handler), std::move(fds));
 }
 
+void Client::request_bytes(std::string_view service, std::string_view payload,
+                           const Headers& headers, std::string_view type_url,
+                           std::chrono::milliseconds timeout, ReplyHandler handler) {
+    send_request(service, type_url, payload, timeout, std::move(handler), {}, headers);
+}
+
 void Client::complete_later(std::uint64_t id, std::error_code ec) {
     asio::post(io_, [weak = weak_from_this(), id, ec] {
         if (auto c = weak.lock()) {
@@ -639,13 +652,14 @@ std::uint64_t Client::add_call(ReplyHandler handler, std::chrono::milliseconds t
 
 void Client::send_request(std::string_view service, std::string_view type_url,
                           std::string_view payload, std::chrono::milliseconds timeout,
-                          ReplyHandler handler, Fds fds) {
+                          ReplyHandler handler, Fds fds, const Headers& headers) {
     const std::uint64_t id = add_call(std::move(handler), timeout);
     // Failed already: nothing is sent, so nothing can reach a broker later.
     if (closed_ || unavailable_)
         return;
     auto& header = this->header(v1::KIND_REQUEST, service);
     header.mutable_type_url()->assign(type_url);
+    add_headers(header, headers);
     header.set_id(id);
     header.set_deadline_unix_ns(deadline_after(timeout));
     if (send(header, payload, std::move(fds)) == Sent::failed)

@@ -3,6 +3,8 @@
 // (http/face.hpp) when asked for, and signals.
 #include "bus/daemon.hpp"
 
+#include "bridge/config.hpp"
+#include "bridge/nats_bridge.hpp"
 #include "bus/broker_config.hpp"
 #include "bus/endpoint.hpp"
 #include "core/toml_reader.hpp"
@@ -104,6 +106,7 @@ Config load_config(const std::string& config_file, const std::vector<std::string
         config.broker = broker::load_config(config_file);
         config.apps = cluster::load_apps(config_file);
         load_http(config_file, config.http);
+        config.bridges = bridge::load_nats_bridges(config_file);
     }
     if (!endpoints.empty())
         config.broker.endpoints = endpoints;
@@ -220,6 +223,7 @@ struct Daemon::Impl {
         signals.reset();
         reload.reset();
         http.reset();
+        bridges.clear();
         cluster.reset();
         broker.reset();
     }
@@ -229,6 +233,7 @@ struct Daemon::Impl {
     std::unique_ptr<broker::Broker> broker;
     std::unique_ptr<cluster::Supervisor> cluster;
     std::unique_ptr<http::Face> http;
+    std::vector<std::unique_ptr<bridge::NatsBridge>> bridges;
     std::vector<std::string> endpoints;
     std::optional<asio::signal_set> signals; // SIGINT, SIGTERM
     std::optional<asio::signal_set> reload;  // SIGHUP
@@ -290,6 +295,27 @@ Result<std::unique_ptr<Daemon>> Daemon::start(asio::io_context& io, Config confi
                                                       std::string_view payload, std::uint32_t uid) {
         return i->cluster_request(subject, payload, uid);
     });
+
+    // Bridges ([[bridge.nats]]) before the HTTP face, whose /metrics reports them.
+    for (auto& bridge_config : config.bridges) {
+        auto bridge =
+            bridge::NatsBridge::start(io, *impl->broker, std::move(bridge_config), config.log, why);
+        if (!bridge)
+            return bridge.error();
+        impl->bridges.push_back(std::move(bridge).value());
+    }
+    if (!impl->bridges.empty()) {
+        impl->broker->on_local_service([i](const std::string& name, bool served) {
+            for (auto& bridge : i->bridges)
+                bridge->local_service(name, served);
+        });
+        impl->broker->on_bridges([i] {
+            v1::BridgeList list;
+            for (const auto& bridge : i->bridges)
+                *list.add_bridges() = bridge->info();
+            return list;
+        });
+    }
 
     if (!config.http.listen.empty()) {
         http::Options http;

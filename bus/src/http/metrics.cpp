@@ -294,6 +294,41 @@ void queue_metrics(Exposition& e, const v1::QueueList& queues) {
                   });
 }
 
+// busd's bridges ([[bridge.nats]]): a series per bridge, named by the bridge.
+void bridge_metrics(Exposition& e, const v1::BrokerStats& stats) {
+    using B = v1::BridgeInfo;
+    e.family("bus_bridge_info", "gauge", "A bridge, its kind, state and server (always 1)");
+    for (const auto& b : stats.bridges())
+        e.sample("bus_bridge_info",
+                 {{"bridge", b.name()},
+                  {"kind", b.kind()},
+                  {"state", b.state()},
+                  {"server", b.server()}},
+                 1);
+    per_record<B>(
+        e,
+        {{"bus_bridge_messages_in_total", "counter", "Messages from the bridge, delivered here",
+          &B::msgs_in},
+         {"bus_bridge_messages_out_total", "counter", "Messages handed to the bridge",
+          &B::msgs_out},
+         {"bus_bridge_bytes_in_total", "counter", "Payload bytes from the bridge", &B::bytes_in},
+         {"bus_bridge_bytes_out_total", "counter", "Payload bytes handed to the bridge",
+          &B::bytes_out},
+         {"bus_bridge_buffered_bytes", "gauge", "Bytes held while no server is connected",
+          &B::buffered},
+         {"bus_bridge_dropped_total", "counter",
+          "Messages the bridge could not carry (buffer full, no server)", &B::dropped},
+         {"bus_bridge_requests_in_total", "counter", "Requests from the bridge served here",
+          &B::requests_in},
+         {"bus_bridge_requests_out_total", "counter", "Local requests sent through the bridge",
+          &B::requests_out},
+         {"bus_bridge_reconnects_total", "counter", "Times the bridge reconnected",
+          &B::reconnects}},
+        stats.bridges(), [](const B& b) {
+            return std::array{Label{"bridge", b.name()}};
+        });
+}
+
 void process_metrics(Exposition& e, const v1::BrokerStats& stats) {
     const pid_t self = ::getpid();
     e.family("process_cpu_seconds_total", "counter", "busd's user and system CPU time");
@@ -331,6 +366,7 @@ std::string render_metrics(broker::Broker& broker, const Server& server) {
     service_metrics(e, *stats, *answer<v1::ServiceList>(broker, "$sys.services"));
     cluster_metrics(e, *answer<v1::ClusterList>(broker, "$sys.cluster.ls"), now_ns);
     queue_metrics(e, *answer<v1::QueueList>(broker, "$sys.queues"));
+    bridge_metrics(e, *stats);
     e.family("bus_http_connections", "gauge", "Open connections to busd's HTTP face");
     e.sample("bus_http_connections", {}, server.connections());
     e.family("bus_http_refused_connections_total", "counter",

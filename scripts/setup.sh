@@ -33,7 +33,7 @@ packages=(
   libnats-dev nats-server
   chromium fonts-dejavu-core
 )
-# bench/run broker: nats-server, dbus-daemon and dbus-broker (run outside systemd through
+# bench/run broker: dbus-daemon and dbus-broker (run outside systemd through
 # systemd-socket-activate, from the systemd package), sd-bus for the D-Bus clients.
 if [ "$bench" -eq 1 ]; then
   packages+=(dbus dbus-broker systemd libsystemd-dev)

@@ -3,6 +3,8 @@ and the C++ side (the bus CLI) on either end."""
 
 import asyncio
 
+import pytest
+
 import bus
 from conftest import json_lines, run, subscribed, until
 
@@ -116,4 +118,38 @@ def test_a_large_message_arrives_whole(busd):
             await b.flush()
             await b.publish("big", b"x" * (1 << 20))  # 1 MiB: within busd's limit
             assert len((await s.next(5)).payload) == 1 << 20
+    run(main())
+
+
+def test_a_message_over_the_limit_is_refused_before_it_is_sent(busd):
+    # busd closes a unix:// connection that sends a frame over its max_message_size (8 MiB by
+    # default, the client's default too): the client refuses it first and stays connected.
+    async def main():
+        async with await bus.connect() as b:
+            s = b.subscribe("big")
+            await b.flush()
+            with pytest.raises(bus.BusError) as e:
+                await b.publish("big", b"x" * (8 << 20))
+            assert e.value.code == "message_too_large"
+            with pytest.raises(bus.BusError) as e:
+                await b.request("big", b"x" * (8 << 20))
+            assert e.value.code == "message_too_large"
+            await b.publish("big", "still connected")
+            assert (await s.next(5)).text == "still connected"
+    run(main())
+
+
+def test_a_callback_that_raises_is_reported_to_the_loop(busd):
+    async def main():
+        reported = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: reported.append(ctx))
+        async with await bus.connect() as b:
+            def broken(m):
+                raise ValueError(m.text)
+            b.subscribe("cb", callback=broken)
+            after = b.subscribe("cb")
+            await b.flush()
+            await b.publish("cb", "boom")
+            assert (await after.next(5)).text == "boom"
+            assert [str(ctx["exception"]) for ctx in reported] == ["boom"]
     run(main())

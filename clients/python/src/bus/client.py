@@ -414,6 +414,14 @@ class Client:
 
     # --- sending -------------------------------------------------------------------------
 
+    def _frame(self, head, payload):
+        """One frame; BusError message_too_large for one busd would not take (over unix://
+        busd closes a connection that sends a frame over its max_message_size)."""
+        if len(head) + len(payload) + 8 > self._max_message_size:
+            raise BusError("message_too_large", f"{len(payload)} bytes of payload, over the "
+                                                f"limit of {self._max_message_size}")
+        return _wire.frame(head, payload)
+
     def _send(self, data, fds=None):
         """Queues a frame: False when there is no link."""
         link = self._link
@@ -475,7 +483,7 @@ class Client:
         payload, url = self._stage(message)
         head = _wire.header(_wire.KIND_PUBLISH, _wire.as_bytes(subject), url,
                             headers=_pairs(headers) if headers else ())
-        if not link.send(_wire.frame(head, payload)):
+        if not link.send(self._frame(head, payload)):
             await link.wait_below_high_water()
         return True
 
@@ -488,7 +496,7 @@ class Client:
         payload, url = self._stage(message)
         head = _wire.header(_wire.KIND_PUBLISH, _wire.as_bytes(subject), url,
                             headers=_pairs(headers) if headers else ())
-        return link.send(_wire.frame(head, payload))
+        return link.send(self._frame(head, payload))
 
     def send_to(self, client_id, message=b"", *, fds=None):
         """A direct message to one client, by the id busd gave it (Message.source). An id
@@ -496,7 +504,7 @@ class Client:
         payload, url = self._stage(message)
         head = _wire.header(_wire.KIND_DIRECT, _wire.as_bytes(client_id), url,
                             id=self._take_id(), fd_count=len(fds) if fds else 0)
-        if not self._send(_wire.frame(head, payload), fds):
+        if not self._send(self._frame(head, payload), fds):
             self._unsent_one()
             return False
         return True
@@ -506,7 +514,7 @@ class Client:
         head = _wire.header(kind, subject, url, correlation_id=id,
                             headers=_pairs(headers) if headers else (),
                             fd_count=len(fds) if fds else 0)
-        if not self._send(_wire.frame(head, payload), fds):
+        if not self._send(self._frame(head, payload), fds):
             self._unsent_one()
             return False
         return True
@@ -566,7 +574,7 @@ class Client:
                             deadline_unix_ns=deadline,
                             headers=_pairs(headers) if headers else (),
                             fd_count=len(fds) if fds else 0)
-        if not self._send(_wire.frame(head, payload), fds):
+        if not self._send(self._frame(head, payload), fds):
             self._complete(id, error=BusError("broker_unavailable"))
         return await future
 
@@ -753,10 +761,15 @@ class Client:
         else:
             request.reply(result)
 
-    @staticmethod
-    def _handler_failed(request, error):
-        if request is None or request.answered:
-            return  # a subscriber's callback: nobody to tell but the program's own logs
+    def _handler_failed(self, request, error):
+        if request is None:
+            # A subscriber's callback: reported as asyncio reports what a callback raised
+            # (the loop's exception handler; by default, the logging module).
+            self._loop.call_exception_handler({
+                "message": "bus: a subscription callback raised", "exception": error})
+            return
+        if request.answered:
+            return
         if isinstance(error, BusError):
             request.fail(error.name, error.detail)
         else:

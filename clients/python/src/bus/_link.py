@@ -85,8 +85,11 @@ class Link:
             self._fd_batches.append((self._written + len(self._out), dups))
         self._out += data
         if not self._flush_scheduled and not self._writer_added:
+            # The first frame of a loop turn leaves at once (a request or reply waits for no
+            # turn of the loop); what follows in the same turn goes out together at its end.
             self._flush_scheduled = True
             self._loop.call_soon(self._scheduled_flush)
+            self.flush()
         return len(self._out) < HIGH_WATER_MARK
 
     def queued(self):
@@ -109,7 +112,11 @@ class Link:
         try:
             self._write_some()
         except OSError as e:
-            return self.fail(BusError("broker_unavailable", f"write: {e.strerror or e}"))
+            # From the loop, not from inside the send() of whoever called: fail() runs their
+            # handlers.
+            self._loop.call_soon(self.fail, BusError("broker_unavailable",
+                                                     f"write: {e.strerror or e}"))
+            return
         if self._out and not self._writer_added:
             self._writer_added = True
             self._loop.add_writer(self._fd, self._writable)

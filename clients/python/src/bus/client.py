@@ -326,6 +326,7 @@ class Client:
         self._reconnect_task = None
         self._welcomed = None  # future: the first welcome on a new link
         self._tasks = set()  # handler tasks running
+        self._headers = {}  # (subject, type URL) -> a publish's encoded header
 
     # --- connection ----------------------------------------------------------------------
 
@@ -481,9 +482,7 @@ class Client:
             self._unsent_one()
             return False
         payload, url = self._stage(message)
-        head = _wire.header(_wire.KIND_PUBLISH, _wire.as_bytes(subject), url,
-                            headers=_pairs(headers) if headers else ())
-        if not link.send(self._frame(head, payload)):
+        if not link.send(self._frame(self._publish_header(subject, url, headers), payload)):
             await link.wait_below_high_water()
         return True
 
@@ -494,9 +493,22 @@ class Client:
             self._unsent_one()
             return False
         payload, url = self._stage(message)
-        head = _wire.header(_wire.KIND_PUBLISH, _wire.as_bytes(subject), url,
-                            headers=_pairs(headers) if headers else ())
-        return link.send(self._frame(head, payload))
+        return link.send(self._frame(self._publish_header(subject, url, headers), payload))
+
+    def _publish_header(self, subject, url, headers):
+        if headers:
+            return _wire.header(_wire.KIND_PUBLISH, _wire.as_bytes(subject), url,
+                                headers=_pairs(headers))
+        # A publisher sends to few subjects, many times: their headers are kept (a bounded
+        # number of them), which saves a publish most of its encoding.
+        key = (subject, url)
+        head = self._headers.get(key)
+        if head is None:
+            if len(self._headers) >= 1024:
+                self._headers.clear()
+            head = self._headers[key] = _wire.header(_wire.KIND_PUBLISH,
+                                                     _wire.as_bytes(subject), url)
+        return head
 
     def send_to(self, client_id, message=b"", *, fds=None):
         """A direct message to one client, by the id busd gave it (Message.source). An id

@@ -132,7 +132,7 @@ def run(coro, timeout=30):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-def read_line(process, timeout=10.0):
+def read_line(process, timeout=30.0):
     """The next line of a child's stdout, bounded in time."""
     import selectors
     sel = selectors.DefaultSelector()

@@ -1,6 +1,7 @@
 """The blocking API (bus.sync) for scripts, against a real busd and the bus CLI."""
 
 import threading
+import time
 
 import pytest
 
@@ -26,7 +27,9 @@ def test_publish_subscribe_request_blocking(busd):
         result = {}
         t = threading.Thread(target=lambda: result.update(r=b.request("sync.echo", "x")))
         t.start()
-        server.run(0.5)
+        end = time.monotonic() + 20
+        while t.is_alive() and time.monotonic() < end:
+            server.run(0.05)
         t.join(10)
         assert result["r"].payload == b"echo x"
 
@@ -39,9 +42,9 @@ def test_publish_subscribe_request_blocking(busd):
 def test_a_script_publishes_and_exits_without_losing_it(busd):
     sub = busd.cli_background("sub", "--json", "--count", "3", "script.out")
     with bus.sync.connect() as b:
-        for _ in range(100):
-            if any(s.pattern == "script.out" for s in b.sys("subscriptions").subscriptions):
-                break
+        end = time.monotonic() + 20
+        while not any(s.pattern == "script.out" for s in b.sys("subscriptions").subscriptions):
+            assert time.monotonic() < end, "bus sub did not subscribe"
             b.run(0.05)
         for i in range(3):
             b.publish("script.out", str(i))

@@ -21,6 +21,8 @@ done
 # prometheus: its promtool checks busd's /metrics (tests/integration/http_test.cpp);
 # chromium: the dashboard's test drives it headless (tests/dashboard, puppeteer-core from npm,
 # which never downloads a browser), fonts-dejavu-core so its pages have legible text.
+# python3-protobuf, python3-pytest, python3-venv: the Python client
+# (clients/python), installed by pip into a venv of Debian's python3 and tested with pytest.
 packages=(
   build-essential cmake ninja-build pkg-config git ccache
   libboost-dev libzmq3-dev cppzmq-dev libprotobuf-dev libprotoc-dev protobuf-compiler
@@ -32,6 +34,7 @@ packages=(
   prometheus
   libnats-dev nats-server
   chromium fonts-dejavu-core
+  python3 python3-protobuf python3-pytest python3-venv
 )
 # bench/run broker: dbus-daemon and dbus-broker (run outside systemd through
 # systemd-socket-activate, from the systemd package), sd-bus for the D-Bus clients.

@@ -5,7 +5,8 @@
 //
 // Decoded messages have the shape of the CLI's `--json` (docs/decisions.md, 62): field names as
 // in the .proto (keepCase), every field (defaults included), enums by name, 64-bit integers as
-// strings, bytes as base64.
+// strings, bytes as base64, well-known types (Timestamp, Duration, Struct...) in protobuf's
+// JSON mapping (well_known.js).
 'use strict';
 
 const fs = require('node:fs');
@@ -13,6 +14,8 @@ const path = require('node:path');
 const protobuf = require('protobufjs');
 const descriptor = require('protobufjs/ext/descriptor');
 const { BusError } = require('./errors');
+// Before any type is loaded: protobufjs applies its wrappers when a type is set up.
+const { fromJsonShape } = require('./well_known');
 
 const TYPE_URL_PREFIX = 'type.googleapis.com/';
 
@@ -128,7 +131,7 @@ class Types {
   // The payload for `value` of `type`: a protobufjs message, or a plain object converted with
   // fromObject (which takes the JSON shape above).
   static encode(type, value) {
-    const message = value instanceof protobuf.Message ? value : type.fromObject(value);
+    const message = value instanceof protobuf.Message ? value : type.fromObject(fromJsonShape(type, value));
     return type.encode(message).finish();
   }
 

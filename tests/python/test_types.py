@@ -65,12 +65,13 @@ def test_python_calls_a_typed_cpp_service(busd):
     run(main())
 
 
-def test_an_unknown_type_is_no_responders(busd):
+def test_an_unknown_type_is_unknown_type(busd):
     async def main():
         async with await bus.connect() as b:
             with pytest.raises(bus.BusError) as e:
                 await b.message_class("nobody.v1.Knows")
-            assert e.value.code == "no_responders"
+            assert e.value.code == "unknown_type"
+            assert "nobody.v1.Knows" in e.value.detail
     run(main())
 
 

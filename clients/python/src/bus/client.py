@@ -792,10 +792,16 @@ class Client:
     async def message_class(self, full_name, timeout=5.0):
         """The class of protobuf type ``full_name``: from an imported _pb2 module, else built
         from the FileDescriptorSet busd keeps for it ($sys.type; fetched once). BusError
-        no_responders when busd does not know the type."""
+        unknown_type when busd does not know the type either (as the Node client says)."""
         cls = generated_class(full_name) or self._types.find(full_name)
         if cls is None:
-            reply = await self.request("$sys.type", full_name.encode(), timeout=timeout)
+            try:
+                reply = await self.request("$sys.type", full_name.encode(), timeout=timeout)
+            except BusError as e:
+                if e.code != "no_responders":
+                    raise
+                raise BusError("unknown_type", f"type {full_name} is not registered with busd "
+                               "(see `bus ls types`) and no _pb2 module here defines it") from None
             try:
                 self._types.add(reply.payload)
             except ValueError as e:

@@ -32,6 +32,7 @@ _MESSAGES = {
     "channel_closed": "channel closed",
     "fds_not_supported": "file descriptors cannot travel this way",
     "wrong_type": "payload is not of the requested type",
+    "unknown_type": "type known neither here nor by busd",
     "no_responders": "no responders: nobody serves this service",
     "timeout": "timed out",
     "service_lost": "service lost: the instance handling the request went away",

@@ -98,8 +98,12 @@ int main(int argc, char** argv) {
     }
 
     // busd is one thread: the loop needs no locks (measured: the scheduler's mutex was ~5% of
-    // busd's instructions per routed message).
-    boost::asio::io_context io(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE);
+    // busd's instructions per routed message). Except with a NATS bridge: nats.c's threads post
+    // to the loop, and posting into an unlocked scheduler races with the loop (it lost the
+    // loop's own work once, leaving busd in pause() for good, deaf to SIGTERM: decision 78).
+    // Its I/O stays on the loop alone, so only the scheduler's lock comes back.
+    boost::asio::io_context io(config.bridges.empty() ? BOOST_ASIO_CONCURRENCY_HINT_UNSAFE
+                                                      : BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO);
     config.stopped_by_signal = [&io] { io.stop(); };
     std::string why;
     auto busd = bus::daemon::Daemon::start(io, std::move(config), &why);

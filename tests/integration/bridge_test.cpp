@@ -357,6 +357,45 @@ TEST_F(BridgeTest, MovesToAnotherServerWhenItsServerDiesAndCountsWhatItDrops) {
     EXPECT_GE(after.reconnects(), 1u);
 }
 
+// busd stops on SIGTERM whatever NATS does: here B's servers are all SIGKILLed while messages
+// and requests stream in through its bridge (nats.c's threads posting to B's loop), and B is
+// stopped while its bridge tries to reconnect. Once, such a busd slept in pause() for good.
+TEST_F(BridgeTest, StopsOnSigtermAfterItsServersAreGone) {
+    bus::test::NatsCluster nats(io, {.servers = 2, .jetstream = false, .user = {}, .password = {}});
+    Host a(io, bridge("fleet", nats.servers_toml(0), "[\"m.>\"]", "[\"svc\"]"));
+    Host b(io, bridge("fleet", nats.servers_toml(1), "[\"svc\"]", "[\"m.>\"]"));
+    auto pa = connect(a.busd), sb = connect(b.busd);
+    std::size_t got = 0;
+    sb->subscribe("m.>", [&](bus::Message&) { ++got; });
+    sb->serve("svc", [](bus::Message&, bus::Responder& r) { r.reply_bytes("pong"); });
+    ASSERT_FALSE(sb->flush_wait());
+    publish_until(*pa, "m.warmup", [&] { return got > 0; });
+    EXPECT_EQ(request(*pa, "svc").second, "pong");
+
+    // Seconds of traffic: many thousands of posts from nats.c's threads while B's loop is busy,
+    // its servers killed in the middle.
+    const auto start = std::chrono::steady_clock::now();
+    for (bool killed = false; std::chrono::steady_clock::now() - start < 4s;) {
+        if (!killed && std::chrono::steady_clock::now() - start > 3s) {
+            for (int i = 0; i < 2; ++i)
+                nats.kill(i);
+            killed = true;
+        }
+        for (int i = 0; i < 100; ++i)
+            pa->publish_bytes("m.stream", std::to_string(i));
+        pa->request_bytes("svc", "ping", 1s, [](std::error_code, bus::Message&) {});
+        run_until(
+            io, [] { return false; }, 1ms);
+    }
+    sb->close();
+    b.busd.stop(); // SIGTERM, then waits (10 s) for it to exit
+    ASSERT_TRUE(b.busd.exit_code().has_value()) << "busd did not stop on SIGTERM";
+    EXPECT_EQ(*b.busd.exit_code(), 0);
+    a.busd.stop();
+    ASSERT_TRUE(a.busd.exit_code().has_value()) << "busd did not stop on SIGTERM";
+    EXPECT_EQ(*a.busd.exit_code(), 0);
+}
+
 // Durable subjects go through JetStream: what A publishes while B's busd is down reaches B's
 // subscribers once B is back, each message once, and A's own subscribers once (not again from
 // its own consumer).

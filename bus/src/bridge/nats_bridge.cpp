@@ -9,6 +9,7 @@
 #include "bus/message.hpp"
 #include "bus/subject.hpp"
 
+#include <boost/asio/detail/scheduler.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -148,11 +149,18 @@ struct Hook {
     std::atomic<bool> closing{false};
     std::atomic<int> active{0};
     std::atomic<int> refs{2}; // the bridge's, and the connection's (let go by on_closed)
+    std::atomic<bool> connection_share{true}; // the connection's not let go yet
 
     void retain() { ++refs; }
     void release() {
         if (--refs == 0)
             delete this;
+    }
+    // The connection's share, once: by its closed callback, or by the last bridge when none
+    // came.
+    void release_connection() {
+        if (connection_share.exchange(false))
+            release();
     }
 
     // Runs `f` on the loop with the bridge, if it is still there then.
@@ -180,6 +188,14 @@ struct Hook {
         });
     }
 };
+
+// Hooks of bridges gone with no connection of theirs to close (busd's loop only). nats.c calls
+// no closed callback for a connection whose first connect failed, except when it cannot start
+// the reconnecting for a retried first connect (conn.c, _processOpError: then it posts one
+// and still fails the connect). So such a hook may yet hear of its closing: its connection's
+// share is let go only once nats_CloseAndWait has joined nats.c's threads, and never if that
+// times out (a hook left at exit rather than one freed under a callback).
+static std::vector<Hook*> orphans;
 
 struct NatsBridge::Impl : std::enable_shared_from_this<NatsBridge::Impl> {
     Impl(asio::io_context& io_, broker::Broker& broker_, daemon::NatsBridgeConfig config_)
@@ -211,7 +227,7 @@ struct NatsBridge::Impl : std::enable_shared_from_this<NatsBridge::Impl> {
             natsConnection_Close(nc);
             natsConnection_Destroy(nc);
         } else {
-            hook->release(); // no connection: its share was never taken by one
+            orphans.push_back(hook); // its share: let go after nats.c is closed (orphans)
         }
         while (hook->active > 0)
             std::this_thread::yield();
@@ -858,7 +874,7 @@ struct NatsBridge::Impl : std::enable_shared_from_this<NatsBridge::Impl> {
                 b.log("bridge " + b.config.name + ": closed: " + why);
             }
         });
-        hook->release();
+        hook->release_connection();
     }
     static void on_error(natsConnection*, natsSubscription*, natsStatus s, void* closure) {
         std::string why = nats_error(s);
@@ -927,14 +943,28 @@ NatsBridge::NatsBridge(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {
 
 NatsBridge::~NatsBridge() {
     impl_.reset();
-    if (--live_bridges == 0)
-        nats_CloseAndWait(2000);
+    if (--live_bridges == 0) {
+        // Bounded: busd stops whatever NATS does; nats.c is left to the exit if it is slower.
+        if (nats_CloseAndWait(2000) == NATS_OK)
+            for (auto* hook : orphans)
+                hook->release_connection();
+        orphans.clear();
+    }
 }
 
 Result<std::unique_ptr<NatsBridge>> NatsBridge::start(asio::io_context& io, broker::Broker& broker,
                                                       daemon::NatsBridgeConfig config,
                                                       std::function<void(const std::string&)> log,
                                                       std::string* why) {
+    // nats.c's threads post to busd's loop: an io_context made without the scheduler's lock
+    // (BOOST_ASIO_CONCURRENCY_HINT_UNSAFE) would race with them and could lose the loop's own
+    // work (busd then sleeps in pause() for good, deaf to SIGTERM).
+    const int hint = asio::use_service<asio::detail::scheduler>(io).concurrency_hint();
+    if (!BOOST_ASIO_CONCURRENCY_HINT_IS_LOCKING(SCHEDULER, hint)) {
+        if (why)
+            *why = "bridge " + config.name + ": busd's loop has no lock for nats.c's threads";
+        return make_error_code(std::errc::invalid_argument);
+    }
     auto impl = std::make_shared<Impl>(io, broker, std::move(config));
     impl->log_line = std::move(log);
     impl->hook->bridge = impl;

@@ -9,17 +9,15 @@
 // the subscriber has all of a window before the next, so nothing is lost and the rate is what
 // the whole path carries.
 #include "common/options.hpp"
+#include "common/process.hpp"
 #include "common/report.hpp"
 
 #include <bus/client.hpp>
 
 #include <nats/nats.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -42,18 +40,6 @@ using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 constexpr std::size_t window = 500;
-
-int free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    ::close(fd);
-    return ntohs(a.sin_port);
-}
 
 // A process of the benchmark's, stopped (SIGTERM, then reaped) when it goes.
 class Process {
@@ -107,8 +93,8 @@ struct World {
         char tmpl[] = "/tmp/bus-bridge-bench-XXXXXX";
         dir = ::mkdtemp(tmpl);
         for (int i = 0; i < 2; ++i) {
-            port[i] = free_port();
-            route[i] = free_port();
+            port[i] = bench::free_tcp_port();
+            route[i] = bench::free_tcp_port();
         }
         for (int i = 0; i < 2; ++i) {
             const std::string conf = dir + "/n" + std::to_string(i) + ".conf";

@@ -12,58 +12,17 @@ const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const { connect, StringCodec, headers } = require('nats');
+const { need, track, killAll, until, freePort } = require('../support/processes');
 
 const BUSD = need('BUSD');
 const BUS_CLI = need('BUS_CLI');
 
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set (ctest sets it; see tests/CMakeLists.txt)`);
-  return v;
-}
-
-const children = new Set();
-function track(child) {
-  children.add(child);
-  child.on('exit', () => children.delete(child));
-  return child;
-}
-function killAll() {
-  for (const c of children) { try { c.kill('SIGKILL'); } catch { /* gone */ } }
-}
-process.on('exit', killAll);
-for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { killAll(); process.exit(130); });
-
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bus-bridge-node-'));
 const endpoint = `unix://${tmp}/busd.sock`;
 const sc = StringCodec();
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// A free loopback port: the kernel's pick, released for nats-server to take.
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function until(what, f, ms = 20000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 let natsUrl;
 let nc;
@@ -75,7 +34,7 @@ before(async () => {
     { stdio: 'ignore' }));
   nc = await until('nats-server', async () => {
     try { return await connect({ servers: natsUrl, reconnect: false }); } catch { return null; }
-  });
+  }, 20000);
   fs.writeFileSync(`${tmp}/busd.toml`, [
     '[[bridge.nats]]',
     'name = "node"',
@@ -84,7 +43,7 @@ before(async () => {
     'import = ["node.>"]',
   ].join('\n') + '\n');
   track(spawn(BUSD, ['-e', endpoint, '-c', `${tmp}/busd.toml`], { stdio: 'inherit' }));
-  await until('busd', () => fs.existsSync(`${tmp}/busd.sock`));
+  await until('busd', () => fs.existsSync(`${tmp}/busd.sock`), 20000);
   // The C++ service: bus serve, which echoes each request.
   track(spawn(BUS_CLI, ['-e', endpoint, 'serve', '--quiet', 'calc.echo'], { stdio: 'inherit' }));
 });
@@ -101,7 +60,7 @@ test('a Node NATS requester is answered by a C++ bus service through the bridge'
     try { return await nc.request('calc.echo', sc.encode('from node'), { timeout: 2000 }); } catch {
       return null;
     }
-  });
+  }, 20000);
   assert.equal(sc.decode(reply.data), 'from node');
   // Nobody serves calc.nothing: NATS's no-responders, at once.
   await assert.rejects(nc.request('calc.nothing', sc.encode('x'), { timeout: 5000 }),

@@ -9,9 +9,9 @@ const test = require('node:test');
 const assert = require('node:assert');
 const cluster = require('node:cluster');
 const http = require('node:http');
-const net = require('node:net');
 const path = require('node:path');
 const { execFile } = require('node:child_process');
+const { freePort } = require('../support/processes');
 
 const helloBinary = process.env.BUS_HTTP_HELLO;
 const jsWorker = path.join(__dirname, 'node_cluster_worker.js');
@@ -29,17 +29,6 @@ function forkNative(binary, env) {
     process.execPath = node;
     cluster.setupPrimary(settings);
   }
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function get(port) {

@@ -1,10 +1,12 @@
-// What the JavaScript tests that run real processes share (tests/dashboard, clients/node/test):
+// What the JavaScript tests that run real processes share (tests/dashboard, clients/node/test,
+// tests/bridge_node, tests/interop, tests/languages):
 // the programs ctest names in the environment, processes tracked so that every one is killed
 // however the test ends (a process 'exit' handler, and SIGINT/SIGTERM), running a command for
 // its output, and waiting for a condition.
 'use strict';
 
 const { execFile } = require('node:child_process');
+const net = require('node:net');
 const path = require('node:path');
 
 // The environment variable `name`, which ctest sets (tests/CMakeLists.txt).
@@ -53,4 +55,16 @@ function run(file, args, { env = process.env, timeout = 10000, cwd } = {}) {
   });
 }
 
-module.exports = { need, track, killAll, sleep, until, run };
+// A free loopback TCP port: the kernel's pick, released for the server a test starts.
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+module.exports = { need, track, killAll, sleep, until, run, freePort };

@@ -126,19 +126,37 @@ for (const name of ['DoubleValue', 'FloatValue', 'Int64Value', 'UInt64Value', 'I
 
 Object.assign(protobuf.wrappers, wrappers);
 
+// Whether a message of `type` can hold a well-known type at any depth: worked out once per
+// type, so that a publish of a type without any (most) costs one map lookup, not a walk.
+const reaches = new WeakMap();
+function reachesWellKnown(type, visiting = new Set()) {
+  if (reaches.has(type)) return reaches.get(type);
+  if (wrappers[type.fullName]) return true;
+  if (visiting.has(type)) return false; // a recursive type: decided where the cycle started
+  visiting.add(type);
+  const found = type.fieldsArray.some((field) => {
+    const t = field.resolve().resolvedType;
+    return t instanceof protobuf.Type && reachesWellKnown(t, visiting);
+  });
+  visiting.delete(type);
+  if (visiting.size === 0 || found) reaches.set(type, found);
+  return found;
+}
+
 // protobufjs's generated fromObject wants an object for every message field, so a plain object
 // in the JSON mapping (a Timestamp as text, a Struct as any object...) is first rewritten, field
 // by field, into what the wrappers above make of it. Returns `value` itself when nothing in it
-// is a well-known type.
+// can be a well-known type.
 function fromJsonShape(type, value) {
-  if (value === null || typeof value !== 'object' || value instanceof protobuf.Message) return value;
-  if (wrappers[type.fullName]) return type.fromObject(value);
+  if (value instanceof protobuf.Message) return value;
+  if (wrappers[type.fullName]) return type.fromObject(value); // text, a number, any JSON
+  if (value === null || typeof value !== 'object' || !reachesWellKnown(type)) return value;
   let out = value;
   for (const field of type.fieldsArray) {
-    const t = field.resolve().resolvedType;
+    const t = field.resolvedType;
     const v = value[field.name];
-    if (!(t instanceof protobuf.Type) || v === undefined || v === null) continue;
-    const one = (x) => (wrappers[t.fullName] ? t.fromObject(x) : fromJsonShape(t, x));
+    if (!(t instanceof protobuf.Type) || !reachesWellKnown(t) || v === undefined || v === null) continue;
+    const one = (x) => fromJsonShape(t, x);
     let converted;
     if (field.map) converted = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, one(x)]));
     else if (field.repeated && Array.isArray(v)) converted = v.map(one);

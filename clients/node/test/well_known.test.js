@@ -20,6 +20,8 @@ import "google/protobuf/duration.proto";
 import "google/protobuf/struct.proto";
 import "google/protobuf/wrappers.proto";
 import "google/protobuf/field_mask.proto";
+message Plain { string s = 1; Plain next = 2; repeated Plain more = 3; }
+message Deep { Plain plain = 1; Deep again = 2; google.protobuf.Timestamp at = 3; }
 message All {
   google.protobuf.Timestamp at = 1;
   google.protobuf.Duration took = 2;
@@ -59,4 +61,15 @@ test('fractions of a second in groups of three digits, as protobuf prints them',
 test('text that is not the mapping is refused, not misread', () => {
   assert.throws(() => fromObject({ at: 'yesterday' }), /RFC 3339/);
   assert.throws(() => fromObject({ took: '5 minutes' }), /duration/);
+});
+
+test('a type with no well-known type inside is sent as given, not rewritten (the common case)', () => {
+  const Plain = root.lookupType('t.Plain');
+  const value = { s: 'a', next: { s: 'b', next: { s: 'c' } }, more: [{ s: 'd' }] };
+  assert.equal(fromJsonShape(Plain, value), value);
+  // A recursive type that does reach one is rewritten where it does, at any depth.
+  const Deep = root.lookupType('t.Deep');
+  const shaped = fromJsonShape(Deep, { plain: value, again: { at: '1970-01-01T00:00:01Z' } });
+  assert.equal(shaped.plain, value);
+  assert.equal(Deep.toObject(Deep.fromObject(shaped), opts).again.at, '1970-01-01T00:00:01Z');
 });

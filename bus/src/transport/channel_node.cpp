@@ -166,15 +166,18 @@ std::error_code Channel::deliver_node(std::string_view text) {
     case Kind::user:
         break;
     }
+    const auto& handler = line.value().internal ? on_internal_ : on_message_;
+    if (!handler || state_ != State::open) {
+        message_.fds.clear(); // a handle nobody takes is closed
+        return {};
+    }
     v1::Envelope envelope;
     envelope.set_kind(v1::KIND_DATA);
     envelope.set_type_url(std::string(json_type_url));
     envelope.set_payload(std::move(line.value().payload));
     envelope.set_fd_count(static_cast<std::uint32_t>(message_.fds.size()));
     message_ = Message(std::move(envelope), std::move(message_.fds));
-    const auto& handler = line.value().internal ? on_internal_ : on_message_;
-    if (handler && state_ == State::open)
-        handler(message_);
+    handler(message_);
     message_.fds.clear();
     return {};
 }
